@@ -1,0 +1,142 @@
+# shellcheck shell=bash
+# Shared defaults and helpers for deploy/local/*.sh. Source it; do not run it.
+#
+# Configuration (environment variables):
+#   RUNSTREAM_STATE_DIR              logs, pid files, data   (default <repo>/.state)
+#   RUNSTREAM_CACHE_DIR              Kafka jars, maven repo   (default <repo>/.cache)
+#   RUNSTREAM_KAFKA_PORT             Kafka client listener    (default 39092)
+#   RUNSTREAM_KAFKA_CONTROLLER_PORT  KRaft controller port    (default 39093)
+#   RUNSTREAM_PG_PORT                PostgreSQL TCP port      (default 55432)
+#   RUNSTREAM_START_TIMEOUT          seconds to wait for a service to answer (default 120)
+#   RUNSTREAM_STOP_TIMEOUT           seconds between polite stop and SIGKILL (default 30)
+#   RUNSTREAM_KAFKA_HEAP_OPTS        JVM heap flags (default "-Xms256m -Xmx768m")
+
+if [[ -n "${_RUNSTREAM_LIB_LOADED:-}" ]]; then
+    return 0
+fi
+_RUNSTREAM_LIB_LOADED=1
+
+RS_DEPLOY_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)"
+RS_REPO_ROOT="$(cd "$RS_DEPLOY_DIR/../.." && pwd -P)"
+
+# ---------------------------------------------------------------- messages
+RS_TAG="${RS_TAG:-stack}"
+
+log() { printf '[%s] %s\n' "$RS_TAG" "$*" >&2; }
+warn() { printf '[%s] WARNING: %s\n' "$RS_TAG" "$*" >&2; }
+die() {
+    printf '[%s] ERROR: %s\n' "$RS_TAG" "$*" >&2
+    exit 1
+}
+
+# Print the last lines of a log file to stderr (used when a start fails).
+show_log_tail() {
+    local file="$1" lines="${2:-30}"
+    if [[ -s "$file" ]]; then
+        printf '[%s] ---- last %s lines of %s ----\n' "$RS_TAG" "$lines" "$file" >&2
+        tail -n "$lines" "$file" | sed 's/^/    /' >&2
+        printf '[%s] ---- end of %s ----\n' "$RS_TAG" "$file" >&2
+    else
+        printf '[%s] (log %s is missing or empty)\n' "$RS_TAG" "$file" >&2
+    fi
+}
+
+# ---------------------------------------------------------------- settings
+_rs_require_port() {
+    local name="$1" value="$2"
+    [[ "$value" =~ ^[0-9]+$ ]] && ((value > 0 && value < 65536)) ||
+        die "$name must be a TCP port number, got '$value'"
+}
+
+# Make a path absolute (relative paths are taken from the current directory).
+_rs_abspath() {
+    case "$1" in
+    /*) printf '%s\n' "$1" ;;
+    *) printf '%s/%s\n' "$(pwd -P)" "$1" ;;
+    esac
+}
+
+RS_STATE_DIR="$(_rs_abspath "${RUNSTREAM_STATE_DIR:-$RS_REPO_ROOT/.state}")"
+RS_CACHE_DIR="$(_rs_abspath "${RUNSTREAM_CACHE_DIR:-$RS_REPO_ROOT/.cache}")"
+RS_KAFKA_PORT="${RUNSTREAM_KAFKA_PORT:-39092}"
+RS_KAFKA_CONTROLLER_PORT="${RUNSTREAM_KAFKA_CONTROLLER_PORT:-39093}"
+RS_PG_PORT="${RUNSTREAM_PG_PORT:-55432}"
+RS_START_TIMEOUT="${RUNSTREAM_START_TIMEOUT:-120}"
+RS_STOP_TIMEOUT="${RUNSTREAM_STOP_TIMEOUT:-30}"
+RS_HOST=127.0.0.1
+
+_rs_require_port RUNSTREAM_KAFKA_PORT "$RS_KAFKA_PORT"
+_rs_require_port RUNSTREAM_KAFKA_CONTROLLER_PORT "$RS_KAFKA_CONTROLLER_PORT"
+_rs_require_port RUNSTREAM_PG_PORT "$RS_PG_PORT"
+[[ "$RS_KAFKA_PORT" != "$RS_KAFKA_CONTROLLER_PORT" ]] ||
+    die "RUNSTREAM_KAFKA_PORT and RUNSTREAM_KAFKA_CONTROLLER_PORT must differ"
+[[ "$RS_START_TIMEOUT" =~ ^[0-9]+$ ]] || die "RUNSTREAM_START_TIMEOUT must be a number of seconds"
+[[ "$RS_STOP_TIMEOUT" =~ ^[0-9]+$ ]] || die "RUNSTREAM_STOP_TIMEOUT must be a number of seconds"
+
+RS_KAFKA_BOOTSTRAP="$RS_HOST:$RS_KAFKA_PORT"
+RS_POSTGRES_DSN="postgresql://runstream:runstream@$RS_HOST:$RS_PG_PORT/runstream"
+
+# ---------------------------------------------------------------- processes
+# pid_alive PID: the process exists and is not a zombie.
+pid_alive() {
+    local pid="$1" state
+    [[ "$pid" =~ ^[0-9]+$ ]] || return 1
+    [[ -r "/proc/$pid/stat" ]] || return 1
+    # Field 3 of /proc/PID/stat is the state; the command name (field 2) may
+    # contain spaces, so cut after the last ')'.
+    state="$(sed -e 's/^.*) //' "/proc/$pid/stat" 2>/dev/null | cut -d' ' -f1)" || return 1
+    [[ -n "$state" && "$state" != Z && "$state" != X ]]
+}
+
+# read_pid_file FILE: print the pid stored in FILE (empty if none/garbage).
+read_pid_file() {
+    local file="$1" pid=""
+    if [[ -f "$file" ]]; then
+        pid="$(head -n1 "$file" 2>/dev/null | tr -dc '0-9')" || pid=""
+    fi
+    printf '%s' "$pid"
+}
+
+# proc_cmdline PID: the command line with NULs turned into spaces.
+proc_cmdline() {
+    tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null || true
+}
+
+# wait_gone TIMEOUT PID...: wait until none of the pids is alive.
+wait_gone() {
+    local timeout="$1" deadline pid any
+    shift
+    deadline=$((SECONDS + timeout))
+    while :; do
+        any=0
+        for pid in "$@"; do
+            if pid_alive "$pid"; then any=1; fi
+        done
+        ((any == 0)) && return 0
+        ((SECONDS >= deadline)) && return 1
+        sleep 0.2
+    done
+}
+
+# port_listening PORT: something accepts TCP connections on 127.0.0.1:PORT.
+port_listening() {
+    local port="$1"
+    (exec 3<>"/dev/tcp/$RS_HOST/$port") 2>/dev/null
+}
+
+# port_owner PORT: best-effort description of who listens on the port.
+port_owner() {
+    ss -Htlnp "sport = :$1" 2>/dev/null | sed -n 's/.*users:(\(.*\))$/\1/p' | head -n1
+}
+
+# with_lock FILE CMD...: run CMD while holding an exclusive flock on FILE.
+# Serialises concurrent start/stop/install calls for the same service.
+with_lock() {
+    local file="$1"
+    shift
+    mkdir -p "$(dirname "$file")"
+    (
+        flock -w 600 9 || die "could not acquire lock $file within 600 s"
+        "$@"
+    ) 9>>"$file"
+}

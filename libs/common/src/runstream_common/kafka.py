@@ -1,0 +1,296 @@
+"""Kafka wiring shared by every service: the broker factory and reliable delivery.
+
+FastStream's defaults are not at-least-once (``ACK_FIRST`` auto-commits;
+``ACK`` commits even when the handler raised). :func:`subscribe` therefore uses
+``AckPolicy.MANUAL`` and decides itself, per record:
+
+- the payload does not parse             -> dead-letter topic, commit, move on
+- the handler raises ``PermanentError``   -> dead-letter topic, commit, move on
+- the handler raises ``TransientError``   -> retry with backoff; when the retry
+  window is used up, seek back (nack) so the record comes again; never DLQ
+- the handler raises anything else        -> retry up to ``max_attempts``, then DLQ
+- the handler returns                     -> commit (its effects are durable)
+
+The subscriber consumes one record at a time (``getone``), so a commit after a
+record covers only records whose handler already returned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import traceback
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+
+from aiokafka import ConsumerRecord
+from faststream import AckPolicy
+from faststream.kafka import KafkaBroker, TopicPartition
+from faststream.kafka.annotations import KafkaMessage
+from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
+from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
+
+from .errors import MessageFormatError, PermanentError, TransientError
+from .parsers import Parser
+from .settings import KafkaSettings, ServiceSettings
+from .telemetry import Telemetry
+from .topics import dlq
+
+log = logging.getLogger("runstream.kafka")
+
+T = TypeVar("T")
+
+DLQ_REASON = "x-dlq-reason"
+DLQ_ERROR_CLASS = "x-dlq-error-class"
+DLQ_SOURCE_TOPIC = "x-dlq-source-topic"
+DLQ_SOURCE_PARTITION = "x-dlq-source-partition"
+DLQ_SOURCE_OFFSET = "x-dlq-source-offset"
+DLQ_GROUP = "x-dlq-consumer-group"
+DLQ_ATTEMPTS = "x-dlq-attempts"
+DLQ_TIME = "x-dlq-time"
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """Where a record came from; handed to handlers next to the parsed message."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    timestamp_ms: int
+    headers: tuple[tuple[str, bytes], ...]
+    attempt: int
+
+
+Handler = Callable[[T, Delivery], Awaitable[None]]
+
+
+def _security(settings: KafkaSettings) -> BaseSecurity | None:
+    kwargs = settings.security_kwargs()
+    ssl_context = kwargs.get("ssl_context")
+    password = settings.sasl_password.get_secret_value() if settings.sasl_password else ""
+    user = settings.sasl_username or ""
+    if settings.sasl_mechanism == "PLAIN":
+        return SASLPlaintext(user, password, ssl_context=ssl_context)
+    if settings.sasl_mechanism == "SCRAM-SHA-256":
+        return SASLScram256(user, password, ssl_context=ssl_context)
+    if settings.sasl_mechanism == "SCRAM-SHA-512":
+        return SASLScram512(user, password, ssl_context=ssl_context)
+    if ssl_context is not None:
+        return BaseSecurity(ssl_context=ssl_context)
+    return None
+
+
+def make_broker(
+    settings: KafkaSettings, telemetry: Telemetry | None = None, *, client_id: str | None = None
+) -> KafkaBroker:
+    """A broker whose producer waits for every in-sync replica (``acks=all``)."""
+    middlewares: list[Any] = []
+    if telemetry is not None:
+        middlewares.append(
+            KafkaTelemetryMiddleware(
+                tracer_provider=telemetry.tracer_provider,
+                meter_provider=telemetry.meter_provider,
+            )
+        )
+    return KafkaBroker(
+        settings.bootstrap_servers,
+        client_id=client_id or settings.client_id,
+        acks="all",
+        enable_idempotence=True,
+        max_request_size=settings.max_request_size,
+        security=_security(settings),
+        middlewares=middlewares,
+        graceful_timeout=30.0,
+        logger=logging.getLogger(f"runstream.{client_id or settings.client_id}"),
+    )
+
+
+def _headers(record: ConsumerRecord[Any, Any]) -> tuple[tuple[str, bytes], ...]:
+    return tuple(
+        (k, v if isinstance(v, bytes) else str(v).encode()) for k, v in record.headers or ()
+    )
+
+
+async def dead_letter(
+    broker: KafkaBroker,
+    record: ConsumerRecord[Any, Any],
+    *,
+    group_id: str,
+    error: BaseException,
+    attempts: int,
+) -> None:
+    """Publish the original bytes, headers and key of ``record`` to ``<topic>.dlq`` with the reason."""
+    headers = {
+        k: v.decode(errors="replace") for k, v in _headers(record) if not k.startswith("x-dlq-")
+    }
+    headers.update(
+        {
+            DLQ_REASON: str(error)[:4000] or type(error).__name__,
+            DLQ_ERROR_CLASS: type(error).__name__,
+            DLQ_SOURCE_TOPIC: record.topic,
+            DLQ_SOURCE_PARTITION: str(record.partition),
+            DLQ_SOURCE_OFFSET: str(record.offset),
+            DLQ_GROUP: group_id,
+            DLQ_ATTEMPTS: str(attempts),
+            DLQ_TIME: str(time.time()),
+        }
+    )
+    value = record.value if record.value is not None else b""
+    await broker.publish(value, topic=dlq(record.topic), key=record.key, headers=headers)
+    log.warning(
+        "dead-lettered %s[%d]@%d: %s: %s",
+        record.topic,
+        record.partition,
+        record.offset,
+        type(error).__name__,
+        error,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    max_attempts: int = 3
+    backoff_s: float = 0.5
+    backoff_max_s: float = 30.0
+    transient_window_s: float = 60.0
+
+    @classmethod
+    def from_settings(cls, settings: ServiceSettings) -> RetryPolicy:
+        return cls(settings.max_attempts, settings.retry_backoff_s, settings.retry_backoff_max_s)
+
+    def delay(self, attempt: int) -> float:
+        return float(min(self.backoff_max_s, self.backoff_s * 2 ** (attempt - 1)))
+
+
+async def deliver(
+    broker: KafkaBroker,
+    message: Any,
+    *,
+    parser: Parser[T],
+    handler: Handler[T],
+    group_id: str,
+    retry: RetryPolicy,
+) -> None:
+    """Decide the fate of one record (see the module docstring). Never raises."""
+    record: ConsumerRecord[Any, Any] = message.raw_message
+    try:
+        parsed = parser.parse(record.value)
+    except MessageFormatError as exc:
+        await dead_letter(broker, record, group_id=group_id, error=exc, attempts=0)
+        await message.ack()
+        return
+
+    started = time.monotonic()
+    attempt = 0
+    while True:
+        attempt += 1
+        delivery = Delivery(
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            key=record.key,
+            timestamp_ms=record.timestamp,
+            headers=_headers(record),
+            attempt=attempt,
+        )
+        try:
+            await handler(parsed, delivery)
+        except TransientError as exc:
+            if time.monotonic() - started > retry.transient_window_s:
+                log.warning("transient failure persists, record comes again later: %s", exc)
+                await message.nack()
+                return
+            log.info("transient failure (attempt %d), retrying: %s", attempt, exc)
+            await asyncio.sleep(retry.delay(attempt))
+        except PermanentError as exc:
+            await dead_letter(broker, record, group_id=group_id, error=exc, attempts=attempt)
+            await message.ack()
+            return
+        except Exception as exc:
+            if attempt >= retry.max_attempts:
+                log.error("giving up after %d attempts:\n%s", attempt, traceback.format_exc())
+                await dead_letter(broker, record, group_id=group_id, error=exc, attempts=attempt)
+                await message.ack()
+                return
+            log.warning("unexpected failure (attempt %d), retrying: %r", attempt, exc)
+            await asyncio.sleep(retry.delay(attempt))
+        else:
+            await message.ack()
+            return
+
+
+def subscribe(
+    broker: KafkaBroker,
+    topic: str,
+    *,
+    group_id: str,
+    parser: Parser[T],
+    handler: Handler[T],
+    settings: ServiceSettings,
+    retry: RetryPolicy | None = None,
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest",
+    partitions: int | None = None,
+    title: str | None = None,
+    description: str | None = None,
+) -> Any:
+    """Register ``handler`` for ``topic`` with at-least-once delivery and a DLQ.
+
+    Returns the FastStream subscriber (useful for tests and AsyncAPI docs).
+    """
+    policy = retry or RetryPolicy.from_settings(settings)
+    kafka = settings.kafka
+    subscriber = broker.subscriber(
+        topic,
+        group_id=group_id,
+        ack_policy=AckPolicy.MANUAL,
+        auto_offset_reset=auto_offset_reset,
+        session_timeout_ms=kafka.session_timeout_ms,
+        heartbeat_interval_ms=kafka.heartbeat_interval_ms,
+        title=title,
+        description=description or (handler.__doc__ or None),
+    )
+
+    async def consume(message: KafkaMessage) -> None:
+        await deliver(
+            broker, message, parser=parser, handler=handler, group_id=group_id, retry=policy
+        )
+
+    consume.__name__ = getattr(handler, "__name__", "consume")
+    subscriber(consume)
+    return subscriber
+
+
+async def publish(
+    broker: KafkaBroker,
+    topic: str,
+    message: Any,
+    *,
+    key: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> None:
+    """Publish one message model as JSON and wait until the broker has it (acks=all)."""
+    correlation_id = getattr(message, "correlation_id", None)
+    await broker.publish(
+        message.model_dump_json().encode(),
+        topic=topic,
+        key=key,
+        headers={"content-type": "application/json", **(headers or {})},
+        correlation_id=correlation_id,
+    )
+
+
+__all__ = [
+    "Delivery",
+    "Handler",
+    "RetryPolicy",
+    "TopicPartition",
+    "dead_letter",
+    "deliver",
+    "make_broker",
+    "publish",
+    "subscribe",
+]

@@ -1,0 +1,80 @@
+"""Message models of every internal topic, and the facility's event model."""
+
+from .commands import (
+    DefineUserVariable,
+    SetComment,
+    SetProposalSetting,
+    SetTags,
+    SetUserVariable,
+    StoreCommand,
+    UserVariableType,
+)
+from .common import ProposalNo, RunNo, Selection, Trigger
+from .envelope import Message, utcnow
+from .facility import FacilityEvent
+from .jobs import JobCancelRequested, JobRequested, JobState, JobStateChanged
+from .processing import TERMINAL_STATUSES, ProcessingStateChanged, ProcessingStatus
+from .proposals import ProposalRegistered, ProposalRemoved, ProposalSettingsSet
+from .results import (
+    InlineSummary,
+    ResultsReady,
+    SummaryType,
+    VariableDefinition,
+    VariableResult,
+    VariablesDefined,
+)
+from .runs import ReprocessRequested, RunKnown, RunRequested
+from .updates import (
+    CommandRejected,
+    JobStateSet,
+    ProcessingStateSet,
+    RunAdded,
+    Update,
+    ValuesUpdated,
+    ValueView,
+    VariablesSet,
+)
+
+__all__ = [
+    "TERMINAL_STATUSES",
+    "CommandRejected",
+    "DefineUserVariable",
+    "FacilityEvent",
+    "InlineSummary",
+    "JobCancelRequested",
+    "JobRequested",
+    "JobState",
+    "JobStateChanged",
+    "JobStateSet",
+    "Message",
+    "ProcessingStateChanged",
+    "ProcessingStateSet",
+    "ProcessingStatus",
+    "ProposalNo",
+    "ProposalRegistered",
+    "ProposalRemoved",
+    "ProposalSettingsSet",
+    "ReprocessRequested",
+    "ResultsReady",
+    "RunAdded",
+    "RunKnown",
+    "RunNo",
+    "RunRequested",
+    "Selection",
+    "SetComment",
+    "SetProposalSetting",
+    "SetTags",
+    "SetUserVariable",
+    "StoreCommand",
+    "SummaryType",
+    "Trigger",
+    "Update",
+    "UserVariableType",
+    "ValueView",
+    "ValuesUpdated",
+    "VariableDefinition",
+    "VariableResult",
+    "VariablesDefined",
+    "VariablesSet",
+    "utcnow",
+]

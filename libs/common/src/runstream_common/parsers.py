@@ -1,0 +1,75 @@
+"""One parser per topic: bytes in, a validated model out, or MessageFormatError.
+
+Consumers never call ``json.loads`` on a record themselves; they ask the parser
+of the topic they read, so each topic has exactly one definition of what may be
+on it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from .errors import MessageFormatError
+from .messages.commands import StoreCommand
+from .messages.facility import FacilityEvent
+from .messages.jobs import JobControlEvent, JobRequestEvent, JobStateEvent
+from .messages.processing import ProcessingEvent
+from .messages.proposals import ProposalEvent, ProposalSettingsSet
+from .messages.results import ResultsEvent
+from .messages.runs import CatalogEvent, ReprocessEvent, RunEvent
+from .messages.updates import Update
+
+T = TypeVar("T")
+
+
+class Parser(Generic[T]):
+    """Validate raw record values against one topic's union of message types."""
+
+    def __init__(self, name: str, schema: Any) -> None:
+        self.name = name
+        self._adapter: TypeAdapter[T] = TypeAdapter(schema)
+
+    def parse(self, raw: bytes | str | None) -> T:
+        """Decode one record value. Raises MessageFormatError with a readable reason."""
+        if raw is None:
+            raise MessageFormatError(
+                f"{self.name}: empty record (tombstone) where a message was expected"
+            )
+        try:
+            return self._adapter.validate_json(raw)
+        except ValidationError as exc:
+            raise MessageFormatError(f"{self.name}: {_describe(exc)}") from exc
+
+    def dump(self, message: T) -> bytes:
+        """Encode one message as JSON bytes."""
+        return self._adapter.dump_json(message)
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors(include_url=False):
+        loc = ".".join(str(p) for p in err["loc"]) or "<message>"
+        parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def encode(message: BaseModel) -> bytes:
+    """JSON bytes of any message model."""
+    return message.model_dump_json().encode()
+
+
+FACILITY: Parser[FacilityEvent] = Parser("facility event", FacilityEvent)
+PROPOSALS: Parser[Any] = Parser("proposals", ProposalEvent)
+PROPOSAL_SETTINGS: Parser[ProposalSettingsSet] = Parser("proposal-settings", ProposalSettingsSet)
+REPROCESS: Parser[Any] = Parser("reprocess", ReprocessEvent)
+RUNS: Parser[Any] = Parser("runs", RunEvent)
+RUN_CATALOG: Parser[Any] = Parser("run-catalog", CatalogEvent)
+RESULTS: Parser[Any] = Parser("results", ResultsEvent)
+PROCESSING: Parser[Any] = Parser("processing", ProcessingEvent)
+JOB_REQUESTS: Parser[Any] = Parser("jobs.requests", JobRequestEvent)
+JOB_CONTROL: Parser[Any] = Parser("jobs.control", JobControlEvent)
+JOB_STATE: Parser[Any] = Parser("jobs.state", JobStateEvent)
+COMMANDS: Parser[Any] = Parser("commands", StoreCommand)
+UPDATES: Parser[Any] = Parser("updates", Update)

@@ -1,0 +1,99 @@
+"""Settings blocks shared by every service.
+
+Each service has one ``Settings(BaseSettings)`` class with its own env prefix
+(``RUNSTREAM_EXECUTOR_``, ...) and ``__`` as the nested delimiter, embedding
+these blocks. The blocks also read a shared prefix (``RUNSTREAM_KAFKA_``,
+``RUNSTREAM_POSTGRES_``, ``RUNSTREAM_OTEL_``) so one environment can configure
+every service at once; a service's own variables win.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .topics import Topics
+
+
+class KafkaSettings(BaseSettings):
+    """How to reach Kafka, security included (passed through to aiokafka)."""
+
+    model_config = SettingsConfigDict(env_prefix="RUNSTREAM_KAFKA_", extra="ignore")
+
+    bootstrap_servers: str = "127.0.0.1:39092"
+    topic_prefix: str = "runstream"
+    client_id: str = "runstream"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    topic_partitions: int = Field(default=3, ge=1, description="Partitions of topics we create")
+    replication_factor: int = Field(default=1, ge=1, description="Replicas of topics we create")
+    session_timeout_ms: int = 10_000
+    heartbeat_interval_ms: int = 1_000
+    max_request_size: int = 1_048_576
+
+    @property
+    def topics(self) -> Topics:
+        return Topics(self.topic_prefix)
+
+    def security_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for aiokafka clients (not FastStream's broker)."""
+        kwargs: dict[str, Any] = {"security_protocol": self.security_protocol}
+        if self.sasl_mechanism:
+            kwargs["sasl_mechanism"] = self.sasl_mechanism
+            kwargs["sasl_plain_username"] = self.sasl_username
+            kwargs["sasl_plain_password"] = (
+                self.sasl_password.get_secret_value() if self.sasl_password else None
+            )
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            from aiokafka.helpers import create_ssl_context
+
+            kwargs["ssl_context"] = create_ssl_context(
+                cafile=self.ssl_cafile, certfile=self.ssl_certfile, keyfile=self.ssl_keyfile
+            )
+        return kwargs
+
+
+class PostgresSettings(BaseSettings):
+    """The store's database. The DSN carries the password, so it is secret."""
+
+    model_config = SettingsConfigDict(env_prefix="RUNSTREAM_POSTGRES_", extra="ignore")
+
+    dsn: SecretStr = SecretStr("postgresql://runstream:runstream@127.0.0.1:55432/runstream")
+    min_pool: int = 1
+    max_pool: int = 5
+
+
+class TelemetrySettings(BaseSettings):
+    """OpenTelemetry: spans and metrics are exported only when an endpoint is set."""
+
+    model_config = SettingsConfigDict(env_prefix="RUNSTREAM_OTEL_", extra="ignore")
+
+    otlp_endpoint: str | None = Field(
+        default=None, description="OTLP/HTTP endpoint, e.g. http://collector:4318"
+    )
+    service_namespace: str = "runstream"
+
+
+def service_config(prefix: str) -> SettingsConfigDict:
+    """The model config every service's Settings uses."""
+    return SettingsConfigDict(env_prefix=prefix, env_nested_delimiter="__", extra="ignore")
+
+
+class ServiceSettings(BaseSettings):
+    """Fields every service has. Subclass with ``model_config = service_config(...)``."""
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
+    log_level: str = "INFO"
+    max_attempts: int = Field(
+        default=3, ge=1, description="Tries of an unexpected handler error before dead-lettering"
+    )
+    retry_backoff_s: float = Field(default=0.5, gt=0, description="First retry delay; doubles")
+    retry_backoff_max_s: float = Field(default=30.0, gt=0)
