@@ -1,0 +1,1 @@
+"""I/O of the ingest service: Kafka (transactional loop, compacted tables), file system."""

@@ -1,0 +1,251 @@
+"""Pure decisions: a facility event, a watched folder or a reprocess request in, effects out.
+
+Nothing here talks to Kafka. The file system is reached only through the
+:class:`Disk` port (its real implementation is blocking; the loop runs these
+handlers in a worker thread). The de-duplication rule: one run message per
+(proposal, run, trigger) ever, remembered in the run catalog (``raw_seen`` /
+``proc_seen``); a reprocess request always produces new run messages.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Protocol
+from uuid import UUID
+
+from runstream_common import parsers
+from runstream_common.errors import MessageFormatError
+from runstream_common.messages import (
+    ProcessingStateChanged,
+    ProcessingStatus,
+    ReprocessRequested,
+    RunKnown,
+    RunRequested,
+    Trigger,
+)
+
+from .effects import DeadLetter, Effect, EmitRun, Ignore, Outcome, Wait
+from .ids import FACILITY_NAMESPACE, facility_request_id, reprocess_request_id
+from .layout import FolderState
+from .settings import Settings
+from .tables import CatalogTxn, ProposalTable, Registration
+
+log = logging.getLogger("runstream.ingest")
+
+WATCHER_EVENT = "run_folder_complete"
+
+
+class Disk(Protocol):
+    """The file-system questions the handlers ask."""
+
+    def proposal_dir(self, registration: Registration) -> Path | None: ...
+
+    def run_dir(self, proposal_dir: Path, run: int, kind: Trigger) -> Path: ...
+
+    def folder(self, path: Path) -> FolderState: ...
+
+    def exists(self, path: Path) -> bool: ...
+
+
+def _seen(entry: RunKnown | None, trigger: Trigger) -> bool:
+    if entry is None:
+        return False
+    if trigger is Trigger.RAW:
+        return entry.raw_seen
+    if trigger is Trigger.PROC:
+        return entry.proc_seen
+    return entry.raw_seen and entry.proc_seen
+
+
+def _catalog_entry(proposal: int, run: int, trigger: Trigger, source: dict[str, object]) -> RunKnown:
+    clean = {k: v for k, v in source.items() if v is None or isinstance(v, str | int | float | bool)}
+    return RunKnown(
+        proposal=proposal,
+        run=run,
+        raw_seen=trigger in (Trigger.RAW, Trigger.ALL),
+        proc_seen=trigger in (Trigger.PROC, Trigger.ALL),
+        source=clean,  # type: ignore[arg-type]
+    )
+
+
+def _run_message(
+    proposal: int,
+    run: int,
+    trigger: Trigger,
+    registration: Registration,
+    proposal_dir: Path,
+    reason: str,
+    attempt: int = 1,
+) -> RunRequested:
+    request_id = facility_request_id(proposal, run, trigger)
+    return RunRequested(
+        event_id=UUID(request_id),
+        correlation_id=request_id,
+        request_id=request_id,
+        proposal=proposal,
+        run=run,
+        trigger=trigger,
+        context_dir=registration.context_dir,
+        proposal_dir=str(proposal_dir),
+        reason=reason,  # type: ignore[arg-type]
+        attempt=attempt,
+    )
+
+
+def _no_proposal_dir(registration: Registration, settings: Settings) -> DeadLetter:
+    root = registration.data_root or settings.data_root
+    return DeadLetter(
+        f"proposal directory of p{registration.proposal} not found under {root} "
+        f"(glob {settings.proposal_dir_glob!r})",
+        "UnknownProposal",
+    )
+
+
+def handle_facility(
+    value: bytes | None,
+    *,
+    settings: Settings,
+    proposals: ProposalTable,
+    catalog: CatalogTxn,
+    disk: Disk,
+    now: float,
+    attempt: int = 1,
+) -> list[Effect]:
+    """One facility event (or a retry of one) -> effects."""
+    try:
+        event = parsers.FACILITY.parse(value)
+    except MessageFormatError as exc:
+        return [DeadLetter(str(exc), type(exc).__name__)]
+    trigger = settings.event_triggers.get(event.event)
+    if trigger is None:
+        return [Ignore(Outcome.UNKNOWN_EVENT, event.event)]
+    registration = proposals.get(event.proposal)
+    if registration is None:
+        return [Ignore(Outcome.UNREGISTERED, f"p{event.proposal}")]
+    known = catalog.get(event.proposal, event.run)
+    if _seen(known, trigger):
+        return [Ignore(Outcome.DUPLICATE, f"p{event.proposal} r{event.run} {trigger}")]
+    proposal_dir = disk.proposal_dir(registration)
+    if proposal_dir is None:
+        return [_no_proposal_dir(registration, settings)]
+
+    note = None
+    if trigger is Trigger.PROC:
+        reason = _proc_not_ready(event.run, known, proposal_dir, settings, disk)
+        if reason is not None and attempt < settings.proc_max_attempts:
+            request_id = facility_request_id(event.proposal, event.run, trigger)
+            state = ProcessingStateChanged(
+                correlation_id=request_id,
+                processing_id=request_id,
+                request_id=request_id,
+                proposal=event.proposal,
+                run=event.run,
+                trigger=trigger,
+                status=ProcessingStatus.WAITING,
+                reason=f"{reason}; look {attempt + 1} of {settings.proc_max_attempts} "
+                f"in {settings.proc_retry_delay_s:g} s",
+            )
+            return [Wait(state, attempt + 1, now + settings.proc_retry_delay_s)]
+        if reason is not None:
+            note = f"sent after {attempt} looks although {reason}"
+
+    source: dict[str, object] = {**event.extras(), f"{trigger.value}_event": event.event}
+    run_msg = _run_message(
+        event.proposal, event.run, trigger, registration, proposal_dir, "facility", attempt
+    )
+    entry = catalog.put(_catalog_entry(event.proposal, event.run, trigger, source))
+    return [EmitRun(run_msg, entry, note)]
+
+
+def _proc_not_ready(
+    run: int, known: RunKnown | None, proposal_dir: Path, settings: Settings, disk: Disk
+) -> str | None:
+    if settings.proc_waits_for_raw and not (known is not None and known.raw_seen):
+        return "no raw run message yet for this run"
+    state = disk.folder(disk.run_dir(proposal_dir, run, Trigger.PROC))
+    if not state.complete:
+        return state.describe(disk.run_dir(proposal_dir, run, Trigger.PROC), settings.settle_s)
+    return None
+
+
+def handle_watched(
+    proposal: int,
+    run: int,
+    path: Path,
+    *,
+    settings: Settings,
+    proposals: ProposalTable,
+    catalog: CatalogTxn,
+    disk: Disk,
+) -> list[Effect]:
+    """A complete new raw run folder found by the watcher -> a raw run message (once)."""
+    registration = proposals.get(proposal)
+    if registration is None:
+        return [Ignore(Outcome.UNREGISTERED, f"p{proposal}")]
+    if _seen(catalog.get(proposal, run), Trigger.RAW):
+        return [Ignore(Outcome.DUPLICATE, f"p{proposal} r{run} raw")]
+    proposal_dir = disk.proposal_dir(registration)
+    if proposal_dir is None:
+        return [Ignore(Outcome.MISSING_RUN, f"p{proposal}: proposal directory gone")]
+    run_msg = _run_message(proposal, run, Trigger.RAW, registration, proposal_dir, "watcher")
+    source: dict[str, object] = {"raw_event": WATCHER_EVENT, "path": str(path)}
+    entry = catalog.put(_catalog_entry(proposal, run, Trigger.RAW, source))
+    return [EmitRun(run_msg, entry)]
+
+
+def handle_reprocess(
+    request: ReprocessRequested,
+    *,
+    settings: Settings,
+    proposals: ProposalTable,
+    catalog: CatalogTxn,
+    disk: Disk,
+) -> list[Effect]:
+    """Expand a reprocess request into one run message per run that exists on disk."""
+    registration = proposals.get(request.proposal)
+    if registration is None:
+        return [DeadLetter(f"proposal {request.proposal} is not registered", "UnknownProposal")]
+    proposal_dir = disk.proposal_dir(registration)
+    if proposal_dir is None:
+        return [_no_proposal_dir(registration, settings)]
+    runs = (
+        catalog.runs(request.proposal)
+        if request.runs == "all"
+        else sorted(set(request.runs))
+    )
+    kind = Trigger.PROC if request.trigger is Trigger.PROC else Trigger.RAW
+    effects: list[Effect] = []
+    for run in runs:
+        folder = disk.run_dir(proposal_dir, run, kind)
+        if not disk.exists(folder):
+            effects.append(Ignore(Outcome.MISSING_RUN, f"p{request.proposal} r{run}: {folder} not found"))
+            continue
+        request_id = reprocess_request_id(request.event_id, request.proposal, run, request.trigger)
+        run_msg = RunRequested(
+            event_id=UUID(request_id),
+            correlation_id=str(request.event_id),
+            request_id=request_id,
+            proposal=request.proposal,
+            run=run,
+            trigger=request.trigger,
+            selection=request.selection,
+            context_dir=registration.context_dir,
+            proposal_dir=str(proposal_dir),
+            reason="reprocess",
+        )
+        entry = None
+        if catalog.get(request.proposal, run) is None:
+            entry = catalog.put(RunKnown(proposal=request.proposal, run=run))
+        effects.append(EmitRun(run_msg, entry))
+    return effects
+
+
+__all__ = [
+    "FACILITY_NAMESPACE",
+    "WATCHER_EVENT",
+    "Disk",
+    "handle_facility",
+    "handle_reprocess",
+    "handle_watched",
+]

@@ -1,0 +1,120 @@
+"""Where a proposal's data is on disk, and whether a folder has finished being written.
+
+Blocking file-system calls live here; async callers use ``asyncio.to_thread``.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Literal
+
+DataKind = Literal["raw", "proc"]
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """The facility's folder layout (DAMNIT's: ``<root>/<instrument>/<cycle>/pNNNNNN/raw/rNNNN``)."""
+
+    data_root: str
+    proposal_dir_glob: str = "*/*/p{proposal:06d}"
+    run_dir_format: str = "r{run:04d}"
+
+    def proposal_dir(self, proposal: int, data_root: str | None = None) -> Path | None:
+        """The proposal folder, or None if it cannot be found.
+
+        ``data_root`` (from the registration) wins over the default root. A root
+        that already holds ``raw/`` or ``proc/``, or is named like the proposal
+        folder, *is* the proposal folder; otherwise the glob is tried under it.
+        """
+        root = Path(data_root or self.data_root)
+        pattern = self.proposal_dir_glob.format(proposal=proposal)
+        if (root / "raw").is_dir() or (root / "proc").is_dir() or root.name == Path(pattern).name:
+            return root
+        matches = sorted(glob.glob(str(root / pattern)))
+        dirs = [m for m in matches if os.path.isdir(m)]
+        return Path(dirs[0]) if dirs else None
+
+    def run_dir(self, proposal_dir: Path, run: int, kind: DataKind) -> Path:
+        return proposal_dir / kind / self.run_dir_format.format(run=run)
+
+    def run_folder_regex(self) -> re.Pattern[str]:
+        """A regex matching run folder names, with the run number as group 1."""
+        head, sep, tail = self.run_dir_format.partition("{run")
+        if not sep:
+            raise ValueError(f"run_dir_format {self.run_dir_format!r} has no {{run}} field")
+        tail = tail.split("}", 1)[1] if "}" in tail else ""
+        return re.compile(f"^{re.escape(head)}(\\d+){re.escape(tail)}$")
+
+    def run_folders(self, proposal_dir: Path, kind: DataKind = "raw") -> dict[int, Path]:
+        """Run number -> folder, for every run folder under ``proposal_dir/kind``."""
+        base = proposal_dir / kind
+        regex = self.run_folder_regex()
+        out: dict[int, Path] = {}
+        try:
+            entries = list(os.scandir(base))
+        except FileNotFoundError:
+            return out
+        for entry in entries:
+            m = regex.match(entry.name)
+            if m and entry.is_dir():
+                out[int(m.group(1))] = Path(entry.path)
+        return out
+
+
+class Completeness(StrEnum):
+    MISSING = "missing"
+    EMPTY = "empty"
+    BUSY = "busy"
+    COMPLETE = "complete"
+
+
+@dataclass(frozen=True, slots=True)
+class FolderState:
+    state: Completeness
+    files: int = 0
+    newest_mtime: float = 0.0
+    quiet_s: float = 0.0
+
+    @property
+    def complete(self) -> bool:
+        return self.state is Completeness.COMPLETE
+
+    def describe(self, path: Path, settle_s: float) -> str:
+        if self.state is Completeness.MISSING:
+            return f"{path} does not exist yet"
+        if self.state is Completeness.EMPTY:
+            return f"{path} has no files yet"
+        if self.state is Completeness.BUSY:
+            return f"{path} is still being written (changed {self.quiet_s:.1f} s ago, settle time {settle_s:g} s)"
+        return f"{path} is complete ({self.files} files)"
+
+
+def folder_state(path: Path, settle_s: float, now: float) -> FolderState:
+    """Complete = exists, holds at least one file, and nothing in it changed for ``settle_s``."""
+    if not path.is_dir():
+        return FolderState(Completeness.MISSING)
+    files = 0
+    newest = path.stat().st_mtime
+    for dirpath, _dirnames, filenames in os.walk(path):
+        try:
+            newest = max(newest, os.stat(dirpath).st_mtime)
+        except FileNotFoundError:
+            continue
+        for name in filenames:
+            try:
+                st = os.stat(os.path.join(dirpath, name))
+            except FileNotFoundError:  # renamed while we looked: still busy
+                return FolderState(Completeness.BUSY, files, now, 0.0)
+            files += 1
+            newest = max(newest, st.st_mtime)
+    quiet = max(0.0, now - newest)
+    if files == 0:
+        return FolderState(Completeness.EMPTY, 0, newest, quiet)
+    if quiet < settle_s:
+        return FolderState(Completeness.BUSY, files, newest, quiet)
+    return FolderState(Completeness.COMPLETE, files, newest, quiet)

@@ -1,0 +1,108 @@
+"""Settings of the ingest service (env prefix ``RUNSTREAM_INGEST_``, ``__`` nests)."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from pydantic import Field, field_validator
+from runstream_common.messages import Trigger
+from runstream_common.settings import ServiceSettings, service_config
+
+from .layout import Layout
+
+# DAMNIT's listener (maxwell offline + onc online) topics and event names.
+DEFAULT_FACILITY_TOPICS: tuple[str, ...] = (
+    "test.r2d2",
+    "cal.offline-corrections",
+    "test.euxfel.hed.daq",
+    "test.euxfel.hed.cal",
+)
+DEFAULT_EVENT_TRIGGERS: dict[str, Trigger] = {
+    "migration_complete": Trigger.RAW,
+    "daq_run_complete": Trigger.RAW,
+    "run_corrections_complete": Trigger.PROC,
+    "online_correction_complete": Trigger.PROC,
+}
+
+
+class Settings(ServiceSettings):
+    """Everything ingest can be told. Lists and dicts are given as JSON in the environment."""
+
+    model_config = service_config("RUNSTREAM_INGEST_")
+
+    facility_topics: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_FACILITY_TOPICS),
+        description="Facility topics to consume (not prefixed; they are the facility's names)",
+    )
+    event_triggers: dict[str, Trigger] = Field(
+        default_factory=lambda: dict(DEFAULT_EVENT_TRIGGERS),
+        description="Facility event name -> which data it makes available (raw or proc)",
+    )
+    group_id: str = Field(default="runstream-ingest", description="Consumer group of the loop")
+    transactional_id: str = Field(
+        default="runstream-ingest",
+        description=(
+            "Transactional id of the loop's producer. Keep it stable across restarts: a restart "
+            "with the same id aborts the transaction a crashed process left open."
+        ),
+    )
+    group_instance_id: str | None = Field(
+        default=None,
+        description="Static group membership: a restart rejoins without waiting for a rebalance",
+    )
+    batch_max_records: int = Field(default=500, ge=1, description="Records per transaction")
+    poll_timeout_ms: int = Field(default=100, ge=1)
+
+    data_root: str = Field(
+        default_factory=lambda: os.environ.get("XFEL_DATA_ROOT", "/gpfs/exfel/exp"),
+        description="Data root for registrations without their own (DAMNIT: $XFEL_DATA_ROOT)",
+    )
+    proposal_dir_glob: str = Field(
+        default="*/*/p{proposal:06d}",
+        description=(
+            "Where a proposal's folder is under a data root (DAMNIT: <instrument>/<cycle>/pNNNNNN). "
+            "A data root that already holds raw/ (or is named pNNNNNN) is the proposal folder."
+        ),
+    )
+    run_dir_format: str = Field(
+        default="r{run:04d}", description="Run folder name under raw/ and proc/"
+    )
+
+    settle_s: float = Field(
+        default=30.0, ge=0, description="A folder is complete when no file changed for this long"
+    )
+    proc_retry_delay_s: float = Field(
+        default=30.0, gt=0, description="Wait before looking at an incomplete proc folder again"
+    )
+    proc_max_attempts: int = Field(
+        default=20,
+        ge=1,
+        description="Looks at a proc folder; after the last one the run message goes out anyway",
+    )
+    proc_waits_for_raw: bool = Field(
+        default=True, description="Hold a proc run message until the run's raw message went out"
+    )
+
+    watch: bool = Field(default=False, description="Run the folder watcher")
+    watch_interval_s: float = Field(default=10.0, gt=0, description="Seconds between scans")
+
+    @field_validator("event_triggers")
+    @classmethod
+    def _raw_or_proc(cls, value: dict[str, Trigger]) -> dict[str, Trigger]:
+        bad = {name: t.value for name, t in value.items() if t is Trigger.ALL}
+        if bad:
+            raise ValueError(f"a facility event makes raw or proc data available, not all: {bad}")
+        return value
+
+    def layout(self) -> Layout:
+        return Layout(self.data_root, self.proposal_dir_glob, self.run_dir_format)
+
+    def retry_topic(self) -> str:
+        # LOCAL WORKAROUND: topic name should live in runstream_common.topics (requested).
+        return f"{self.kafka.topic_prefix}.ingest-retry"
+
+
+def default_instance() -> str:
+    """A name for log lines and client ids."""
+    return f"{socket.gethostname()}-{os.getpid()}"
