@@ -1,0 +1,120 @@
+"""Shared fixtures: the real local stack, a topic prefix and a database per test.
+
+Integration tests never skip for a missing service: if Kafka or PostgreSQL
+cannot be brought up by ``deploy/local/stack.sh up`` the test fails with the
+script's output.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from runstream_common.settings import KafkaSettings
+
+REPO = Path(__file__).resolve().parents[1]
+STACK = REPO / "deploy" / "local" / "stack.sh"
+
+
+@dataclass(frozen=True)
+class Stack:
+    bootstrap_servers: str
+    postgres_dsn: str
+
+
+def _stack(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", str(STACK), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def _parse_env(text: str) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("export "):
+            line = line[len("export ") :]
+        if "=" not in line or line.startswith("#"):
+            continue
+        key, _, value = line.partition("=")
+        parts = shlex.split(value)
+        env[key.strip()] = parts[0] if parts else ""
+    return env
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[Stack]:
+    """Kafka + PostgreSQL from deploy/local, started if they are not running.
+
+    A stack this fixture started is stopped again at the end of the session;
+    one that was already running (``task test`` starts it) is left alone.
+    """
+    started_here = False
+    if _stack("status", timeout=60).returncode != 0:
+        up = _stack("up")
+        if up.returncode != 0:
+            pytest.fail(
+                "could not start the local stack (deploy/local/stack.sh up):\n"
+                + up.stdout[-4000:]
+                + up.stderr[-4000:],
+                pytrace=False,
+            )
+        started_here = True
+    env = _parse_env(_stack("env", timeout=60).stdout)
+    info = Stack(
+        bootstrap_servers=env["RUNSTREAM_KAFKA_BOOTSTRAP_SERVERS"],
+        postgres_dsn=env["RUNSTREAM_POSTGRES_DSN"],
+    )
+    os.environ["RUNSTREAM_KAFKA_BOOTSTRAP_SERVERS"] = info.bootstrap_servers
+    os.environ["RUNSTREAM_POSTGRES_DSN"] = info.postgres_dsn
+    yield info
+    if started_here and not os.environ.get("RUNSTREAM_KEEP_STACK"):
+        _stack("down", timeout=120)
+
+
+@pytest.fixture
+def topic_prefix() -> str:
+    """A prefix no other test uses, so tests never see each other's messages."""
+    return f"t{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def kafka_settings(stack: Stack, topic_prefix: str) -> KafkaSettings:
+    """Kafka settings for the real local broker with this test's own topics."""
+    return KafkaSettings(
+        bootstrap_servers=stack.bootstrap_servers,
+        topic_prefix=topic_prefix,
+        client_id=f"test-{topic_prefix}",
+        session_timeout_ms=6000,
+        heartbeat_interval_ms=500,
+    )
+
+
+@pytest.fixture
+async def pg_dsn(stack: Stack) -> AsyncIterator[str]:
+    """DSN of a fresh PostgreSQL database for this test, dropped afterwards."""
+    import asyncpg
+
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    admin = await asyncpg.connect(stack.postgres_dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    base, _, _ = stack.postgres_dsn.rpartition("/")
+    yield f"{base}/{name}"
+    admin = await asyncpg.connect(stack.postgres_dsn)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()

@@ -1,0 +1,1 @@
+"""Helpers shared by tests (importable as `support`, tests/ is on pytest\x27s pythonpath)."""

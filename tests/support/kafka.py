@@ -1,0 +1,64 @@
+"""Small helpers for tests that talk to the real broker."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient
+from runstream_common.settings import KafkaSettings
+
+
+async def committed_offsets(settings: KafkaSettings, group_id: str) -> dict[tuple[str, int], int]:
+    """Committed offsets of a group, read through the admin API (no group join)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group_id)
+    finally:
+        await admin.close()
+    return {
+        (tp.topic, tp.partition): meta.offset for tp, meta in offsets.items() if meta.offset >= 0
+    }
+
+
+async def wait_for(predicate: Any, timeout: float = 60.0, interval: float = 0.2) -> Any:
+    """Poll an async predicate until it returns something truthy."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"condition not met within {timeout} s")
+        await asyncio.sleep(interval)
+
+
+async def read_all(
+    settings: KafkaSettings, topic: str, expected: int, timeout: float = 60.0
+) -> list[Any]:
+    """Read ``expected`` committed records of ``topic`` from the beginning, without a group."""
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=settings.bootstrap_servers,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+        metadata_max_age_ms=1000,
+    )
+    await consumer.start()
+    try:
+        deadline = time.monotonic() + timeout
+        records: list[Any] = []
+        while len(records) < expected:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            batch = await consumer.getmany(timeout_ms=int(min(remaining, 1.0) * 1000))
+            for recs in batch.values():
+                records.extend(recs)
+        return sorted(records, key=lambda r: (r.partition, r.offset))
+    finally:
+        await consumer.stop()
