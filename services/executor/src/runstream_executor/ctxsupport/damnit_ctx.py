@@ -1,0 +1,12 @@
+"""DAMNIT compatibility: ``from damnit_ctx import Variable, Cell, Skip`` keeps working."""
+
+from rs_ctxrunner.api import (  # noqa: F401
+    Cell,
+    ContextFileErrors,
+    DependencyError,
+    RunData,
+    Skip,
+    Variable,
+)
+
+__all__ = ["Cell", "ContextFileErrors", "DependencyError", "RunData", "Skip", "Variable"]

@@ -1,0 +1,163 @@
+"""DAMNIT's per-run HDF5 layout writer (fragments and ``context eval --output``).
+
+Layout (damnit.md §4.1)::
+
+    /                  attr provenance
+    /.reduced/{var}    summary (scalar | vlen str | uint8 PNG | float64 (2, N) trendline)
+                       attrs summary_method, summary_type, max_diff, bold, background, units
+    /.preview/{var}    explicit preview (array, RGBA image, or NetCDF4 group)
+    /.errors/{var}     str(exc), attr type = class name
+    /{var}/data        plain data, or /{var} a NetCDF4 group (xarray), attr _damnit_objtype
+
+Each variable is written in isolation: if writing one fails, its partial
+objects are removed, the failure is recorded in ``.errors`` and returned, and
+every other variable is still saved.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import h5py
+import numpy as np
+
+COMPRESS_MIN_BYTES = 4096
+
+
+def _delete(f: h5py.File, *paths: str) -> None:
+    for path in paths:
+        if path in f:
+            del f[path]
+
+
+def _write_array(group: h5py.Group, name: str, value: Any) -> None:
+    if isinstance(value, str):
+        group.create_dataset(name, data=value, dtype=h5py.string_dtype())
+        return
+    arr = np.asarray(value)
+    if arr.ndim >= 1 and arr.nbytes >= COMPRESS_MIN_BYTES:
+        group.create_dataset(
+            name, data=arr, chunks=True, compression="gzip", compression_opts=1, shuffle=True
+        )
+    else:
+        group.create_dataset(name, data=arr)
+
+
+def _write_reduced(f: h5py.File, name: str, prep: dict[str, Any]) -> None:
+    reduced = f.require_group(".reduced")
+    summary = prep.get("summary")
+    if summary is None:
+        return
+    _write_array(reduced, name, summary)
+    ds = reduced[name]
+    if prep.get("summary_method"):
+        ds.attrs["summary_method"] = prep["summary_method"]
+    if prep.get("summary_type") in ("trendline", "thumbnail"):
+        ds.attrs["summary_type"] = prep["summary_type"]
+    if prep.get("max_diff") is not None:
+        ds.attrs["max_diff"] = np.float64(prep["max_diff"])
+    if prep.get("bold") is not None:
+        ds.attrs["bold"] = bool(prep["bold"])
+    if prep.get("background") is not None:
+        ds.attrs["background"] = np.asarray(prep["background"], dtype=np.uint8)
+    if prep.get("units"):
+        ds.attrs["units"] = prep["units"]
+
+
+def _write_plain(f: h5py.File, name: str, prep: dict[str, Any]) -> None:
+    kind = prep["kind"]
+    if kind in ("array", "string", "image"):
+        group = f.create_group(name)
+        _write_array(group, "data", prep["data"])
+        if kind == "image":
+            group.attrs["_damnit_objtype"] = "image"
+    preview = prep.get("preview")
+    if preview is not None and preview["kind"] != "dataarray":
+        pgroup = f.require_group(".preview")
+        _write_array(pgroup, name, preview["data"])
+        if preview["kind"] == "image":
+            pgroup[name].attrs["_damnit_objtype"] = "image"
+
+
+def write_error(f: h5py.File, name: str, message: str, error_cls: str) -> None:
+    errors = f.require_group(".errors")
+    _delete(f, f".errors/{name}")
+    errors.create_dataset(name, data=message, dtype=h5py.string_dtype())
+    errors[name].attrs["type"] = error_cls
+
+
+def _xarray_object(kind: str, payload: dict[str, Any]) -> Any:
+    import xarray as xr
+
+    if kind == "dataarray":
+        return xr.DataArray.from_dict(payload)
+    return xr.Dataset.from_dict(payload)
+
+
+def _to_netcdf(path: str, group: str, kind: str, payload: dict[str, Any]) -> None:
+    obj = _xarray_object(kind, payload)
+    ds = obj.to_dataset() if kind == "dataarray" else obj
+    encoding = {
+        v: {"compression": "gzip", "compression_opts": 1, "shuffle": True}
+        for v in ds.variables
+        if ds[v].ndim >= 1 and ds[v].dtype.kind in "biufc"
+    }
+    ds.to_netcdf(
+        path, mode="a", group=group, engine="h5netcdf", encoding=encoding, invalid_netcdf=True
+    )
+
+
+def write_file(
+    path: str,
+    results: dict[str, dict[str, Any]],
+    errors: dict[str, tuple[str, str]],
+    *,
+    provenance: str = "context.py",
+    start_time: float | None = None,
+) -> dict[str, tuple[str, str]]:
+    """Write ``results`` (name -> prepared) and ``errors`` (name -> (message, class)).
+
+    Returns the variables that could not be saved: name -> (message, class).
+    """
+    failed: dict[str, tuple[str, str]] = {}
+    netcdf: list[tuple[str, str, str, dict[str, Any]]] = []  # (var, group path, kind, payload)
+    with h5py.File(path, "w") as f:
+        f.attrs["provenance"] = provenance
+        if start_time is not None:
+            f.create_group("start_time").create_dataset("data", data=np.float64(start_time))
+            f.require_group(".reduced").create_dataset("start_time", data=np.float64(start_time))
+        for name, prep in results.items():
+            try:
+                _write_plain(f, name, prep)
+                _write_reduced(f, name, prep)
+            except Exception as exc:
+                _delete(f, name, f".reduced/{name}", f".preview/{name}")
+                failed[name] = (str(exc), type(exc).__name__)
+                continue
+            if prep["kind"] in ("dataarray", "dataset"):
+                netcdf.append((name, name, prep["kind"], prep["data"]))
+            preview = prep.get("preview")
+            if preview is not None and preview["kind"] == "dataarray":
+                netcdf.append((name, f".preview/{name}", "dataarray", preview["data"]))
+        for name, (message, error_cls) in errors.items():
+            write_error(f, name, message, error_cls)
+
+    written: list[tuple[str, str, str]] = []
+    for name, group, kind, payload in netcdf:
+        if name in failed:
+            continue
+        try:
+            _to_netcdf(path, group, kind, payload)
+            written.append((name, group, kind))
+        except Exception as exc:
+            failed[name] = (str(exc), type(exc).__name__)
+
+    if netcdf or failed:
+        with h5py.File(path, "a") as f:
+            for name, group, kind in written:
+                if name not in failed:
+                    f[group].attrs["_damnit_objtype"] = kind
+            for name, (message, error_cls) in failed.items():
+                _delete(f, name, f".reduced/{name}", f".preview/{name}")
+                write_error(f, name, message, error_cls)
+    return failed

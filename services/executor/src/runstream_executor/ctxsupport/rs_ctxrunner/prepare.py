@@ -1,0 +1,262 @@
+"""Turn a variable's return value into what is stored (DAMNIT §1.6).
+
+The output ("prepared" dict) holds only numpy arrays, Python scalars, strings,
+bytes and xarray objects flattened with ``to_dict(data='array')``, so it can be
+pickled to the service whatever xarray version the worker has.
+
+Keys: kind (array|string|dataarray|dataset|image), data, summary, summary_type
+(None|thumbnail|trendline|complex), summary_method, max_diff, bold, background,
+units, preview (None or {kind, data}).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from typing import Any
+
+import numpy as np
+
+from .api import Cell, Variable, is_dataarray, is_dataset, is_figure, is_plotly_figure
+
+log = logging.getLogger("rs_ctxrunner")
+
+THUMBNAIL_SIZE = 300
+TRENDLINE_POINTS = 150
+
+
+def figure_rgba(fig: Any) -> np.ndarray:
+    """RGBA uint8 H x W x 4 of a matplotlib figure (closed afterwards)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = fig.canvas
+    if not hasattr(canvas, "buffer_rgba"):
+        canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    rgba = np.array(canvas.buffer_rgba(), dtype=np.uint8)
+    try:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+    except Exception:  # pragma: no cover - figure not managed by pyplot
+        pass
+    return rgba
+
+
+def png_bytes(rgba: np.ndarray) -> np.ndarray:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(rgba, mode="RGBA").save(buf, format="PNG", compress_level=1)
+    return np.frombuffer(buf.getvalue(), dtype=np.uint8)
+
+
+def image_thumbnail(rgba: np.ndarray) -> np.ndarray:
+    """PNG of an RGBA image, largest side at most 300 px."""
+    from PIL import Image
+
+    img = Image.fromarray(rgba, mode="RGBA")
+    img.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", compress_level=1)
+    return np.frombuffer(buf.getvalue(), dtype=np.uint8)
+
+
+def array_thumbnail(arr: np.ndarray) -> np.ndarray:
+    """300 x 300 PNG of a 2-D array: NaN -> 0, colour limits at the 1 %/99 % quantiles."""
+    from matplotlib import colormaps
+    from PIL import Image
+
+    data = np.asarray(arr)
+    if data.dtype.kind == "c":
+        data = np.abs(data)
+    data = np.nan_to_num(data.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    lo, hi = np.quantile(data, [0.01, 0.99]) if data.size else (0.0, 1.0)
+    span = hi - lo if hi > lo else 1.0
+    norm = np.clip((data - lo) / span, 0.0, 1.0)
+    rgba = (colormaps["viridis"](norm) * 255).astype(np.uint8)
+    img = Image.fromarray(rgba, mode="RGBA").resize(
+        (THUMBNAIL_SIZE, THUMBNAIL_SIZE), Image.Resampling.NEAREST
+    )
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", compress_level=1)
+    return np.frombuffer(buf.getvalue(), dtype=np.uint8)
+
+
+def trendline(values: np.ndarray) -> np.ndarray:
+    """(2, N) float64 [x; y] keeping each bucket's extremes, N about 150 at most."""
+    y = np.asarray(values)
+    if y.dtype.kind == "c":
+        y = np.abs(y)
+    y = y.astype(np.float64).ravel()
+    x = np.arange(y.size, dtype=np.float64)
+    if y.size <= TRENDLINE_POINTS:
+        return np.stack([x, y])
+    n_buckets = TRENDLINE_POINTS // 2
+    edges = np.linspace(0, y.size, n_buckets + 1).astype(int)
+    keep: list[int] = []
+    for start, stop in zip(edges[:-1], edges[1:], strict=True):
+        seg = y[start:stop]
+        if not seg.size:
+            continue
+        if np.all(np.isnan(seg)):
+            keep.append(start)
+            continue
+        i_min = start + int(np.nanargmin(seg))
+        i_max = start + int(np.nanargmax(seg))
+        keep.extend(sorted({i_min, i_max}))
+    idx = np.asarray(keep, dtype=int)
+    return np.stack([x[idx], y[idx]])
+
+
+def max_diff(arr: Any) -> float | None:
+    data = np.asarray(arr)
+    if data.size <= 1:
+        return None
+    if data.dtype.kind == "b":
+        return 1.0 if (data.any() and not data.all()) else 0.0
+    if data.dtype.kind not in "iuf":
+        return None
+    with np.errstate(all="ignore"):
+        if np.all(np.isnan(data)) if data.dtype.kind == "f" else False:
+            return None
+        return float(abs(np.nanmax(data) - np.nanmin(data)))
+
+
+def _xr_payload(obj: Any) -> dict[str, Any]:
+    if is_dataarray(obj):
+        obj = obj.copy(deep=False)
+        name = obj.name
+        obj.name = "__xarray_dataarray_variable__" if name is None else str(name).replace("/", "_")
+        return obj.to_dict(data="array")
+    renamed = obj.rename({k: str(k).replace("/", "_") for k in obj.data_vars if "/" in str(k)})
+    return renamed.to_dict(data="array")
+
+
+def _scalar(arr: np.ndarray) -> tuple[Any, str | None]:
+    value = arr.item() if isinstance(arr, np.ndarray) else arr
+    if isinstance(value, complex):
+        return value, "complex"
+    if isinstance(value, bytes):
+        return value.decode(errors="replace"), None
+    return value, None
+
+
+def _default_summary(source: Any) -> tuple[Any, str | None]:
+    """Summary of ``source`` (the preview if given, else the data) by type."""
+    if isinstance(source, str):
+        return source, None
+    if is_figure(source):
+        try:
+            return image_thumbnail(figure_rgba(source)), "thumbnail"
+        except Exception:
+            log.exception("thumbnail failed")
+            return "<thumbnail error>", None
+    if is_dataset(source):
+        return f"Dataset ({source.nbytes / 1e6:.2f}MB)", None
+    arr = source.values if is_dataarray(source) else np.asarray(source)
+    if arr.ndim == 0:
+        return _scalar(arr)
+    if arr.ndim == 1:
+        try:
+            return trendline(arr), "trendline"
+        except Exception:
+            log.exception("trendline failed")
+            return "<trendline error>", None
+    if arr.ndim == 2:
+        try:
+            return array_thumbnail(arr), "thumbnail"
+        except Exception:
+            log.exception("thumbnail failed")
+            return "<thumbnail error>", None
+    return f"{arr.dtype}: {arr.shape}", None
+
+
+def _reduce(method: str, data: Any, name: str) -> tuple[bool, Any]:
+    func = getattr(np, method, None)
+    if not callable(func):
+        return False, None
+    try:
+        value = func(data)
+    except Exception:
+        log.error("Failed to produce summary data for %s", name, exc_info=True)
+        return False, None
+    if is_dataarray(value):
+        value = value.values
+    return True, value
+
+
+def prepare(var: Variable, value: Any) -> dict[str, Any]:
+    """Storage form of a non-None, non-transient result. Raises on unsavable values."""
+    cell = value if isinstance(value, Cell) else Cell(value)
+    if cell.summary is None:
+        cell.summary = var.summary
+    if cell.units is None:
+        cell.units = var.units
+    name = var.name or "?"
+    data = cell.data
+    if is_plotly_figure(data):
+        raise TypeError("plotly figures are not supported by runstream yet")
+
+    out: dict[str, Any] = {
+        "summary_method": cell.summary,
+        "bold": cell.bold,
+        "background": cell.background,
+        "units": cell.units,
+        "max_diff": None,
+        "preview": None,
+    }
+    if isinstance(data, str):
+        out.update(kind="string", data=data)
+    elif is_figure(data):
+        out.update(kind="image", data=figure_rgba(data))
+    elif is_dataarray(data):
+        out.update(kind="dataarray", data=_xr_payload(data))
+        out["max_diff"] = max_diff(data.values)
+    elif is_dataset(data):
+        out.update(kind="dataset", data=_xr_payload(data))
+    else:
+        out.update(kind="array", data=data)
+        out["max_diff"] = max_diff(data)
+
+    preview = cell.preview
+    if preview is not None:
+        if is_figure(preview):
+            out["preview"] = {"kind": "image", "data": figure_rgba(preview)}
+        elif is_dataarray(preview):
+            out["preview"] = {"kind": "dataarray", "data": _xr_payload(preview)}
+        else:
+            out["preview"] = {"kind": "array", "data": np.asarray(preview)}
+
+    summary: Any = None
+    summary_type: str | None = None
+    done = False
+    if cell.summary_value is not None:
+        summary, summary_type = _scalar(np.asarray(cell.summary_value))
+        done = True
+    elif cell.summary and out["kind"] in ("array", "dataarray"):
+        ok, reduced = _reduce(cell.summary, data, name)
+        if ok:
+            arr = np.asarray(reduced)
+            if arr.ndim == 0:
+                summary, summary_type = _scalar(arr)
+            else:
+                summary, summary_type = _default_summary(arr)
+            done = True
+    if not done:
+        if out["kind"] == "image" and preview is None:
+            summary, summary_type = image_thumbnail(out["data"]), "thumbnail"
+        elif preview is not None:
+            if out["preview"]["kind"] == "image":
+                summary, summary_type = image_thumbnail(out["preview"]["data"]), "thumbnail"
+            else:
+                summary, summary_type = _default_summary(preview)
+        else:
+            summary, summary_type = _default_summary(data)
+    if isinstance(summary, np.ndarray) and summary.ndim == 2 and summary.shape[0] == 2:
+        summary_type = "trendline"
+    if isinstance(summary, str):
+        out["max_diff"] = None
+    out["summary"] = summary
+    out["summary_type"] = summary_type
+    return out

@@ -1,0 +1,269 @@
+"""A warm worker: ``python -m rs_ctxrunner.worker [--preload mod,...] [--address-space-mb N]``.
+
+It imports the scientific stack once, then answers requests read from stdin
+(length-prefixed pickles, see ``protocol``) on the original stdout. The user's
+prints go to stderr, stdin is replaced by /dev/null. One request at a time.
+
+Requests (dicts with ``op``): ``load`` (check a context file, return variable
+definitions), ``eval`` (one variable of one run), ``start_time``, ``forget``
+(drop values kept for a processing pass), ``ping``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import logging
+import os
+import pickle
+import signal
+import sys
+import time
+import traceback
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from . import protocol
+from .api import Cell, Skip
+from .loader import ContextFile, ContextLoadError
+from .prepare import prepare
+from .runs import open_run, start_time
+
+log = logging.getLogger("rs_ctxrunner")
+
+DEFAULT_PRELOAD = ("numpy", "h5py", "xarray", "extra_data", "matplotlib", "PIL.Image")
+
+_CONTEXTS: OrderedDict[str, ContextFile] = OrderedDict()
+_KEPT: dict[tuple[str, str], Any] = {}
+_PROVIDERS: dict[str, Any] = {}
+
+
+def _context(msg: dict[str, Any]) -> ContextFile:
+    key = msg["hash"]
+    ctx = _CONTEXTS.get(key)
+    if ctx is None:
+        ctx = ContextFile.from_source(msg["source"], msg["path"])
+        _CONTEXTS[key] = ctx
+        while len(_CONTEXTS) > 8:
+            _CONTEXTS.popitem(last=False)
+    else:
+        _CONTEXTS.move_to_end(key)
+    return ctx
+
+
+def op_load(msg: dict[str, Any]) -> dict[str, Any]:
+    try:
+        ctx = _context(msg)
+    except ContextLoadError as exc:
+        return {"ok": False, "problems": exc.problems}
+    return {"ok": True, "definitions": ctx.definitions()}
+
+
+def _mymdc(provider_spec: str | None, proposal: int, run: int, field: str) -> Any:
+    if not provider_spec:
+        raise RuntimeError(
+            f"mymdc#{field}: no metadata provider is configured for this executor"
+        )
+    provider = _PROVIDERS.get(provider_spec)
+    if provider is None:
+        module, _, attr = provider_spec.partition(":")
+        provider = getattr(importlib.import_module(module), attr or "get")
+        _PROVIDERS[provider_spec] = provider
+    return provider(proposal, run, field)
+
+
+def _resolve_input(spec: tuple[str, Any], session: str) -> Any:
+    kind, payload = spec
+    if kind == "value":
+        return pickle.loads(payload)
+    if kind == "pinned":
+        try:
+            return _KEPT[(session, payload)]
+        except KeyError:
+            raise RuntimeError(f"value of {payload!r} was lost (worker replaced)") from None
+    if kind == "glob":
+        return {name: _resolve_input(sub, session) for name, sub in payload.items()}
+    raise ValueError(f"unknown input kind {kind!r}")
+
+
+def _error(exc: BaseException) -> dict[str, Any]:
+    cls = type(exc).__name__
+    if cls == "SourceNameError":
+        cls = "SourceNameError"
+    return {"status": "error", "error": str(exc), "error_cls": cls}
+
+
+def op_eval(msg: dict[str, Any]) -> dict[str, Any]:
+    started = time.perf_counter()
+    ctx = _context(msg)
+    name = msg["name"]
+    var = ctx.vars[name]
+    run_info = msg["run"]
+    session = msg["session"]
+    reply: dict[str, Any] = {"ok": True, "value": None, "pinned": False, "prepared": None}
+    try:
+        with contextlib.suppress(OSError):
+            os.chdir(run_info["context_dir"])
+        data = ctx.data[name]
+        try:
+            run = open_run(run_info["raw_dir"], run_info["proc_dir"], data)
+        except Exception as exc:
+            if data == "proc":
+                raise Skip(f"proc data not available for run {run_info['run']}: {exc}") from None
+            raise
+        kwargs: dict[str, Any] = {}
+        for param, ann in var.annotations().items():
+            kind, _, field = ann.partition("#")
+            if kind == "var":
+                if param in msg["inputs"]:
+                    kwargs[param] = _resolve_input(msg["inputs"][param], session)
+            elif kind == "meta":
+                if field == "run_number":
+                    kwargs[param] = run_info["run"]
+                elif field == "proposal":
+                    kwargs[param] = run_info["proposal"]
+                elif field == "proposal_path":
+                    kwargs[param] = Path(run_info["proposal_dir"])
+            elif kind == "mymdc":
+                kwargs[param] = _mymdc(msg.get("mymdc"), run_info["proposal"], run_info["run"], field)
+            elif kind == "param":
+                if param not in var.defaults():
+                    raise Skip(f"no value given for {ann}")
+            else:
+                raise RuntimeError(f"Unknown path {ann!r} for argument {param!r}")
+        assert var.func is not None
+        value = var.func(run, **kwargs)
+        if value is None:
+            reply["status"] = "none"
+            dep_value = None
+        elif var.transient:
+            reply["status"] = "ok"
+            dep_value = value.data if isinstance(value, Cell) else value
+        else:
+            cell = value if isinstance(value, Cell) else Cell(value)
+            reply["prepared"] = prepare(var, cell)
+            reply["status"] = "ok"
+            dep_value = cell.data
+        if reply["status"] == "ok" and msg.get("keep"):
+            try:
+                reply["value"] = pickle.dumps(dep_value, protocol=protocol.PICKLE_PROTOCOL)
+            except Exception:
+                _KEPT[(session, name)] = dep_value
+                reply["pinned"] = True
+    except Skip as exc:
+        reply.update(status="error", error=str(exc), error_cls="Skip")
+    except Exception as exc:
+        print(f"Could not get data for {name}", file=sys.stderr)
+        traceback.print_exc(file=sys.stderr)
+        reply.update(_error(exc))
+    finally:
+        _close_figures()
+    reply["duration"] = time.perf_counter() - started
+    return reply
+
+
+def _close_figures() -> None:
+    plt = sys.modules.get("matplotlib.pyplot")
+    if plt is not None:
+        with contextlib.suppress(Exception):
+            plt.close("all")
+
+
+def op_start_time(msg: dict[str, Any]) -> dict[str, Any]:
+    return {"ok": True, "start_time": start_time(msg["raw_dir"], msg["proc_dir"])}
+
+
+def op_forget(msg: dict[str, Any]) -> dict[str, Any]:
+    for key in [k for k in _KEPT if k[0] == msg["session"]]:
+        del _KEPT[key]
+    return {"ok": True}
+
+
+OPS = {
+    "load": op_load,
+    "eval": op_eval,
+    "start_time": op_start_time,
+    "forget": op_forget,
+    "ping": lambda msg: {"ok": True, "pid": os.getpid()},
+}
+
+
+def _die_with_parent() -> None:
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def _limit_address_space(megabytes: int) -> None:
+    import resource
+
+    limit = megabytes * 1024 * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def serve(proto_in: BinaryIO, proto_out: BinaryIO) -> None:
+    protocol.write_frame(
+        proto_out,
+        {"op": "ready", "pid": os.getpid(), "python": sys.version, "executable": sys.executable},
+    )
+    while True:
+        try:
+            msg = protocol.read_frame(proto_in)
+        except EOFError:
+            return
+        op = msg.get("op")
+        if op == "exit":
+            return
+        handler = OPS.get(op)
+        try:
+            reply = handler(msg) if handler else {"ok": False, "error": f"unknown op {op!r}"}
+        except BaseException as exc:  # keep serving whatever the request did
+            reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}", **_error(exc)}
+        try:
+            protocol.write_frame(proto_out, reply)
+        except (pickle.PicklingError, TypeError, AttributeError) as exc:
+            protocol.write_frame(
+                proto_out,
+                {"ok": True, "status": "error", "error": f"result cannot be sent: {exc}",
+                 "error_cls": type(exc).__name__, "value": None, "pinned": False,
+                 "prepared": None, "duration": reply.get("duration")},
+            )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="rs_ctxrunner.worker")
+    parser.add_argument("--preload", default=",".join(DEFAULT_PRELOAD))
+    parser.add_argument("--address-space-mb", type=int, default=0)
+    args = parser.parse_args()
+
+    proto_in = os.fdopen(os.dup(0), "rb", buffering=1 << 16)
+    proto_out = os.fdopen(os.dup(1), "wb", buffering=1 << 16)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.dup2(2, 1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent()
+    logging.basicConfig(level=logging.INFO, format="[worker %(process)d] %(levelname)s %(message)s")
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    for module in filter(None, args.preload.split(",")):
+        try:
+            importlib.import_module(module)
+        except Exception as exc:
+            print(f"preload of {module} failed: {exc}", file=sys.stderr)
+    if "matplotlib" in sys.modules:
+        with contextlib.suppress(Exception):
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot  # noqa: F401
+    if args.address_space_mb:
+        _limit_address_space(args.address_space_mb)
+    serve(proto_in, proto_out)
+
+
+if __name__ == "__main__":
+    main()

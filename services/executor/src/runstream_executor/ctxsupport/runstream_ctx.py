@@ -1,0 +1,12 @@
+"""runstream's own name for the context-file API (same objects as ``damnit_ctx``)."""
+
+from rs_ctxrunner.api import (  # noqa: F401
+    Cell,
+    ContextFileErrors,
+    DependencyError,
+    RunData,
+    Skip,
+    Variable,
+)
+
+__all__ = ["Cell", "ContextFileErrors", "DependencyError", "RunData", "Skip", "Variable"]

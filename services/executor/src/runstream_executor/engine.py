@@ -1,0 +1,275 @@
+"""One evaluation pass: the selected variables of one run, scheduled over the pool.
+
+The service (not the worker) walks the dependency graph: each variable is a
+separate request, so a variable that hangs, crashes or exhausts memory loses
+only its own result (its worker is killed and replaced) and its dependents
+follow the dependency rules. Independent variables run in parallel, up to
+``parallel`` at a time. Dependency values travel between workers as pickles;
+a value that cannot be pickled stays in its worker and its dependents are
+sent there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from .context import ContextProblems, ContextSource, LoadedContext, VarDef
+from .outcome import Outcome, plan_inputs
+from .pool import Worker, WorkerLost, WorkerPool
+
+log = logging.getLogger("runstream.executor.engine")
+
+OnOutcome = Callable[[Outcome], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class RunTarget:
+    proposal: int
+    run: int
+    proposal_dir: str
+    context_dir: str
+    raw_dir: str
+    proc_dir: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "proposal": self.proposal,
+            "run": self.run,
+            "proposal_dir": self.proposal_dir,
+            "context_dir": self.context_dir,
+            "raw_dir": self.raw_dir,
+            "proc_dir": self.proc_dir,
+        }
+
+
+async def load_context(
+    pool: WorkerPool, source: ContextSource, *, time_limit_s: float = 120.0
+) -> LoadedContext:
+    """Check the context file in a worker. Raises ContextProblems listing every problem."""
+    try:
+        reply = await pool.request(
+            {"op": "load", "source": source.source, "path": source.path, "hash": source.hash},
+            time_limit_s=time_limit_s,
+        )
+    except WorkerLost as exc:
+        raise ContextProblems(
+            [{"line": None, "message": f"{exc.error_cls}: {exc}", "kind": "load"}]
+        ) from exc
+    if not reply.get("ok"):
+        problems = reply.get("problems") or [
+            {"line": None, "message": reply.get("error", "unknown error"), "kind": "load"}
+        ]
+        raise ContextProblems(problems)
+    variables = {d["name"]: VarDef.from_dict(d) for d in reply["definitions"]}
+    return LoadedContext(source=source, variables=variables)
+
+
+def select(
+    ctx: LoadedContext,
+    trigger: str,
+    names: Iterable[str] = (),
+    match: Iterable[str] = (),
+    *,
+    cluster: bool | None = None,
+) -> list[str]:
+    """Variables to evaluate, in evaluation order: the selection plus its dependencies.
+
+    ``trigger`` raw/proc keeps only variables of that data kind; all keeps every
+    one. ``names`` are exact names, ``match`` case-insensitive substrings of
+    titles or names; either selects. ``cluster`` keeps only (non-)cluster ones.
+    """
+    names = tuple(names)
+    match = tuple(m.lower() for m in match)
+    chosen: set[str] = set()
+    for name, var in ctx.variables.items():
+        if trigger in ("raw", "proc") and var.data != trigger:
+            continue
+        if cluster is not None and var.cluster != cluster:
+            continue
+        if (names or match) and not (
+            name in names or any(m in var.title.lower() or m in name.lower() for m in match)
+        ):
+            continue
+        chosen.add(name)
+    closure = set(chosen)
+    for name in chosen:
+        closure |= ctx.all_deps(name)
+    return [n for n in ctx.order if n in closure]
+
+
+async def _evaluate_one(
+    pool: WorkerPool,
+    ctx: LoadedContext,
+    var: VarDef,
+    target: RunTarget,
+    inputs: dict[str, Any],
+    prefer: Worker | None,
+    *,
+    keep: bool,
+    session: str,
+    mymdc: str | None,
+) -> Outcome:
+    started = time.perf_counter()
+    try:
+        worker = await pool.acquire(prefer)
+    except WorkerLost as exc:
+        return Outcome(var.name, "error", str(exc), exc.error_cls, transient=var.transient)
+    try:
+        reply = await worker.request(
+            {
+                "op": "eval",
+                "hash": ctx.source.hash,
+                "source": ctx.source.source,
+                "path": ctx.source.path,
+                "name": var.name,
+                "run": target.as_dict(),
+                "inputs": inputs,
+                "keep": keep,
+                "session": session,
+                "mymdc": mymdc,
+            }
+        )
+    except WorkerLost as exc:
+        log.warning("variable %s of r%d: %s", var.name, target.run, exc)
+        return Outcome(
+            var.name,
+            "error",
+            str(exc),
+            exc.error_cls,
+            duration=time.perf_counter() - started,
+            transient=var.transient,
+        )
+    finally:
+        await pool.release(worker)
+    duration = reply.get("duration", time.perf_counter() - started)
+    if not reply.get("ok"):
+        return Outcome(
+            var.name,
+            "error",
+            reply.get("error") or "worker error",
+            reply.get("error_cls") or "RuntimeError",
+            duration=duration,
+            transient=var.transient,
+        )
+    return Outcome(
+        var.name,
+        reply["status"],
+        reply.get("error"),
+        reply.get("error_cls"),
+        prepared=reply.get("prepared"),
+        value=reply.get("value"),
+        pinned_to=worker if reply.get("pinned") else None,
+        duration=duration,
+        transient=var.transient,
+    )
+
+
+async def evaluate(
+    pool: WorkerPool,
+    ctx: LoadedContext,
+    target: RunTarget,
+    names: list[str],
+    *,
+    reused: dict[str, Outcome] | None = None,
+    parallel: int = 2,
+    keep: set[str] | None = None,
+    mymdc: str | None = None,
+    on_outcome: OnOutcome | None = None,
+) -> dict[str, Outcome]:
+    """Evaluate ``names`` (closed under dependencies, in order) for one run.
+
+    ``reused`` outcomes (e.g. raw variables from an earlier pass) are not
+    recomputed. Returns every outcome, reused ones included.
+    """
+    session = uuid.uuid4().hex
+    outcomes: dict[str, Outcome] = dict(reused or {})
+    needed = {d for n in names for d in ctx.variables[n].deps} | (keep or set())
+    pending = [n for n in names if n not in outcomes]
+    running: dict[asyncio.Task[Outcome], str] = {}
+    any_pinned = False
+
+    async def record(outcome: Outcome) -> None:
+        outcomes[outcome.name] = outcome
+        if on_outcome is not None:
+            await on_outcome(outcome)
+
+    while pending or running:
+        progressed = True
+        while progressed and len(running) < max(1, parallel):
+            progressed = False
+            for name in list(pending):
+                if len(running) >= max(1, parallel):
+                    break
+                var = ctx.variables[name]
+                if any(d not in outcomes for d in var.deps):
+                    continue
+                pending.remove(name)
+                progressed = True
+                plan = plan_inputs(var, outcomes)
+                if isinstance(plan, Outcome):
+                    await record(plan)
+                    continue
+                inputs, holders = plan
+                holders.discard(None)
+                if len(holders) > 1:
+                    await record(
+                        Outcome(
+                            name,
+                            "error",
+                            "dependencies that cannot be pickled are held by different workers",
+                            "RuntimeError",
+                            transient=var.transient,
+                        )
+                    )
+                    continue
+                prefer = next(iter(holders)) if holders else None
+                task = asyncio.ensure_future(
+                    _evaluate_one(
+                        pool,
+                        ctx,
+                        var,
+                        target,
+                        inputs,
+                        prefer,
+                        keep=name in needed,
+                        session=session,
+                        mymdc=mymdc,
+                    )
+                )
+                running[task] = name
+        if not running:
+            if pending:  # dependencies outside the pass: cannot happen for closed selections
+                for name in pending:
+                    await record(Outcome(name, "error", "dependency not evaluated", "RuntimeError"))
+                pending.clear()
+            break
+        done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            running.pop(task)
+            outcome = task.result()
+            any_pinned = any_pinned or outcome.pinned_to is not None
+            await record(outcome)
+    if any_pinned:
+        await pool.broadcast({"op": "forget", "session": session})
+    return outcomes
+
+
+async def start_time(pool: WorkerPool, target: RunTarget) -> float | None:
+    try:
+        reply = await pool.request(
+            {"op": "start_time", "raw_dir": target.raw_dir, "proc_dir": target.proc_dir},
+            time_limit_s=120,
+        )
+    except WorkerLost:
+        return None
+    value = reply.get("start_time")
+    return float(value) if value is not None else None
+
+
+__all__ = ["RunTarget", "evaluate", "load_context", "select", "start_time"]

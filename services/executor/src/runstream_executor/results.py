@@ -1,0 +1,165 @@
+"""From outcomes to VariableResults and an HDF5 fragment (claim check).
+
+Every stored value (data, binary summaries, previews) goes into the fragment;
+the message carries inline JSON summaries, errors and the fragment's path.
+A variable whose data fails to be written loses only its own result: it is
+reported with the writer's error instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from runstream_common.messages import VariableResult
+
+from .ctxsupport.rs_ctxrunner import h5write
+from .outcome import Outcome
+
+MAX_ERROR_CHARS = 8000
+
+
+def result_id(request_id: str, context_hash: str, names: Iterable[str], extra: str = "") -> str:
+    """Stable for the same request, context revision and variable set."""
+    digest = hashlib.sha256(
+        "\x1f".join([request_id, context_hash, extra, *sorted(names)]).encode()
+    ).hexdigest()
+    return digest[:32]
+
+
+def _truncate(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def inline_summary(prepared: dict[str, Any], max_inline_chars: int) -> tuple[Any, str | None]:
+    """(summary, summary_type) for the message; binary summaries stay in the fragment."""
+    summary = prepared.get("summary")
+    summary_type = prepared.get("summary_type")
+    if summary_type in ("thumbnail", "trendline"):
+        return None, summary_type
+    if isinstance(summary, complex):
+        return (summary.real, summary.imag), "complex"
+    if isinstance(summary, str):
+        return _truncate(summary, max_inline_chars), None
+    if isinstance(summary, bool | int | float) or summary is None:
+        return summary, None
+    return str(summary), None
+
+
+def variable_result(
+    outcome: Outcome, *, in_fragment: bool, max_inline_chars: int = 16384
+) -> VariableResult:
+    if outcome.status == "error":
+        return VariableResult(
+            name=outcome.name,
+            error=_truncate(outcome.error or "", MAX_ERROR_CHARS),
+            error_cls=outcome.error_cls or "Exception",
+            duration_s=outcome.duration,
+        )
+    if outcome.status == "none" or outcome.prepared is None:
+        return VariableResult(name=outcome.name, returned_none=True, duration_s=outcome.duration)
+    prep = outcome.prepared
+    summary, summary_type = inline_summary(prep, max_inline_chars)
+    background = prep.get("background")
+    return VariableResult(
+        name=outcome.name,
+        summary=summary,
+        summary_type=summary_type,  # type: ignore[arg-type]
+        summary_method=prep.get("summary_method"),
+        units=prep.get("units"),
+        max_diff=prep.get("max_diff"),
+        bold=prep.get("bold"),
+        background=tuple(background) if background is not None else None,  # type: ignore[arg-type]
+        in_fragment=in_fragment,
+        duration_s=outcome.duration,
+    )
+
+
+@dataclass(frozen=True)
+class WrittenResults:
+    results: tuple[VariableResult, ...]
+    fragment: str | None
+
+
+def fragment_path(context_dir: str, fragment_subdir: str, proposal: int, run: int, rid: str) -> Path:
+    return Path(context_dir) / fragment_subdir / f"p{proposal}_r{run}.{rid}.h5"
+
+
+def write_atomically(
+    path: Path,
+    stored: dict[str, dict[str, Any]],
+    errors: dict[str, tuple[str, str]],
+    *,
+    start_time: float | None,
+    provenance: str = "context.py",
+) -> dict[str, tuple[str, str]]:
+    """Write ``*.writing``, fsync, rename. Returns variables that failed to save. Blocking."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".writing")
+    try:
+        failed = h5write.write_file(
+            str(tmp), stored, errors, provenance=provenance, start_time=start_time
+        )
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return failed
+
+
+def build_results(
+    outcomes: dict[str, Outcome],
+    emit: list[str],
+    *,
+    fragment: Path | None,
+    start_time: float | None,
+    max_inline_chars: int = 16384,
+    include_errors_in_file: bool = False,
+) -> WrittenResults:
+    """VariableResults for ``emit`` (transient and reused outcomes are skipped).
+
+    If ``fragment`` is given and some result has stored data, the fragment is
+    written there (blocking: call through ``asyncio.to_thread``).
+    """
+    chosen = [
+        outcomes[n] for n in emit if n in outcomes and not outcomes[n].transient and not outcomes[n].reused
+    ]
+    stored = {o.name: o.prepared for o in chosen if o.status == "ok" and o.prepared is not None}
+    failed: dict[str, tuple[str, str]] = {}
+    written_path: str | None = None
+    if fragment is not None and stored:
+        errors = (
+            {o.name: (o.error or "", o.error_cls or "Exception") for o in chosen if o.status == "error"}
+            if include_errors_in_file
+            else {}
+        )
+        failed = write_atomically(fragment, stored, errors, start_time=start_time)
+        written_path = str(fragment)
+    results = []
+    for o in chosen:
+        if o.name in failed:
+            message, cls = failed[o.name]
+            o = Outcome(o.name, "error", message, cls, duration=o.duration)
+            outcomes[o.name] = o
+        results.append(
+            variable_result(
+                o,
+                in_fragment=written_path is not None and o.name in stored,
+                max_inline_chars=max_inline_chars,
+            )
+        )
+    return WrittenResults(tuple(results), written_path)
