@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -161,14 +160,17 @@ async def test_a_consumer_killed_before_committing_loses_nothing(
         "RUNSTREAM_KAFKA_BOOTSTRAP_SERVERS": kafka_settings.bootstrap_servers,
         "RUNSTREAM_KAFKA_TOPIC_PREFIX": kafka_settings.topic_prefix,
     }
-    victim = subprocess.Popen(
-        [sys.executable, str(HERE / "consumer_that_dies.py"), topic, group],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+    victim = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(HERE / "consumer_that_dies.py"),
+        topic,
+        group,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
         env=env,
-        text=True,
     )
-    out, err = victim.communicate(timeout=120)
+    out_b, err_b = await asyncio.wait_for(victim.communicate(), 120)
+    out, err = out_b.decode(), err_b.decode()
     assert victim.returncode == -signal.SIGKILL, err
     assert "received run 7" in out
     assert (topic, 0) not in await committed_offsets(kafka_settings, group)
