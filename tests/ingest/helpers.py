@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 from runstream_common.messages import ProposalRegistered
-
 from runstream_ingest.adapters.disk import LocalDisk
 from runstream_ingest.settings import Settings
 from runstream_ingest.tables import ProposalTable

@@ -14,7 +14,6 @@ from runstream_common.messages import (
     Selection,
     Trigger,
 )
-
 from runstream_ingest.effects import DeadLetter, EmitRun, Ignore, Outcome, Wait
 from runstream_ingest.handlers import handle_facility, handle_reprocess, handle_watched
 from runstream_ingest.ids import facility_request_id, reprocess_request_id
@@ -28,15 +27,24 @@ pytestmark = pytest.mark.unit
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(data_root=str(tmp_path / "exp"), settle_s=5.0, proc_retry_delay_s=7.0, proc_max_attempts=3)
+    return Settings(
+        data_root=str(tmp_path / "exp"), settle_s=5.0, proc_retry_delay_s=7.0, proc_max_attempts=3
+    )
 
 
-def _facility(value: bytes | None, settings: Settings, tmp_path: Path, catalog: RunCatalog, attempt: int = 1):
+def _facility(
+    value: bytes | None, settings: Settings, tmp_path: Path, catalog: RunCatalog, attempt: int = 1
+):
     proposals, _ = registered(tmp_path, 2212)
     txn = catalog.begin()
     effects = handle_facility(
-        value, settings=settings, proposals=proposals, catalog=txn, disk=disk_for(settings),
-        now=time.time(), attempt=attempt,
+        value,
+        settings=settings,
+        proposals=proposals,
+        catalog=txn,
+        disk=disk_for(settings),
+        now=time.time(),
+        attempt=attempt,
     )
     catalog.commit(txn)
     return effects
@@ -51,12 +59,19 @@ def _facility(value: bytes | None, settings: Settings, tmp_path: Path, catalog: 
         ("online_correction_complete", Trigger.PROC),
     ],
 )
-def test_damnit_event_names_map_to_their_trigger(tmp_path: Path, settings: Settings, event: str, trigger: Trigger) -> None:
+def test_damnit_event_names_map_to_their_trigger(
+    tmp_path: Path, settings: Settings, event: str, trigger: Trigger
+) -> None:
     catalog = RunCatalog()
     catalog.merge(RunKnown(proposal=2212, run=42, raw_seen=trigger is Trigger.PROC))
     _, dirs = registered(tmp_path, 2212)
     make_run_folder(dirs[2212], 42, "proc")
-    [effect] = _facility(facility_event(event, 2212, 42, path="/x", instrument="HED", cycle="202601"), settings, tmp_path, catalog)
+    [effect] = _facility(
+        facility_event(event, 2212, 42, path="/x", instrument="HED", cycle="202601"),
+        settings,
+        tmp_path,
+        catalog,
+    )
     assert isinstance(effect, EmitRun)
     msg = effect.run
     assert (msg.proposal, msg.run, msg.trigger, msg.reason) == (2212, 42, trigger, "facility")
@@ -70,7 +85,9 @@ def test_damnit_event_names_map_to_their_trigger(tmp_path: Path, settings: Setti
 
 
 def test_numeric_strings_are_accepted(tmp_path: Path, settings: Settings) -> None:
-    [effect] = _facility(facility_event("migration_complete", "2212", "7"), settings, tmp_path, RunCatalog())
+    [effect] = _facility(
+        facility_event("migration_complete", "2212", "7"), settings, tmp_path, RunCatalog()
+    )
     assert isinstance(effect, EmitRun)
     assert (effect.run.proposal, effect.run.run) == (2212, 7)
 
@@ -86,7 +103,9 @@ def test_numeric_strings_are_accepted(tmp_path: Path, settings: Settings) -> Non
         (None, "tombstone"),
     ],
 )
-def test_malformed_events_are_dead_lettered_with_reason(tmp_path: Path, settings: Settings, value: bytes | None, fragment: str) -> None:
+def test_malformed_events_are_dead_lettered_with_reason(
+    tmp_path: Path, settings: Settings, value: bytes | None, fragment: str
+) -> None:
     [effect] = _facility(value, settings, tmp_path, RunCatalog())
     assert isinstance(effect, DeadLetter)
     assert fragment in effect.reason
@@ -98,8 +117,12 @@ def test_unknown_event_name_is_ignored(tmp_path: Path, settings: Settings) -> No
     assert effect == Ignore(Outcome.UNKNOWN_EVENT, "run_started")
 
 
-def test_unregistered_proposal_is_ignored_not_dead_lettered(tmp_path: Path, settings: Settings) -> None:
-    [effect] = _facility(facility_event("migration_complete", 9999, 1), settings, tmp_path, RunCatalog())
+def test_unregistered_proposal_is_ignored_not_dead_lettered(
+    tmp_path: Path, settings: Settings
+) -> None:
+    [effect] = _facility(
+        facility_event("migration_complete", 9999, 1), settings, tmp_path, RunCatalog()
+    )
     assert isinstance(effect, Ignore)
     assert effect.outcome is Outcome.UNREGISTERED
 
@@ -121,8 +144,14 @@ def test_duplicates_inside_one_transaction_are_caught(tmp_path: Path, settings: 
     catalog = RunCatalog()
     txn = catalog.begin()
     outs = [
-        handle_facility(facility_event("migration_complete", 2212, 5), settings=settings, proposals=proposals,
-                        catalog=txn, disk=disk_for(settings), now=time.time())[0]
+        handle_facility(
+            facility_event("migration_complete", 2212, 5),
+            settings=settings,
+            proposals=proposals,
+            catalog=txn,
+            disk=disk_for(settings),
+            now=time.time(),
+        )[0]
         for _ in range(3)
     ]
     assert [type(o) for o in outs] == [EmitRun, Ignore, Ignore]
@@ -162,7 +191,9 @@ def test_proc_waits_for_raw_then_for_a_settled_folder(tmp_path: Path, settings: 
 def test_proc_goes_out_anyway_after_the_last_look(tmp_path: Path, settings: Settings) -> None:
     catalog = RunCatalog()
     catalog.merge(RunKnown(proposal=2212, run=9, raw_seen=True))
-    [emit] = _facility(facility_event("run_corrections_complete", 2212, 9), settings, tmp_path, catalog, attempt=3)
+    [emit] = _facility(
+        facility_event("run_corrections_complete", 2212, 9), settings, tmp_path, catalog, attempt=3
+    )
     assert isinstance(emit, EmitRun)
     assert emit.note is not None
     assert "does not exist" in emit.note
@@ -170,13 +201,18 @@ def test_proc_goes_out_anyway_after_the_last_look(tmp_path: Path, settings: Sett
 
 def test_missing_proposal_directory_is_dead_lettered(tmp_path: Path, settings: Settings) -> None:
     from runstream_common.messages import ProposalRegistered
-
     from runstream_ingest.tables import ProposalTable
 
     proposals = ProposalTable()
     proposals.apply(ProposalRegistered(proposal=1, context_dir=str(tmp_path)))
-    [effect] = handle_facility(facility_event("migration_complete", 1, 1), settings=settings, proposals=proposals,
-                               catalog=RunCatalog().begin(), disk=disk_for(settings), now=time.time())
+    [effect] = handle_facility(
+        facility_event("migration_complete", 1, 1),
+        settings=settings,
+        proposals=proposals,
+        catalog=RunCatalog().begin(),
+        disk=disk_for(settings),
+        now=time.time(),
+    )
     assert isinstance(effect, DeadLetter)
     assert "proposal directory of p1 not found" in effect.reason
 
@@ -208,7 +244,9 @@ def test_watcher_folder_becomes_one_raw_message(tmp_path: Path, settings: Settin
     assert isinstance(dup2, Ignore)
 
 
-def test_reprocess_all_with_match_expands_to_catalog_runs_on_disk(tmp_path: Path, settings: Settings) -> None:
+def test_reprocess_all_with_match_expands_to_catalog_runs_on_disk(
+    tmp_path: Path, settings: Settings
+) -> None:
     proposals, dirs = registered(tmp_path, 2212, 3000)
     catalog = RunCatalog()
     for run in (1, 2, 5):
@@ -219,23 +257,40 @@ def test_reprocess_all_with_match_expands_to_catalog_runs_on_disk(tmp_path: Path
     make_run_folder(dirs[3000], 1)
     selection = Selection(match=("xgm",), names=("energy",))
     request = ReprocessRequested(proposal=2212, runs="all", selection=selection)
-    effects = handle_reprocess(request, settings=settings, proposals=proposals, catalog=catalog.begin(), disk=disk_for(settings))
+    effects = handle_reprocess(
+        request,
+        settings=settings,
+        proposals=proposals,
+        catalog=catalog.begin(),
+        disk=disk_for(settings),
+    )
     emitted = [e.run for e in effects if isinstance(e, EmitRun)]
     assert [m.run for m in emitted] == [1, 2, 5]
-    assert all(m.selection == selection and m.trigger is Trigger.ALL and m.reason == "reprocess" for m in emitted)
-    assert [m.request_id for m in emitted] == [reprocess_request_id(request.event_id, 2212, r, Trigger.ALL) for r in (1, 2, 5)]
+    assert all(
+        m.selection == selection and m.trigger is Trigger.ALL and m.reason == "reprocess"
+        for m in emitted
+    )
+    assert [m.request_id for m in emitted] == [
+        reprocess_request_id(request.event_id, 2212, r, Trigger.ALL) for r in (1, 2, 5)
+    ]
     [missing] = [e for e in effects if isinstance(e, Ignore)]
     assert missing.outcome is Outcome.MISSING_RUN
     assert "r6" in missing.detail
 
 
-def test_reprocess_always_gets_fresh_ids_and_adds_unknown_runs(tmp_path: Path, settings: Settings) -> None:
+def test_reprocess_always_gets_fresh_ids_and_adds_unknown_runs(
+    tmp_path: Path, settings: Settings
+) -> None:
     proposals, dirs = registered(tmp_path, 2212)
     make_run_folder(dirs[2212], 11)
     catalog = RunCatalog()
     kw = dict(settings=settings, proposals=proposals, disk=disk_for(settings))
-    a = handle_reprocess(ReprocessRequested(proposal=2212, runs=(11, 11)), catalog=catalog.begin(), **kw)
-    b = handle_reprocess(ReprocessRequested(proposal=2212, runs=(11,)), catalog=catalog.begin(), **kw)
+    a = handle_reprocess(
+        ReprocessRequested(proposal=2212, runs=(11, 11)), catalog=catalog.begin(), **kw
+    )
+    b = handle_reprocess(
+        ReprocessRequested(proposal=2212, runs=(11,)), catalog=catalog.begin(), **kw
+    )
     assert len(a) == 1
     assert isinstance(a[0], EmitRun)
     assert isinstance(b[0], EmitRun)
@@ -244,10 +299,17 @@ def test_reprocess_always_gets_fresh_ids_and_adds_unknown_runs(tmp_path: Path, s
     assert not a[0].catalog.raw_seen  # a reprocess does not count as the facility's raw event
 
 
-def test_reprocess_of_unregistered_proposal_is_dead_lettered(tmp_path: Path, settings: Settings) -> None:
+def test_reprocess_of_unregistered_proposal_is_dead_lettered(
+    tmp_path: Path, settings: Settings
+) -> None:
     proposals, _ = registered(tmp_path, 2212)
-    [effect] = handle_reprocess(ReprocessRequested(proposal=1, runs=(1,)), settings=settings, proposals=proposals,
-                                catalog=RunCatalog().begin(), disk=disk_for(settings))
+    [effect] = handle_reprocess(
+        ReprocessRequested(proposal=1, runs=(1,)),
+        settings=settings,
+        proposals=proposals,
+        catalog=RunCatalog().begin(),
+        disk=disk_for(settings),
+    )
     assert isinstance(effect, DeadLetter)
 
 
@@ -255,11 +317,15 @@ def test_request_ids() -> None:
     assert facility_request_id(1, 2, Trigger.RAW) == facility_request_id(1, 2, Trigger.RAW)
     assert facility_request_id(1, 2, Trigger.RAW) != facility_request_id(1, 2, Trigger.PROC)
     rid = uuid.uuid4()
-    assert reprocess_request_id(rid, 1, 2, Trigger.ALL) != reprocess_request_id(uuid.uuid4(), 1, 2, Trigger.ALL)
+    assert reprocess_request_id(rid, 1, 2, Trigger.ALL) != reprocess_request_id(
+        uuid.uuid4(), 1, 2, Trigger.ALL
+    )
 
 
 def test_event_trigger_mapping_is_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("RUNSTREAM_INGEST_EVENT_TRIGGERS", '{"run_done": "raw", "calib_done": "proc"}')
+    monkeypatch.setenv(
+        "RUNSTREAM_INGEST_EVENT_TRIGGERS", '{"run_done": "raw", "calib_done": "proc"}'
+    )
     monkeypatch.setenv("RUNSTREAM_INGEST_FACILITY_TOPICS", '["facility.events"]')
     s = Settings()
     assert s.event_triggers == {"run_done": Trigger.RAW, "calib_done": Trigger.PROC}

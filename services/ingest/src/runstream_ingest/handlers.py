@@ -58,14 +58,18 @@ def _seen(entry: RunKnown | None, trigger: Trigger) -> bool:
     return entry.raw_seen and entry.proc_seen
 
 
-def _catalog_entry(proposal: int, run: int, trigger: Trigger, source: dict[str, object]) -> RunKnown:
-    clean = {k: v for k, v in source.items() if v is None or isinstance(v, str | int | float | bool)}
+def _catalog_entry(
+    proposal: int, run: int, trigger: Trigger, source: dict[str, object]
+) -> RunKnown:
+    clean = {
+        k: v for k, v in source.items() if v is None or isinstance(v, str | int | float | bool)
+    }
     return RunKnown(
         proposal=proposal,
         run=run,
         raw_seen=trigger in (Trigger.RAW, Trigger.ALL),
         proc_seen=trigger in (Trigger.PROC, Trigger.ALL),
-        source=clean,  # type: ignore[arg-type]
+        source=clean,
     )
 
 
@@ -88,7 +92,7 @@ def _run_message(
         trigger=trigger,
         context_dir=registration.context_dir,
         proposal_dir=str(proposal_dir),
-        reason=reason,  # type: ignore[arg-type]
+        reason=reason,
         attempt=attempt,
     )
 
@@ -209,17 +213,15 @@ def handle_reprocess(
     proposal_dir = disk.proposal_dir(registration)
     if proposal_dir is None:
         return [_no_proposal_dir(registration, settings)]
-    runs = (
-        catalog.runs(request.proposal)
-        if request.runs == "all"
-        else sorted(set(request.runs))
-    )
+    runs = catalog.runs(request.proposal) if request.runs == "all" else sorted(set(request.runs))
     kind = Trigger.PROC if request.trigger is Trigger.PROC else Trigger.RAW
     effects: list[Effect] = []
     for run in runs:
         folder = disk.run_dir(proposal_dir, run, kind)
         if not disk.exists(folder):
-            effects.append(Ignore(Outcome.MISSING_RUN, f"p{request.proposal} r{run}: {folder} not found"))
+            effects.append(
+                Ignore(Outcome.MISSING_RUN, f"p{request.proposal} r{run}: {folder} not found")
+            )
             continue
         request_id = reprocess_request_id(request.event_id, request.proposal, run, request.trigger)
         run_msg = RunRequested(

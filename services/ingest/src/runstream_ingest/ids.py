@@ -20,6 +20,8 @@ def facility_request_id(proposal: int, run: int, trigger: Trigger) -> str:
     return str(uuid.uuid5(FACILITY_NAMESPACE, f"{proposal}/{run}/{trigger.value}"))
 
 
-def reprocess_request_id(reprocess_event_id: uuid.UUID, proposal: int, run: int, trigger: Trigger) -> str:
+def reprocess_request_id(
+    reprocess_event_id: uuid.UUID, proposal: int, run: int, trigger: Trigger
+) -> str:
     """Id of the run message that one reprocess request produces for one run."""
     return str(uuid.uuid5(reprocess_event_id, f"{proposal}/{run}/{trigger.value}"))

@@ -1,0 +1,134 @@
+"""Read a compacted topic from the beginning (and optionally keep following it).
+
+No consumer group: every partition is assigned, the consumer seeks to the
+beginning and reads up to the end offsets it saw at start (``read_committed``, so
+the end is the last stable offset). Records that do not parse are logged and
+skipped: the state topics are written only by runstream itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from runstream_common.errors import MessageFormatError, ServiceUnavailable
+from runstream_common.parsers import Parser
+from runstream_common.settings import KafkaSettings
+
+log = logging.getLogger("runstream.ingest.tables")
+
+T = TypeVar("T")
+
+
+async def partitions_of(
+    consumer: AIOKafkaConsumer, topic: str, timeout_s: float
+) -> list[TopicPartition]:
+    """All partitions of ``topic`` (a group-less consumer tracks no topic until told)."""
+    deadline = time.monotonic() + timeout_s
+    client = consumer._client
+    await client.add_topic(topic)
+    while True:
+        partitions = consumer.partitions_for_topic(topic)
+        if partitions:
+            return [TopicPartition(topic, p) for p in sorted(partitions)]
+        if time.monotonic() > deadline:
+            raise ServiceUnavailable(f"topic {topic} does not exist")
+        await asyncio.sleep(0.2)
+        await client.force_metadata_update()
+
+
+class CompactedReader(Generic[T]):
+    """Loads ``topic`` into ``apply`` and then follows it until stopped."""
+
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        topic: str,
+        parser: Parser[T],
+        apply: Callable[[T], None],
+        *,
+        client_id: str = "runstream-ingest-tables",
+    ) -> None:
+        self.topic = topic
+        self._parser = parser
+        self._apply = apply
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=kafka.bootstrap_servers,
+            client_id=client_id,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed",
+            **kafka.security_kwargs(),
+        )
+        self.records = 0
+
+    async def load(self, timeout_s: float = 60.0) -> int:
+        """Start, read everything up to the current end, return the number of records."""
+        consumer = self._consumer
+        await consumer.start()
+        deadline = time.monotonic() + timeout_s
+        tps = await partitions_of(consumer, self.topic, timeout_s)
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        end = await consumer.end_offsets(tps)
+        while True:
+            positions = {tp: await consumer.position(tp) for tp in tps}
+            if all(positions[tp] >= end[tp] for tp in tps):
+                break
+            if time.monotonic() > deadline:
+                raise ServiceUnavailable(
+                    f"could not read {self.topic} to its end within {timeout_s} s "
+                    f"(at {positions}, end {end})"
+                )
+            await self.poll(timeout_ms=200)
+        return self.records
+
+    async def poll(self, timeout_ms: int = 1000) -> int:
+        batch = await self._consumer.getmany(timeout_ms=timeout_ms)
+        n = 0
+        for records in batch.values():
+            for record in records:
+                self._apply_record(record)
+                n += 1
+        return n
+
+    def _apply_record(self, record: Any) -> None:
+        self.records += 1
+        if record.value is None:
+            return  # a tombstone: nothing to keep
+        try:
+            self._apply(self._parser.parse(record.value))
+        except MessageFormatError as exc:
+            log.warning(
+                "skipping bad record %s[%d]@%d: %s",
+                record.topic,
+                record.partition,
+                record.offset,
+                exc,
+            )
+
+    async def follow(self) -> None:
+        """Keep applying new records until cancelled."""
+        while True:
+            await self.poll()
+
+    async def stop(self) -> None:
+        await self._consumer.stop()
+
+
+async def read_table(
+    kafka: KafkaSettings, topic: str, parser: Parser[T], timeout_s: float = 30.0
+) -> list[T]:
+    """Every message of a compacted topic, in partition order (one-shot, for the CLI)."""
+    out: list[T] = []
+    reader = CompactedReader(kafka, topic, parser, out.append, client_id="runstream-cli")
+    try:
+        await reader.load(timeout_s)
+    finally:
+        await reader.stop()
+    return out

@@ -1,0 +1,55 @@
+"""The ingest service shell: a FastStream app whose start-up runs :class:`IngestService`."""
+
+from __future__ import annotations
+
+from faststream import FastStream
+from faststream.specification import AsyncAPI
+from runstream_common.kafka import make_broker
+from runstream_common.telemetry import Telemetry, setup_telemetry
+
+from . import __version__
+from .service import IngestService
+from .settings import Settings
+
+
+def build_app(settings: Settings, *, telemetry: Telemetry | None = None) -> FastStream:
+    telemetry = telemetry or setup_telemetry("ingest", settings.telemetry)
+    broker = make_broker(settings.kafka, telemetry, client_id="runstream-ingest")
+    app = FastStream(
+        broker,
+        specification=AsyncAPI(
+            title="runstream-ingest",
+            version=__version__,
+            description="Facility events, folder watcher and reprocess requests -> run messages",
+        ),
+    )
+
+    def fatal(_exc: BaseException) -> None:
+        app.exit()
+
+    service = IngestService(settings, telemetry, on_fatal=fatal)
+
+    @app.on_startup
+    async def _prepare() -> None:
+        await service.prepare()
+
+    @app.after_startup
+    async def _launch() -> None:
+        service.launch()
+
+    @app.on_shutdown
+    async def _stop() -> None:
+        await service.stop()
+
+    @app.after_shutdown
+    async def _exit_status() -> None:
+        telemetry.shutdown()
+        if service.failed is not None:
+            raise SystemExit(1)
+
+    return app
+
+
+def create() -> FastStream:
+    """Entry point of ``runstream serve ingest``: settings from the environment."""
+    return build_app(Settings())

@@ -1,0 +1,128 @@
+"""The running ingest service: tables, the transactional loop and the watcher, started in order."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from runstream_common import parsers
+from runstream_common.admin import ensure_topics
+from runstream_common.telemetry import Telemetry
+
+from .adapters.compacted import CompactedReader
+from .adapters.disk import LocalDisk
+from .adapters.loop import IngestLoop
+from .adapters.watcher import FolderWatcher
+from .effects import Outcome
+from .settings import Settings
+from .tables import ProposalTable, RunCatalog
+
+log = logging.getLogger("runstream.ingest")
+
+
+class IngestService:
+    def __init__(
+        self,
+        settings: Settings,
+        telemetry: Telemetry | None = None,
+        *,
+        on_fatal: Callable[[BaseException], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.proposals = ProposalTable()
+        self.catalog = RunCatalog()
+        self.disk = LocalDisk(settings.layout(), settings.settle_s)
+        counter = None
+        if telemetry is not None:
+            meter = telemetry.meter_provider.get_meter("runstream.ingest")
+            counter = meter.create_counter(
+                "runstream.ingest.inputs", description="Inputs decided by ingest, by outcome"
+            )
+
+        def on_outcome(source: str, outcome: Outcome) -> None:
+            if counter is not None:
+                counter.add(1, {"source": source, "outcome": outcome.value})
+
+        self.loop = IngestLoop(
+            settings, self.proposals, self.catalog, self.disk, on_outcome=on_outcome
+        )
+        topics = settings.kafka.topics
+        self._proposal_reader = CompactedReader(
+            settings.kafka, topics.proposals, parsers.PROPOSALS, self.proposals.apply
+        )
+        self._catalog_reader = CompactedReader(
+            settings.kafka, topics.run_catalog, parsers.RUN_CATALOG, self.catalog.merge
+        )
+        self.watcher = (
+            FolderWatcher(settings, self.proposals, self.catalog, self.disk, self.loop.watched)
+            if settings.watch
+            else None
+        )
+        self._tasks: list[asyncio.Task[None]] = []
+        self._on_fatal = on_fatal
+        self.failed: BaseException | None = None
+
+    async def prepare(self) -> None:
+        """Topics, fencing, then the state tables read to their end (in this order)."""
+        s = self.settings
+        topics = s.kafka.topics
+        await ensure_topics(
+            s.kafka,
+            [
+                topics.proposals,
+                topics.run_catalog,
+                topics.reprocess,
+                topics.runs,
+                topics.processing,
+                s.retry_topic(),
+            ],
+            compacted=set(topics.compacted()),
+        )
+        await ensure_topics(s.kafka, list(s.facility_topics))
+        await self.loop.start_producer()
+        n_prop = await self._proposal_reader.load()
+        n_cat = await self._catalog_reader.load()
+        log.info(
+            "ingest ready: %d proposals (%d records), %d runs in the catalog (%d records)",
+            len(self.proposals),
+            n_prop,
+            len(self.catalog),
+            n_cat,
+        )
+        await self.loop.start_consumer()
+
+    def launch(self) -> None:
+        """Start the background tasks (after :meth:`prepare`)."""
+        self._spawn(self.loop.run(), "loop")
+        self._spawn(self._proposal_reader.follow(), "proposals")
+        self._spawn(self._catalog_reader.follow(), "catalog")
+        if self.watcher is not None:
+            self._spawn(self.watcher.run(), "watcher")
+
+    def _spawn(self, coro: object, name: str) -> None:
+        task: asyncio.Task[None] = asyncio.create_task(coro, name=f"ingest-{name}")  # type: ignore[arg-type]
+        task.add_done_callback(self._done)
+        self._tasks.append(task)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.critical("ingest task %s failed; stopping: %r", task.get_name(), exc, exc_info=exc)
+            self.failed = exc
+            if self._on_fatal is not None:
+                self._on_fatal(exc)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        await self.loop.stop()
+        await self._proposal_reader.stop()
+        await self._catalog_reader.stop()

@@ -1,0 +1,176 @@
+"""The transactional facility loop against the real broker, fed by an independent producer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from runstream_common import parsers
+from runstream_common.kafka import DLQ_ERROR_CLASS, DLQ_REASON, DLQ_SOURCE_TOPIC
+from runstream_common.messages import ProcessingStatus, RunRequested, Trigger
+from runstream_common.settings import KafkaSettings
+from runstream_common.topics import dlq, run_key
+from runstream_ingest.ids import facility_request_id
+
+from .helpers import make_run_folder
+from .kafka_helpers import (
+    create_topics,
+    event,
+    ingest_settings,
+    produce,
+    read_topic,
+    register,
+    running,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def _runs(records: list) -> list[RunRequested]:
+    return [parsers.RUNS.parse(r.value) for r in records]
+
+
+def _has_run(run: int, trigger: Trigger = Trigger.RAW):
+    def check(records: list) -> bool:
+        return any((m.run, m.trigger) == (run, trigger) for m in _runs(records))
+
+    return check
+
+
+async def _setup(kafka_settings: KafkaSettings, tmp_path: Path, proposal: int = 2212, **overrides):
+    pdir = tmp_path / "exp" / "HED" / "202601" / f"p{proposal:06d}"
+    (pdir / "raw").mkdir(parents=True)
+    settings = ingest_settings(kafka_settings, tmp_path / "exp", **overrides)
+    create_topics(kafka_settings.bootstrap_servers, settings.facility_topics)
+    await register(kafka_settings, proposal, tmp_path / "ctx", tmp_path / "exp")
+    return settings, pdir
+
+
+async def test_every_event_twice_gives_one_run_message_each(
+    kafka_settings: KafkaSettings, tmp_path: Path
+) -> None:
+    settings, pdir = await _setup(kafka_settings, tmp_path)
+    raw_topic, cal_topic = settings.facility_topics
+    runs = list(range(1, 101))
+    for r in runs:
+        make_run_folder(pdir, r, "proc")
+    burst = [
+        event("migration_complete", 2212, r, path=f"/x/r{r:04d}", instrument="HED", cycle="202601")
+        for r in runs
+    ]
+    async with running(settings) as service:
+        produce(kafka_settings.bootstrap_servers, raw_topic, burst + burst)  # every event twice
+        produce(
+            kafka_settings.bootstrap_servers, raw_topic, [event("migration_complete", "2212", "1")]
+        )
+        produce(
+            kafka_settings.bootstrap_servers,
+            cal_topic,
+            [event("run_corrections_complete", 2212, r) for r in runs] * 2,
+        )
+        produce(
+            kafka_settings.bootstrap_servers, raw_topic, [event("migration_complete", 2212, 999)]
+        )  # barrier
+        produce(
+            kafka_settings.bootstrap_servers,
+            cal_topic,
+            [event("run_corrections_complete", 2212, 100)],
+        )
+        records = await read_topic(
+            kafka_settings,
+            kafka_settings.topics.runs,
+            until=lambda recs: (
+                _has_run(999)(recs) and _has_run(100, Trigger.PROC)(recs) and len(recs) >= 201
+            ),
+        )
+        stats = dict(service.loop.stats)
+    msgs = _runs(records)
+    raw = sorted(m.run for m in msgs if m.trigger is Trigger.RAW)
+    proc = sorted(m.run for m in msgs if m.trigger is Trigger.PROC)
+    assert raw == [*runs, 999]
+    assert proc == runs
+    assert all(m.request_id == facility_request_id(2212, m.run, m.trigger) for m in msgs)
+    assert all(r.key == run_key(2212, parsers.RUNS.parse(r.value).run) for r in records)
+    assert {m.proposal_dir for m in msgs} == {str(pdir)}
+    assert stats["duplicate"] == 100 + 1 + 101
+    catalog = [
+        parsers.RUN_CATALOG.parse(r.value)
+        for r in await read_topic(kafka_settings, kafka_settings.topics.run_catalog)
+    ]
+    latest = {(c.proposal, c.run): c for c in catalog}
+    assert latest[(2212, 5)].raw_seen
+    assert latest[(2212, 5)].proc_seen
+    assert latest[(2212, 5)].source["instrument"] == "HED"
+
+
+async def test_malformed_events_go_to_the_dead_letter_topic(
+    kafka_settings: KafkaSettings, tmp_path: Path
+) -> None:
+    settings, _ = await _setup(kafka_settings, tmp_path)
+    raw_topic = settings.facility_topics[0]
+    bad = [
+        b"not json at all",
+        event("migration_complete", 2212, "forty-two"),
+        b'{"event": "migration_complete", "run": 3}',
+    ]
+    async with running(settings) as service:
+        produce(kafka_settings.bootstrap_servers, raw_topic, bad, key=b"k1")
+        produce(
+            kafka_settings.bootstrap_servers,
+            raw_topic,
+            [event("run_started", 2212, 1), event("migration_complete", 7777, 1)],
+        )
+        produce(kafka_settings.bootstrap_servers, raw_topic, [event("migration_complete", 2212, 1)])
+        await read_topic(kafka_settings, kafka_settings.topics.runs, until=_has_run(1))
+        dead = await read_topic(kafka_settings, dlq(raw_topic), until=lambda recs: len(recs) >= 3)
+        stats = dict(service.loop.stats)
+    assert [r.value for r in dead] == bad
+    assert all(r.key == b"k1" for r in dead)
+    headers = [dict(r.headers) for r in dead]
+    assert all(h[DLQ_SOURCE_TOPIC] == raw_topic.encode() for h in headers)
+    assert all(h[DLQ_ERROR_CLASS] == b"MessageFormatError" for h in headers)
+    assert b"run" in headers[1][DLQ_REASON]
+    assert b"proposal" in headers[2][DLQ_REASON]
+    assert stats["unknown_event"] == 1
+    assert stats["unregistered"] == 1
+    assert stats["dead_lettered"] == 3
+
+
+async def test_proc_event_waits_for_its_folder_and_says_why(
+    kafka_settings: KafkaSettings, tmp_path: Path
+) -> None:
+    settings, pdir = await _setup(kafka_settings, tmp_path, proc_max_attempts=50)
+    raw_topic, cal_topic = settings.facility_topics
+    async with running(settings):
+        # calibration reports before migration: proc waits for the raw run message first ...
+        produce(
+            kafka_settings.bootstrap_servers,
+            cal_topic,
+            [event("run_corrections_complete", 2212, 7)],
+        )
+        await read_topic(
+            kafka_settings, kafka_settings.topics.processing, until=lambda recs: len(recs) >= 1
+        )
+        produce(kafka_settings.bootstrap_servers, raw_topic, [event("migration_complete", 2212, 7)])
+        await read_topic(kafka_settings, kafka_settings.topics.runs, until=_has_run(7))
+
+        # ... then for its proc folder, saying so on the processing topic
+        def folder_reason(recs: list) -> bool:
+            return any(
+                "does not exist yet" in (parsers.PROCESSING.parse(r.value).reason or "")
+                for r in recs
+            )
+
+        waiting = await read_topic(
+            kafka_settings, kafka_settings.topics.processing, until=folder_reason
+        )
+        states = [parsers.PROCESSING.parse(r.value) for r in waiting]
+        assert all(s.status is ProcessingStatus.WAITING for s in states)
+        assert "no raw run message" in (states[0].reason or "")
+        make_run_folder(pdir, 7, "proc", age_s=10)  # calibration finished
+        records = await read_topic(
+            kafka_settings, kafka_settings.topics.runs, until=_has_run(7, Trigger.PROC), timeout=30
+        )
+    [proc] = [m for m in _runs(records) if m.trigger is Trigger.PROC]
+    assert proc.attempt >= 3
+    assert proc.request_id == states[0].request_id
