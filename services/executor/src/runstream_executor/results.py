@@ -129,6 +129,7 @@ def build_results(
     start_time: float | None,
     max_inline_chars: int = 16384,
     include_errors_in_file: bool = False,
+    always_write: bool = False,
 ) -> WrittenResults:
     """VariableResults for ``emit`` (transient and reused outcomes are skipped).
 
@@ -141,7 +142,7 @@ def build_results(
     stored = {o.name: o.prepared for o in chosen if o.status == "ok" and o.prepared is not None}
     failed: dict[str, tuple[str, str]] = {}
     written_path: str | None = None
-    if fragment is not None and stored:
+    if fragment is not None and (stored or always_write):
         errors = (
             {o.name: (o.error or "", o.error_cls or "Exception") for o in chosen if o.status == "error"}
             if include_errors_in_file

@@ -1,0 +1,76 @@
+"""The executor service: run messages in, results and processing state out."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from faststream import FastStream
+from faststream.specification import AsyncAPI
+from runstream_common import parsers
+from runstream_common.admin import ensure_topics
+from runstream_common.kafka import Delivery, make_broker, subscribe
+from runstream_common.messages import ProposalSettingsSet, RunRequested
+from runstream_common.telemetry import Telemetry, setup_telemetry
+
+from . import __version__
+from .adapters.kafka import KafkaPublisher
+from .pools import PoolSet
+from .processing import RunProcessor
+from .settings import Settings
+
+
+def build_app(settings: Settings, *, telemetry: Telemetry | None = None) -> FastStream:
+    telemetry = telemetry or setup_telemetry("executor", settings.telemetry)
+    broker = make_broker(settings.kafka, telemetry, client_id="runstream-executor")
+    topics = settings.kafka.topics
+    pools = PoolSet(settings)
+    processor = RunProcessor(settings, pools, KafkaPublisher(broker), topics)
+
+    async def handle_run(message: RunRequested, delivery: Delivery) -> None:
+        """Evaluate the context file for one run and publish its results."""
+        await processor.process(message)
+
+    async def handle_proposal_settings(message: ProposalSettingsSet, delivery: Delivery) -> None:
+        """Keep the latest settings of every proposal (context_python, ...)."""
+        processor.proposal_settings[message.proposal] = dict(message.settings)
+
+    subscribe(
+        broker,
+        topics.runs,
+        group_id="runstream-executor",
+        parser=parsers.RUNS,
+        handler=handle_run,
+        settings=settings,
+    )
+    # Every instance needs the whole compacted table: a group of its own, from the start.
+    subscribe(
+        broker,
+        topics.proposal_settings,
+        group_id=f"runstream-executor-settings-{socket.gethostname()}-{os.getpid()}",
+        parser=parsers.PROPOSAL_SETTINGS,
+        handler=handle_proposal_settings,
+        settings=settings,
+        auto_offset_reset="earliest",
+    )
+    app = FastStream(broker, specification=AsyncAPI(title="runstream-executor", version=__version__))
+    app.processor = processor  # type: ignore[attr-defined]  # for tests and introspection
+
+    @app.on_startup
+    async def _start() -> None:
+        await ensure_topics(
+            settings.kafka,
+            [topics.runs, topics.results, topics.processing, topics.job_requests, topics.proposal_settings],
+            compacted=set(topics.compacted()),
+        )
+        await pools.get()  # warm the default pool before the first run arrives
+
+    @app.after_shutdown
+    async def _stop() -> None:
+        await pools.close()
+
+    return app
+
+
+def create() -> FastStream:
+    return build_app(Settings())

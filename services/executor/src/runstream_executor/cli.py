@@ -1,0 +1,287 @@
+"""``runstream context check|eval``: use a context file locally, no Kafka needed."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .context import ContextProblems, ContextSource, LoadedContext, format_problem
+from .engine import RunTarget, evaluate, load_context, select, start_time
+from .outcome import Outcome
+from .pool import PoolConfig, WorkerPool
+from .results import build_results, inline_summary
+from .settings import Settings
+
+out = Console()
+err = Console(stderr=True)
+
+context_app = typer.Typer(
+    name="context", help="Check and evaluate context files locally.", no_args_is_help=True
+)
+
+
+class DataChoice(StrEnum):
+    raw = "raw"
+    proc = "proc"
+    all = "all"
+
+
+def pyflakes_warnings(source: str, filename: str) -> list[str]:
+    """pyflakes messages for ``source`` ('file:line:col: message')."""
+    from pyflakes import api as pyflakes_api
+    from pyflakes import reporter as pyflakes_reporter
+
+    class Collect(pyflakes_reporter.Reporter):
+        def __init__(self) -> None:
+            self.messages: list[str] = []
+
+        def unexpectedError(self, filename: str, message: str) -> None:  # noqa: N802
+            self.messages.append(f"{filename}: {message}")
+
+        def syntaxError(self, filename: str, msg: str, lineno: int, offset: int, text: str) -> None:  # noqa: N802
+            self.messages.append(f"{filename}:{lineno}: {msg}")
+
+        def flake(self, message: Any) -> None:
+            # "var#x" annotations parse as the bare name `var`: not a real problem.
+            if type(message).__name__ == "UndefinedName" and message.message_args[0] in (
+                "var",
+                "meta",
+                "mymdc",
+                "param",
+                "self",
+                "input",
+            ):
+                return
+            self.messages.append(str(message))
+
+    collector = Collect()
+    pyflakes_api.check(source, filename, collector)
+    return collector.messages
+
+
+async def _load(config: PoolConfig, source: ContextSource) -> tuple[WorkerPool, LoadedContext]:
+    pool = WorkerPool(config)
+    await pool.start()
+    try:
+        return pool, await load_context(pool, source)
+    except BaseException:
+        await pool.close()
+        raise
+
+
+def _read_source(path: Path) -> ContextSource:
+    try:
+        return ContextSource.read(path)
+    except (OSError, UnicodeDecodeError) as exc:
+        err.print(f"[red]cannot read {path}:[/] {exc}")
+        raise typer.Exit(1) from None
+
+
+def _print_problems(path: Path, problems: list[dict[str, Any]]) -> None:
+    err.print(f"[red]{path} cannot be used ({len(problems)} problem(s)):[/]")
+    for problem in problems:
+        err.print(f"  {path}:{format_problem(problem)}", markup=False, highlight=False)
+
+
+@context_app.command("check")
+def check(
+    context: Annotated[Path, typer.Argument(help="The context file (context.py)")],
+    context_python: Annotated[
+        str | None, typer.Option(help="Interpreter to load the context with")
+    ] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object")] = False,
+) -> None:
+    """Load and validate a context file; exit 1 listing every problem, else print warnings."""
+    source = _read_source(context)
+    settings = Settings()
+    config = PoolConfig(size=1, python=context_python or settings.python, preload="")
+
+    async def go() -> LoadedContext:
+        pool, ctx = await _load(config, source)
+        await pool.close()
+        return ctx
+
+    try:
+        with err.status("loading the context file", spinner="dots"):
+            ctx = asyncio.run(go())
+    except ContextProblems as exc:
+        if json_output:
+            out.print_json(json.dumps({"ok": False, "problems": exc.problems, "warnings": []}))
+        else:
+            _print_problems(context, exc.problems)
+        raise typer.Exit(1) from None
+    warnings = pyflakes_warnings(source.source, str(context))
+    if json_output:
+        print(
+            json.dumps(
+                {"ok": True, "variables": list(ctx.variables), "warnings": warnings, "problems": []}
+            )
+        )
+        return
+    for warning in warnings:
+        err.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    out.print(
+        f"[green]{context} is valid:[/] {len(ctx.variables)} variable(s)"
+        + (f", {len(warnings)} warning(s)" if warnings else "")
+    )
+
+
+def _summary_text(result: dict[str, Any]) -> str:
+    if result["summary_type"] in ("thumbnail", "trendline"):
+        return f"<{result['summary_type']}>"
+    summary = result["summary"]
+    if result["summary_type"] == "complex":
+        return str(complex(summary[0], summary[1]))
+    return "" if summary is None else str(summary)
+
+
+def _json_entry(ctx: LoadedContext, outcome: Outcome, max_inline: int) -> dict[str, Any]:
+    var = ctx.variables[outcome.name]
+    entry: dict[str, Any] = {
+        "title": var.title,
+        "summary": None,
+        "summary_type": None,
+        "units": None,
+        "error": None,
+        "error_cls": None,
+    }
+    if outcome.status == "error":
+        entry["error"] = outcome.error or ""
+        entry["error_cls"] = outcome.error_cls
+    elif outcome.status == "ok" and outcome.prepared is not None:
+        summary, summary_type = inline_summary(outcome.prepared, max_inline)
+        entry["summary"] = list(summary) if isinstance(summary, tuple) else summary
+        entry["summary_type"] = summary_type
+        entry["units"] = outcome.prepared.get("units")
+    return entry
+
+
+@context_app.command("eval")
+def eval_context(
+    context: Annotated[Path, typer.Argument(help="The context file (context.py)")],
+    proposal_dir: Annotated[
+        Path, typer.Option(help="Proposal folder holding raw/rNNNN and proc/rNNNN")
+    ],
+    proposal: Annotated[int, typer.Option(help="Proposal number", min=0)],
+    run: Annotated[int, typer.Option(help="Run number", min=0)],
+    data: Annotated[DataChoice, typer.Option(help="Which variables: raw, proc or all")] = DataChoice.all,
+    match: Annotated[
+        list[str] | None,
+        typer.Option(help="Only variables whose title or name contains TEXT (repeatable)"),
+    ] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print exactly one JSON object")] = False,
+    output: Annotated[
+        Path | None, typer.Option(help="Write DAMNIT's per-run HDF5 layout to this file")
+    ] = None,
+    context_python: Annotated[
+        str | None, typer.Option(help="Interpreter to evaluate the context with")
+    ] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes", min=1)] = None,
+    timeout: Annotated[float | None, typer.Option(help="Time limit per variable (s)")] = None,
+    memory_mb: Annotated[int | None, typer.Option(help="Memory limit per variable (MiB)")] = None,
+) -> None:
+    """Evaluate a context file for one run and print the results."""
+    settings = Settings()
+    source = _read_source(context)
+    raw_dir, proc_dir = settings.run_dirs(str(proposal_dir), run)
+    if not Path(raw_dir).is_dir() and not Path(proc_dir).is_dir():
+        err.print(f"[red]no run folder:[/] neither {raw_dir} nor {proc_dir} exists")
+        raise typer.Exit(1)
+    base = settings.pool_config(context_python)
+    config = PoolConfig(
+        size=workers or max(1, settings.parallel_variables),
+        python=base.python,
+        time_limit_s=timeout or base.time_limit_s,
+        memory_limit_mb=memory_mb or base.memory_limit_mb,
+        address_space_mb=base.address_space_mb,
+        preload=base.preload,
+        start_timeout_s=base.start_timeout_s,
+    )
+    context_dir = str(context.resolve().parent)
+    target = RunTarget(proposal, run, str(proposal_dir.resolve()), context_dir, raw_dir, proc_dir)
+
+    async def go() -> tuple[LoadedContext, list[str], dict[str, Outcome], float | None]:
+        with err.status("starting workers and loading the context", spinner="dots"):
+            pool, ctx = await _load(config, source)
+        try:
+            names = select(ctx, data.value, (), match or ())
+            progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=err,
+                transient=True,
+                disable=not err.is_terminal,
+            )
+            with progress:
+                task = progress.add_task(f"r{run:04d}", total=len(names))
+
+                async def tick(outcome: Outcome) -> None:
+                    progress.update(task, advance=1, description=f"r{run:04d} {outcome.name}")
+
+                outcomes = await evaluate(
+                    pool,
+                    ctx,
+                    target,
+                    names,
+                    parallel=config.size,
+                    mymdc=settings.metadata_provider,
+                    on_outcome=tick,
+                )
+            started = await start_time(pool, target)
+        finally:
+            await pool.close()
+        return ctx, names, outcomes, started
+
+    try:
+        ctx, names, outcomes, started = asyncio.run(go())
+    except ContextProblems as exc:
+        _print_problems(context, exc.problems)
+        raise typer.Exit(1) from None
+
+    emit = [n for n in names if not ctx.variables[n].transient]
+    if output is not None:
+        try:
+            build_results(
+                outcomes,
+                emit,
+                fragment=output.resolve(),
+                start_time=started,
+                include_errors_in_file=True,
+                always_write=True,
+            )
+        except OSError as exc:
+            err.print(f"[red]cannot write {output}:[/] {exc}")
+            raise typer.Exit(1) from None
+    entries = {n: _json_entry(ctx, outcomes[n], settings.max_inline_chars) for n in emit}
+    if json_output:
+        sys.stdout.write(json.dumps({"proposal": proposal, "run": run, "variables": entries}) + "\n")
+        return
+    table = Table(title=f"p{proposal} r{run} ({data.value})")
+    for column in ("name", "title", "summary", "units", "error"):
+        table.add_column(column, overflow="fold")
+    for name, entry in entries.items():
+        error = f"{entry['error_cls']}: {entry['error']}" if entry["error_cls"] else ""
+        table.add_row(name, entry["title"], _summary_text(entry), entry["units"] or "", error)
+    out.print(table)
+    if output is not None:
+        out.print(f"wrote {output}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``context`` command group to the root ``runstream`` app."""
+    app.add_typer(context_app, name="context")
+
+
+if __name__ == "__main__":  # python -m runstream_executor.cli check|eval ...
+    context_app()

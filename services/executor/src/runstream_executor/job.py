@@ -1,0 +1,98 @@
+"""Entry point run inside a Slurm job for ``cluster=True`` variables.
+
+    python -m runstream_executor.job --proposal P --run R --context-dir D \\
+        --proposal-dir D --trigger raw|proc|all --request-id ID --job-request-id ID \\
+        [--var NAME]... [--context-python PYTHON]
+
+Evaluates exactly the selected cluster variables of one run (their non-cluster
+dependencies are reused from the run's earlier pass when kept, else
+recomputed) and publishes ResultsReady and ProcessingStateChanged like the
+service does. Kafka settings come from the executor's Settings (environment:
+``RUNSTREAM_EXECUTOR_KAFKA__BOOTSTRAP_SERVERS``, ``RUNSTREAM_KAFKA_BOOTSTRAP_SERVERS``,
+``RUNSTREAM_KAFKA_TOPIC_PREFIX``...). Exit status 0 when the results were
+published (even if variables failed), 1 when it could not run or publish,
+2 on bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+
+from runstream_common.kafka import make_broker
+from runstream_common.messages import ProcessingStatus
+
+from .adapters.kafka import KafkaPublisher
+from .pools import PoolSet
+from .processing import JobContext, RunProcessor, request_for_job
+from .settings import Settings
+
+log = logging.getLogger("runstream.executor.job")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m runstream_executor.job", description=__doc__)
+    p.add_argument("--proposal", type=int, required=True)
+    p.add_argument("--run", type=int, required=True)
+    p.add_argument("--context-dir", required=True)
+    p.add_argument("--proposal-dir", required=True)
+    p.add_argument("--trigger", choices=["raw", "proc", "all"], default="all")
+    p.add_argument("--request-id", required=True)
+    p.add_argument("--job-request-id", required=True)
+    p.add_argument("--var", action="append", default=[], dest="names", metavar="NAME")
+    p.add_argument("--context-python", default=None)
+    return p.parse_args(argv)
+
+
+async def run_job(args: argparse.Namespace, settings: Settings) -> int:
+    broker = make_broker(settings.kafka, client_id="runstream-executor-job")
+    pools = PoolSet(settings)
+    slurm_job = os.environ.get("SLURM_JOB_ID")
+    try:
+        await broker.connect()
+        processor = RunProcessor(settings, pools, KafkaPublisher(broker), settings.kafka.topics)
+        if args.context_python:
+            processor.proposal_settings[args.proposal] = {"context_python": args.context_python}
+        req = request_for_job(
+            request_id=args.request_id,
+            proposal=args.proposal,
+            run=args.run,
+            trigger=args.trigger,
+            context_dir=args.context_dir,
+            proposal_dir=args.proposal_dir,
+        )
+        report = await processor.process(
+            req,
+            JobContext(
+                job_request_id=args.job_request_id,
+                names=tuple(args.names),
+                slurm_job_id=int(slurm_job) if slurm_job and slurm_job.isdigit() else None,
+            ),
+        )
+    except Exception as exc:
+        log.error("cluster job could not run or publish: %s: %s", type(exc).__name__, exc)
+        return 1
+    finally:
+        await pools.close()
+        await broker.stop()
+    if report.status is ProcessingStatus.FAILED:
+        log.error("cluster job failed: %s", report.reason)
+        return 1
+    log.info("published %s: %s", report.processing_id, report.counts)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    args = parse_args(argv)
+    settings = Settings()
+    return asyncio.run(run_job(args, settings))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

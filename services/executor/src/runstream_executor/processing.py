@@ -1,0 +1,323 @@
+"""One run request end to end: context, selection, evaluation, fragment, messages.
+
+Used by the Kafka handler and by the Slurm job entry point; every publish
+goes through the small :class:`Publisher` port and is awaited before
+:meth:`RunProcessor.process` returns (the offset is committed afterwards).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from pydantic import BaseModel
+from runstream_common.messages import (
+    JobRequested,
+    ProcessingStateChanged,
+    ProcessingStatus,
+    ResultsReady,
+    RunRequested,
+    Selection,
+    Trigger,
+    VariablesDefined,
+)
+from runstream_common.topics import Topics, run_key
+
+from . import reuse
+from .context import ContextProblems, ContextSource, LoadedContext
+from .engine import RunTarget, evaluate, load_context, select, start_time
+from .outcome import Outcome
+from .pools import PoolSet
+from .results import build_results, fragment_path, result_id
+from .settings import Settings
+
+log = logging.getLogger("runstream.executor.processing")
+
+
+class Publisher(Protocol):
+    async def publish(self, topic: str, message: BaseModel, key: bytes) -> None: ...
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """Set when running inside a Slurm job: evaluate exactly ``names`` (cluster variables)."""
+
+    job_request_id: str
+    names: tuple[str, ...]
+    slurm_job_id: int | None = None
+
+
+@dataclass
+class PassReport:
+    processing_id: str
+    status: ProcessingStatus
+    reason: str | None = None
+    results: ResultsReady | None = None
+    job_request: JobRequested | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def prune(ctx: LoadedContext, names: list[str], targets: set[str], reused: set[str]) -> list[str]:
+    """Drop variables only needed by reused ones."""
+    needed: set[str] = set()
+    todo = list(targets)
+    while todo:
+        name = todo.pop()
+        if name in needed:
+            continue
+        needed.add(name)
+        if name in reused:
+            continue
+        todo.extend(ctx.variables[name].deps)
+    return [n for n in names if n in needed]
+
+
+class RunProcessor:
+    """Evaluates run requests with warm pools and publishes what happened."""
+
+    def __init__(
+        self, settings: Settings, pools: PoolSet, publisher: Publisher, topics: Topics
+    ) -> None:
+        self.settings = settings
+        self.pools = pools
+        self.publisher = publisher
+        self.topics = topics
+        self.proposal_settings: dict[int, dict[str, str | int | float | bool]] = {}
+        self._contexts: OrderedDict[tuple[str, str], LoadedContext] = OrderedDict()
+        self._announced: set[tuple[str, str]] = set()
+        self.hostname = socket.gethostname()
+
+    def context_python(self, proposal: int) -> str | None:
+        value = self.proposal_settings.get(proposal, {}).get("context_python")
+        return str(value) if value else None
+
+    async def _loaded(self, python: str | None, source: ContextSource) -> LoadedContext:
+        key = (python or "", source.hash)
+        ctx = self._contexts.get(key)
+        if ctx is not None and ctx.source.path == source.path:
+            self._contexts.move_to_end(key)
+            return LoadedContext(source=source, variables=ctx.variables)
+        pool = await self.pools.get(python)
+        ctx = await load_context(pool, source, time_limit_s=self.settings.context_load_timeout_s)
+        self._contexts[key] = ctx
+        while len(self._contexts) > 32:
+            self._contexts.popitem(last=False)
+        return ctx
+
+    async def process(self, req: RunRequested, job: JobContext | None = None) -> PassReport:
+        processing_id = uuid.uuid4().hex
+        key = run_key(req.proposal, req.run)
+        pending: list[asyncio.Task[None]] = []
+
+        def state(status: ProcessingStatus, **kw: object) -> ProcessingStateChanged:
+            return ProcessingStateChanged(
+                processing_id=processing_id,
+                request_id=req.request_id,
+                proposal=req.proposal,
+                run=req.run,
+                trigger=req.trigger,
+                status=status,
+                hostname=self.hostname,
+                slurm_job_id=job.slurm_job_id if job else None,
+                correlation_id=req.correlation_id,
+                **kw,  # type: ignore[arg-type]
+            )
+
+        async def send(topic: str, message: BaseModel) -> None:
+            await self.publisher.publish(topic, message, key)
+
+        async def fail(reason: str) -> PassReport:
+            await asyncio.gather(*pending)
+            await send(self.topics.processing, state(ProcessingStatus.FAILED, reason=reason))
+            return PassReport(processing_id, ProcessingStatus.FAILED, reason)
+
+        await send(self.topics.processing, state(ProcessingStatus.QUEUED))
+        context_file = Path(req.context_dir) / "context.py"
+        try:
+            source = await asyncio.to_thread(ContextSource.read, context_file)
+        except (OSError, UnicodeDecodeError) as exc:
+            return await fail(f"cannot read {context_file}: {exc}")
+        python = self.context_python(req.proposal)
+        try:
+            ctx = await self._loaded(python, source)
+        except ContextProblems as exc:
+            return await fail(f"context file cannot be used:\n{exc}")
+        except Exception as exc:  # e.g. context_python does not start
+            return await fail(f"{type(exc).__name__}: {exc}")
+        pool = await self.pools.get(python)
+
+        announce_key = (req.context_dir, source.hash)
+        if announce_key not in self._announced:
+            await send(
+                self.topics.results,
+                VariablesDefined(
+                    proposal=req.proposal,
+                    context_hash=source.hash,
+                    revision=source.revision,
+                    variables=ctx.definitions(),
+                    correlation_id=req.correlation_id,
+                ),
+            )
+            self._announced.add(announce_key)
+
+        trigger = req.trigger.value
+        job_request: JobRequested | None = None
+        if job is not None:
+            names = select(ctx, trigger, job.names, cluster=None)
+            targets = {n for n in job.names if n in ctx.variables}
+            emit_names = set(targets)
+        else:
+            sel = req.selection
+            names = select(ctx, trigger, sel.names, sel.match, cluster=False)
+            targets = set(names)
+            emit_names = set(names)
+            cluster_names = [
+                n
+                for n in select(ctx, trigger, sel.names, sel.match, cluster=True)
+                if ctx.variables[n].cluster
+            ]
+            if cluster_names:
+                job_request = JobRequested(
+                    job_request_id=f"{req.request_id}:cluster",
+                    request_id=req.request_id,
+                    processing_id=processing_id,
+                    proposal=req.proposal,
+                    run=req.run,
+                    trigger=req.trigger,
+                    selection=Selection(names=tuple(cluster_names)),
+                    context_dir=req.context_dir,
+                    proposal_dir=req.proposal_dir,
+                    correlation_id=req.correlation_id,
+                )
+                await send(self.topics.job_requests, job_request)
+
+        raw_dir, proc_dir = self.settings.run_dirs(req.proposal_dir, req.run)
+        target = RunTarget(req.proposal, req.run, req.proposal_dir, req.context_dir, raw_dir, proc_dir)
+        reuse_file = reuse.reuse_path(
+            Path(req.context_dir) / self.settings.reuse_subdir, req.proposal, req.run, source.hash
+        )
+        reusable_now: set[str] = set()
+        if job is not None:
+            reusable_now = {n for n in names if not ctx.variables[n].cluster}
+        elif trigger == "proc":
+            reusable_now = {n for n in names if ctx.variables[n].data == "raw"}
+        reused: dict[str, Outcome] = {}
+        if reusable_now and self.settings.reuse_max_value_mb > 0:
+            reused = await asyncio.to_thread(reuse.load, reuse_file, reusable_now)
+            names = prune(ctx, names, targets - set(reused), set(reused))
+            emit_names -= set(reused)
+
+        await send(self.topics.processing, state(ProcessingStatus.RUNNING))
+
+        async def on_outcome(outcome: Outcome) -> None:
+            if outcome.transient or outcome.reused:
+                return
+            status = ProcessingStatus.VARIABLE_DONE
+            reason = None
+            if outcome.status == "error":
+                status = ProcessingStatus.VARIABLE_FAILED
+                reason = f"{outcome.error_cls}: {(outcome.error or '')[:2000]}"
+            pending.append(
+                asyncio.ensure_future(
+                    send(
+                        self.topics.processing,
+                        state(status, variable=outcome.name, duration_s=outcome.duration, reason=reason),
+                    )
+                )
+            )
+
+        start_task = asyncio.ensure_future(start_time(pool, target))
+        outcomes = await evaluate(
+            pool,
+            ctx,
+            target,
+            names,
+            reused=reused,
+            parallel=self.settings.parallel_variables,
+            keep=reuse.worth_keeping(ctx) if job is None else set(),
+            mymdc=self.settings.metadata_provider,
+            on_outcome=on_outcome,
+        )
+        started = await start_task
+
+        if job is None and self.settings.reuse_max_value_mb > 0:
+            keep = reuse.worth_keeping(ctx) & set(outcomes)
+            if keep:
+                try:
+                    await asyncio.to_thread(
+                        reuse.save,
+                        reuse_file,
+                        outcomes,
+                        keep,
+                        self.settings.reuse_max_value_mb * 1024 * 1024,
+                    )
+                except OSError as exc:
+                    log.warning("could not keep results for reuse: %s", exc)
+
+        emit = [n for n in names if n in emit_names and not ctx.variables[n].transient]
+        rid = result_id(
+            req.request_id, source.hash, emit, extra=f"{trigger}|{job.job_request_id if job else ''}"
+        )
+        written = await asyncio.to_thread(
+            build_results,
+            outcomes,
+            emit,
+            fragment=fragment_path(
+                req.context_dir, self.settings.fragment_subdir, req.proposal, req.run, rid
+            ),
+            start_time=started,
+            max_inline_chars=self.settings.max_inline_chars,
+        )
+        await asyncio.gather(*pending)
+        results_msg: ResultsReady | None = None
+        if written.results:
+            results_msg = ResultsReady(
+                result_id=rid,
+                request_id=req.request_id,
+                processing_id=processing_id,
+                proposal=req.proposal,
+                run=req.run,
+                trigger=req.trigger,
+                context_hash=source.hash,
+                revision=source.revision,
+                context_dir=req.context_dir,
+                fragment=written.fragment,
+                start_time=started,
+                results=written.results,
+                correlation_id=req.correlation_id,
+            )
+            await send(self.topics.results, results_msg)
+        counts = {
+            "ok": sum(1 for r in written.results if r.error is None),
+            "failed": sum(1 for r in written.results if r.error is not None and r.error_cls != "Skip"),
+            "skipped": sum(1 for r in written.results if r.error_cls == "Skip"),
+        }
+        await send(self.topics.processing, state(ProcessingStatus.FINISHED, counts=counts))
+        return PassReport(
+            processing_id, ProcessingStatus.FINISHED, None, results_msg, job_request, counts
+        )
+
+
+def request_for_job(
+    *,
+    request_id: str,
+    proposal: int,
+    run: int,
+    trigger: str,
+    context_dir: str,
+    proposal_dir: str,
+) -> RunRequested:
+    return RunRequested(
+        request_id=request_id,
+        proposal=proposal,
+        run=run,
+        trigger=Trigger(trigger),
+        context_dir=context_dir,
+        proposal_dir=proposal_dir,
+    )

@@ -1,0 +1,67 @@
+"""Executor settings (environment prefix ``RUNSTREAM_EXECUTOR_``, nested with ``__``)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from pydantic import Field
+from runstream_common.settings import ServiceSettings, service_config
+
+from .pool import DEFAULT_PRELOAD, PoolConfig
+
+
+class Settings(ServiceSettings):
+    model_config = service_config("RUNSTREAM_EXECUTOR_")
+
+    workers: int = Field(default=2, ge=1, description="Warm worker processes per interpreter")
+    parallel_variables: int = Field(
+        default=2, ge=1, description="Independent variables of one run evaluated at once"
+    )
+    variable_timeout_s: float = Field(default=1800.0, gt=0, description="Time limit per variable")
+    variable_memory_mb: int = Field(
+        default=8192, ge=64, description="Resident memory limit per worker (incl. its children)"
+    )
+    address_space_mb: int = Field(
+        default=0, ge=0, description="RLIMIT_AS for workers in MiB (0: not set)"
+    )
+    context_load_timeout_s: float = Field(default=120.0, gt=0)
+    worker_start_timeout_s: float = Field(default=180.0, gt=0)
+    preload: str = Field(default=DEFAULT_PRELOAD, description="Modules workers import at start")
+    python: str = Field(default=sys.executable, description="Default interpreter of workers")
+    metadata_provider: str | None = Field(
+        default=None, description="'module:function' answering mymdc# look-ups (proposal, run, field)"
+    )
+    raw_subdir: str = "raw"
+    proc_subdir: str = "proc"
+    run_dir_format: str = Field(default="r{run:04d}", description="Run folder name under raw/proc")
+    fragment_subdir: str = Field(
+        default="extracted_data/fragments", description="Under the context dir"
+    )
+    reuse_subdir: str = Field(
+        default="extracted_data/.runstream-reuse",
+        description="Under the context dir: raw results kept for proc and cluster passes",
+    )
+    reuse_max_value_mb: int = Field(
+        default=256, ge=0, description="Largest single value kept for reuse (0 disables reuse)"
+    )
+    max_inline_chars: int = Field(default=16384, ge=64, description="Longest inline string summary")
+    max_foreign_interpreters: int = Field(
+        default=4, ge=1, description="context_python pools kept warm at once"
+    )
+
+    def pool_config(self, python: str | None = None) -> PoolConfig:
+        return PoolConfig(
+            size=max(self.workers, 1),
+            python=python or self.python,
+            time_limit_s=self.variable_timeout_s,
+            memory_limit_mb=self.variable_memory_mb,
+            address_space_mb=self.address_space_mb,
+            preload=self.preload,
+            start_timeout_s=self.worker_start_timeout_s,
+        )
+
+    def run_dirs(self, proposal_dir: str, run: int) -> tuple[str, str]:
+        name = self.run_dir_format.format(run=run)
+        base = Path(proposal_dir)
+        return str(base / self.raw_subdir / name), str(base / self.proc_subdir / name)
