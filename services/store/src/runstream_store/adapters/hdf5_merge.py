@@ -1,0 +1,423 @@
+"""Merging executor fragments into the per-run HDF5 file, crash-safely (blocking; run in a thread).
+
+The run file ``<context_dir>/extracted_data/p{P}_r{R}.h5`` has DAMNIT's layout::
+
+    /{name}/data or /{name}/<NetCDF4 group>    the data (attr _damnit_objtype)
+    /.reduced/{name}                           the summary (attrs units, max_diff, ...)
+    /.preview/{name}                           an explicit preview
+    /.errors/{name}                            str(exception), attr type
+
+A merge never modifies the run file in place: it copies the current file to a
+temporary sibling, applies the changes there, fsyncs it and renames it over the
+run file (then fsyncs the folder). A crash at any point leaves the old or the
+new file; leftover temporary files are removed by the next merge of that run.
+
+HDF5 object copies between files (H5Ocopy) do not carry object references, so
+NetCDF4 groups lose their dimension scales; :func:`copy_object` re-attaches
+them and renumbers the NetCDF dimension ids so they stay unique in the file, as
+if xarray had written the group there directly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import h5py
+import numpy as np
+from runstream_common.messages import InlineSummary
+
+log = logging.getLogger("runstream.store.hdf5")
+
+REDUCED = ".reduced"
+PREVIEW = ".preview"
+ERRORS = ".errors"
+SECTIONS = ("", REDUCED, PREVIEW, ERRORS)
+DIMID = "_Netcdf4Dimid"
+COORDS = "_Netcdf4Coordinates"
+
+Action = Literal["fragment", "inline", "error", "clear"]
+
+
+class FragmentUnreadable(Exception):
+    """The fragment is not a readable HDF5 file."""
+
+
+@dataclass(frozen=True, slots=True)
+class MergeItem:
+    """What to do with one variable in the run file."""
+
+    name: str
+    action: Action
+    summary: InlineSummary = None
+    summary_type: str | None = None
+    summary_method: str | None = None
+    units: str | None = None
+    max_diff: float | None = None
+    bold: bool | None = None
+    background: tuple[int, int, int] | None = None
+    error: str | None = None
+    error_cls: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MergeRequest:
+    target: Path
+    fragment: Path | None
+    items: tuple[MergeItem, ...]
+    provenance: str
+    start_time: float | None = None
+    compress_min_bytes: int = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class MergeOutcome:
+    """Variables that could not be written, with the reason (their error is stored instead)."""
+
+    failed: dict[str, str]
+
+
+def run_file_path(context_dir: str | Path, proposal: int, run: int) -> Path:
+    return Path(context_dir) / "extracted_data" / f"p{proposal}_r{run}.h5"
+
+
+def _tmp_prefix(target: Path) -> str:
+    return f".{target.name}."
+
+
+def remove_stale_temporaries(target: Path) -> list[Path]:
+    """Delete temporary files a crashed merge of ``target`` left behind."""
+    removed = []
+    if target.parent.is_dir():
+        for path in target.parent.glob(f"{_tmp_prefix(target)}*.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed.append(path)
+    return removed
+
+
+def fsync_path(path: Path, *, directory: bool = False) -> None:
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def merge(request: MergeRequest, *, before_replace: Any = None) -> MergeOutcome:
+    """Apply ``request`` to its run file atomically. ``before_replace`` is a test hook."""
+    target = request.target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(target)
+    tmp = target.with_name(f"{_tmp_prefix(target)}{uuid.uuid4().hex}.tmp")
+    try:
+        if target.exists():
+            shutil.copyfile(target, tmp)
+            shutil.copymode(target, tmp)
+            out = h5py.File(tmp, "r+")
+        else:
+            out = h5py.File(tmp, "w", track_order=False)
+        with out, _open_fragment(request) as src:
+            failed = _apply(out, src, request)
+        fsync_path(tmp)
+        if before_replace is not None:
+            before_replace(tmp)
+        os.replace(tmp, target)
+        fsync_path(target.parent, directory=True)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    return MergeOutcome(failed)
+
+
+@contextlib.contextmanager
+def _open_fragment(request: MergeRequest) -> Iterator[h5py.File | None]:
+    needs = any(i.action == "fragment" for i in request.items)
+    if request.fragment is None or not needs:
+        yield None
+        return
+    try:
+        src = h5py.File(request.fragment, "r", locking=False)
+    except OSError as exc:
+        raise FragmentUnreadable(f"cannot read fragment {request.fragment}: {exc}") from exc
+    with src:
+        yield src
+
+
+def _apply(out: h5py.File, src: h5py.File | None, request: MergeRequest) -> dict[str, str]:
+    if "provenance" not in out.attrs:  # the run file keeps the first provenance, as DAMNIT
+        out.attrs["provenance"] = request.provenance
+    failed: dict[str, str] = {}
+    dimids = _DimIds(out)
+    names = {i.name for i in request.items}
+    for item in request.items:
+        delete_variable(out, item.name)
+        try:
+            if item.action == "fragment":
+                if src is None:
+                    raise FileNotFoundError("the result has no fragment")
+                _copy_from_fragment(out, src, item, dimids, request.compress_min_bytes)
+            elif item.action == "inline":
+                _write_inline(out, item)
+            elif item.action == "error":
+                write_error(out, item.name, item.error or "", item.error_cls or "Exception")
+        except Exception as exc:
+            log.warning("could not write %s into %s: %r", item.name, request.target, exc)
+            delete_variable(out, item.name)
+            reason = f"the store could not write this result: {type(exc).__name__}: {exc}"
+            write_error(out, item.name, reason, "StoreWriteError")
+            failed[item.name] = reason
+    if request.start_time is not None and "start_time" not in names:
+        delete_variable(out, "start_time")
+        _write_inline(out, MergeItem("start_time", "inline", summary=float(request.start_time)))
+    return failed
+
+
+def delete_variable(out: h5py.File, name: str) -> None:
+    """Remove every object of ``name``: data, summary, preview and error."""
+    for section in SECTIONS:
+        path = f"{section}/{name}" if section else name
+        if path in out:
+            del out[path]
+
+
+def write_error(out: h5py.File, name: str, message: str, error_cls: str) -> None:
+    errors = out.require_group(ERRORS)
+    ds = errors.create_dataset(name, data=message, dtype=h5py.string_dtype())
+    ds.attrs["type"] = error_cls
+
+
+def _summary_array(summary: InlineSummary) -> Any:
+    if isinstance(summary, tuple):
+        return np.complex128(complex(summary[0], summary[1]))
+    if isinstance(summary, bool):
+        return np.bool_(summary)
+    if isinstance(summary, int):
+        if -(2**63) <= summary < 2**63:
+            return np.int64(summary)
+        return str(summary)
+    if isinstance(summary, float):
+        return np.float64(summary)
+    return summary
+
+
+def _write_scalar(group: h5py.Group, name: str, value: Any) -> h5py.Dataset:
+    if isinstance(value, str):
+        return group.create_dataset(name, data=value, dtype=h5py.string_dtype())
+    return group.create_dataset(name, data=value)
+
+
+def _write_inline(out: h5py.File, item: MergeItem) -> None:
+    if item.summary is None:
+        return
+    value = _summary_array(item.summary)
+    _write_scalar(out.require_group(item.name), "data", value)
+    reduced = _write_scalar(out.require_group(REDUCED), item.name, value)
+    _set_summary_attrs(reduced, item)
+
+
+def _set_summary_attrs(ds: h5py.Dataset, item: MergeItem, *, only_missing: bool = False) -> None:
+    attrs: dict[str, Any] = {}
+    if item.summary_method:
+        attrs["summary_method"] = item.summary_method
+    if item.summary_type == "trendline":
+        attrs["summary_type"] = "trendline"
+    if item.max_diff is not None:
+        attrs["max_diff"] = np.float64(item.max_diff)
+    if item.bold is not None:
+        attrs["bold"] = bool(item.bold)
+    if item.background is not None:
+        attrs["background"] = np.asarray(item.background, dtype=np.uint8)
+    if item.units:
+        attrs["units"] = item.units
+    for key, value in attrs.items():
+        if only_missing and key in ds.attrs:
+            continue
+        ds.attrs[key] = value
+
+
+def _copy_from_fragment(
+    out: h5py.File, src: h5py.File, item: MergeItem, dimids: _DimIds, compress_min_bytes: int
+) -> None:
+    name = item.name
+    copied = False
+    for section in SECTIONS:
+        if section == ERRORS:
+            continue
+        path = f"{section}/{name}" if section else name
+        if path not in src:
+            continue
+        parent = out.require_group(section) if section else out
+        # summaries and previews are small: only data arrays are compressed
+        limit = compress_min_bytes if not section else 2**62
+        copy_object(src[path], parent, name, dimids, limit)
+        copied = True
+    reduced_path = f"{REDUCED}/{name}"
+    if reduced_path in out:
+        _set_summary_attrs(out[reduced_path], item, only_missing=True)
+    elif item.summary is not None:
+        reduced = _write_scalar(out.require_group(REDUCED), name, _summary_array(item.summary))
+        _set_summary_attrs(reduced, item)
+        if name not in out:
+            _write_scalar(out.require_group(name), "data", _summary_array(item.summary))
+        copied = True
+    if not copied:
+        raise KeyError(f"the fragment has no objects for {name!r}")
+
+
+# ---------------------------------------------------------------------- copying objects
+class _DimIds:
+    """Hands out NetCDF dimension ids that are unused in the target file."""
+
+    def __init__(self, out: h5py.File) -> None:
+        self._next = 0
+        found: list[int] = []
+
+        def visit(_: str, obj: Any) -> None:
+            if isinstance(obj, h5py.Dataset) and DIMID in obj.attrs:
+                found.append(int(obj.attrs[DIMID]))
+
+        out.visititems(visit)
+        if found:
+            self._next = max(found) + 1
+
+    def reserve(self, count: int) -> int:
+        start = self._next
+        self._next += count
+        return start
+
+
+def _is_netcdf_tree(obj: h5py.Group) -> bool:
+    found = False
+
+    def visit(_: str, item: Any) -> bool | None:
+        nonlocal found
+        if isinstance(item, h5py.Dataset) and (
+            "DIMENSION_LIST" in item.attrs or item.attrs.get("CLASS") == b"DIMENSION_SCALE"
+        ):
+            found = True
+            return True
+        return None
+
+    obj.visititems(visit)
+    return found
+
+
+def copy_object(
+    source: h5py.Group | h5py.Dataset,
+    parent: h5py.Group,
+    name: str,
+    dimids: _DimIds,
+    compress_min_bytes: int = 1024,
+) -> None:
+    """Copy ``source`` (from another file) to ``parent[name]``, NetCDF structure intact."""
+    if isinstance(source, h5py.Dataset):
+        _copy_dataset(source, parent, name, compress_min_bytes)
+        return
+    if not _is_netcdf_tree(source):
+        group = parent.create_group(name)
+        for key, value in source.attrs.items():
+            group.attrs[key] = value
+        for child_name, child in source.items():
+            copy_object(child, group, child_name, dimids, compress_min_bytes)
+        return
+    source.file.copy(source, parent, name)
+    _reattach_dimension_scales(source, parent[name])
+    _renumber_dimids(parent[name], dimids)
+
+
+def _copy_dataset(source: h5py.Dataset, parent: h5py.Group, name: str, min_bytes: int) -> None:
+    """Copy a plain dataset; compress it (gzip 1 + shuffle) if it is a large uncompressed array."""
+    compressible = (
+        source.ndim >= 1
+        and source.compression is None
+        and source.nbytes >= min_bytes
+        and source.dtype.kind in "biuf"
+        and "DIMENSION_LIST" not in source.attrs
+        and source.attrs.get("CLASS") != b"DIMENSION_SCALE"
+    )
+    if not compressible:
+        source.file.copy(source, parent, name)
+        return
+    ds = parent.create_dataset(
+        name, data=source[()], compression="gzip", compression_opts=1, shuffle=True, chunks=True
+    )
+    for key, value in source.attrs.items():
+        ds.attrs[key] = value
+
+
+def _relative(root: h5py.Group, path: str | None) -> str | None:
+    if path is None:
+        return None
+    prefix = root.name.rstrip("/") + "/"
+    return path[len(prefix) :] if path.startswith(prefix) else None
+
+
+def _reattach_dimension_scales(source: h5py.Group, copied: h5py.Group) -> None:
+    """Rebuild DIMENSION_LIST / REFERENCE_LIST in ``copied`` after a cross-file copy."""
+    attachments: list[tuple[str, int, str]] = []
+
+    def collect(rel: str, obj: Any) -> None:
+        if isinstance(obj, h5py.Dataset) and "DIMENSION_LIST" in obj.attrs:
+            for axis, refs in enumerate(obj.attrs["DIMENSION_LIST"]):
+                for ref in np.atleast_1d(refs):
+                    scale = _relative(source, source.file[ref].name)
+                    if scale is None:
+                        log.warning("%s: dimension scale outside the copied group", obj.name)
+                        continue
+                    attachments.append((rel, axis, scale))
+
+    source.visititems(collect)
+
+    def clean(_: str, obj: Any) -> None:
+        if isinstance(obj, h5py.Dataset):
+            for attr in ("DIMENSION_LIST", "REFERENCE_LIST"):
+                if attr in obj.attrs:
+                    del obj.attrs[attr]
+
+    copied.visititems(clean)
+    for rel, axis, scale in attachments:
+        copied[rel].dims[axis].attach_scale(copied[scale])
+
+
+def _renumber_dimids(group: h5py.Group, dimids: _DimIds) -> None:
+    datasets: list[h5py.Dataset] = []
+
+    def collect(_: str, obj: Any) -> None:
+        if isinstance(obj, h5py.Dataset) and (DIMID in obj.attrs or COORDS in obj.attrs):
+            datasets.append(obj)
+
+    group.visititems(collect)
+    old_ids = sorted(
+        {int(ds.attrs[DIMID]) for ds in datasets if DIMID in ds.attrs}
+        | {int(i) for ds in datasets if COORDS in ds.attrs for i in np.atleast_1d(ds.attrs[COORDS])}
+    )
+    if not old_ids:
+        return
+    start = dimids.reserve(len(old_ids))
+    mapping = {old: start + i for i, old in enumerate(old_ids)}
+    for ds in datasets:
+        if DIMID in ds.attrs:
+            ds.attrs[DIMID] = np.int32(mapping[int(ds.attrs[DIMID])])
+        if COORDS in ds.attrs:
+            ds.attrs[COORDS] = np.asarray(
+                [mapping[int(i)] for i in np.atleast_1d(ds.attrs[COORDS])], dtype=np.int32
+            )
+
+
+def variables_in(path: Path) -> Sequence[str]:
+    """Names with data, summary or error in a run file (for tests and checks)."""
+    with h5py.File(path, "r", locking=False) as f:
+        names = {n for n in f if not n.startswith(".")}
+        for section in (REDUCED, ERRORS, PREVIEW):
+            if section in f:
+                names.update(f[section])
+    return sorted(names)

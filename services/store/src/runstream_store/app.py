@@ -1,0 +1,138 @@
+"""The store service: consumes results, run catalog, processing/job state and commands.
+
+``build_app(settings)`` wires everything; nothing happens at import time. The
+database pool is opened at start-up, after checking the schema version (an
+outdated schema stops the service with the command to run).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from faststream import FastStream
+from faststream.specification import AsyncAPI
+from runstream_common import parsers
+from runstream_common.admin import ensure_topics
+from runstream_common.errors import SchemaOutdated, ServiceUnavailable
+from runstream_common.kafka import Delivery, make_broker, subscribe
+from runstream_common.telemetry import Telemetry, setup_telemetry
+
+from . import __version__
+from .adapters.feed import KafkaFeed
+from .adapters.postgres import Repository, create_pool
+from .adapters.run_files import RunFiles
+from .handlers import Handlers
+from .settings import Settings
+
+log = logging.getLogger("runstream.store")
+
+
+class _Runtime:
+    """The handlers once start-up has opened the database."""
+
+    handlers: Handlers | None = None
+
+    def get(self) -> Handlers:
+        if self.handlers is None:
+            raise ServiceUnavailable("the store is still starting")
+        return self.handlers
+
+
+def build_app(settings: Settings, *, telemetry: Telemetry | None = None) -> FastStream:
+    telemetry = telemetry or setup_telemetry("store", settings.telemetry)
+    broker = make_broker(settings.kafka, telemetry, client_id="runstream-store")
+    topics = settings.kafka.topics
+    runtime = _Runtime()
+    pools: list[Any] = []
+
+    async def handle_results(message: Any, delivery: Delivery) -> None:
+        """Executor results (ResultsReady) and variable definitions (VariablesDefined)."""
+        await runtime.get().on_results(message, delivery)
+
+    async def handle_run_known(message: Any, delivery: Delivery) -> None:
+        """The run catalog: a new run is announced on the feed (RunAdded)."""
+        await runtime.get().on_run_known(message, delivery)
+
+    async def handle_processing(message: Any, delivery: Delivery) -> None:
+        """Processing state of runs, passed on as ProcessingStateSet."""
+        await runtime.get().on_processing(message, delivery)
+
+    async def handle_job_state(message: Any, delivery: Delivery) -> None:
+        """Slurm job state, passed on as JobStateSet."""
+        await runtime.get().on_job_state(message, delivery)
+
+    async def handle_command(message: Any, delivery: Delivery) -> None:
+        """User commands; bad ones are rejected on the feed (CommandRejected)."""
+        await runtime.get().on_command(message, delivery)
+
+    group = settings.group_id
+    subscribe(broker, topics.results, group_id=group, parser=parsers.RESULTS,
+              handler=handle_results, settings=settings)  # fmt: skip
+    subscribe(broker, topics.run_catalog, group_id=group, parser=parsers.RUN_CATALOG,
+              handler=handle_run_known, settings=settings)  # fmt: skip
+    subscribe(broker, topics.processing, group_id=group, parser=parsers.PROCESSING,
+              handler=handle_processing, settings=settings)  # fmt: skip
+    subscribe(broker, topics.job_state, group_id=group, parser=parsers.JOB_STATE,
+              handler=handle_job_state, settings=settings)  # fmt: skip
+    subscribe(broker, topics.commands, group_id=group, parser=parsers.COMMANDS,
+              handler=handle_command, settings=settings)  # fmt: skip
+
+    app = FastStream(
+        broker,
+        specification=AsyncAPI(title="runstream-store", version=__version__),
+        logger=log,
+    )
+
+    @app.on_startup
+    async def _start() -> None:
+        pool = await create_pool(
+            settings.postgres.dsn.get_secret_value(),
+            min_size=settings.postgres.min_pool,
+            max_size=settings.postgres.max_pool,
+        )
+        pools.append(pool)
+        repo = Repository(pool)
+        try:
+            await repo.check_schema()
+        except SchemaOutdated as exc:
+            log.critical("the store cannot start: %s", exc)
+            await pool.close()
+            raise SystemExit(f"runstream store: {exc}") from None
+        await ensure_topics(
+            settings.kafka,
+            [topics.results, topics.run_catalog, topics.processing, topics.job_state,
+             topics.commands, topics.updates, topics.proposal_settings],
+            compacted=set(topics.compacted()),
+        )  # fmt: skip
+        files = RunFiles(
+            compress_min_bytes=settings.compress_min_bytes,
+            before_replace=_die if settings.crash_point == "before_replace" else None,
+        )
+        runtime.handlers = Handlers(
+            repo,
+            files,
+            KafkaFeed(broker, topics),
+            fragment_wait_s=settings.fragment_wait_s,
+            compress_min_bytes=settings.compress_min_bytes,
+            crash_point=settings.crash_point,
+        )
+
+    @app.after_shutdown
+    async def _stop() -> None:
+        for pool in pools:
+            await pool.close()
+        telemetry.shutdown()
+
+    return app
+
+
+def _die(_: object) -> None:
+    log.critical("fault injection: dying before the run file is replaced")
+    os._exit(137)
+
+
+def create() -> FastStream:
+    """Entry point for ``runstream serve store``: settings from the environment."""
+    return build_app(Settings())

@@ -1,0 +1,345 @@
+"""``runstream db upgrade``, ``runstream table``, ``runstream comment``, ``runstream config``.
+
+``table`` and the read-only form of ``config`` read PostgreSQL directly. Changes
+go to the store as commands on Kafka; ``comment`` and ``config`` then wait for the
+store's answer on the updates feed (a rejection exits 1 with the reason).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .settings import Settings
+
+out = Console()
+err = Console(stderr=True)
+
+DsnOption = Annotated[
+    str | None,
+    typer.Option(
+        "--dsn", help="PostgreSQL DSN (default: RUNSTREAM_POSTGRES_DSN)", show_default=False
+    ),
+]
+WaitOption = Annotated[
+    float, typer.Option("--wait", help="Seconds to wait for the store's answer (0: do not wait)")
+]
+
+
+def _dsn(dsn: str | None) -> str:
+    return dsn or Settings().postgres.dsn.get_secret_value()
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    err.print(f"[red]error:[/] {message}")
+    return typer.Exit(code)
+
+
+async def _connect(dsn: str) -> Any:
+    import asyncpg
+
+    try:
+        return await asyncpg.connect(dsn, timeout=10)
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        raise _fail(f"cannot connect to PostgreSQL: {exc}", 2) from exc
+
+
+# ---------------------------------------------------------------------- db
+db_app = typer.Typer(help="The store's PostgreSQL schema.", no_args_is_help=True)
+
+
+@db_app.command("upgrade")
+def db_upgrade(dsn: DsnOption = None) -> None:
+    """Apply the missing schema migrations (safe to run twice, and concurrently)."""
+    from . import schema
+
+    async def go() -> tuple[int, list[schema.Migration]]:
+        conn = await _connect(_dsn(dsn))
+        try:
+            before = await schema.current_version(conn)
+            return before, await schema.upgrade(conn)
+        finally:
+            await conn.close()
+
+    before, applied = asyncio.run(go())
+    for m in applied:
+        out.print(f"applied {m.version:03d}_{m.name}")
+    version = applied[-1].version if applied else before
+    out.print(f"schema at version {version} (was {before})")
+
+
+@db_app.command("status")
+def db_status(dsn: DsnOption = None) -> None:
+    """Show the schema version; exit 1 if an upgrade is needed."""
+    from . import schema
+
+    async def go() -> int:
+        conn = await _connect(_dsn(dsn))
+        try:
+            return await schema.current_version(conn)
+        finally:
+            await conn.close()
+
+    have, want = asyncio.run(go()), schema.latest_version()
+    out.print(f"database schema version {have}; this code needs {want}")
+    if have != want:
+        raise _fail(schema.UPGRADE_HINT if have < want else "the database is newer than this code")
+
+
+# ---------------------------------------------------------------------- table
+def _json_value(value: Any) -> Any:
+    if value is None or value is _NA:
+        return None
+    if isinstance(value, complex):
+        return [value.real, value.imag]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+_NA: Any = None
+
+
+def table(
+    proposal: Annotated[int, typer.Argument(help="Proposal number")],
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print JSON records (names as keys)")
+    ] = False,
+    last: Annotated[int | None, typer.Option("--last", help="Only the last N runs", min=1)] = None,
+    dsn: DsnOption = None,
+) -> None:
+    """Print the run table of PROPOSAL: runs as rows, variable titles as columns."""
+    import pandas as pd
+
+    from .table import FIXED_TITLES, read_table
+
+    global _NA
+    _NA = pd.NA
+
+    async def go() -> Any:
+        conn = await _connect(_dsn(dsn))
+        try:
+            return await read_table(conn, proposal)
+        finally:
+            await conn.close()
+
+    data = asyncio.run(go())
+    if not data.runs:
+        raise _fail(f"proposal {proposal} has no runs in the database")
+    frame = data.to_dataframe()
+    if last is not None:
+        frame = frame.tail(last)
+    names = [c for c in frame.columns if c != "proposal"]
+    if as_json:
+        records = []
+        for row in frame.itertuples(index=False):
+            record = dict(zip(frame.columns, row, strict=True))
+            start = record.get("start_time")
+            record["start_time"] = None if start is None or pd.isna(start) else start.isoformat()
+            records.append({k: _json_value(record[k]) for k in names})
+        print(json.dumps({"proposal": proposal, "runs": records}, indent=1))
+        return
+    titles = {**FIXED_TITLES, **data.titles()}
+    units = {c.name: c.units for c in data.columns}
+    rich_table = Table(title=f"proposal {proposal}", show_lines=False)
+    for name in names:
+        header = titles.get(name, name)
+        if units.get(name):
+            header += f" [{units[name]}]"
+        rich_table.add_column(header, overflow="fold")
+    for row in frame[names].itertuples(index=False):
+        cells = []
+        for name, value in zip(names, row, strict=True):
+            if value is pd.NA or value is None or (isinstance(value, float) and math.isnan(value)):
+                cells.append("")
+            elif name == "start_time":
+                cells.append("" if pd.isna(value) else value.strftime("%Y-%m-%d %H:%M:%S"))
+            elif isinstance(value, float):
+                cells.append(f"{value:.6g}")
+            else:
+                cells.append(str(value))
+        rich_table.add_row(*cells)
+    out.print(rich_table)
+
+
+# ---------------------------------------------------------------------- commands
+async def _send_and_wait(settings: Settings, command: Any, wait_s: float, accept: set[str]) -> Any:
+    """Publish ``command``; return the first feed message answering it (or None on timeout)."""
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+    from runstream_common import parsers
+
+    topics = settings.kafka.topics
+    kafka = settings.kafka
+    consumer = None
+    if wait_s > 0:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=kafka.bootstrap_servers,
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+            **kafka.security_kwargs(),
+        )
+        await consumer.start()
+    producer = AIOKafkaProducer(
+        bootstrap_servers=kafka.bootstrap_servers, acks="all", **kafka.security_kwargs()
+    )
+    try:
+        if consumer is not None:
+            partitions = await consumer.partitions_for_topic(topics.updates) or set()
+            tps = [TopicPartition(topics.updates, p) for p in sorted(partitions)]
+            consumer.assign(tps)
+            await consumer.seek_to_end(*tps)
+            for tp in tps:  # pin the current end before publishing
+                await consumer.position(tp)
+        await producer.start()
+        await producer.send_and_wait(
+            topics.commands,
+            command.model_dump_json().encode(),
+            key=str(command.proposal).encode(),
+            headers=[("content-type", b"application/json")],
+        )
+        if consumer is None:
+            return None
+        wanted = command.correlation_id
+        deadline = time.monotonic() + wait_s
+        while (remaining := deadline - time.monotonic()) > 0:
+            batch = await consumer.getmany(timeout_ms=int(min(remaining, 1.0) * 1000))
+            for records in batch.values():
+                for record in records:
+                    try:
+                        update = parsers.UPDATES.parse(record.value)
+                    except Exception:
+                        continue
+                    if update.correlation_id == wanted and update.type in accept:
+                        return update
+        return None
+    finally:
+        await producer.stop()
+        if consumer is not None:
+            await consumer.stop()
+
+
+def _run_command(command: Any, wait_s: float, accept: set[str]) -> Any:
+    settings = Settings()
+    try:
+        answer = asyncio.run(
+            _send_and_wait(settings, command, wait_s, accept | {"command_rejected"})
+        )
+    except Exception as exc:
+        raise _fail(f"cannot reach Kafka at {settings.kafka.bootstrap_servers}: {exc}", 2) from exc
+    if wait_s <= 0:
+        out.print("sent")
+        return None
+    if answer is None:
+        raise _fail(
+            f"no answer from the store within {wait_s:g} s (the command is queued; "
+            "is `runstream serve store` running?)",
+            3,
+        )
+    if answer.type == "command_rejected":
+        raise _fail(f"rejected: {answer.reason}")
+    return answer
+
+
+def comment(
+    proposal: Annotated[int, typer.Argument(help="Proposal number")],
+    run: Annotated[int, typer.Argument(help="Run number")],
+    text: Annotated[str, typer.Argument(help="The comment (replaces the old one)")],
+    wait: WaitOption = 10.0,
+) -> None:
+    """Set the comment of one run."""
+    from uuid import uuid4
+
+    from runstream_common.messages import SetComment
+
+    event_id = uuid4()
+    command = SetComment(
+        event_id=event_id, correlation_id=str(event_id), proposal=proposal, run=run, text=text
+    )
+    if _run_command(command, wait, {"values_updated"}) is not None:
+        out.print(f"comment of p{proposal} r{run} set")
+
+
+def config(
+    proposal: Annotated[int, typer.Argument(help="Proposal number")],
+    key: Annotated[str | None, typer.Argument(help="Setting name")] = None,
+    value: Annotated[str | None, typer.Argument(help="New value")] = None,
+    delete: Annotated[bool, typer.Option("--delete", "-d", help="Delete KEY")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+    wait: WaitOption = 10.0,
+    dsn: DsnOption = None,
+) -> None:
+    """Show or change proposal settings (slurm_partition, slurm_time, concurrent_jobs, ...)."""
+    from uuid import uuid4
+
+    from runstream_common.messages import SetProposalSetting
+
+    from .proposal_settings import PARSERS
+
+    if delete and (key is None or value is not None):
+        raise _fail("--delete needs KEY and no VALUE", 2)
+    if key is not None and value is None and not delete:
+        settings = _read_settings(proposal, dsn)
+        if key not in settings:
+            known = "" if key in PARSERS else f" (known settings: {', '.join(sorted(PARSERS))})"
+            raise _fail(f"setting {key!r} is not set for proposal {proposal}{known}")
+        print(json.dumps(settings[key]) if as_json else settings[key])
+        return
+    if key is None:
+        settings = _read_settings(proposal, dsn)
+        if as_json:
+            print(json.dumps(settings, indent=1))
+            return
+        rich_table = Table(title=f"settings of proposal {proposal}")
+        rich_table.add_column("key")
+        rich_table.add_column("value")
+        for k, v in settings.items():
+            rich_table.add_row(k, str(v))
+        out.print(rich_table)
+        return
+    event_id = uuid4()
+    command = SetProposalSetting(
+        event_id=event_id,
+        correlation_id=str(event_id),
+        proposal=proposal,
+        key=key,
+        value=None if delete else value,
+    )
+    answer = _run_command(command, wait, {"proposal_settings_set"})
+    if answer is not None:
+        if as_json:
+            print(json.dumps(answer.settings, indent=1))
+        elif delete:
+            out.print(f"{key} deleted")
+        else:
+            out.print(f"{key} = {answer.settings.get(key)!r}")
+
+
+def _read_settings(proposal: int, dsn: str | None) -> dict[str, Any]:
+    async def go() -> dict[str, Any]:
+        conn = await _connect(_dsn(dsn))
+        try:
+            rows = await conn.fetch(
+                "SELECT key, value::text AS value FROM proposal_settings WHERE proposal = $1 "
+                "ORDER BY key",
+                proposal,
+            )
+        finally:
+            await conn.close()
+        return {r["key"]: json.loads(r["value"]) for r in rows}
+
+    return asyncio.run(go())
+
+
+def register(app: typer.Typer) -> None:
+    """Add the store's commands to the root ``runstream`` app."""
+    app.add_typer(db_app, name="db")
+    app.command("table")(table)
+    app.command("comment")(comment)
+    app.command("config")(config)

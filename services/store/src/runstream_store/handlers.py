@@ -1,0 +1,465 @@
+"""What the store does with each message it consumes.
+
+Ports: the database (:class:`Database`), the run files (:class:`Files`) and the
+change feed (:class:`Feed`). The order of effects for one ``ResultsReady`` makes
+every crash converge when the message comes again:
+
+1. already applied (``result_id`` recorded)? -> re-publish its current values, delete the
+   fragment, done;
+2. under the run file's lock: find which variables this revision may replace, merge them
+   into the run file (atomic replace), commit values + history + result_id in one
+   transaction, publish ``ValuesUpdated`` (and ``RunAdded`` for a new run), delete the
+   fragment. The offset is committed after the handler returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from pydantic import BaseModel
+from runstream_common.errors import InvalidCommand, PermanentError
+from runstream_common.kafka import Delivery
+from runstream_common.messages import (
+    CommandRejected,
+    DefineUserVariable,
+    JobStateChanged,
+    JobStateSet,
+    ProcessingStateChanged,
+    ProcessingStateSet,
+    ProposalSettingsSet,
+    ResultsReady,
+    RunAdded,
+    RunKnown,
+    SetComment,
+    SetProposalSetting,
+    SetTags,
+    SetUserVariable,
+    ValuesUpdated,
+    ValueView,
+    VariableDefinition,
+    VariableResult,
+    VariablesDefined,
+    VariablesSet,
+)
+from runstream_common.topics import proposal_key, run_key
+
+from .adapters.hdf5_merge import MergeItem, MergeOutcome, MergeRequest
+from .adapters.postgres import RunRow, VariableRow
+from .proposal_settings import PARSERS, parse_setting
+from .user_input import check_user_variable_name, parse_user_value
+from .values import COMMENT, PROVENANCE_COMMENT, PROVENANCE_MANUAL, StoredValue
+
+log = logging.getLogger("runstream.store")
+
+CrashPoint = Literal["before_replace", "after_merge", "after_commit"]
+
+
+class Database(Protocol):
+    async def is_applied(self, result_id: str) -> bool: ...
+    async def current_revisions(
+        self, proposal: int, run: int, names: Sequence[str]
+    ) -> dict[str, int]: ...
+    async def apply_results(
+        self, message: ResultsReady, values: dict[str, StoredValue], winners: set[str]
+    ) -> RunRow | None: ...
+    async def current_values(
+        self, proposal: int, run: int, names: Sequence[str] | None = None
+    ) -> dict[str, StoredValue]: ...
+    async def get_run(self, proposal: int, run: int) -> RunRow | None: ...
+    async def record_run_known(self, message: RunKnown, added_at: float) -> RunRow: ...
+    async def mark_announced(self, proposal: int, run: int) -> None: ...
+    async def define_variables(
+        self,
+        proposal: int,
+        context_hash: str,
+        revision: int,
+        variables: Sequence[VariableDefinition],
+    ) -> list[VariableDefinition]: ...
+    async def define_user_variable(
+        self, proposal: int, name: str, title: str, variable_type: str, description: str | None
+    ) -> VariableRow: ...
+    async def variable(self, proposal: int, name: str) -> VariableRow | None: ...
+    async def variables(self, proposal: int) -> list[VariableRow]: ...
+    async def set_tags(
+        self, proposal: int, variable: str, add: Sequence[str], remove: Sequence[str]
+    ) -> VariableRow: ...
+    async def set_manual_value(
+        self, proposal: int, run: int, name: str, value: StoredValue
+    ) -> bool: ...
+    async def set_setting(self, proposal: int, key: str, value: Any | None) -> dict[str, Any]: ...
+    async def settings(self, proposal: int) -> dict[str, Any]: ...
+    async def record_processing(self, message: ProcessingStateChanged) -> bool: ...
+    async def record_job(self, message: JobStateChanged) -> bool: ...
+
+
+class Files(Protocol):
+    def run_file(self, context_dir: str, proposal: int, run: int) -> Path: ...
+    def hold(self, key: str) -> Any: ...
+    async def merge(self, request: MergeRequest) -> MergeOutcome: ...
+    async def wait_for(self, path: Path, timeout_s: float) -> bool: ...
+    async def delete(self, path: Path) -> bool: ...
+
+
+class Feed(Protocol):
+    async def update(self, message: BaseModel, key: bytes) -> None: ...
+    async def settings(self, message: ProposalSettingsSet) -> None: ...
+
+
+def needs_fragment(result: VariableResult) -> bool:
+    """Whether the result's data or summary lives in the fragment."""
+    if result.is_error or result.returned_none:
+        return False
+    return result.in_fragment or (
+        result.summary is None and result.summary_type in ("thumbnail", "trendline", "numpy")
+    )
+
+
+def merge_item(result: VariableResult) -> MergeItem:
+    if result.is_error:
+        action: Literal["fragment", "inline", "error", "clear"] = "error"
+    elif result.returned_none:
+        action = "clear"
+    elif needs_fragment(result):
+        action = "fragment"
+    else:
+        action = "inline"
+    return MergeItem(
+        name=result.name,
+        action=action,
+        summary=result.summary,
+        summary_type=result.summary_type,
+        summary_method=result.summary_method,
+        units=result.units,
+        max_diff=result.max_diff,
+        bold=result.bold,
+        background=result.background,
+        error=result.error,
+        error_cls=result.error_cls,
+    )
+
+
+class Handlers:
+    """The store's message handlers, over its three ports."""
+
+    def __init__(
+        self,
+        db: Database,
+        files: Files,
+        feed: Feed,
+        *,
+        fragment_wait_s: float = 30.0,
+        compress_min_bytes: int = 1024,
+        crash_point: CrashPoint | None = None,
+    ) -> None:
+        self.db = db
+        self.files = files
+        self.feed = feed
+        self.fragment_wait_s = fragment_wait_s
+        self.compress_min_bytes = compress_min_bytes
+        self.crash_point = crash_point
+
+    def _crash(self, point: CrashPoint) -> None:
+        if self.crash_point == point:
+            log.critical("fault injection: dying at %s", point)
+            os._exit(137)
+
+    # ------------------------------------------------------------------ results topic
+    async def on_results(
+        self, message: ResultsReady | VariablesDefined, delivery: Delivery
+    ) -> None:
+        """Results of the executor: merge into the run file and the database; variable definitions."""
+        if isinstance(message, VariablesDefined):
+            await self.variables_defined(message)
+        else:
+            await self.results_ready(message)
+
+    def _fragment_path(self, message: ResultsReady) -> Path | None:
+        if message.fragment is None:
+            return None
+        path = Path(message.fragment)
+        allowed = Path(message.context_dir) / "extracted_data"
+        if not path.is_absolute() or not _within(path, allowed):
+            raise PermanentError(
+                f"fragment {message.fragment} is not under {allowed}; refusing to read or delete it"
+            )
+        return path
+
+    async def results_ready(self, message: ResultsReady) -> None:
+        p, r = message.proposal, message.run
+        fragment = self._fragment_path(message)
+        target = self.files.run_file(message.context_dir, p, r)
+        async with self.files.hold(str(target)):
+            if await self.db.is_applied(message.result_id):
+                await self._finish_duplicate(message, fragment)
+                return
+            results = {res.name: res for res in message.results}
+            revisions = await self.db.current_revisions(p, r, list(results))
+            winners = {n for n in results if revisions.get(n, message.revision) <= message.revision}
+            values = {
+                n: StoredValue.from_result(
+                    res,
+                    provenance=message.provenance,
+                    context_hash=message.context_hash,
+                    revision=message.revision,
+                    result_id=message.result_id,
+                )
+                for n, res in results.items()
+            }
+            stale = sorted(set(results) - winners)
+            if stale:
+                log.info(
+                    "p%d r%d: revision %d is older than the stored values of %s; kept in history only",
+                    p, r, message.revision, stale,
+                )  # fmt: skip
+            items = tuple(merge_item(results[n]) for n in results if n in winners)
+            wanted = any(i.action == "fragment" for i in items)
+            if wanted:
+                if fragment is None:
+                    raise PermanentError(
+                        f"result {message.result_id} refers to fragment data but names no fragment"
+                    )
+                if not await self.files.wait_for(fragment, self.fragment_wait_s):
+                    raise PermanentError(
+                        f"fragment {fragment} of result {message.result_id} did not appear "
+                        f"within {self.fragment_wait_s:g} s"
+                    )
+            if items or message.start_time is not None:
+                outcome = await self.files.merge(
+                    MergeRequest(
+                        target=target,
+                        fragment=fragment if wanted else None,
+                        items=items,
+                        provenance=message.provenance,
+                        start_time=message.start_time,
+                        compress_min_bytes=self.compress_min_bytes,
+                    )
+                )
+                for name, reason in outcome.failed.items():
+                    values[name] = values[name].as_error(reason, "StoreWriteError")
+            self._crash("after_merge")
+            run = await self.db.apply_results(message, values, winners)
+            self._crash("after_commit")
+            if run is None:  # applied concurrently; nothing more to do than for a duplicate
+                await self._finish_duplicate(message, fragment)
+                return
+            changed = {n: values[n].view() for n in results if n in winners}
+            if message.start_time is not None:
+                changed.setdefault("start_time", _start_time_view(message.start_time, message))
+            if changed:
+                await self.feed.update(
+                    ValuesUpdated(
+                        proposal=p, run=r, values=changed, correlation_id=message.correlation_id
+                    ),
+                    run_key(p, r),
+                )
+            await self._announce(run)
+            if fragment is not None:
+                await self.files.delete(fragment)
+
+    async def _finish_duplicate(self, message: ResultsReady, fragment: Path | None) -> None:
+        """A result applied before: re-publish what it set (idempotent) and drop the fragment."""
+        p, r = message.proposal, message.run
+        names = [res.name for res in message.results]
+        current = await self.db.current_values(p, r, names)
+        mine = {n: v.view() for n, v in current.items() if v.result_id == message.result_id}
+        if mine:
+            await self.feed.update(
+                ValuesUpdated(
+                    proposal=p, run=r, values=mine, correlation_id=message.correlation_id
+                ),
+                run_key(p, r),
+            )
+        run = await self.db.get_run(p, r)
+        if run is not None:
+            await self._announce(run)
+        if fragment is not None and await self.files.delete(fragment):
+            log.info("deleted fragment %s of an already applied result", fragment)
+
+    async def _announce(self, run: RunRow) -> None:
+        if run.announced:
+            return
+        await self.feed.update(
+            RunAdded(
+                proposal=run.proposal, run=run.run, start_time=run.start_time, added_at=run.added_at
+            ),
+            run_key(run.proposal, run.run),
+        )
+        await self.db.mark_announced(run.proposal, run.run)
+
+    async def variables_defined(self, message: VariablesDefined) -> None:
+        applied = await self.db.define_variables(
+            message.proposal, message.context_hash, message.revision, message.variables
+        )
+        if not applied:
+            return
+        names = {v.name for v in applied}
+        rows = [row for row in await self.db.variables(message.proposal) if row.name in names]
+        await self.feed.update(
+            VariablesSet(
+                proposal=message.proposal,
+                variables=tuple(row.definition() for row in rows),
+                correlation_id=message.correlation_id,
+            ),
+            proposal_key(message.proposal),
+        )
+
+    # ------------------------------------------------------------------ run catalog
+    async def on_run_known(self, message: RunKnown, delivery: Delivery) -> None:
+        """A run the catalog knows: record it; announce it (RunAdded) the first time."""
+        run = await self.db.record_run_known(message, added_at=message.time.timestamp())
+        await self._announce(run)
+
+    # ------------------------------------------------------------------ processing and jobs
+    async def on_processing(self, message: ProcessingStateChanged, delivery: Delivery) -> None:
+        """Processing state of a run: keep the latest per pass and pass it on to GUIs."""
+        if await self.db.record_processing(message):
+            await self.feed.update(
+                ProcessingStateSet(state=message, correlation_id=message.correlation_id),
+                run_key(message.proposal, message.run),
+            )
+
+    async def on_job_state(self, message: JobStateChanged, delivery: Delivery) -> None:
+        """Slurm job state: keep the latest per job request and pass it on to GUIs."""
+        if await self.db.record_job(message):
+            await self.feed.update(
+                JobStateSet(state=message, correlation_id=message.correlation_id),
+                run_key(message.proposal, message.run),
+            )
+
+    # ------------------------------------------------------------------ commands
+    async def on_command(self, message: Any, delivery: Delivery) -> None:
+        """A user command; a bad value is rejected on the feed (CommandRejected) and changes nothing."""
+        try:
+            if isinstance(message, SetComment):
+                await self._set_comment(message)
+            elif isinstance(message, SetUserVariable):
+                await self._set_user_variable(message)
+            elif isinstance(message, DefineUserVariable):
+                await self._define_user_variable(message)
+            elif isinstance(message, SetTags):
+                await self._set_tags(message)
+            elif isinstance(message, SetProposalSetting):
+                await self._set_setting(message)
+            else:  # pragma: no cover - the parser admits only the types above
+                raise InvalidCommand(f"unknown command {type(message).__name__}")
+        except InvalidCommand as exc:
+            log.info("rejected %s %s: %s", message.type, message.event_id, exc)
+            await self.feed.update(
+                CommandRejected(
+                    proposal=message.proposal,
+                    command_event_id=str(message.event_id),
+                    command_type=message.type,
+                    reason=str(exc),
+                    correlation_id=_correlation(message),
+                ),
+                proposal_key(message.proposal),
+            )
+
+    async def _publish_value(self, command: Any, run: int, name: str, value: StoredValue) -> None:
+        await self.feed.update(
+            ValuesUpdated(
+                proposal=command.proposal,
+                run=run,
+                values={name: value.view()},
+                correlation_id=_correlation(command),
+            ),
+            run_key(command.proposal, run),
+        )
+
+    async def _set_comment(self, cmd: SetComment) -> None:
+        value = StoredValue.from_summary(
+            cmd.text, provenance=PROVENANCE_COMMENT, result_id=f"cmd:{cmd.event_id}"
+        )
+        await self.db.set_manual_value(cmd.proposal, cmd.run, COMMENT, value)
+        await self._publish_value(cmd, cmd.run, COMMENT, value)
+
+    async def _set_user_variable(self, cmd: SetUserVariable) -> None:
+        var = await self.db.variable(cmd.proposal, cmd.name)
+        if var is None:
+            raise InvalidCommand(f"proposal {cmd.proposal} has no variable {cmd.name!r}")
+        if var.user_type is None:
+            raise InvalidCommand(
+                f"{cmd.name!r} is computed by the context file and cannot be edited"
+            )
+        parsed = parse_user_value(var.user_type, cmd.value)  # type: ignore[arg-type]
+        fields: dict[str, Any] = {
+            "provenance": PROVENANCE_MANUAL,
+            "result_id": f"cmd:{cmd.event_id}",
+            "units": var.units,
+        }
+        if parsed is None:
+            value = StoredValue(kind="none", cleared=True, **fields)
+        else:
+            value = StoredValue.from_summary(parsed, **fields)
+        await self.db.set_manual_value(cmd.proposal, cmd.run, cmd.name, value)
+        await self._publish_value(cmd, cmd.run, cmd.name, value)
+
+    async def _define_user_variable(self, cmd: DefineUserVariable) -> None:
+        check_user_variable_name(cmd.name)
+        title = (cmd.title or cmd.name).strip()
+        if not title:
+            raise InvalidCommand("a user variable needs a non-empty title")
+        row = await self.db.define_user_variable(
+            cmd.proposal, cmd.name, title, cmd.variable_type, cmd.description
+        )
+        await self._variables_set(cmd, [row])
+
+    async def _set_tags(self, cmd: SetTags) -> None:
+        bad = [t for t in (*cmd.add, *cmd.remove) if not t.strip()]
+        if bad:
+            raise InvalidCommand("tags must be non-empty")
+        row = await self.db.set_tags(
+            cmd.proposal,
+            cmd.variable,
+            [t.strip() for t in cmd.add],
+            [t.strip() for t in cmd.remove],
+        )
+        await self._variables_set(cmd, [row])
+
+    async def _variables_set(self, cmd: Any, rows: list[VariableRow]) -> None:
+        await self.feed.update(
+            VariablesSet(
+                proposal=cmd.proposal,
+                variables=tuple(r.definition() for r in rows),
+                correlation_id=_correlation(cmd),
+            ),
+            proposal_key(cmd.proposal),
+        )
+
+    async def _set_setting(self, cmd: SetProposalSetting) -> None:
+        key = cmd.key.strip()
+        if cmd.value is None:
+            current = await self.db.settings(cmd.proposal)
+            if key not in current:
+                if key not in PARSERS:
+                    parse_setting(key, "")  # rejected with the list of known settings
+                raise InvalidCommand(f"setting {key!r} is not set for proposal {cmd.proposal}")
+            settings = await self.db.set_setting(cmd.proposal, key, None)
+        else:
+            settings = await self.db.set_setting(cmd.proposal, key, parse_setting(key, cmd.value))
+        update = ProposalSettingsSet(
+            proposal=cmd.proposal, settings=settings, correlation_id=_correlation(cmd)
+        )
+        await self.feed.settings(update)
+
+
+def _correlation(message: Any) -> str:
+    return message.correlation_id or str(message.event_id)
+
+
+def _start_time_view(start_time: float, message: ResultsReady) -> ValueView:
+    return ValueView(
+        summary=start_time, provenance=message.provenance, context_hash=message.context_hash
+    )
+
+
+def _within(path: Path, folder: Path) -> bool:
+    try:
+        Path(os.path.abspath(path)).relative_to(os.path.abspath(folder))
+    except ValueError:
+        return False
+    return True

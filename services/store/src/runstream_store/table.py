@@ -1,0 +1,115 @@
+"""The run table of a proposal: runs as rows, variables as columns (read-only).
+
+One query per table part (runs, variables, current values); the values query
+reads typed columns, so a 10,000 x 50 table needs no JSON decoding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import pandas as pd
+
+from .values import COMMENT, python_value
+
+START_TIME = "start_time"
+FIXED_TITLES = {"proposal": "Proposal", "run": "Run", START_TIME: "Timestamp", COMMENT: "Comment"}
+
+_VALUES_SQL = """
+SELECT run, name, kind, value_int, value_float, value_imag, value_bool, value_text, summary_type
+FROM run_values WHERE proposal = $1
+"""
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    title: str
+    units: str | None = None
+    user_type: str | None = None
+    tags: tuple[str, ...] = ()
+
+
+@dataclass
+class RunTable:
+    """The table's parts as read from the database."""
+
+    proposal: int
+    runs: list[tuple[int, float | None, float]]  # run, start_time, added_at
+    columns: list[Column]
+    cells: dict[int, dict[str, Any]] = field(default_factory=dict)  # run -> name -> value
+
+    def titles(self) -> dict[str, str]:
+        return {c.name: c.title for c in self.columns}
+
+    def to_dataframe(
+        self, *, with_titles: bool = False, timezone: str = "Europe/Berlin"
+    ) -> pd.DataFrame:
+        """A DataFrame like DAMNIT's ``Damnit.table()``.
+
+        Columns: proposal, run, start_time (a timezone-aware datetime), comment, then
+        every variable. A run without a value for a variable has ``pd.NA``; a value
+        that is an error or was cleared is ``None``; binary summaries are
+        ``<sparkline>`` / ``<thumbnail>`` / ``<ndarray>``.
+        """
+        names = [c.name for c in self.columns]
+        run_numbers = [r[0] for r in self.runs]
+        data: dict[str, Any] = {
+            "proposal": [self.proposal] * len(self.runs),
+            "run": run_numbers,
+            START_TIME: pd.to_datetime(
+                pd.Series([r[1] for r in self.runs], dtype="float64"), unit="s", utc=True
+            ).dt.tz_convert(timezone),
+        }
+        for name in [COMMENT, *names]:
+            column: list[Any] = []
+            for run in run_numbers:
+                row = self.cells.get(run)
+                column.append(row.get(name, pd.NA) if row is not None else pd.NA)
+            data[name] = pd.Series(column, dtype=object)
+        frame = pd.DataFrame(data)
+        if with_titles:
+            frame = frame.rename(columns={**FIXED_TITLES, **self.titles()})
+        return frame
+
+
+async def read_table(conn: asyncpg.Connection | asyncpg.Pool, proposal: int) -> RunTable:
+    """Read the whole table of ``proposal`` (in one repeatable-read snapshot)."""
+    if isinstance(conn, asyncpg.Pool):
+        async with conn.acquire() as c:
+            return await read_table(c, proposal)
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        runs = await conn.fetch(
+            "SELECT run, start_time, added_at FROM runs WHERE proposal = $1 ORDER BY run", proposal
+        )
+        variables = await conn.fetch(
+            """SELECT v.name, v.title, v.units, v.user_type,
+                      coalesce(array_agg(DISTINCT t.tag) FILTER (WHERE t.tag IS NOT NULL), '{}')
+                          AS tags
+               FROM variables v LEFT JOIN variable_tags t
+                    ON t.proposal = v.proposal AND t.variable = v.name
+               WHERE v.proposal = $1 GROUP BY v.name, v.title, v.units, v.user_type
+               ORDER BY v.name""",
+            proposal,
+        )
+        rows = await conn.fetch(_VALUES_SQL, proposal)
+    table = RunTable(
+        proposal=proposal,
+        runs=[(r["run"], r["start_time"], r["added_at"]) for r in runs],
+        columns=[
+            Column(v["name"], v["title"], v["units"], v["user_type"], tuple(sorted(v["tags"])))
+            for v in variables
+        ],
+    )
+    known = {c.name for c in table.columns} | {COMMENT, START_TIME}
+    extra: set[str] = set()
+    cells = table.cells
+    for run, name, kind, vi, vf, vim, vb, vt, stype in rows:
+        cells.setdefault(run, {})[name] = python_value(kind, vi, vf, vim, vb, vt, stype)
+        if name not in known:
+            extra.add(name)
+    # values of variables without a definition (e.g. from an older context) still show
+    table.columns.extend(Column(n, n) for n in sorted(extra))
+    return table
