@@ -41,6 +41,9 @@ _PROVIDERS: dict[str, Any] = {}
 
 
 def _context(msg: dict[str, Any]) -> ContextFile:
+    folder = os.path.dirname(os.path.abspath(msg["path"]))
+    if folder not in sys.path:  # modules next to context.py are importable, as in DAMNIT
+        sys.path.insert(0, folder)
     key = msg["hash"]
     ctx = _CONTEXTS.get(key)
     if ctx is None:
@@ -90,8 +93,6 @@ def _resolve_input(spec: tuple[str, Any], session: str) -> Any:
 
 def _error(exc: BaseException) -> dict[str, Any]:
     cls = type(exc).__name__
-    if cls == "SourceNameError":
-        cls = "SourceNameError"
     return {"status": "error", "error": str(exc), "error_cls": cls}
 
 
