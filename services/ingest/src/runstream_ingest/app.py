@@ -27,24 +27,27 @@ def build_app(settings: Settings, *, telemetry: Telemetry | None = None) -> Fast
     def fatal(_exc: BaseException) -> None:
         app.exit()
 
-    service = IngestService(settings, telemetry, on_fatal=fatal)
+    holder: list[IngestService] = []  # Kafka clients must be created inside the event loop
 
     @app.on_startup
     async def _prepare() -> None:
+        service = IngestService(settings, telemetry, on_fatal=fatal)
+        holder.append(service)
         await service.prepare()
 
     @app.after_startup
     async def _launch() -> None:
-        service.launch()
+        holder[0].launch()
 
     @app.on_shutdown
     async def _stop() -> None:
-        await service.stop()
+        if holder:
+            await holder[0].stop()
 
     @app.after_shutdown
     async def _exit_status() -> None:
         telemetry.shutdown()
-        if service.failed is not None:
+        if holder and holder[0].failed is not None:
             raise SystemExit(1)
 
     return app

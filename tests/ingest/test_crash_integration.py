@@ -1,0 +1,148 @@
+"""kill -9 of a real ingest process in the middle of a burst: still exactly one run message per run."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaConsumer
+from runstream_common import parsers
+from runstream_common.messages import Trigger
+from runstream_common.settings import KafkaSettings
+
+from runstream_ingest.adapters.compacted import partitions_of
+
+from .kafka_helpers import create_topics, event, produce, read_topic, register
+
+pytestmark = pytest.mark.integration
+
+RUNS = 3000
+
+
+def _env(kafka: KafkaSettings, data_root: Path, facility_topic: str) -> dict[str, str]:
+    prefix = kafka.topic_prefix
+    env = dict(os.environ)
+    env.update(
+        {
+            "RUNSTREAM_KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+            "RUNSTREAM_KAFKA_TOPIC_PREFIX": prefix,
+            "RUNSTREAM_KAFKA_SESSION_TIMEOUT_MS": "6000",
+            "RUNSTREAM_KAFKA_HEARTBEAT_INTERVAL_MS": "500",
+            "RUNSTREAM_INGEST_FACILITY_TOPICS": json.dumps([facility_topic]),
+            "RUNSTREAM_INGEST_GROUP_ID": f"{prefix}-ingest",
+            "RUNSTREAM_INGEST_TRANSACTIONAL_ID": f"{prefix}-ingest",
+            "RUNSTREAM_INGEST_GROUP_INSTANCE_ID": f"{prefix}-ingest-0",
+            "RUNSTREAM_INGEST_DATA_ROOT": str(data_root),
+            "RUNSTREAM_INGEST_BATCH_MAX_RECORDS": "100",
+            "RUNSTREAM_INGEST_LOG_LEVEL": "WARNING",
+        }
+    )
+    return env
+
+
+def _start(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "runstream_ingest"],
+        env=env,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+class Counter:
+    """Counts committed run messages as they appear (group-less, read_committed)."""
+
+    def __init__(self, kafka: KafkaSettings) -> None:
+        self.kafka = kafka
+        self.count = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Counter:
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.kafka.bootstrap_servers,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+        )
+        await self.consumer.start()
+        tps = await partitions_of(self.consumer, self.kafka.topics.runs, 60)
+        self.consumer.assign(tps)
+        await self.consumer.seek_to_beginning(*tps)
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def _run(self) -> None:
+        while True:
+            batch = await self.consumer.getmany(timeout_ms=100)
+            self.count += sum(len(v) for v in batch.values())
+
+    async def __aexit__(self, *_exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        await self.consumer.stop()
+
+    async def wait(self, at_least: int, timeout: float, proc: subprocess.Popen[bytes]) -> None:
+        deadline = time.monotonic() + timeout
+        while self.count < at_least:
+            if proc.poll() is not None:
+                raise RuntimeError(f"ingest exited with status {proc.returncode}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"only {self.count} run messages after {timeout} s")
+            await asyncio.sleep(0.01)
+
+
+async def test_kill_9_mid_burst_then_restart(kafka_settings: KafkaSettings, tmp_path: Path) -> None:
+    prefix = kafka_settings.topic_prefix
+    facility_topic = f"{prefix}.fac.r2d2"
+    pdir = tmp_path / "p002212"
+    (pdir / "raw").mkdir(parents=True)
+    create_topics(kafka_settings.bootstrap_servers, [facility_topic], partitions=1)
+    await register(kafka_settings, 2212, tmp_path / "ctx", pdir)
+    env = _env(kafka_settings, tmp_path, facility_topic)
+    log = tmp_path / "ingest.log"
+
+    burst = [event("migration_complete", 2212, r, instrument="HED") for r in range(1, RUNS + 1)]
+    produce(
+        kafka_settings.bootstrap_servers, facility_topic, [v for v in burst for _ in (0, 1)]
+    )  # each twice
+
+    proc = _start(env, log)
+    try:
+        async with Counter(kafka_settings) as counter:
+            await counter.wait(300, timeout=60, proc=proc)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=10)
+            at_kill = counter.count
+            assert at_kill < RUNS, "the burst was over before the kill; make it bigger"
+
+            proc = _start(env, log)
+            # the facility sends the burst again after the crash, and one more run as a barrier
+            produce(
+                kafka_settings.bootstrap_servers,
+                facility_topic,
+                [*burst, event("migration_complete", 2212, RUNS + 1)],
+            )
+            await counter.wait(RUNS + 1, timeout=120, proc=proc)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    records = await read_topic(kafka_settings, kafka_settings.topics.runs)
+    runs = [parsers.RUNS.parse(r.value) for r in records]
+    assert len(runs) == RUNS + 1, (
+        f"{len(runs)} run messages for {RUNS + 1} runs (killed at {at_kill})"
+    )
+    assert sorted(m.run for m in runs) == list(range(1, RUNS + 2))
+    assert {m.trigger for m in runs} == {Trigger.RAW}
+    assert proc.returncode == 0, log.read_text()[-3000:]
