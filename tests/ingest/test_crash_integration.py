@@ -16,7 +16,6 @@ from aiokafka import AIOKafkaConsumer
 from runstream_common import parsers
 from runstream_common.messages import Trigger
 from runstream_common.settings import KafkaSettings
-
 from runstream_ingest.adapters.compacted import partitions_of
 
 from .kafka_helpers import create_topics, event, produce, read_topic, register
