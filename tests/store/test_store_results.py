@@ -40,7 +40,8 @@ async def test_every_return_type_round_trips_fragment_to_api(
     message = frag.message(revision=10)
     await handlers.results_ready(message)
 
-    assert frag.path is not None and not frag.path.exists(), "fragment deleted after the merge"
+    assert frag.path is not None
+    assert not frag.path.exists(), "fragment deleted after the merge"
     run_file = run_file_path(context_dir, P, R)
     assert run_file.exists()
 

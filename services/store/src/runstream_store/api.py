@@ -164,12 +164,10 @@ class RunVariables:
     def titles(self) -> list[str]:
         return [self._title(n) for n in self.keys()]
 
-    def __contains__(self, key: str) -> bool:
-        try:
-            self._resolve(key)
-        except KeyError:
-            return False
-        return True
+    def __contains__(self, key: object) -> bool:
+        """Like ``keys()``: variables with a value (by name or title)."""
+        names = self.keys()
+        return key in names or key in [self._title(n) for n in names]
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.keys())
