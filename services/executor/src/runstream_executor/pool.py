@@ -239,6 +239,16 @@ class WorkerPool:
         for _ in errors:
             self._spawn_replacement()
 
+    async def settle(self, timeout_s: float | None = None) -> None:
+        """Wait until no replacement worker is still starting."""
+
+        async def wait() -> None:
+            async with self._cond:
+                while self._starting:
+                    await self._cond.wait()
+
+        await asyncio.wait_for(wait(), timeout_s or self.config.start_timeout_s)
+
     @property
     def pids(self) -> list[int]:
         return sorted(w.pid for w in self._all if not w.dead)

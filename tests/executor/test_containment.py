@@ -1,0 +1,135 @@
+"""Hanging, crashing and memory-hungry variables are contained (issue: evaluation engine)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from runstream_executor.pool import PoolConfig, WorkerPool
+
+from .helpers import run_context
+
+pytestmark = [pytest.mark.unit, pytest.mark.asyncio(loop_scope="session")]
+
+HOSTILE_CONTEXT = """
+from damnit_ctx import Variable
+import os, time
+import numpy as np
+
+@Variable
+def fine(run):
+    return 1
+
+@Variable
+def hangs(run):
+    time.sleep(3600)
+
+@Variable
+def after_hang(run, x: "var#hangs"):
+    return x
+
+@Variable
+def after_hang_default(run, x: "var#hangs" = 5):
+    return x + 1
+
+@Variable
+def segfaults(run):
+    import ctypes
+    ctypes.string_at(0)
+
+@Variable
+def exits(run):
+    os._exit(3)
+
+@Variable
+def hog(run):
+    chunks = []
+    for _ in range(400):                 # up to 20 GB, 50 MB at a time, touched
+        chunks.append(np.ones(50 * 2**20 // 8))
+        time.sleep(0.01)
+    return len(chunks)
+
+@Variable
+def also_fine(run, x: "var#fine"):
+    return x + 1
+"""
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def strict_pool() -> AsyncIterator[WorkerPool]:
+    # Light preload: replacements start fast (the context imports what it needs).
+    pool = WorkerPool(
+        PoolConfig(size=2, time_limit_s=3.0, memory_limit_mb=700, preload="numpy,extra_data")
+    )
+    await pool.start()
+    yield pool
+    await pool.close()
+
+
+async def test_hostile_variables_fail_alone(
+    strict_pool: WorkerPool, tmp_path: Path, mock_proposal: Path
+) -> None:
+    before = set(strict_pool.pids)
+    ev = await run_context(strict_pool, HOSTILE_CONTEXT, tmp_path / "ctx", mock_proposal)
+    assert ev.summary("fine") == 1 and ev.summary("also_fine") == 2
+    assert ev.error("hangs") == ("Time limit of 3 s exceeded", "TimeLimitExceeded")
+    assert ev.error("after_hang") == (
+        "Skipped due to missing dependency:\n"
+        "└ (hangs) failed: TimeLimitExceeded: Time limit of 3 s exceeded",
+        "DependencyError",
+    )
+    assert ev.summary("after_hang_default") == 6
+    assert ev.error("segfaults") == ("worker process died with signal SIGSEGV", "WorkerCrashed")
+    assert ev.error("exits") == ("worker process exited with status 3", "WorkerCrashed")
+    message, cls = ev.error("hog")
+    assert cls == "MemoryLimitExceeded"
+    assert message is not None and "more than the limit of 700 MiB" in message
+
+    # Every killed worker was replaced by a warm one; the pool keeps working.
+    again = await run_context(
+        strict_pool,
+        "from damnit_ctx import Variable\n\n@Variable\ndef ok(run):\n    return 'still here'\n",
+        tmp_path / "ctx2",
+        mock_proposal,
+    )
+    assert again.summary("ok") == "still here"
+    await strict_pool.settle()
+    assert len(strict_pool.pids) == 2
+    assert not before & set(strict_pool.pids)
+
+
+async def test_address_space_limit_turns_huge_allocations_into_errors(
+    tmp_path: Path, mock_proposal: Path
+) -> None:
+    pool = WorkerPool(
+        PoolConfig(size=1, time_limit_s=20, address_space_mb=2048, preload="numpy,extra_data")
+    )
+    await pool.start()
+    try:
+        pid = pool.pids[0]
+        ev = await run_context(
+            pool,
+            """
+            from damnit_ctx import Variable
+            import numpy as np
+
+            @Variable
+            def huge(run):
+                return np.ones(2**34).sum()      # 128 GiB
+
+            @Variable
+            def small(run):
+                return np.ones(10).sum()
+            """,
+            tmp_path / "ctx",
+            mock_proposal,
+            parallel=1,
+        )
+    finally:
+        pids = pool.pids
+        await pool.close()
+    assert ev.error("huge")[1] == "MemoryError"
+    assert ev.summary("small") == 10.0
+    assert pids == [pid]  # a MemoryError does not cost the worker
