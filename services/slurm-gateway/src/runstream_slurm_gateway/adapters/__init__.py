@@ -1,0 +1,1 @@
+"""I/O of the slurm-gateway: slurmrestd, local subprocesses, Kafka readers, log files."""

@@ -1,0 +1,199 @@
+"""The local backend: each job is a subprocess of the gateway, with Slurm's contract.
+
+Same clean environment, working directory, appended run log, time limit (TIMEOUT,
+SIGTERM then SIGKILL), hold/release for the concurrency cap, and cancel. Jobs live
+in this process only: after a gateway restart the local backend knows none of the
+earlier ones (a redelivered request is run again).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import signal
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import IO
+
+from runstream_common.messages import JobState
+
+from ..backend import BackendName
+from ..jobspec import JobInfo, JobSpec
+from .log_files import ensure_log_dir
+
+log = logging.getLogger("runstream.slurm_gateway.local")
+
+
+def _open_log(path: str, header: str) -> IO[str]:
+    fh = open(path, "a", encoding="utf-8")  # noqa: SIM115 - handed to the child process
+    fh.write(header)
+    fh.flush()
+    return fh
+
+
+@dataclass
+class _LocalJob:
+    spec: JobSpec
+    info: JobInfo
+    proc: asyncio.subprocess.Process | None = None
+    watcher: asyncio.Task[None] | None = None
+    cancel_requested: bool = False
+    timed_out: bool = False
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class LocalBackend:
+    name: BackendName = "local"
+
+    def __init__(self, *, kill_grace_s: float = 5.0, time_unit_s: float = 60.0) -> None:
+        self.kill_grace_s = kill_grace_s
+        self.time_unit_s = time_unit_s  # seconds per time-limit minute (tests shorten it)
+        self._jobs: dict[int, _LocalJob] = {}
+        self._ids = itertools.count(1)
+        self._version = 0
+        self._seen_version = -1
+
+    def _changed(self) -> None:
+        self._version += 1
+
+    def _set(self, job: _LocalJob, **changes: object) -> None:
+        job.info = replace(job.info, **changes)  # type: ignore[arg-type]
+        self._changed()
+
+    async def submit(self, spec: JobSpec, *, hold: bool) -> int:
+        await ensure_log_dir(spec.log_path)
+        job_id = next(self._ids)
+        info = JobInfo(
+            job_id=job_id,
+            name=spec.name,
+            comment=spec.comment,
+            state=JobState.PENDING,
+            held=hold,
+            log_path=spec.log_path,
+            raw_state="PENDING",
+        )
+        job = _LocalJob(spec, info)
+        self._jobs[job_id] = job
+        self._changed()
+        if not hold:
+            await self._start(job)
+        return job_id
+
+    async def release(self, job_id: int) -> None:
+        job = self._jobs.get(job_id)
+        if job is None or not job.info.held or job.info.terminal:
+            return
+        self._set(job, held=False)
+        await self._start(job)
+
+    async def _start(self, job: _LocalJob) -> None:
+        spec = job.spec
+        stamp = datetime.now(UTC).isoformat(timespec="seconds")
+        header = (
+            f"runstream: local job {job.info.job_id} ({spec.name}, request "
+            f"{spec.job_request_id}) at {stamp}\n"
+        )
+        try:
+            fh = await asyncio.to_thread(_open_log, spec.log_path, header)
+            try:
+                job.proc = await asyncio.create_subprocess_exec(
+                    *spec.argv,
+                    env={**spec.environment, "RUNSTREAM_LOCAL_JOB_ID": str(job.info.job_id)},
+                    cwd=spec.working_dir,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=fh,
+                    stderr=asyncio.subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            finally:
+                fh.close()
+        except OSError as exc:
+            self._set(
+                job,
+                state=JobState.FAILED,
+                exit_status=127,
+                reason=f"could not start: {exc}",
+                raw_state="LAUNCH_FAILED",
+            )
+            job.done.set()
+            return
+        self._set(job, state=JobState.RUNNING, raw_state="RUNNING")
+        job.watcher = asyncio.create_task(self._watch(job))
+
+    def _signal(self, job: _LocalJob, sig: int) -> None:
+        if job.proc is not None and job.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(job.proc.pid, sig)
+
+    async def _stop(self, job: _LocalJob) -> None:
+        self._signal(job, signal.SIGTERM)
+        assert job.proc is not None
+        try:
+            await asyncio.wait_for(job.proc.wait(), self.kill_grace_s)
+        except TimeoutError:
+            self._signal(job, signal.SIGKILL)
+
+    async def _watch(self, job: _LocalJob) -> None:
+        assert job.proc is not None
+        limit = job.spec.time_limit_min * self.time_unit_s
+        try:
+            await asyncio.wait_for(asyncio.shield(job.proc.wait()), limit)
+        except TimeoutError:
+            job.timed_out = True
+            await self._stop(job)
+        code = await job.proc.wait()
+        exit_status, sig = (code, None) if code >= 0 else (None, -code)
+        if job.cancel_requested:
+            state, reason = JobState.CANCELLED, "cancelled"
+        elif job.timed_out:
+            state, reason = JobState.TIMEOUT, "TimeLimit"
+        elif code == 0:
+            state, reason = JobState.COMPLETED, None
+        else:
+            state, reason = JobState.FAILED, ("NonZeroExitCode" if sig is None else "Signaled")
+        self._set(
+            job,
+            state=state,
+            exit_status=exit_status,
+            signal=sig,
+            reason=reason,
+            raw_state=state.value.upper(),
+        )
+        job.done.set()
+
+    async def cancel(self, job_id: int) -> bool:
+        job = self._jobs.get(job_id)
+        if job is None:
+            return False
+        if job.info.terminal:
+            return True
+        job.cancel_requested = True
+        if job.proc is None:
+            self._set(job, state=JobState.CANCELLED, reason="cancelled", raw_state="CANCELLED")
+            job.done.set()
+            return True
+        await self._stop(job)
+        return True
+
+    async def snapshot(self, *, full: bool) -> list[JobInfo] | None:
+        if not full and self._version == self._seen_version:
+            return None
+        self._seen_version = self._version
+        return [job.info for job in self._jobs.values()]
+
+    async def aclose(self) -> None:
+        running = [j for j in self._jobs.values() if j.proc is not None and not j.done.is_set()]
+        for job in running:
+            job.cancel_requested = True
+            self._signal(job, signal.SIGTERM)
+        for job in running:
+            if job.watcher is not None:
+                try:
+                    await asyncio.wait_for(job.watcher, self.kill_grace_s + 1)
+                except (TimeoutError, asyncio.CancelledError):
+                    self._signal(job, signal.SIGKILL)
+        if running:
+            log.info("stopped %d local jobs at shutdown", len(running))

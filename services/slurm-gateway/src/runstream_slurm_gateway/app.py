@@ -1,0 +1,171 @@
+"""The slurm-gateway service: FastStream app wiring (no import-time globals)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from faststream import FastStream
+from faststream.kafka import KafkaBroker
+from faststream.specification import AsyncAPI
+from runstream_common import parsers
+from runstream_common.admin import ensure_topics
+from runstream_common.kafka import make_broker, publish, subscribe
+from runstream_common.messages import JobStateChanged
+from runstream_common.telemetry import Telemetry, setup_telemetry
+from runstream_common.topics import run_key
+
+from . import __version__
+from .adapters.local_backend import LocalBackend
+from .adapters.log_files import append_line
+from .adapters.proposal_settings import follow_proposal_settings
+from .adapters.slurm_backend import SlurmBackend
+from .adapters.slurm_rest import SlurmRestClient
+from .backend import Backend
+from .handlers import Gateway, ProposalSettingsView
+from .settings import Settings
+from .slurm_api import SlurmApi
+from .tokens import TokenManager, make_source
+
+log = logging.getLogger("runstream.slurm_gateway")
+
+GROUP_ID = "runstream-slurm-gateway"
+
+
+def make_token_manager(settings: Settings) -> TokenManager:
+    t = settings.token
+    return TokenManager(
+        make_source(t, user=settings.slurm.user),
+        margin_s=t.refresh_margin_s,
+        backoff_s=t.retry_backoff_s,
+        backoff_max_s=t.retry_backoff_max_s,
+    )
+
+
+def make_slurm_client(settings: Settings, tokens: TokenManager | None = None) -> SlurmRestClient:
+    return SlurmRestClient(
+        base_url=settings.slurm.url,
+        user=settings.slurm.user,
+        api=SlurmApi.for_version(settings.slurm.api_version),
+        tokens=tokens or make_token_manager(settings),
+        timeout_s=settings.slurm.timeout_s,
+    )
+
+
+def make_backend(settings: Settings) -> tuple[Backend, TokenManager | None]:
+    if settings.backend == "local":
+        return LocalBackend(kill_grace_s=settings.local.kill_grace_s), None
+    tokens = make_token_manager(settings)
+    return SlurmBackend(make_slurm_client(settings, tokens)), tokens
+
+
+@dataclass
+class Runtime:
+    """What the app runs besides its subscribers; exposed for tests and the CLI."""
+
+    gateway: Gateway
+    backend: Backend
+    tokens: TokenManager | None
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        self.tasks.append(asyncio.create_task(coro, name=name))
+
+    async def shutdown(self) -> None:
+        self.stop.set()
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self.tasks.clear()
+        await self.backend.aclose()
+
+
+def build_app(
+    settings: Settings,
+    *,
+    telemetry: Telemetry | None = None,
+    backend: Backend | None = None,
+    runtime_out: list[Runtime] | None = None,
+) -> FastStream:
+    telemetry = telemetry or setup_telemetry("slurm-gateway", settings.telemetry)
+    broker: KafkaBroker = make_broker(
+        settings.kafka, telemetry, client_id="runstream-slurm-gateway"
+    )
+    topics = settings.kafka.topics
+    tokens: TokenManager | None = None
+    if backend is None:
+        backend, tokens = make_backend(settings)
+
+    async def publish_state(message: JobStateChanged) -> None:
+        await publish(broker, topics.job_state, message, key=run_key(message.proposal, message.run))
+
+    proposals = ProposalSettingsView()
+    gateway = Gateway(
+        backend=backend,
+        publish=publish_state,
+        append_line=append_line,
+        settings=settings,
+        proposals=proposals,
+    )
+    runtime = Runtime(gateway, backend, tokens)
+    if runtime_out is not None:
+        runtime_out.append(runtime)
+
+    subscribe(
+        broker,
+        topics.job_requests,
+        group_id=GROUP_ID,
+        parser=parsers.JOB_REQUESTS,
+        handler=gateway.handle_request,
+        settings=settings,
+        title="job requests",
+    )
+    subscribe(
+        broker,
+        topics.job_control,
+        group_id=GROUP_ID,
+        parser=parsers.JOB_CONTROL,
+        handler=gateway.handle_cancel,
+        settings=settings,
+        title="job control",
+    )
+    app = FastStream(
+        broker, specification=AsyncAPI(title="runstream-slurm-gateway", version=__version__)
+    )
+
+    @app.on_startup
+    async def _topics() -> None:
+        await ensure_topics(
+            settings.kafka,
+            [topics.job_requests, topics.job_control, topics.job_state, topics.proposal_settings],
+            compacted=set(topics.compacted()),
+        )
+        runtime.stop.clear()
+        runtime.spawn(
+            follow_proposal_settings(
+                settings.kafka, gateway.handle_settings, proposals.loaded, runtime.stop
+            ),
+            "proposal-settings",
+        )
+        if tokens is not None:
+            runtime.spawn(tokens.keep_fresh(stop=runtime.stop), "token-refresh")
+        runtime.spawn(gateway.poll_forever(runtime.stop), "job-poll")
+        log.info("slurm-gateway started: backend %s", backend.name)
+
+    @app.on_shutdown
+    async def _stop() -> None:
+        await runtime.shutdown()
+
+    return app
+
+
+def create() -> FastStream:
+    """Entry point ``runstream.services: slurm-gateway``."""
+    return build_app(Settings())

@@ -1,0 +1,118 @@
+"""``runstream cancel P RUN`` and ``runstream slurm-jobs``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from runstream_common.admin import ensure_topics
+from runstream_common.errors import RunstreamError
+from runstream_common.kafka import make_broker, publish
+from runstream_common.messages import JobCancelRequested
+from runstream_common.topics import run_key
+
+from .settings import Settings
+
+out = Console()
+err = Console(stderr=True)
+
+
+async def send_cancel(settings: Settings, message: JobCancelRequested) -> None:
+    topic = settings.kafka.topics.job_control
+    await ensure_topics(settings.kafka, [topic])
+    broker = make_broker(settings.kafka, client_id="runstream-cli")
+    async with broker:
+        await broker.connect()
+        await publish(broker, topic, message, key=run_key(message.proposal, message.run))
+
+
+def cancel(
+    proposal: Annotated[int, typer.Argument(min=0, help="Proposal number")],
+    run: Annotated[int, typer.Argument(min=0, help="Run number")],
+    reason: Annotated[str, typer.Option(help="Written into the run's log")] = "cancelled by user",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the request as JSON")] = False,
+) -> None:
+    """Cancel the cluster jobs of one run (the slurm-gateway does it and logs it)."""
+    message = JobCancelRequested(proposal=proposal, run=run, reason=reason)
+    try:
+        asyncio.run(send_cancel(Settings(), message))
+    except RunstreamError as exc:
+        err.print(f"[red]could not send the cancel request:[/] {exc}")
+        raise typer.Exit(1) from exc
+    if as_json:
+        out.print_json(message.model_dump_json())
+    else:
+        out.print(f"cancel requested for proposal {proposal} run {run} (event {message.event_id})")
+
+
+async def _list(settings: Settings) -> list[dict[str, object]]:
+    from .app import make_slurm_client
+
+    client = make_slurm_client(settings)
+    try:
+        listing = await client.list()
+    finally:
+        await client.aclose()
+    rows = []
+    for info in listing.jobs or []:
+        tag = info.tag
+        if tag is None:
+            continue
+        rows.append(
+            {
+                "job_id": info.job_id,
+                "proposal": tag.proposal,
+                "run": tag.run,
+                "job_request_id": tag.job_request_id,
+                "state": info.state.value,
+                "held": info.held,
+                "slurm_state": info.raw_state,
+                "exit_status": info.exit_status,
+                "signal": info.signal,
+                "reason": info.reason,
+                "log_path": info.log_path,
+            }
+        )
+    return rows
+
+
+def slurm_jobs(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines")] = False,
+) -> None:
+    """List runstream's jobs as Slurm knows them (through slurmrestd)."""
+    try:
+        rows = asyncio.run(_list(Settings()))
+    except RunstreamError as exc:
+        err.print(f"[red]cannot list Slurm jobs:[/] {exc}")
+        raise typer.Exit(1) from exc
+    if as_json:
+        for row in rows:
+            print(json.dumps(row))
+        return
+    table = Table("job", "proposal", "run", "state", "slurm", "exit", "signal", "reason")
+    for row in rows:
+        table.add_row(
+            *(
+                str(row[k]) if row[k] is not None else ""
+                for k in (
+                    "job_id",
+                    "proposal",
+                    "run",
+                    "state",
+                    "slurm_state",
+                    "exit_status",
+                    "signal",
+                    "reason",
+                )
+            )
+        )
+    out.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("cancel")(cancel)
+    app.command("slurm-jobs")(slurm_jobs)

@@ -1,0 +1,85 @@
+"""Settings of the slurm-gateway (environment prefix ``RUNSTREAM_SLURM_GATEWAY_``)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr
+from runstream_common.settings import ServiceSettings, service_config
+
+
+class SlurmRestSettings(BaseModel):
+    """Where slurmrestd answers and which API version to speak."""
+
+    url: str = "http://127.0.0.1:6820"
+    user: str = Field(default="slurmtest", description="X-SLURM-USER-NAME; jobs run as this user")
+    api_version: str = Field(
+        default="v0.0.38", description="v0.0.37/v0.0.38 (Slurm 22.05) or v0.0.40 and later"
+    )
+    timeout_s: float = Field(default=10.0, gt=0)
+    poll_interval_s: float = Field(default=1.0, gt=0, description="Job list polling period")
+
+
+class TokenSettings(BaseModel):
+    """Where the JWT comes from; see docs/slurm-gateway.md."""
+
+    source: Literal["env", "file", "command", "hs256"] = "command"
+    env_var: str = Field(default="SLURM_JWT", description="source=env: variable holding the token")
+    file: Path | None = Field(default=None, description="source=file: re-read when it changes")
+    command: str = Field(
+        default="scontrol token lifespan={lifespan}",
+        description="source=command: prints a token (bare or SLURM_JWT=...); {lifespan} and "
+        "{user} are substituted; e.g. 'ssh login1 scontrol token lifespan={lifespan}'",
+    )
+    key_file: Path | None = Field(default=None, description="source=hs256: the cluster's jwt key")
+    key: SecretStr | None = Field(default=None, description="source=hs256: the key itself")
+    lifespan_s: int = Field(default=1800, ge=2, description="Lifespan of tokens we obtain")
+    refresh_margin_s: float = Field(
+        default=60.0, ge=0, description="Refresh this long before the token expires"
+    )
+    retry_backoff_s: float = Field(default=1.0, gt=0)
+    retry_backoff_max_s: float = Field(default=60.0, gt=0)
+
+
+class JobSettings(BaseModel):
+    """How a job request becomes a batch job."""
+
+    command_prefix: list[str] = Field(
+        default_factory=lambda: [sys.executable, "-m", "runstream_executor.job"],
+        description="Interpreter and module of the job entry point; arguments are appended",
+    )
+    partition: str | None = Field(default=None, description="Used when the proposal sets none")
+    reservation: str | None = None
+    time: str = Field(default="02:00:00", description="Default time limit (Slurm time format)")
+    cpus: int = Field(default=1, ge=1)
+    memory_mb: int | None = Field(default=None, ge=1, description="Memory per node (MiB)")
+    concurrent_jobs: int = Field(default=15, ge=1, description="Default per-proposal cap")
+    logs_dir: str = Field(default="slurm_logs", description="Folder under the context dir")
+    path: str = Field(default="/usr/local/bin:/usr/bin:/bin", description="PATH of the job")
+    extra_env: dict[str, str] = Field(
+        default_factory=dict, description="More variables for the job's (otherwise clean) env"
+    )
+    pass_kafka_password: bool = Field(
+        default=False, description="Put the SASL password into the job's environment"
+    )
+
+
+class LocalSettings(BaseModel):
+    """The ``local`` backend: subprocesses on this machine."""
+
+    kill_grace_s: float = Field(default=5.0, ge=0, description="SIGTERM to SIGKILL on cancel")
+
+
+class Settings(ServiceSettings):
+    model_config = service_config("RUNSTREAM_SLURM_GATEWAY_")
+
+    backend: Literal["slurm", "local"] = "local"
+    slurm: SlurmRestSettings = Field(default_factory=SlurmRestSettings)
+    token: TokenSettings = Field(default_factory=TokenSettings)
+    job: JobSettings = Field(default_factory=JobSettings)
+    local: LocalSettings = Field(default_factory=LocalSettings)
+    settings_wait_s: float = Field(
+        default=30.0, ge=0, description="Wait this long for proposal settings at start-up"
+    )
