@@ -21,8 +21,8 @@ from .pool import PoolConfig, WorkerPool
 from .results import build_results, inline_summary
 from .settings import Settings
 
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 context_app = typer.Typer(
     name="context", help="Check and evaluate context files locally.", no_args_is_help=True

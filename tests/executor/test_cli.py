@@ -1,0 +1,144 @@
+"""``runstream context check|eval`` and a DAMNIT context file running unchanged."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import pytest
+from runstream_executor.cli import context_app
+from typer.testing import CliRunner
+
+pytestmark = pytest.mark.unit
+
+DAMNIT_CONTEXT = Path(__file__).parent / "contexts" / "damnit_style.py"
+FAST_ENV = {"RUNSTREAM_EXECUTOR_PRELOAD": "numpy,extra_data", "RUNSTREAM_EXECUTOR_PARALLEL_VARIABLES": "2"}
+
+
+@pytest.fixture
+def runner(monkeypatch: pytest.MonkeyPatch) -> CliRunner:
+    for key, value in FAST_ENV.items():
+        monkeypatch.setenv(key, value)
+    return CliRunner()
+
+
+@pytest.fixture
+def damnit_context(tmp_path: Path) -> Path:
+    path = tmp_path / "amore" / "context.py"
+    path.parent.mkdir()
+    shutil.copyfile(DAMNIT_CONTEXT, path)
+    return path
+
+
+def test_check_valid_context_prints_warnings_and_exits_0(runner: CliRunner, tmp_path: Path) -> None:
+    path = tmp_path / "context.py"
+    path.write_text(
+        "from damnit_ctx import Variable, Cell\nimport os\n\n"
+        "@Variable\ndef a(run, x: 'var#b'):\n    return x\n\n"
+        "@Variable\ndef b(run):\n    return 1\n"
+    )
+    result = runner.invoke(context_app, ["check", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "is valid: 2 variable(s), 2 warning(s)" in result.stdout
+    assert "'damnit_ctx.Cell' imported but unused" in result.stderr
+    assert "'os' imported but unused" in result.stderr
+    assert "undefined name 'var'" not in result.stderr  # var# annotations are not names
+
+
+def test_check_lists_every_problem_and_exits_1(runner: CliRunner, tmp_path: Path) -> None:
+    path = tmp_path / "context.py"
+    path.write_text(
+        "from damnit_ctx import Variable\n\n"
+        "@Variable(title='T')\ndef a(run):\n    return 1\n\n"
+        "@Variable(title='T', units='')\ndef b(run, y: 'var#missing'):\n    return 1\n"
+    )
+    result = runner.invoke(context_app, ["check", str(path)])
+    assert result.exit_code == 1
+    assert "3 problem(s)" in result.stderr
+    assert f"{path}:line 7: Duplicate title 'T'" in result.stderr
+    assert "units must be a non-empty string" in result.stderr
+    assert "Missing dependency" in result.stderr
+    path.write_text("def f(:\n")
+    result = runner.invoke(context_app, ["check", str(path)])
+    assert result.exit_code == 1 and "SyntaxError" in result.stderr
+    result = runner.invoke(context_app, ["check", str(tmp_path / "absent.py")])
+    assert result.exit_code == 1 and "cannot read" in result.stderr
+
+
+def test_damnit_context_runs_unchanged(
+    damnit_context: Path, mock_proposal: Path, tmp_path: Path
+) -> None:
+    """A real ``runstream context eval --json`` process: stdout is exactly one JSON object."""
+    output = tmp_path / "p1234_r1.h5"
+    env = {**os.environ, **FAST_ENV}
+    proc = subprocess.run(
+        [
+            sys.executable, "-m", "runstream_executor.cli", "eval", str(damnit_context),
+            "--proposal-dir", str(mock_proposal), "--proposal", "1234", "--run", "1",
+            "--json", "--output", str(output),
+        ],
+        capture_output=True, text=True, env=env, timeout=240, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["proposal"] == 1234 and doc["run"] == 1
+    v = doc["variables"]
+    assert "_norm" not in v  # transient
+    assert set(v) == {
+        "n_trains", "xgm_intensity", "xgm_x", "camera_mean", "camera_peak", "run_info",
+        "sample", "detector", "energy_ratio", "normalised", "table",
+    }
+    assert v["n_trains"] == {
+        "title": "Trains", "summary": 400, "summary_type": None, "units": None,
+        "error": None, "error_cls": None,
+    }
+    # the mock XGM DataArray carries units "μJ", which beat Variable units (quirk 2)
+    assert v["xgm_intensity"]["units"] == "μJ" and isinstance(v["xgm_intensity"]["summary"], float)
+    assert v["camera_mean"]["summary_type"] == "thumbnail" and v["camera_mean"]["summary"] is None
+    assert isinstance(v["camera_peak"]["summary"], float)
+    assert v["run_info"]["summary"] == "p1234 r1"
+    assert v["sample"]["error_cls"] == "RuntimeError" and "no metadata provider" in v["sample"]["error"]
+    assert v["detector"] == {
+        "title": "Detector", "summary": None, "summary_type": None, "units": None,
+        "error": "No AGIPD in this run", "error_cls": "Skip",
+    }
+    assert v["normalised"]["summary"] == 8.0
+    assert str(v["table"]["summary"]).startswith("Dataset (")
+    with h5py.File(output, "r") as f:
+        assert {"n_trains", "xgm_intensity", "camera_mean", "table", "start_time"} <= set(f)
+        assert f["xgm_intensity"].attrs["_damnit_objtype"] == "dataarray"
+        assert f[".errors/detector"].attrs["type"] == "Skip"
+        assert "_norm" not in f and "_norm" not in f[".reduced"]
+
+
+def test_eval_match_data_and_bad_input(
+    runner: CliRunner, damnit_context: Path, mock_proposal: Path
+) -> None:
+    args = ["eval", str(damnit_context), "--proposal-dir", str(mock_proposal), "--proposal", "1234"]
+    result = runner.invoke(context_app, [*args, "--run", "3", "--match", "peak", "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    # camera_peak is proc (r0003 has no proc folder: skipped with a reason); its dependency runs.
+    assert set(doc["variables"]) == {"camera_peak", "camera_mean"}
+    assert doc["variables"]["camera_peak"]["error_cls"] == "Skip"
+    assert doc["variables"]["camera_peak"]["error"].startswith("proc data not available for run 3")
+
+    result = runner.invoke(context_app, [*args, "--run", "1", "--data", "raw", "--match", "trains"])
+    assert result.exit_code == 0, result.output
+    assert "Trains" in result.stdout and "400" in result.stdout
+    assert "Normalised trains" in result.stdout
+
+    result = runner.invoke(context_app, [*args, "--run", "99"])
+    assert result.exit_code == 1 and "no run folder" in result.stderr
+    broken = damnit_context.parent / "broken.py"
+    broken.write_text("from damnit_ctx import Variable\n\n@Variable(data='scratch')\ndef a(run):\n    return 1\n")
+    result = runner.invoke(
+        context_app,
+        ["eval", str(broken), "--proposal-dir", str(mock_proposal), "--proposal", "1", "--run", "1"],
+    )
+    assert result.exit_code == 1 and "'scratch' is not a valid RunData" in result.stderr
