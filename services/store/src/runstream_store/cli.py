@@ -191,7 +191,10 @@ async def _send_and_wait(settings: Settings, command: Any, wait_s: float, accept
     )
     try:
         if consumer is not None:
-            partitions = await consumer.partitions_for_topic(topics.updates) or set()
+            await consumer.topics()  # refreshes the metadata
+            partitions = consumer.partitions_for_topic(topics.updates) or set()
+            if not partitions:
+                raise RuntimeError(f"topic {topics.updates} does not exist (has the store run?)")
             tps = [TopicPartition(topics.updates, p) for p in sorted(partitions)]
             consumer.assign(tps)
             await consumer.seek_to_end(*tps)

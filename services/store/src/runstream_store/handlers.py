@@ -266,6 +266,8 @@ class Handlers:
         names = [res.name for res in message.results]
         current = await self.db.current_values(p, r, names)
         mine = {n: v.view() for n, v in current.items() if v.result_id == message.result_id}
+        if mine and message.start_time is not None:
+            mine["start_time"] = _start_time_view(message.start_time, message)
         if mine:
             await self.feed.update(
                 ValuesUpdated(
