@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import sys
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -34,6 +35,13 @@ def _services() -> dict[str, Any]:
 def serve(
     service: Annotated[str, typer.Argument(help="ingest | executor | store | slurm-gateway")],
     log_level: Annotated[str, typer.Option(help="Python log level")] = "INFO",
+    heartbeat_file: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="RUNSTREAM_HEARTBEAT_FILE",
+            help="Touch this file every few seconds while the service runs (liveness probes)",
+        ),
+    ] = None,
 ) -> None:
     """Run one service in the foreground until SIGINT/SIGTERM."""
     import anyio
@@ -51,7 +59,53 @@ def serve(
     )
     factory = available[service].load()
     faststream_app = factory()
+    if heartbeat_file is not None:
+        _add_heartbeat(faststream_app, heartbeat_file)
     anyio.run(faststream_app.run)
+
+
+def _add_heartbeat(faststream_app: Any, path: Path, interval_s: float = 5.0) -> None:
+    import asyncio
+
+    tasks: list[asyncio.Task[None]] = []
+
+    async def beat() -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            await asyncio.to_thread(path.touch)
+            await asyncio.sleep(interval_s)
+
+    async def start() -> None:
+        tasks.append(asyncio.create_task(beat()))
+
+    async def stop() -> None:
+        for task in tasks:
+            task.cancel()
+        await asyncio.to_thread(path.unlink, missing_ok=True)
+
+    faststream_app.after_startup(start)
+    faststream_app.on_shutdown(stop)
+
+
+@app.command()
+def health(
+    heartbeat_file: Annotated[Path, typer.Option(envvar="RUNSTREAM_HEARTBEAT_FILE")],
+    max_age: Annotated[
+        float, typer.Option(help="Seconds after which the heartbeat is stale")
+    ] = 30.0,
+) -> None:
+    """Exit 0 if the service behind HEARTBEAT_FILE beat within MAX_AGE seconds (liveness probe)."""
+    import time
+
+    try:
+        age = time.time() - heartbeat_file.stat().st_mtime
+    except FileNotFoundError:
+        err.print(f"[red]no heartbeat[/]: {heartbeat_file} does not exist (service not started?)")
+        raise typer.Exit(1) from None
+    if age > max_age:
+        err.print(f"[red]stale heartbeat[/]: last beat {age:.0f} s ago (limit {max_age:.0f} s)")
+        raise typer.Exit(1)
+    typer.echo(f"alive: last beat {age:.1f} s ago")
 
 
 def _register_plugins() -> None:

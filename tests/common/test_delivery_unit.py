@@ -98,3 +98,52 @@ async def test_permanent_errors_go_straight_to_the_dead_letter_topic() -> None:
     seen, dead = await _exercise(handler, [parsers.encode(_run(7))])
     assert seen == [(7, 1)]
     assert [headers["x-dlq-reason"] for _, headers in dead] == ["run 7 does not exist"]
+
+
+async def test_delivery_metrics_count_outcomes() -> None:
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from runstream_common.settings import TelemetrySettings
+    from runstream_common.telemetry import setup_telemetry
+
+    reader = InMemoryMetricReader()
+    telemetry = setup_telemetry("test", TelemetrySettings(), metric_readers=(reader,))
+    settings = ServiceSettings(kafka=KafkaSettings(topic_prefix="m"))
+    broker = make_broker(settings.kafka, telemetry)
+
+    async def handler(message: RunRequested, delivery: Delivery) -> None:
+        if message.run == 2:
+            raise PermanentError("nope")
+
+    subscribe(
+        broker,
+        "m.runs",
+        group_id="g",
+        parser=parsers.RUNS,
+        handler=handler,
+        settings=settings,
+        retry=FAST,
+    )
+    async with TestKafkaBroker(broker) as test_broker:
+        for payload in (
+            parsers.encode(_run(1)),
+            parsers.encode(_run(2)),
+            b"garbage",
+            parsers.encode(_run(3)),
+        ):
+            await test_broker.publish(payload, "m.runs")
+
+    points: dict[str, float] = {}
+    data = reader.get_metrics_data()
+    for resource_metrics in data.resource_metrics:
+        for scope in resource_metrics.scope_metrics:
+            for metric in scope.metrics:
+                if metric.name.startswith("runstream."):
+                    total = 0.0
+                    for point in metric.data.data_points:
+                        total += getattr(point, "value", None) or getattr(point, "count", 0)
+                    points[metric.name] = total
+    assert points["runstream.records.processed"] == 2
+    assert points["runstream.records.dead_lettered"] == 2
+    assert points["runstream.records.failed"] == 1
+    assert points["runstream.handler.duration"] == 3  # histogram count: two ok + one permanent

@@ -26,13 +26,16 @@ from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 from aiokafka import ConsumerRecord
+from aiokafka import TopicPartition as AioTopicPartition
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker, TopicPartition
 from faststream.kafka.annotations import KafkaMessage
 from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
 from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
+from opentelemetry.metrics import MeterProvider
 
 from .errors import MessageFormatError, PermanentError, TransientError
+from .metrics import DeliveryMetrics
 from .parsers import Parser
 from .settings import KafkaSettings, ServiceSettings
 from .telemetry import Telemetry
@@ -96,7 +99,7 @@ def make_broker(
                 meter_provider=telemetry.meter_provider,
             )
         )
-    return KafkaBroker(
+    broker = KafkaBroker(
         settings.bootstrap_servers,
         client_id=client_id or settings.client_id,
         acks="all",
@@ -107,6 +110,9 @@ def make_broker(
         graceful_timeout=30.0,
         logger=logging.getLogger(f"runstream.{client_id or settings.client_id}"),
     )
+    # subscribe() records delivery metrics with the same provider as the middleware.
+    broker._runstream_meter_provider = telemetry.meter_provider if telemetry else None  # type: ignore[attr-defined]
+    return broker
 
 
 def _headers(record: ConsumerRecord[Any, Any]) -> tuple[tuple[str, bytes], ...]:
@@ -174,17 +180,23 @@ async def deliver(
     handler: Handler[T],
     group_id: str,
     retry: RetryPolicy,
+    metrics: DeliveryMetrics | None = None,
 ) -> None:
     """Decide the fate of one record (see the module docstring). Never raises."""
     record: ConsumerRecord[Any, Any] = message.raw_message
+    started = time.monotonic()
+    labels = {"topic": record.topic, "group": group_id}
+    if metrics is not None:
+        _observe_lag(metrics, message, record, labels)
     try:
         parsed = parser.parse(record.value)
     except MessageFormatError as exc:
         await dead_letter(broker, record, group_id=group_id, error=exc, attempts=0)
         await message.ack()
+        if metrics is not None:
+            metrics.dead_lettered.add(1, labels)
         return
 
-    started = time.monotonic()
     attempt = 0
     while True:
         attempt += 1
@@ -200,6 +212,8 @@ async def deliver(
         try:
             await handler(parsed, delivery)
         except TransientError as exc:
+            if metrics is not None:
+                metrics.failed.add(1, {**labels, "kind": "transient"})
             if time.monotonic() - started > retry.transient_window_s:
                 log.warning("transient failure persists, record comes again later: %s", exc)
                 await message.nack()
@@ -209,18 +223,47 @@ async def deliver(
         except PermanentError as exc:
             await dead_letter(broker, record, group_id=group_id, error=exc, attempts=attempt)
             await message.ack()
+            if metrics is not None:
+                metrics.failed.add(1, {**labels, "kind": "permanent"})
+                metrics.dead_lettered.add(1, labels)
+                metrics.handler_seconds.record(time.monotonic() - started, labels)
             return
         except Exception as exc:
+            if metrics is not None:
+                metrics.failed.add(1, {**labels, "kind": "unexpected"})
             if attempt >= retry.max_attempts:
                 log.error("giving up after %d attempts:\n%s", attempt, traceback.format_exc())
                 await dead_letter(broker, record, group_id=group_id, error=exc, attempts=attempt)
                 await message.ack()
+                if metrics is not None:
+                    metrics.dead_lettered.add(1, labels)
+                    metrics.handler_seconds.record(time.monotonic() - started, labels)
                 return
             log.warning("unexpected failure (attempt %d), retrying: %r", attempt, exc)
             await asyncio.sleep(retry.delay(attempt))
         else:
             await message.ack()
+            if metrics is not None:
+                metrics.processed.add(1, labels)
+                metrics.handler_seconds.record(time.monotonic() - started, labels)
             return
+
+
+def _observe_lag(
+    metrics: DeliveryMetrics, message: Any, record: ConsumerRecord[Any, Any], labels: dict[str, str]
+) -> None:
+    consumer = getattr(message, "consumer", None)
+    highwater = getattr(consumer, "highwater", None)
+    if highwater is None:
+        return
+    try:
+        high = highwater(AioTopicPartition(record.topic, record.partition))
+    except Exception:  # a fake consumer (tests) or a revoked partition
+        return
+    if isinstance(high, int):
+        metrics.lag.set(
+            max(0, high - record.offset - 1), {**labels, "partition": str(record.partition)}
+        )
 
 
 def subscribe(
@@ -237,12 +280,16 @@ def subscribe(
     partitions: int | None = None,
     title: str | None = None,
     description: str | None = None,
+    meter_provider: MeterProvider | None = None,
 ) -> Any:
     """Register ``handler`` for ``topic`` with at-least-once delivery and a DLQ.
 
     Returns the FastStream subscriber (useful for tests and AsyncAPI docs).
     """
     policy = retry or RetryPolicy.from_settings(settings)
+    metrics = DeliveryMetrics.create(
+        meter_provider or getattr(broker, "_runstream_meter_provider", None)
+    )
     kafka = settings.kafka
     subscriber = broker.subscriber(
         topic,
@@ -258,7 +305,13 @@ def subscribe(
 
     async def consume(message: KafkaMessage) -> None:
         await deliver(
-            broker, message, parser=parser, handler=handler, group_id=group_id, retry=policy
+            broker,
+            message,
+            parser=parser,
+            handler=handler,
+            group_id=group_id,
+            retry=policy,
+            metrics=metrics,
         )
 
     consume.__name__ = getattr(handler, "__name__", "consume")
