@@ -1,0 +1,236 @@
+"""The runstream demo: mock runs in, a table of results out.
+
+Expects the local stack and the four services to be running (``./task demo``
+starts them). It makes a demo proposal of mock European XFEL runs with
+EXtra-data's mock-data helpers, registers it with the example context file,
+sends migration (raw) and calibration (proc) events on the facility topics the
+way the facility does, waits until every expected value is stored, and prints
+the run table, the HDF5 files and how long each stage took.
+
+Exit status 0 only if every expected value is there. Running it again is fast:
+the facility events are de-duplicated and the values are already stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from rich.console import Console
+from rich.table import Table
+
+from runstream_common import parsers
+from runstream_common.messages import ProcessingStateSet, ValuesUpdated
+from runstream_common.settings import KafkaSettings
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+STATE = Path(os.environ.get("RUNSTREAM_STATE_DIR", REPO / ".state"))
+DEMO = STATE / "demo"
+PROPOSAL = 9999
+RUNS = range(1, 6)
+RAW_TOPIC, RAW_EVENT = "test.r2d2", "migration_complete"
+PROC_TOPIC, PROC_EVENT = "cal.offline-corrections", "run_corrections_complete"
+RUNSTREAM = str(REPO / ".venv" / "bin" / "runstream")
+TIMEOUT_S = float(os.environ.get("RUNSTREAM_DEMO_TIMEOUT", "300"))
+
+# name -> what must be true of its stored value
+EXPECTED: dict[str, str] = {
+    "xgm_intensity": "number",
+    "n_trains": "number",
+    "energy_per_train": "number",
+    "camera_image": "thumbnail",
+    "label": "string",
+    "broken": "error",
+    "camera_peak": "number",
+    "column_profile": "trendline",
+}
+
+console = Console()
+
+
+def make_data() -> Path:
+    """raw/ and proc/ folders of mock runs (one generated file, copied)."""
+    from extra_data.tests.make_examples import make_fxe_da_file
+
+    proposal_dir = DEMO / "data" / f"p{PROPOSAL:06d}"
+    template = DEMO / "template.h5"
+    if not template.exists():
+        template.parent.mkdir(parents=True, exist_ok=True)
+        make_fxe_da_file(str(template))
+    for run in RUNS:
+        for kind, prefix in (("raw", "RAW"), ("proc", "CORR")):
+            dest = proposal_dir / kind / f"r{run:04d}" / f"{prefix}-R{run:04d}-DA01-S00000.h5"
+            if not dest.exists():
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(template, dest)
+                old = time.time() - 600  # finished writing long ago (the settle time has passed)
+                os.utime(dest, (old, old))
+    return proposal_dir
+
+
+def register(proposal_dir: Path) -> Path:
+    context_dir = DEMO / "context"
+    context_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(HERE / "context.py", context_dir / "context.py")
+    subprocess.run(
+        [RUNSTREAM, "proposal", "add", str(PROPOSAL), "--context-dir", str(context_dir), "--data-root", str(proposal_dir)],
+        check=True,
+    )
+    return context_dir
+
+
+def table() -> list[dict[str, Any]]:
+    out = subprocess.run(
+        [RUNSTREAM, "table", str(PROPOSAL), "--json"], capture_output=True, text=True, check=False
+    )
+    if out.returncode != 0:
+        return []
+    data = json.loads(out.stdout or "[]")
+    return data if isinstance(data, list) else data.get("runs", [])
+
+
+def missing_values(rows: list[dict[str, Any]]) -> list[str]:
+    by_run = {int(row["run"]): row for row in rows if "run" in row}
+    missing = []
+    for run in RUNS:
+        row = by_run.get(run)
+        for name, kind in EXPECTED.items():
+            cell = (row or {}).get(name)
+            if not _satisfies(cell, kind):
+                missing.append(f"r{run}:{name}")
+    return missing
+
+
+def _satisfies(cell: Any, kind: str) -> bool:
+    if not isinstance(cell, dict):
+        return kind in ("number", "string") and cell is not None and kind == _kind_of(cell)
+    if kind == "error":
+        return bool(cell.get("error"))
+    if cell.get("error"):
+        return False
+    if kind in ("thumbnail", "trendline"):
+        return cell.get("summary_type") == kind
+    return _kind_of(cell.get("summary")) == kind
+
+
+def _kind_of(value: Any) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "other"
+
+
+async def send_events(kafka: KafkaSettings, topic: str, event: str) -> float:
+    producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap_servers, acks="all")
+    await producer.start()
+    try:
+        sent = time.time()
+        for run in RUNS:
+            body = {"event": event, "proposal": PROPOSAL, "run": run, "instrument": "FXE", "cycle": "202601"}
+            await producer.send_and_wait(topic, json.dumps(body).encode(), key=f"{PROPOSAL}/{run}".encode())
+        return sent
+    finally:
+        await producer.stop()
+
+
+class Feed:
+    """Follows the updates topic and notes when each stage was first seen per run."""
+
+    def __init__(self, kafka: KafkaSettings) -> None:
+        self.kafka = kafka
+        self.first: dict[tuple[int, str], float] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self.consumer = AIOKafkaConsumer(
+            self.kafka.topics.updates, bootstrap_servers=self.kafka.bootstrap_servers, auto_offset_reset="latest"
+        )
+        await self.consumer.start()
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        async for record in self.consumer:
+            try:
+                update = parsers.UPDATES.parse(record.value)
+            except Exception:
+                continue
+            now = record.timestamp / 1000
+            if isinstance(update, ProcessingStateSet) and update.state.proposal == PROPOSAL:
+                key = (update.state.run, f"{update.state.trigger}:{update.state.status}")
+                self.first.setdefault(key, now)
+            elif isinstance(update, ValuesUpdated) and update.proposal == PROPOSAL:
+                self.first.setdefault((update.run, "values"), now)
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+        await self.consumer.stop()
+
+
+async def main() -> int:
+    kafka = KafkaSettings()
+    started = time.time()
+    with console.status("making mock runs (EXtra-data mock FXE files)"):
+        proposal_dir = make_data()
+    context_dir = register(proposal_dir)
+    console.print(f"proposal [bold]{PROPOSAL}[/]: data {proposal_dir}, context {context_dir / 'context.py'}")
+
+    feed = Feed(kafka)
+    await feed.start()
+    raw_sent = await send_events(kafka, RAW_TOPIC, RAW_EVENT)
+    proc_sent = await send_events(kafka, PROC_TOPIC, PROC_EVENT)
+    console.print(f"sent {len(RUNS)} x {RAW_EVENT} on {RAW_TOPIC} and {len(RUNS)} x {PROC_EVENT} on {PROC_TOPIC}")
+
+    deadline = time.monotonic() + TIMEOUT_S
+    missing = ["(not checked)"]
+    with console.status("waiting for every value to be stored") as status:
+        while time.monotonic() < deadline:
+            rows = await asyncio.to_thread(table)
+            missing = missing_values(rows)
+            if not missing:
+                break
+            status.update(f"waiting for {len(missing)} values, e.g. {', '.join(missing[:4])}")
+            await asyncio.sleep(1.0)
+    done = time.time()
+    await feed.stop()
+
+    subprocess.run([RUNSTREAM, "table", str(PROPOSAL)], check=False)
+    files = sorted((context_dir / "extracted_data").glob(f"p{PROPOSAL}_r*.h5"))
+    console.print("HDF5 files:")
+    for path in files:
+        console.print(f"  {path} ({path.stat().st_size / 1024:.0f} KiB)")
+
+    stages = Table(title="stages (seconds after the events were sent; from the updates feed)")
+    for col in ("run", "raw running", "raw finished", "first values", "proc finished"):
+        stages.add_column(col, justify="right")
+    for run in RUNS:
+        def at(stage: str, since: float, run: int = run) -> str:
+            t = feed.first.get((run, stage))
+            return f"{t - since:.2f}" if t else "-"
+        stages.add_row(
+            str(run), at("raw:running", raw_sent), at("raw:finished", raw_sent), at("values", raw_sent),
+            at("proc:finished", proc_sent),
+        )
+    console.print(stages)
+    console.print(f"total {done - started:.1f} s")
+    if missing:
+        console.print(f"[red]FAILED[/]: {len(missing)} expected values missing: {', '.join(missing)}")
+        return 1
+    console.print(f"[green]OK[/]: all {len(EXPECTED) * len(RUNS)} expected values are stored")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
