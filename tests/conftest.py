@@ -56,10 +56,9 @@ def _parse_env(text: str) -> dict[str, str]:
 def stack() -> Iterator[Stack]:
     """Kafka + PostgreSQL from deploy/local, started if they are not running.
 
-    A stack this fixture started is stopped again at the end of the session;
-    one that was already running (``task test`` starts it) is left alone.
+    The stack is left running afterwards (several test sessions may share it);
+    ``./task test`` stops it at the end, ``./task infra:down`` does by hand.
     """
-    started_here = False
     if _stack("status", timeout=60).returncode != 0:
         up = _stack("up")
         if up.returncode != 0:
@@ -69,7 +68,6 @@ def stack() -> Iterator[Stack]:
                 + up.stderr[-4000:],
                 pytrace=False,
             )
-        started_here = True
     env = _parse_env(_stack("env", timeout=60).stdout)
     info = Stack(
         bootstrap_servers=env["RUNSTREAM_KAFKA_BOOTSTRAP_SERVERS"],
@@ -78,8 +76,6 @@ def stack() -> Iterator[Stack]:
     os.environ["RUNSTREAM_KAFKA_BOOTSTRAP_SERVERS"] = info.bootstrap_servers
     os.environ["RUNSTREAM_POSTGRES_DSN"] = info.postgres_dsn
     yield info
-    if started_here and not os.environ.get("RUNSTREAM_KEEP_STACK"):
-        _stack("down", timeout=120)
 
 
 @pytest.fixture

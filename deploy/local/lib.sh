@@ -1,4 +1,5 @@
 # shellcheck shell=bash
+# shellcheck disable=SC2034  # the RS_* settings are used by the scripts that source this
 # Shared defaults and helpers for deploy/local/*.sh. Source it; do not run it.
 #
 # Configuration (environment variables):
@@ -9,7 +10,9 @@
 #   RUNSTREAM_PG_PORT                PostgreSQL TCP port      (default 55432)
 #   RUNSTREAM_START_TIMEOUT          seconds to wait for a service to answer (default 120)
 #   RUNSTREAM_STOP_TIMEOUT           seconds between polite stop and SIGKILL (default 30)
+#   RUNSTREAM_LOCK_TIMEOUT           seconds to wait for a concurrent start/stop/install (default 900)
 #   RUNSTREAM_KAFKA_HEAP_OPTS        JVM heap flags (default "-Xms256m -Xmx768m")
+#   RUNSTREAM_PYTHON                 python3 for kafka_probe.py (default /usr/bin/python3)
 
 if [[ -n "${_RUNSTREAM_LIB_LOADED:-}" ]]; then
     return 0
@@ -29,23 +32,28 @@ die() {
     exit 1
 }
 
-# Print the last lines of a log file to stderr (used when a start fails).
+# show_log_tail FILE [LINES] [FROM_BYTE]: print the last LINES (default 30)
+# lines of FILE to stderr, only from byte offset FROM_BYTE on if given (so a
+# failed start shows this start's output, not an older run's).
 show_log_tail() {
-    local file="$1" lines="${2:-30}"
-    if [[ -s "$file" ]]; then
+    local file="$1" lines="${2:-30}" from="${3:-0}" size
+    size="$(stat -c %s "$file" 2>/dev/null || echo 0)"
+    ((from <= size)) || from=0 # the file was rotated or truncated
+    if ((size > from)); then
         printf '[%s] ---- last %s lines of %s ----\n' "$RS_TAG" "$lines" "$file" >&2
-        tail -n "$lines" "$file" | sed 's/^/    /' >&2
+        tail -c +"$((from + 1))" "$file" | tail -n "$lines" | sed 's/^/    /' >&2
         printf '[%s] ---- end of %s ----\n' "$RS_TAG" "$file" >&2
     else
-        printf '[%s] (log %s is missing or empty)\n' "$RS_TAG" "$file" >&2
+        printf '[%s] (log %s has nothing new)\n' "$RS_TAG" "$file" >&2
     fi
 }
 
 # ---------------------------------------------------------------- settings
 _rs_require_port() {
     local name="$1" value="$2"
-    [[ "$value" =~ ^[0-9]+$ ]] && ((value > 0 && value < 65536)) ||
+    if ! [[ "$value" =~ ^[0-9]+$ ]] || ((value < 1 || value > 65535)); then
         die "$name must be a TCP port number, got '$value'"
+    fi
 }
 
 # Make a path absolute (relative paths are taken from the current directory).
@@ -63,6 +71,7 @@ RS_KAFKA_CONTROLLER_PORT="${RUNSTREAM_KAFKA_CONTROLLER_PORT:-39093}"
 RS_PG_PORT="${RUNSTREAM_PG_PORT:-55432}"
 RS_START_TIMEOUT="${RUNSTREAM_START_TIMEOUT:-120}"
 RS_STOP_TIMEOUT="${RUNSTREAM_STOP_TIMEOUT:-30}"
+RS_LOCK_TIMEOUT="${RUNSTREAM_LOCK_TIMEOUT:-900}"
 RS_HOST=127.0.0.1
 
 _rs_require_port RUNSTREAM_KAFKA_PORT "$RS_KAFKA_PORT"
@@ -72,9 +81,20 @@ _rs_require_port RUNSTREAM_PG_PORT "$RS_PG_PORT"
     die "RUNSTREAM_KAFKA_PORT and RUNSTREAM_KAFKA_CONTROLLER_PORT must differ"
 [[ "$RS_START_TIMEOUT" =~ ^[0-9]+$ ]] || die "RUNSTREAM_START_TIMEOUT must be a number of seconds"
 [[ "$RS_STOP_TIMEOUT" =~ ^[0-9]+$ ]] || die "RUNSTREAM_STOP_TIMEOUT must be a number of seconds"
+[[ "$RS_LOCK_TIMEOUT" =~ ^[0-9]+$ ]] || die "RUNSTREAM_LOCK_TIMEOUT must be a number of seconds"
 
 RS_KAFKA_BOOTSTRAP="$RS_HOST:$RS_KAFKA_PORT"
 RS_POSTGRES_DSN="postgresql://runstream:runstream@$RS_HOST:$RS_PG_PORT/runstream"
+
+# A plain python3 for kafka_probe.py (stdlib only). Prefer the system one:
+# a pyenv shim on PATH costs ~0.4 s per call.
+if [[ -n "${RUNSTREAM_PYTHON:-}" ]]; then
+    RS_PYTHON="$RUNSTREAM_PYTHON"
+elif [[ -x /usr/bin/python3 ]]; then
+    RS_PYTHON=/usr/bin/python3
+else
+    RS_PYTHON="$(command -v python3 || true)"
+fi
 
 # ---------------------------------------------------------------- processes
 # pid_alive PID: the process exists and is not a zombie.
@@ -131,12 +151,17 @@ port_owner() {
 
 # with_lock FILE CMD...: run CMD while holding an exclusive flock on FILE.
 # Serialises concurrent start/stop/install calls for the same service.
+# A daemon started by CMD inherits fd 9; the lock belongs to the open file
+# description, so it is released explicitly (flock -u) when CMD ends, even if
+# such a daemon keeps the fd open. Daemons should still close it ("9>&-").
 with_lock() {
     local file="$1"
     shift
     mkdir -p "$(dirname "$file")"
     (
-        flock -w 600 9 || die "could not acquire lock $file within 600 s"
+        trap 'flock -u 9 2>/dev/null || true' EXIT
+        flock -w "$RS_LOCK_TIMEOUT" 9 ||
+            die "could not acquire lock $file within ${RS_LOCK_TIMEOUT}s (another start/stop/install is running?)"
         "$@"
     ) 9>>"$file"
 }
