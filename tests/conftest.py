@@ -11,7 +11,7 @@ import os
 import shlex
 import subprocess
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,7 +53,7 @@ def _parse_env(text: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def stack() -> Iterator[Stack]:
+def stack() -> Stack:
     """Kafka + PostgreSQL from deploy/local, started if they are not running.
 
     The stack is left running afterwards (several test sessions may share it);
@@ -75,7 +75,7 @@ def stack() -> Iterator[Stack]:
     )
     os.environ["RUNSTREAM_KAFKA_BOOTSTRAP_SERVERS"] = info.bootstrap_servers
     os.environ["RUNSTREAM_POSTGRES_DSN"] = info.postgres_dsn
-    yield info
+    return info
 
 
 @pytest.fixture
