@@ -30,7 +30,7 @@ from runstream_executor.pools import PoolSet
 from runstream_executor.processing import RunProcessor
 from runstream_executor.settings import Settings
 
-TEN_VARIABLES = '''
+TEN_VARIABLES = """
 from damnit_ctx import Variable, Cell, Skip
 import numpy as np
 import xarray as xr
@@ -76,15 +76,15 @@ def noise(run, n: "var#n_trains"):
 @Variable(title="Detector")
 def detector(run):
     raise Skip("no detector in this run")
-'''
+"""
 
-ONE_TRIVIAL = '''
+ONE_TRIVIAL = """
 from damnit_ctx import Variable
 
 @Variable(title="One")
 def one(run):
     return 1
-'''
+"""
 
 
 class NullPublisher:
@@ -165,7 +165,9 @@ async def time_context(
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--parallel", type=int, default=2)
@@ -175,14 +177,20 @@ async def main() -> None:
         root = Path(tmp)
         prop = make_runs(root, args.runs)
         rows = {
-            "10 variables": await time_context("ten", TEN_VARIABLES, root, prop, args.runs, settings),
+            "10 variables": await time_context(
+                "ten", TEN_VARIABLES, root, prop, args.runs, settings
+            ),
             "1 trivial variable (fixed overhead)": await time_context(
                 "one", ONE_TRIVIAL, root, prop, args.runs, settings
             ),
         }
-    print(f"executor benchmark: {args.runs} mock runs, {args.workers} warm workers, "
-          f"{args.parallel} variables in parallel per run")
-    print(f"{'context':<38}{'vars':>5}{'p50 ms':>9}{'p95 ms':>9}{'mean ms':>9}{'runs/s':>8}{'start s':>9}")
+    print(
+        f"executor benchmark: {args.runs} mock runs, {args.workers} warm workers, "
+        f"{args.parallel} variables in parallel per run"
+    )
+    print(
+        f"{'context':<38}{'vars':>5}{'p50 ms':>9}{'p95 ms':>9}{'mean ms':>9}{'runs/s':>8}{'start s':>9}"
+    )
     for label, r in rows.items():
         print(
             f"{label:<38}{int(r['variables']):>5}{r['p50_ms']:>9.1f}{r['p95_ms']:>9.1f}"

@@ -17,7 +17,10 @@ from typer.testing import CliRunner
 pytestmark = pytest.mark.unit
 
 DAMNIT_CONTEXT = Path(__file__).parent / "contexts" / "damnit_style.py"
-FAST_ENV = {"RUNSTREAM_EXECUTOR_PRELOAD": "numpy,extra_data", "RUNSTREAM_EXECUTOR_PARALLEL_VARIABLES": "2"}
+FAST_ENV = {
+    "RUNSTREAM_EXECUTOR_PRELOAD": "numpy,extra_data",
+    "RUNSTREAM_EXECUTOR_PARALLEL_VARIABLES": "2",
+}
 
 
 @pytest.fixture
@@ -65,9 +68,11 @@ def test_check_lists_every_problem_and_exits_1(runner: CliRunner, tmp_path: Path
     assert "Missing dependency" in result.stderr
     path.write_text("def f(:\n")
     result = runner.invoke(context_app, ["check", str(path)])
-    assert result.exit_code == 1 and "SyntaxError" in result.stderr
+    assert result.exit_code == 1
+    assert "SyntaxError" in result.stderr
     result = runner.invoke(context_app, ["check", str(tmp_path / "absent.py")])
-    assert result.exit_code == 1 and "cannot read" in result.stderr
+    assert result.exit_code == 1
+    assert "cannot read" in result.stderr
 
 
 def test_damnit_context_runs_unchanged(
@@ -78,34 +83,70 @@ def test_damnit_context_runs_unchanged(
     env = {**os.environ, **FAST_ENV}
     proc = subprocess.run(
         [
-            sys.executable, "-m", "runstream_executor.cli", "eval", str(damnit_context),
-            "--proposal-dir", str(mock_proposal), "--proposal", "1234", "--run", "1",
-            "--json", "--output", str(output),
+            sys.executable,
+            "-m",
+            "runstream_executor.cli",
+            "eval",
+            str(damnit_context),
+            "--proposal-dir",
+            str(mock_proposal),
+            "--proposal",
+            "1234",
+            "--run",
+            "1",
+            "--json",
+            "--output",
+            str(output),
         ],
-        capture_output=True, text=True, env=env, timeout=240, check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=240,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
-    assert doc["proposal"] == 1234 and doc["run"] == 1
+    assert doc["proposal"] == 1234
+    assert doc["run"] == 1
     v = doc["variables"]
     assert "_norm" not in v  # transient
     assert set(v) == {
-        "n_trains", "xgm_intensity", "xgm_x", "camera_mean", "camera_peak", "run_info",
-        "sample", "detector", "energy_ratio", "normalised", "table",
+        "n_trains",
+        "xgm_intensity",
+        "xgm_x",
+        "camera_mean",
+        "camera_peak",
+        "run_info",
+        "sample",
+        "detector",
+        "energy_ratio",
+        "normalised",
+        "table",
     }
     assert v["n_trains"] == {
-        "title": "Trains", "summary": 400, "summary_type": None, "units": None,
-        "error": None, "error_cls": None,
+        "title": "Trains",
+        "summary": 400,
+        "summary_type": None,
+        "units": None,
+        "error": None,
+        "error_cls": None,
     }
     # the mock XGM DataArray carries units "μJ", which beat Variable units (quirk 2)
-    assert v["xgm_intensity"]["units"] == "μJ" and isinstance(v["xgm_intensity"]["summary"], float)
-    assert v["camera_mean"]["summary_type"] == "thumbnail" and v["camera_mean"]["summary"] is None
+    assert v["xgm_intensity"]["units"] == "μJ"
+    assert isinstance(v["xgm_intensity"]["summary"], float)
+    assert v["camera_mean"]["summary_type"] == "thumbnail"
+    assert v["camera_mean"]["summary"] is None
     assert isinstance(v["camera_peak"]["summary"], float)
     assert v["run_info"]["summary"] == "p1234 r1"
-    assert v["sample"]["error_cls"] == "RuntimeError" and "no metadata provider" in v["sample"]["error"]
+    assert v["sample"]["error_cls"] == "RuntimeError"
+    assert "no metadata provider" in v["sample"]["error"]
     assert v["detector"] == {
-        "title": "Detector", "summary": None, "summary_type": None, "units": None,
-        "error": "No AGIPD in this run", "error_cls": "Skip",
+        "title": "Detector",
+        "summary": None,
+        "summary_type": None,
+        "units": None,
+        "error": "No AGIPD in this run",
+        "error_cls": "Skip",
     }
     assert v["normalised"]["summary"] == 8.0
     assert str(v["table"]["summary"]).startswith("Dataset (")
@@ -113,7 +154,8 @@ def test_damnit_context_runs_unchanged(
         assert {"n_trains", "xgm_intensity", "camera_mean", "table", "start_time"} <= set(f)
         assert f["xgm_intensity"].attrs["_damnit_objtype"] == "dataarray"
         assert f[".errors/detector"].attrs["type"] == "Skip"
-        assert "_norm" not in f and "_norm" not in f[".reduced"]
+        assert "_norm" not in f
+        assert "_norm" not in f[".reduced"]
 
 
 def test_eval_match_data_and_bad_input(
@@ -130,15 +172,29 @@ def test_eval_match_data_and_bad_input(
 
     result = runner.invoke(context_app, [*args, "--run", "1", "--data", "raw", "--match", "trains"])
     assert result.exit_code == 0, result.output
-    assert "Trains" in result.stdout and "400" in result.stdout
+    assert "Trains" in result.stdout
+    assert "400" in result.stdout
     assert "Normalised trains" in result.stdout
 
     result = runner.invoke(context_app, [*args, "--run", "99"])
-    assert result.exit_code == 1 and "no run folder" in result.stderr
+    assert result.exit_code == 1
+    assert "no run folder" in result.stderr
     broken = damnit_context.parent / "broken.py"
-    broken.write_text("from damnit_ctx import Variable\n\n@Variable(data='scratch')\ndef a(run):\n    return 1\n")
+    broken.write_text(
+        "from damnit_ctx import Variable\n\n@Variable(data='scratch')\ndef a(run):\n    return 1\n"
+    )
     result = runner.invoke(
         context_app,
-        ["eval", str(broken), "--proposal-dir", str(mock_proposal), "--proposal", "1", "--run", "1"],
+        [
+            "eval",
+            str(broken),
+            "--proposal-dir",
+            str(mock_proposal),
+            "--proposal",
+            "1",
+            "--run",
+            "1",
+        ],
     )
-    assert result.exit_code == 1 and "'scratch' is not a valid RunData" in result.stderr
+    assert result.exit_code == 1
+    assert "'scratch' is not a valid RunData" in result.stderr

@@ -73,7 +73,8 @@ async def test_hostile_variables_fail_alone(
 ) -> None:
     before = set(strict_pool.pids)
     ev = await run_context(strict_pool, HOSTILE_CONTEXT, tmp_path / "ctx", mock_proposal)
-    assert ev.summary("fine") == 1 and ev.summary("also_fine") == 2
+    assert ev.summary("fine") == 1
+    assert ev.summary("also_fine") == 2
     assert ev.error("hangs") == ("Time limit of 3 s exceeded", "TimeLimitExceeded")
     assert ev.error("after_hang") == (
         "Skipped due to missing dependency:\n"
@@ -85,7 +86,8 @@ async def test_hostile_variables_fail_alone(
     assert ev.error("exits") == ("worker process exited with status 3", "WorkerCrashed")
     message, cls = ev.error("hog")
     assert cls == "MemoryLimitExceeded"
-    assert message is not None and "more than the limit of 700 MiB" in message
+    assert message is not None
+    assert "more than the limit of 700 MiB" in message
 
     # Every killed worker was replaced by a warm one; the pool keeps working.
     again = await run_context(

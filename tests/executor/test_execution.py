@@ -274,7 +274,10 @@ async def test_unsavable_results_fail_alone(
         tmp_path / "ctx",
         mock_proposal,
     )
-    assert ev.error("obj") == ("Returned data type <class 'numpy.ndarray'> cannot be saved", "TypeError")
+    assert ev.error("obj") == (
+        "Returned data type <class 'numpy.ndarray'> cannot be saved",
+        "TypeError",
+    )
     assert ev.error("a_dict")[1] == "TypeError"
     assert ev.error("when") == (
         "Returned data type <class 'numpy.ndarray'> whose native array type datetime64[D] cannot be saved",
@@ -283,7 +286,8 @@ async def test_unsavable_results_fail_alone(
     assert ev.summary("fine") == 3.5
     # A failing summary falls back to the default summary, with no error (quirk 10).
     empty = ev.outcomes["empty"]
-    assert empty.error is None and empty.prepared is not None
+    assert empty.error is None
+    assert empty.prepared is not None
     assert empty.prepared["summary_type"] == "trendline"
     assert empty.prepared["summary"].shape == (2, 0)
     assert ev.outcomes["unknown_summary"].prepared["summary_type"] == "trendline"  # type: ignore[index]

@@ -44,7 +44,12 @@ async def test_bare_decorator_names_and_titles(pool: WorkerPool, tmp_path: Path)
     var = ctx.variables["scalar1"]
     assert (var.name, var.title, var.description) == ("scalar1", "scalar1", "The first scalar.")
     image = ctx.variables["image"]
-    assert (image.title, image.units, image.tags, image.data) == ("2D ndarray", "px", ("images",), "raw")
+    assert (image.title, image.units, image.tags, image.data) == (
+        "2D ndarray",
+        "px",
+        ("images",),
+        "raw",
+    )
 
 
 async def test_runstream_ctx_module_is_the_same_api(pool: WorkerPool, tmp_path: Path) -> None:
@@ -161,7 +166,8 @@ async def test_cycle_and_missing_dependency(pool: WorkerPool, tmp_path: Path) ->
             return a
         """,
     )
-    assert len(cyc) == 1 and cyc[0].startswith("CycleError: cyclical dependencies")
+    assert len(cyc) == 1
+    assert cyc[0].startswith("CycleError: cyclical dependencies")
     missing = await problems(
         pool,
         tmp_path,
@@ -181,9 +187,7 @@ async def test_syntax_and_import_errors(pool: WorkerPool, tmp_path: Path) -> Non
     syntax = await problems(pool, tmp_path, "def broken(:\n    pass\n")
     assert syntax[0].startswith("SyntaxError")
     missing_pkg = await problems(pool, tmp_path, "import package_that_is_not_installed\n")
-    assert missing_pkg == [
-        "ModuleNotFoundError: No module named 'package_that_is_not_installed'"
-    ]
+    assert missing_pkg == ["ModuleNotFoundError: No module named 'package_that_is_not_installed'"]
 
 
 async def test_proc_and_cluster_promotion(pool: WorkerPool, tmp_path: Path) -> None:
@@ -220,7 +224,8 @@ async def test_proc_and_cluster_promotion(pool: WorkerPool, tmp_path: Path) -> N
     )
     data = {n: v.data for n, v in ctx.variables.items()}
     cluster = {n: v.cluster for n, v in ctx.variables.items()}
-    assert data["after_p"] == "proc" and data["plain"] == "raw"
+    assert data["after_p"] == "proc"
+    assert data["plain"] == "raw"
     assert cluster == {
         "p": False,
         "after_p": False,
@@ -244,7 +249,8 @@ async def test_proc_and_cluster_promotion(pool: WorkerPool, tmp_path: Path) -> N
             return x
         """,
     )
-    assert len(raw_on_proc) == 1 and "data='raw' but depends on proc data" in raw_on_proc[0]
+    assert len(raw_on_proc) == 1
+    assert "data='raw' but depends on proc data" in raw_on_proc[0]
 
 
 async def test_order_and_dependency_sets(pool: WorkerPool, tmp_path: Path) -> None:

@@ -90,7 +90,9 @@ class Collector:
         deadline = time.monotonic() + timeout
         while not predicate(self.of(object)):
             if time.monotonic() > deadline:
-                raise TimeoutError(f"not seen in {timeout} s; got {[type(m).__name__ for m in self.of(object)]}")
+                raise TimeoutError(
+                    f"not seen in {timeout} s; got {[type(m).__name__ for m in self.of(object)]}"
+                )
             batch = await self.consumer.getmany(timeout_ms=500)
             for recs in batch.values():
                 for rec in recs:
@@ -146,13 +148,18 @@ async def test_run_request_to_results_and_cluster_job(
             assert set(by_name) == {"base", "interpreter", "broken"}
             assert by_name["interpreter"].summary == "default"
             assert by_name["broken"].error_cls == "ValueError"
-            assert results.fragment and Path(results.fragment).is_file()
+            assert results.fragment
+            assert Path(results.fragment).is_file()  # noqa: ASYNC240
             (job,) = out.of(JobRequested)
-            assert job.selection.names == ("heavy",) and job.job_request_id == "r-1:cluster"
-            keys = {k for k, m in out.messages if isinstance(m, ProcessingStateChanged | ResultsReady)}
+            assert job.selection.names == ("heavy",)
+            assert job.job_request_id == "r-1:cluster"
+            keys = {
+                k for k, m in out.messages if isinstance(m, ProcessingStateChanged | ResultsReady)
+            }
             assert keys == {run_key(1234, 1)}
             statuses = [m.status for m in out.of(ProcessingStateChanged)]
-            assert statuses[0] is ProcessingStatus.QUEUED and statuses[-1] is ProcessingStatus.FINISHED
+            assert statuses[0] is ProcessingStatus.QUEUED
+            assert statuses[-1] is ProcessingStatus.FINISHED
             assert ProcessingStatus.VARIABLE_FAILED in statuses
 
             # The Slurm job entry point, as the slurm-gateway runs it.
@@ -165,12 +172,27 @@ async def test_run_request_to_results_and_cluster_job(
                 "SLURM_JOB_ID": "4242",
             }
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "runstream_executor.job",
-                "--proposal", "1234", "--run", "1",
-                "--context-dir", job.context_dir, "--proposal-dir", job.proposal_dir,
-                "--trigger", job.trigger.value, "--request-id", job.request_id,
-                "--job-request-id", job.job_request_id, "--var", "heavy",
-                env=env, stderr=asyncio.subprocess.PIPE,
+                sys.executable,
+                "-m",
+                "runstream_executor.job",
+                "--proposal",
+                "1234",
+                "--run",
+                "1",
+                "--context-dir",
+                job.context_dir,
+                "--proposal-dir",
+                job.proposal_dir,
+                "--trigger",
+                job.trigger.value,
+                "--request-id",
+                job.request_id,
+                "--job-request-id",
+                job.job_request_id,
+                "--var",
+                "heavy",
+                env=env,
+                stderr=asyncio.subprocess.PIPE,
             )
             _, stderr = await asyncio.wait_for(proc.communicate(), 180)
             assert proc.returncode == 0, stderr.decode()[-3000:]
@@ -178,7 +200,8 @@ async def test_run_request_to_results_and_cluster_job(
             job_results = out.of(ResultsReady)[-1]
             assert [(r.name, r.summary) for r in job_results.results] == [("heavy", 10.0)]
             job_states = [m for m in out.of(ProcessingStateChanged) if m.slurm_job_id == 4242]
-            assert job_states and job_states[-1].status is ProcessingStatus.FINISHED
+            assert job_states
+            assert job_states[-1].status is ProcessingStatus.FINISHED
     finally:
         await producer.stop()
         await app.stop()
@@ -210,10 +233,15 @@ async def test_context_python_from_proposal_settings(
     topics = kafka_settings.topics
     try:
         async with Collector(kafka_settings) as out:
+
             def request(rid: str) -> RunRequested:
                 return RunRequested(
-                    request_id=rid, proposal=1234, run=2, trigger=Trigger.RAW,
-                    context_dir=str(ctx_dir), proposal_dir=str(mock_proposal),
+                    request_id=rid,
+                    proposal=1234,
+                    run=2,
+                    trigger=Trigger.RAW,
+                    context_dir=str(ctx_dir),
+                    proposal_dir=str(mock_proposal),
                 )
 
             # Our interpreter lacks the package: the pass fails with the load error.
@@ -231,7 +259,7 @@ async def test_context_python_from_proposal_settings(
             )
             processor = app.processor  # type: ignore[attr-defined]
             deadline = time.monotonic() + 60
-            while processor.context_python(1234) is None and time.monotonic() < deadline:
+            while processor.context_python(1234) is None and time.monotonic() < deadline:  # noqa: ASYNC110
                 await asyncio.sleep(0.2)
             assert processor.context_python(1234) == str(interpreter)
 

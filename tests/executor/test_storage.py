@@ -149,9 +149,11 @@ async def test_summaries_by_type(types_eval: Evaluated, tmp_path: Path) -> None:
     ev = types_eval
     assert ev.summary("da_mean") == 4.5
     size = ev.summary("da_size")
-    assert size == 10 and type(size) is int
+    assert size == 10
+    assert type(size) is int
     prepared = ev.outcomes["dataset"].prepared
-    assert prepared is not None and str(prepared["summary"]).startswith("Dataset (")
+    assert prepared is not None
+    assert str(prepared["summary"]).startswith("Dataset (")
     assert ev.summary("cplx") == 1 + 2j
     assert ev.outcomes["cplx"].prepared["summary_type"] == "complex"  # type: ignore[index]
     assert ev.summary("flag") is True
@@ -160,14 +162,19 @@ async def test_summaries_by_type(types_eval: Evaluated, tmp_path: Path) -> None:
         assert max(thumb.size) == 300
         assert ev.outcomes[name].prepared["kind"] == "image"  # type: ignore[index]
     figure_data = ev.outcomes["figure"].prepared["data"]  # type: ignore[index]
-    assert figure_data.dtype == np.uint8 and figure_data.shape[2] == 4
+    assert figure_data.dtype == np.uint8
+    assert figure_data.shape[2] == 4
     for name in ("image", "row"):
         thumb = png(ev.summary(name))  # type: ignore[arg-type]
-        assert thumb.size == (300, 300) and thumb.mode == "RGBA"
+        assert thumb.size == (300, 300)
+        assert thumb.mode == "RGBA"
     trend = ev.summary("line")
-    assert isinstance(trend, np.ndarray) and trend.shape[0] == 2 and trend.shape[1] <= 150
+    assert isinstance(trend, np.ndarray)
+    assert trend.shape[0] == 2
+    assert trend.shape[1] <= 150
     assert ev.outcomes["line"].prepared["summary_type"] == "trendline"  # type: ignore[index]
-    assert np.isclose(trend[1].max(), 1.0, atol=1e-3) and np.isclose(trend[1].min(), -1.0, atol=1e-3)
+    assert np.isclose(trend[1].max(), 1.0, atol=1e-3)
+    assert np.isclose(trend[1].min(), -1.0, atol=1e-3)
     assert ev.summary("cube") == "float64: (2, 2, 2, 2)"
     assert ev.summary("summed") == 45
     assert ev.summary("explicit") == 7
@@ -184,7 +191,8 @@ async def test_previews_drive_the_summary(types_eval: Evaluated, tmp_path: Path)
     assert bool_prev["data"].dtype == np.bool_
     assert ev.outcomes["bool_preview"].prepared["summary_type"] == "thumbnail"  # type: ignore[index]
     fig_prev = ev.outcomes["fig_preview"].prepared["preview"]  # type: ignore[index]
-    assert fig_prev["kind"] == "image" and fig_prev["data"].shape[2] == 4
+    assert fig_prev["kind"] == "image"
+    assert fig_prev["data"].shape[2] == 4
 
 
 async def test_units(types_eval: Evaluated, tmp_path: Path) -> None:
@@ -194,7 +202,12 @@ async def test_units(types_eval: Evaluated, tmp_path: Path) -> None:
         for n in ("var_units", "cell_units", "da_units", "failing_with_units")
     }
     # DataArray units beat Variable units (quirk 2); errors have no units (quirk 8).
-    assert units == {"var_units": "uJ", "cell_units": "mJ", "da_units": "mJ", "failing_with_units": None}
+    assert units == {
+        "var_units": "uJ",
+        "cell_units": "mJ",
+        "da_units": "mJ",
+        "failing_with_units": None,
+    }
 
 
 async def test_fragment_layout_and_round_trips(types_eval: Evaluated, tmp_path: Path) -> None:
@@ -211,24 +224,32 @@ async def test_fragment_layout_and_round_trips(types_eval: Evaluated, tmp_path: 
     assert not list(path.parent.glob("*.writing"))
     results = {r.name: r for r in written.results}
     # Saving failed for bad_attr only: it is reported, every other variable is kept.
-    assert results["bad_attr"].error_cls is not None and results["bad_attr"].in_fragment is False
-    assert results["da_mean"].in_fragment and results["da_mean"].error is None
-    assert results["cplx"].summary == (1.0, 2.0) and results["cplx"].summary_type == "complex"
-    assert results["image"].summary is None and results["image"].summary_type == "thumbnail"
-    assert results["summed"].bold is True and results["summed"].background == (0xBB, 0xDD, 0xDD)
+    assert results["bad_attr"].error_cls is not None
+    assert results["bad_attr"].in_fragment is False
+    assert results["da_mean"].in_fragment
+    assert results["da_mean"].error is None
+    assert results["cplx"].summary == (1.0, 2.0)
+    assert results["cplx"].summary_type == "complex"
+    assert results["image"].summary is None
+    assert results["image"].summary_type == "thumbnail"
+    assert results["summed"].bold is True
+    assert results["summed"].background == (0xBB, 0xDD, 0xDD)
     with h5py.File(path, "r") as f:
         assert f.attrs["provenance"] == "context.py"
         assert f["start_time/data"][()] == 1700000000.5
-        assert "bad_attr" not in f and "bad_attr" in f[".errors"]
+        assert "bad_attr" not in f
+        assert "bad_attr" in f[".errors"]
         assert f[".errors/failing_with_units"].attrs["type"] == "ValueError"
         assert f[".errors/failing_with_units"][()].decode() == "no"
-        assert f["flag/data"].dtype == np.bool_ and f[".reduced/flag"][()] is np.True_
+        assert f["flag/data"].dtype == np.bool_
+        assert f[".reduced/flag"][()] is np.True_
         assert f["named"].attrs["_damnit_objtype"] == "dataarray"
         assert f["dataset"].attrs["_damnit_objtype"] == "dataset"
         assert f["figure"].attrs["_damnit_objtype"] == "image"
         assert f["line/data"].compression == "gzip"
         reduced = f[".reduced/summed"]
-        assert reduced[()] == 45 and bool(reduced.attrs["bold"]) is True
+        assert reduced[()] == 45
+        assert bool(reduced.attrs["bold"]) is True
         assert list(reduced.attrs["background"]) == [0xBB, 0xDD, 0xDD]
         assert f[".reduced/explicit"][()] == 7
         assert f[".reduced/line"].attrs["summary_type"] == "trendline"
@@ -240,10 +261,12 @@ async def test_fragment_layout_and_round_trips(types_eval: Evaluated, tmp_path: 
         assert f[".preview/fig_preview"].attrs["_damnit_objtype"] == "image"
         assert f[".reduced/cplx"][()] == 1 + 2j
     named = xr.load_dataset(path, group="named", engine="h5netcdf")["foo_manchu"]
-    assert named.attrs["long_name"] == "Foo" and named.attrs["units"] == "mJ"
+    assert named.attrs["long_name"] == "Foo"
+    assert named.attrs["units"] == "mJ"
     assert list(named.coords["aux"].values) == ["a", "b"]
     np.testing.assert_array_equal(named.values, np.arange(6.0).reshape(2, 3))
-    assert named.dims == ("x", "y") and list(named.coords["x"].values) == [10, 20]
+    assert named.dims == ("x", "y")
+    assert list(named.coords["x"].values) == [10, 20]
     ds = xr.load_dataset(path, group="dataset", engine="h5netcdf")
     assert set(ds.data_vars) == {"bar_baz", "cplx"}
     np.testing.assert_array_equal(ds["cplx"].values, np.arange(4) * (1 + 2j))
@@ -270,8 +293,12 @@ async def test_eval_output_is_complete_per_run_file(
     )
     path = tmp_path / "out.h5"
     build_results(
-        ev.outcomes, ev.names, fragment=path, start_time=None,
-        include_errors_in_file=True, always_write=True,
+        ev.outcomes,
+        ev.names,
+        fragment=path,
+        start_time=None,
+        include_errors_in_file=True,
+        always_write=True,
     )
     with h5py.File(path, "r") as f:
         assert set(f) == {".errors"}

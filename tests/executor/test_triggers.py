@@ -84,7 +84,8 @@ async def test_missing_or_partial_proc_skips_proc_variables(
         )
         message, cls = ev.error("proc_var")
         assert cls == "Skip"
-        assert message is not None and message.startswith(f"proc data not available for run {run}")
+        assert message is not None
+        assert message.startswith(f"proc data not available for run {run}")
         assert ev.summary("scalar2") == 84
         assert ev.summary("raw_files") == "raw"
 
@@ -143,7 +144,9 @@ def fails(run):
 """
 
 
-def request(tmp: Path, proposal_dir: Path, trigger: str, rid: str = "req-1", **kw: object) -> RunRequested:
+def request(
+    tmp: Path, proposal_dir: Path, trigger: str, rid: str = "req-1", **kw: object
+) -> RunRequested:
     return RunRequested(
         request_id=rid,
         proposal=1234,
@@ -151,7 +154,7 @@ def request(tmp: Path, proposal_dir: Path, trigger: str, rid: str = "req-1", **k
         trigger=Trigger(trigger),
         context_dir=str(tmp),
         proposal_dir=str(proposal_dir),
-        **kw,  # type: ignore[arg-type]
+        **kw,
     )
 
 
@@ -169,16 +172,21 @@ async def test_processing_pass_messages_reuse_and_cluster_handoff(
     (defined,) = rec.of(VariablesDefined)
     assert [v.name for v in defined.variables] == ["base", "fails", "calibrated", "heavy"]
     (job,) = rec.of(JobRequested)
-    assert job.job_request_id == "req-1:cluster" and job.selection == Selection(names=("heavy",))
+    assert job.job_request_id == "req-1:cluster"
+    assert job.selection == Selection(names=("heavy",))
     (results,) = rec.of(ResultsReady)
     assert {r.name for r in results.results} == {"base", "fails"}
     by_name = {r.name: r for r in results.results}
-    assert by_name["base"].summary_type == "trendline" and by_name["base"].in_fragment
+    assert by_name["base"].summary_type == "trendline"
+    assert by_name["base"].in_fragment
     assert by_name["fails"].error_cls == "KeyError"
-    assert results.fragment is not None and Path(results.fragment).exists()
+    assert results.fragment is not None
+    assert Path(results.fragment).exists()  # noqa: ASYNC240
     assert Path(results.fragment).parent == ctx_dir / "extracted_data" / "fragments"
     with h5py.File(results.fragment, "r") as f:
-        assert "base" in f and ".reduced" in f and "fails" not in f
+        assert "base" in f
+        assert ".reduced" in f
+        assert "fails" not in f
     source = (ctx_dir / "context.py").read_bytes()
     import hashlib
 
@@ -190,7 +198,8 @@ async def test_processing_pass_messages_reuse_and_cluster_handoff(
     assert states[-1].status is ProcessingStatus.FINISHED
     assert states[-1].counts == {"ok": 1, "failed": 1, "skipped": 0}
     done = {s.variable: s for s in states if s.variable}
-    assert done["base"].status is ProcessingStatus.VARIABLE_DONE and done["base"].duration_s is not None
+    assert done["base"].status is ProcessingStatus.VARIABLE_DONE
+    assert done["base"].duration_s is not None
     assert done["fails"].status is ProcessingStatus.VARIABLE_FAILED
     assert (ctx_dir / "calls-base.txt").read_text() == "x"
 
@@ -222,21 +231,31 @@ async def test_context_is_read_afresh_and_load_errors_fail_the_pass(
     pool: WorkerPool, tmp_path: Path, mock_proposal: Path
 ) -> None:
     ctx_dir = tmp_path / "ctx"
-    write_context(ctx_dir, "from damnit_ctx import Variable\n\n@Variable\ndef a(run):\n    return 1\n")
+    write_context(
+        ctx_dir, "from damnit_ctx import Variable\n\n@Variable\ndef a(run):\n    return 1\n"
+    )
     rec = Recorder()
     processor = RunProcessor(Settings(), FixedPools(pool), rec, Topics("t"))  # type: ignore[arg-type]
     await processor.process(request(ctx_dir, mock_proposal, "raw"))
-    write_context(ctx_dir, "from damnit_ctx import Variable\n\n@Variable\ndef a(run):\n    return 2\n")
+    write_context(
+        ctx_dir, "from damnit_ctx import Variable\n\n@Variable\ndef a(run):\n    return 2\n"
+    )
     await processor.process(request(ctx_dir, mock_proposal, "raw"))
     first, second = rec.of(ResultsReady)
     assert (first.results[0].summary, second.results[0].summary) == (1, 2)
-    assert first.context_hash != second.context_hash and first.result_id != second.result_id
+    assert first.context_hash != second.context_hash
+    assert first.result_id != second.result_id
 
-    write_context(ctx_dir, "from damnit_ctx import Variable\n\n@Variable(units='')\ndef a(run):\n    return 2\n")
+    write_context(
+        ctx_dir,
+        "from damnit_ctx import Variable\n\n@Variable(units='')\ndef a(run):\n    return 2\n",
+    )
     report = await processor.process(request(ctx_dir, mock_proposal, "raw"))
     assert report.status is ProcessingStatus.FAILED
     failed = rec.of(ProcessingStateChanged)[-1]
     assert failed.status is ProcessingStatus.FAILED
-    assert failed.reason is not None and "units must be a non-empty string" in failed.reason
+    assert failed.reason is not None
+    assert "units must be a non-empty string" in failed.reason
     missing = await processor.process(request(tmp_path / "nowhere", mock_proposal, "raw"))
-    assert missing.status is ProcessingStatus.FAILED and "cannot read" in (missing.reason or "")
+    assert missing.status is ProcessingStatus.FAILED
+    assert "cannot read" in (missing.reason or "")

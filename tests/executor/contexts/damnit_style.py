@@ -1,9 +1,9 @@
+# ruff: noqa: F821  (string annotations like "var#name" are DAMNIT syntax, not names)
 # A context file written for DAMNIT 0.4: it imports damnit_ctx and uses only
 # DAMNIT's API. runstream must run it unchanged.
-from damnit_ctx import Cell, Skip, Variable
-
 import numpy as np
 import xarray as xr
+from damnit_ctx import Cell, Skip, Variable
 
 XGM = "SA1_XTD2_XGM/DOOCS/MAIN"
 CAMERA = "FXE_XAD_GEC/CAM/CAMERA:daqOutput"

@@ -53,14 +53,22 @@ def build_app(settings: Settings, *, telemetry: Telemetry | None = None) -> Fast
         settings=settings,
         auto_offset_reset="earliest",
     )
-    app = FastStream(broker, specification=AsyncAPI(title="runstream-executor", version=__version__))
+    app = FastStream(
+        broker, specification=AsyncAPI(title="runstream-executor", version=__version__)
+    )
     app.processor = processor  # type: ignore[attr-defined]  # for tests and introspection
 
     @app.on_startup
     async def _start() -> None:
         await ensure_topics(
             settings.kafka,
-            [topics.runs, topics.results, topics.processing, topics.job_requests, topics.proposal_settings],
+            [
+                topics.runs,
+                topics.results,
+                topics.processing,
+                topics.job_requests,
+                topics.proposal_settings,
+            ],
             compacted=set(topics.compacted()),
         )
         await pools.get()  # warm the default pool before the first run arrives

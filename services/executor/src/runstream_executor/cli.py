@@ -40,14 +40,14 @@ def pyflakes_warnings(source: str, filename: str) -> list[str]:
     from pyflakes import api as pyflakes_api
     from pyflakes import reporter as pyflakes_reporter
 
-    class Collect(pyflakes_reporter.Reporter):
+    class Collect(pyflakes_reporter.Reporter):  # type: ignore[misc]
         def __init__(self) -> None:
             self.messages: list[str] = []
 
-        def unexpectedError(self, filename: str, message: str) -> None:  # noqa: N802
+        def unexpectedError(self, filename: str, message: str) -> None:
             self.messages.append(f"{filename}: {message}")
 
-        def syntaxError(self, filename: str, msg: str, lineno: int, offset: int, text: str) -> None:  # noqa: N802
+        def syntaxError(self, filename: str, msg: str, lineno: int, offset: int, text: str) -> None:
             self.messages.append(f"{filename}:{lineno}: {msg}")
 
         def flake(self, message: Any) -> None:
@@ -173,12 +173,16 @@ def eval_context(
     ],
     proposal: Annotated[int, typer.Option(help="Proposal number", min=0)],
     run: Annotated[int, typer.Option(help="Run number", min=0)],
-    data: Annotated[DataChoice, typer.Option(help="Which variables: raw, proc or all")] = DataChoice.all,
+    data: Annotated[
+        DataChoice, typer.Option(help="Which variables: raw, proc or all")
+    ] = DataChoice.all,
     match: Annotated[
         list[str] | None,
         typer.Option(help="Only variables whose title or name contains TEXT (repeatable)"),
     ] = None,
-    json_output: Annotated[bool, typer.Option("--json", help="Print exactly one JSON object")] = False,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print exactly one JSON object")
+    ] = False,
     output: Annotated[
         Path | None, typer.Option(help="Write DAMNIT's per-run HDF5 layout to this file")
     ] = None,
@@ -265,7 +269,9 @@ def eval_context(
             raise typer.Exit(1) from None
     entries = {n: _json_entry(ctx, outcomes[n], settings.max_inline_chars) for n in emit}
     if json_output:
-        sys.stdout.write(json.dumps({"proposal": proposal, "run": run, "variables": entries}) + "\n")
+        sys.stdout.write(
+            json.dumps({"proposal": proposal, "run": run, "variables": entries}) + "\n"
+        )
         return
     table = Table(title=f"p{proposal} r{run} ({data.value})")
     for column in ("name", "title", "summary", "units", "error"):

@@ -97,7 +97,7 @@ class Worker:
             body = await self.proc.stdout.readexactly(size)
         except (asyncio.IncompleteReadError, ConnectionError) as exc:
             raise EOFError("worker pipe closed") from exc
-        return protocol.pickle.loads(body)
+        return protocol.loads(body)
 
     async def _write(self, message: Any) -> None:
         assert self.proc.stdin is not None
@@ -113,7 +113,7 @@ class Worker:
                     rss += child.memory_info().rss
         except psutil.Error:
             return 0.0
-        return rss / (1024 * 1024)
+        return float(rss) / (1024 * 1024)
 
     async def _watch_memory(self, limit_mb: int) -> str:
         while True:
@@ -194,7 +194,8 @@ class Worker:
 
 def _children(pid: int) -> list[psutil.Process]:
     try:
-        return psutil.Process(pid).children(recursive=True)
+        children: list[psutil.Process] = psutil.Process(pid).children(recursive=True)
+        return children
     except psutil.Error:
         return []
 
@@ -294,9 +295,7 @@ class WorkerPool:
                         return prefer
                 elif self._idle:
                     return self._idle.pop(0)
-                if not self._idle and not self._starting and not any(
-                    not w.dead for w in self._all
-                ):
+                if not self._idle and not self._starting and not any(not w.dead for w in self._all):
                     err = self._start_error or WorkerLost("no workers", "WorkerStartFailed")
                     raise err
                 await self._cond.wait()

@@ -126,7 +126,7 @@ class RunProcessor:
                 hostname=self.hostname,
                 slurm_job_id=job.slurm_job_id if job else None,
                 correlation_id=req.correlation_id,
-                **kw,  # type: ignore[arg-type]
+                **kw,
             )
 
         async def send(topic: str, message: BaseModel) -> None:
@@ -198,7 +198,9 @@ class RunProcessor:
                 await send(self.topics.job_requests, job_request)
 
         raw_dir, proc_dir = self.settings.run_dirs(req.proposal_dir, req.run)
-        target = RunTarget(req.proposal, req.run, req.proposal_dir, req.context_dir, raw_dir, proc_dir)
+        target = RunTarget(
+            req.proposal, req.run, req.proposal_dir, req.context_dir, raw_dir, proc_dir
+        )
         reuse_file = reuse.reuse_path(
             Path(req.context_dir) / self.settings.reuse_subdir, req.proposal, req.run, source.hash
         )
@@ -227,7 +229,12 @@ class RunProcessor:
                 asyncio.ensure_future(
                     send(
                         self.topics.processing,
-                        state(status, variable=outcome.name, duration_s=outcome.duration, reason=reason),
+                        state(
+                            status,
+                            variable=outcome.name,
+                            duration_s=outcome.duration,
+                            reason=reason,
+                        ),
                     )
                 )
             )
@@ -262,7 +269,10 @@ class RunProcessor:
 
         emit = [n for n in names if n in emit_names and not ctx.variables[n].transient]
         rid = result_id(
-            req.request_id, source.hash, emit, extra=f"{trigger}|{job.job_request_id if job else ''}"
+            req.request_id,
+            source.hash,
+            emit,
+            extra=f"{trigger}|{job.job_request_id if job else ''}",
         )
         written = await asyncio.to_thread(
             build_results,
@@ -295,7 +305,9 @@ class RunProcessor:
             await send(self.topics.results, results_msg)
         counts = {
             "ok": sum(1 for r in written.results if r.error is None),
-            "failed": sum(1 for r in written.results if r.error is not None and r.error_cls != "Skip"),
+            "failed": sum(
+                1 for r in written.results if r.error is not None and r.error_cls != "Skip"
+            ),
             "skipped": sum(1 for r in written.results if r.error_cls == "Skip"),
         }
         await send(self.topics.processing, state(ProcessingStatus.FINISHED, counts=counts))

@@ -68,12 +68,12 @@ def variable_result(
     return VariableResult(
         name=outcome.name,
         summary=summary,
-        summary_type=summary_type,  # type: ignore[arg-type]
+        summary_type=summary_type,
         summary_method=prep.get("summary_method"),
         units=prep.get("units"),
         max_diff=prep.get("max_diff"),
         bold=prep.get("bold"),
-        background=tuple(background) if background is not None else None,  # type: ignore[arg-type]
+        background=tuple(background) if background is not None else None,
         in_fragment=in_fragment,
         duration_s=outcome.duration,
     )
@@ -85,7 +85,9 @@ class WrittenResults:
     fragment: str | None
 
 
-def fragment_path(context_dir: str, fragment_subdir: str, proposal: int, run: int, rid: str) -> Path:
+def fragment_path(
+    context_dir: str, fragment_subdir: str, proposal: int, run: int, rid: str
+) -> Path:
     return Path(context_dir) / fragment_subdir / f"p{proposal}_r{run}.{rid}.h5"
 
 
@@ -137,14 +139,20 @@ def build_results(
     written there (blocking: call through ``asyncio.to_thread``).
     """
     chosen = [
-        outcomes[n] for n in emit if n in outcomes and not outcomes[n].transient and not outcomes[n].reused
+        outcomes[n]
+        for n in emit
+        if n in outcomes and not outcomes[n].transient and not outcomes[n].reused
     ]
     stored = {o.name: o.prepared for o in chosen if o.status == "ok" and o.prepared is not None}
     failed: dict[str, tuple[str, str]] = {}
     written_path: str | None = None
     if fragment is not None and (stored or always_write):
         errors = (
-            {o.name: (o.error or "", o.error_cls or "Exception") for o in chosen if o.status == "error"}
+            {
+                o.name: (o.error or "", o.error_cls or "Exception")
+                for o in chosen
+                if o.status == "error"
+            }
             if include_errors_in_file
             else {}
         )

@@ -45,7 +45,9 @@ def save(path: Path, outcomes: dict[str, Outcome], names: set[str], max_value_by
         outcome = outcomes.get(name)
         if outcome is None or outcome.reused:
             continue
-        if outcome.status == "ok" and (outcome.value is None or len(outcome.value) > max_value_bytes):
+        if outcome.status == "ok" and (
+            outcome.value is None or len(outcome.value) > max_value_bytes
+        ):
             continue  # not picklable (pinned) or too big: recompute next time
         entries[name] = outcome.to_cache()
         kept += 1
@@ -75,4 +77,4 @@ def load_raw(path: Path) -> dict[str, dict[str, object]]:
 
 def load(path: Path, names: set[str]) -> dict[str, Outcome]:
     """Reusable outcomes among ``names``."""
-    return {n: Outcome.from_cache(d) for n, d in load_raw(path).items() if n in names}  # type: ignore[arg-type]
+    return {n: Outcome.from_cache(d) for n, d in load_raw(path).items() if n in names}

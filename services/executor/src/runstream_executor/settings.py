@@ -30,7 +30,8 @@ class Settings(ServiceSettings):
     preload: str = Field(default=DEFAULT_PRELOAD, description="Modules workers import at start")
     python: str = Field(default=sys.executable, description="Default interpreter of workers")
     metadata_provider: str | None = Field(
-        default=None, description="'module:function' answering mymdc# look-ups (proposal, run, field)"
+        default=None,
+        description="'module:function' answering mymdc# look-ups (proposal, run, field)",
     )
     raw_subdir: str = "raw"
     proc_subdir: str = "proc"

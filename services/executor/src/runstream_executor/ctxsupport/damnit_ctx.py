@@ -1,6 +1,6 @@
 """DAMNIT compatibility: ``from damnit_ctx import Variable, Cell, Skip`` keeps working."""
 
-from rs_ctxrunner.api import (  # noqa: F401
+from rs_ctxrunner.api import (
     Cell,
     ContextFileErrors,
     DependencyError,

@@ -1,6 +1,6 @@
 """runstream's own name for the context-file API (same objects as ``damnit_ctx``)."""
 
-from rs_ctxrunner.api import (  # noqa: F401
+from rs_ctxrunner.api import (
     Cell,
     ContextFileErrors,
     DependencyError,

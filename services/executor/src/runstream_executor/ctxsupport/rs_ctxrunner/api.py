@@ -226,10 +226,7 @@ class Cell:
         if is_axes(preview):
             preview = preview.get_figure()
         if preview is not None and not (is_figure(preview) or is_plotly_figure(preview)):
-            if is_dataarray(preview):
-                pdata = preview.values
-            else:
-                pdata = preview
+            pdata = preview.values if is_dataarray(preview) else preview
             import numpy as np
 
             parr = np.asarray(pdata)
@@ -243,7 +240,9 @@ class Cell:
 
             sv = np.asarray(summary_value)
             if sv.ndim != 0 or sv.dtype.kind not in "biufc":
-                raise TypeError(f"summary_value must be a number or a string, got {summary_value!r}")
+                raise TypeError(
+                    f"summary_value must be a number or a string, got {summary_value!r}"
+                )
             summary_value = sv.item()
         self.data = data
         self.summary = summary

@@ -95,7 +95,9 @@ class ContextFile:
                 problem(var, f"Variable name {name!r} is not a Python identifier")
             title = var.title or name
             if title in titles:
-                problem(var, f"Duplicate title {title!r} (variables {titles[title]!r} and {name!r})")
+                problem(
+                    var, f"Duplicate title {title!r} (variables {titles[title]!r} and {name!r})"
+                )
             else:
                 titles[title] = name
             if var.units is not None and (not isinstance(var.units, str) or not var.units):
@@ -123,7 +125,9 @@ class ContextFile:
                 else:
                     matches = [target] if target in self.vars else []
                 if not matches:
-                    problem(var, f"Missing dependency: {name!r} needs var#{target}, no such variable")
+                    problem(
+                        var, f"Missing dependency: {name!r} needs var#{target}, no such variable"
+                    )
                 resolved[pname] = matches
             self.deps[name] = resolved
 

@@ -12,6 +12,7 @@ units, preview (None or {kind, data}).
 from __future__ import annotations
 
 import io
+import itertools
 import logging
 from typing import Any
 
@@ -95,7 +96,7 @@ def trendline(values: np.ndarray) -> np.ndarray:
     n_buckets = TRENDLINE_POINTS // 2
     edges = np.linspace(0, y.size, n_buckets + 1).astype(int)
     keep: list[int] = []
-    for start, stop in zip(edges[:-1], edges[1:], strict=True):
+    for start, stop in itertools.pairwise(edges):
         seg = y[start:stop]
         if not seg.size:
             continue
@@ -128,9 +129,11 @@ def _xr_payload(obj: Any) -> dict[str, Any]:
         obj = obj.copy(deep=False)
         name = obj.name
         obj.name = "__xarray_dataarray_variable__" if name is None else str(name).replace("/", "_")
-        return obj.to_dict(data="array")
+        flat: dict[str, Any] = obj.to_dict(data="array")
+        return flat
     renamed = obj.rename({k: str(k).replace("/", "_") for k in obj.data_vars if "/" in str(k)})
-    return renamed.to_dict(data="array")
+    flat_ds: dict[str, Any] = renamed.to_dict(data="array")
+    return flat_ds
 
 
 def _scalar(arr: np.ndarray) -> tuple[Any, str | None]:

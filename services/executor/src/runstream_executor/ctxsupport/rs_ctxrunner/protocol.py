@@ -15,6 +15,10 @@ def dumps(message: Any) -> bytes:
     return HEADER.pack(len(body)) + body
 
 
+def loads(body: bytes) -> Any:
+    return pickle.loads(body)
+
+
 def read_frame(stream: BinaryIO) -> Any:
     header = stream.read(HEADER.size)
     if len(header) < HEADER.size:

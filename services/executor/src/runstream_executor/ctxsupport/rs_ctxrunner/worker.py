@@ -22,6 +22,7 @@ import sys
 import time
 import traceback
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -66,9 +67,7 @@ def op_load(msg: dict[str, Any]) -> dict[str, Any]:
 
 def _mymdc(provider_spec: str | None, proposal: int, run: int, field: str) -> Any:
     if not provider_spec:
-        raise RuntimeError(
-            f"mymdc#{field}: no metadata provider is configured for this executor"
-        )
+        raise RuntimeError(f"mymdc#{field}: no metadata provider is configured for this executor")
     provider = _PROVIDERS.get(provider_spec)
     if provider is None:
         module, _, attr = provider_spec.partition(":")
@@ -128,7 +127,9 @@ def op_eval(msg: dict[str, Any]) -> dict[str, Any]:
                 elif field == "proposal_path":
                     kwargs[param] = Path(run_info["proposal_dir"])
             elif kind == "mymdc":
-                kwargs[param] = _mymdc(msg.get("mymdc"), run_info["proposal"], run_info["run"], field)
+                kwargs[param] = _mymdc(
+                    msg.get("mymdc"), run_info["proposal"], run_info["run"], field
+                )
             elif kind == "param":
                 if param not in var.defaults():
                     raise Skip(f"no value given for {ann}")
@@ -182,12 +183,16 @@ def op_forget(msg: dict[str, Any]) -> dict[str, Any]:
     return {"ok": True}
 
 
-OPS = {
+def op_ping(msg: dict[str, Any]) -> dict[str, Any]:
+    return {"ok": True, "pid": os.getpid()}
+
+
+OPS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "load": op_load,
     "eval": op_eval,
     "start_time": op_start_time,
     "forget": op_forget,
-    "ping": lambda msg: {"ok": True, "pid": os.getpid()},
+    "ping": op_ping,
 }
 
 
@@ -229,9 +234,16 @@ def serve(proto_in: BinaryIO, proto_out: BinaryIO) -> None:
         except (pickle.PicklingError, TypeError, AttributeError) as exc:
             protocol.write_frame(
                 proto_out,
-                {"ok": True, "status": "error", "error": f"result cannot be sent: {exc}",
-                 "error_cls": type(exc).__name__, "value": None, "pinned": False,
-                 "prepared": None, "duration": reply.get("duration")},
+                {
+                    "ok": True,
+                    "status": "error",
+                    "error": f"result cannot be sent: {exc}",
+                    "error_cls": type(exc).__name__,
+                    "value": None,
+                    "pinned": False,
+                    "prepared": None,
+                    "duration": reply.get("duration"),
+                },
             )
 
 
@@ -260,7 +272,7 @@ def main() -> None:
             import matplotlib
 
             matplotlib.use("Agg")
-            import matplotlib.pyplot  # noqa: F401
+            import matplotlib.pyplot
     if args.address_space_mb:
         _limit_address_space(args.address_space_mb)
     serve(proto_in, proto_out)
