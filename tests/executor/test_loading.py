@@ -70,6 +70,22 @@ async def test_runstream_ctx_module_is_the_same_api(pool: WorkerPool, tmp_path: 
     assert list(ctx.variables) == ["a"]
 
 
+async def test_packaged_api_module_works_inside_workers(pool: WorkerPool, tmp_path: Path) -> None:
+    """What ``runstream.context`` re-exports: the same classes the worker's loader knows."""
+    ctx = await load(
+        pool,
+        tmp_path,
+        """
+        from runstream_executor.context_api import Variable, Cell
+
+        @Variable(title="A")
+        def a(run):
+            return Cell(1)
+        """,
+    )
+    assert list(ctx.variables) == ["a"]
+
+
 async def test_all_validation_problems_are_reported_together(
     pool: WorkerPool, tmp_path: Path
 ) -> None:
