@@ -34,7 +34,7 @@ from .context import ContextProblems, ContextSource, LoadedContext
 from .engine import RunTarget, evaluate, load_context, select, start_time
 from .outcome import Outcome
 from .pools import PoolSet
-from .results import build_results, fragment_path, result_id
+from .results import build_results, fit_message, fragment_path, result_id
 from .settings import Settings
 
 log = logging.getLogger("runstream.executor.processing")
@@ -299,7 +299,7 @@ class RunProcessor:
                 context_dir=req.context_dir,
                 fragment=written.fragment,
                 start_time=started,
-                results=written.results,
+                results=fit_message(written.results, self.settings.max_results_bytes),
                 correlation_id=req.correlation_id,
             )
             await send(self.topics.results, results_msg)

@@ -9,6 +9,7 @@ reported with the writer's error instead.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -42,9 +43,13 @@ def inline_summary(prepared: dict[str, Any], max_inline_chars: int) -> tuple[Any
     if summary_type in ("thumbnail", "trendline"):
         return None, summary_type
     if isinstance(summary, complex):
+        if not (math.isfinite(summary.real) and math.isfinite(summary.imag)):
+            return None, "complex"
         return (summary.real, summary.imag), "complex"
     if isinstance(summary, str):
         return _truncate(summary, max_inline_chars), None
+    if isinstance(summary, float) and not math.isfinite(summary):
+        return None, None  # JSON has no NaN/inf; the value itself is in the fragment
     if isinstance(summary, bool | int | float) or summary is None:
         return summary, None
     return str(summary), None
@@ -121,6 +126,27 @@ def write_atomically(
         if tmp.exists():
             tmp.unlink()
     return failed
+
+
+def fit_message(results: tuple[VariableResult, ...], budget: int) -> tuple[VariableResult, ...]:
+    """Shorten error texts and string summaries until the results fit ``budget`` bytes of JSON.
+
+    The full values stay in the fragment; Kafka messages have a size bound.
+    """
+    for limit in (MAX_ERROR_CHARS, 1000, 200, 40):
+        size = sum(len(r.model_dump_json()) for r in results)
+        if size <= budget:
+            return results
+        shortened = []
+        for r in results:
+            update: dict[str, object] = {}
+            if r.error:
+                update["error"] = _truncate(r.error, limit)
+            if isinstance(r.summary, str):
+                update["summary"] = _truncate(r.summary, limit)
+            shortened.append(r.model_copy(update=update) if update else r)
+        results = tuple(shortened)
+    return results
 
 
 def build_results(

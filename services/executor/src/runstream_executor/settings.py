@@ -47,6 +47,9 @@ class Settings(ServiceSettings):
         default=256, ge=0, description="Largest single value kept for reuse (0 disables reuse)"
     )
     max_inline_chars: int = Field(default=16384, ge=64, description="Longest inline string summary")
+    max_results_bytes: int = Field(
+        default=800_000, ge=10_000, description="Error texts are shortened to keep messages below"
+    )
     max_foreign_interpreters: int = Field(
         default=4, ge=1, description="context_python pools kept warm at once"
     )
