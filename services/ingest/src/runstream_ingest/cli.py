@@ -394,3 +394,19 @@ def register(app: typer.Typer) -> None:
     """Add ``proposal`` and ``reprocess`` to the root ``runstream`` command."""
     app.add_typer(proposal_app, name="proposal")
     app.command("reprocess")(reprocess)
+
+
+def main() -> None:
+    """``python -m runstream_ingest.cli``: these commands without the other services' plugins."""
+    root = typer.Typer(no_args_is_help=True, pretty_exceptions_show_locals=False)
+
+    @root.callback()
+    def _root() -> None:
+        """runstream ingest commands."""
+
+    register(root)
+    root()
+
+
+if __name__ == "__main__":
+    main()

@@ -38,6 +38,7 @@ class FolderWatcher:
         self.disk = disk
         self.sink = sink
         self._reported: set[tuple[int, int]] = set()
+        self.scans = 0
 
     def scan(self, now: float) -> list[Watched]:
         """Blocking: the run folders that became complete since the last scan."""
@@ -70,6 +71,7 @@ class FolderWatcher:
             except OSError as exc:
                 log.warning("folder scan failed, trying again: %s", exc)
                 found = []
+            self.scans += 1
             for item in found:
                 log.info("new complete run folder p%d r%d: %s", item.proposal, item.run, item.path)
                 self.sink.put_nowait(item)
