@@ -48,7 +48,7 @@ def test_submit_body_fits_the_published_job_desc(version: str) -> None:
     assert job["memory_per_node"]["number"] == 2048
     assert job["hold"] is True
     assert job["script"].startswith("#!/bin/bash")
-    assert job["comment"] == "runstream job_request_id=jr-1 proposal=2212 run=42"
+    assert job["comment"] == "runstream:runstream job_request_id=jr-1 proposal=2212 run=42"
 
 
 @pytest.mark.parametrize("version", NEW_VERSIONS)
@@ -111,7 +111,7 @@ def test_job_info_of_the_published_shape_decodes(
     raw = {
         "job_id": 17,
         "name": "r42-p2212-runstream",
-        "comment": "runstream job_request_id=jr-1 proposal=2212 run=42",
+        "comment": "runstream:runstream job_request_id=jr-1 proposal=2212 run=42",
         "job_state": states,
         "state_reason": reason,
         "exit_code": exit_code,

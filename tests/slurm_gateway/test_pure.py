@@ -48,13 +48,16 @@ def test_bad_time_limit(text: str | int) -> None:
 
 
 def test_comment_round_trip_and_foreign_jobs() -> None:
-    tag = parse_comment(job_comment("abc-123", 2212, 7))
+    tag = parse_comment(job_comment("abc-123", 2212, 7, "site-a"))
     assert tag is not None
+    assert tag.instance == "site-a"
     assert (tag.job_request_id, tag.proposal, tag.run) == ("abc-123", 2212, 7)
     assert parse_comment("somebody else's job") is None
     assert parse_comment(None) is None
     with pytest.raises(InvalidCommand):
         job_comment("has space", 1, 1)
+    with pytest.raises(InvalidCommand):
+        job_comment("ok", 1, 1, "")
 
 
 @pytest.mark.parametrize(

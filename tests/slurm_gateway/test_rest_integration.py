@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 from runstream_common.messages import JobState
-
 from runstream_slurm_gateway.adapters.slurm_rest import SlurmRejected, SlurmRestClient
 from runstream_slurm_gateway.jobspec import JobSpec, job_name
 from runstream_slurm_gateway.slurm_api import SlurmApi

@@ -25,9 +25,11 @@ async def send_cancel(settings: Settings, message: JobCancelRequested) -> None:
     topic = settings.kafka.topics.job_control
     await ensure_topics(settings.kafka, [topic])
     broker = make_broker(settings.kafka, client_id="runstream-cli")
-    async with broker:
-        await broker.connect()
+    await broker.connect()
+    try:
         await publish(broker, topic, message, key=run_key(message.proposal, message.run))
+    finally:
+        await broker.stop()
 
 
 def cancel(
@@ -49,7 +51,7 @@ def cancel(
         out.print(f"cancel requested for proposal {proposal} run {run} (event {message.event_id})")
 
 
-async def _list(settings: Settings) -> list[dict[str, object]]:
+async def _list(settings: Settings, *, every_instance: bool) -> list[dict[str, object]]:
     from .app import make_slurm_client
 
     client = make_slurm_client(settings)
@@ -60,13 +62,14 @@ async def _list(settings: Settings) -> list[dict[str, object]]:
     rows = []
     for info in listing.jobs or []:
         tag = info.tag
-        if tag is None:
+        if tag is None or (not every_instance and tag.instance != settings.kafka.topic_prefix):
             continue
         rows.append(
             {
                 "job_id": info.job_id,
                 "proposal": tag.proposal,
                 "run": tag.run,
+                "instance": tag.instance,
                 "job_request_id": tag.job_request_id,
                 "state": info.state.value,
                 "held": info.held,
@@ -82,10 +85,13 @@ async def _list(settings: Settings) -> list[dict[str, object]]:
 
 def slurm_jobs(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines")] = False,
+    every_instance: Annotated[
+        bool, typer.Option("--all", help="Also jobs of other installations (topic prefixes)")
+    ] = False,
 ) -> None:
     """List runstream's jobs as Slurm knows them (through slurmrestd)."""
     try:
-        rows = asyncio.run(_list(Settings()))
+        rows = asyncio.run(_list(Settings(), every_instance=every_instance))
     except RunstreamError as exc:
         err.print(f"[red]cannot list Slurm jobs:[/] {exc}")
         raise typer.Exit(1) from exc

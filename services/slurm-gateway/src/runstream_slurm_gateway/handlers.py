@@ -81,6 +81,7 @@ class Gateway:
         self.settings = settings
         self.proposals = proposals
         self.jobs: dict[int, Tracked] = {}
+        self.instance = settings.kafka.topic_prefix
         self._lock = asyncio.Lock()
         self._synced = False
         self._waiting: dict[str, str] = {}  # job_request_id -> reason last published
@@ -104,8 +105,8 @@ class Gateway:
         seen: set[int] = set()
         for info in snapshot:
             tag = info.tag
-            if tag is None:
-                continue
+            if tag is None or tag.instance != self.instance:
+                continue  # not ours (another installation, or not runstream at all)
             seen.add(info.job_id)
             tracked = self.jobs.get(info.job_id)
             if tracked is None:

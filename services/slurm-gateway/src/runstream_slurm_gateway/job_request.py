@@ -117,6 +117,7 @@ def build_spec(
         memory_mb=job.memory_mb,
         partition=partition,
         reservation=reservation,
+        instance=kafka.topic_prefix,
     )
 
 

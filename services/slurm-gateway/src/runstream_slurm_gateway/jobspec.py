@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from runstream_common.errors import InvalidCommand
 from runstream_common.messages import JobState
@@ -28,10 +28,11 @@ class JobSpec:
     memory_mb: int | None = None
     partition: str | None = None
     reservation: str | None = None
+    instance: str = "runstream"
 
     @property
     def comment(self) -> str:
-        return job_comment(self.job_request_id, self.proposal, self.run)
+        return job_comment(self.job_request_id, self.proposal, self.run, self.instance)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +66,7 @@ class JobTag:
     job_request_id: str
     proposal: int
     run: int
-    extra: dict[str, str] = field(default_factory=dict)
+    instance: str = "runstream"
 
 
 TERMINAL = frozenset(
@@ -80,7 +81,7 @@ TERMINAL = frozenset(
 )
 
 _COMMENT = re.compile(
-    rf"^{COMMENT_PREFIX} job_request_id=(?P<id>\S+) proposal=(?P<p>\d+) run=(?P<r>\d+)$"
+    rf"^{COMMENT_PREFIX}:(?P<ns>\S+) job_request_id=(?P<id>\S+) proposal=(?P<p>\d+) run=(?P<r>\d+)$"
 )
 
 
@@ -88,10 +89,18 @@ def job_name(proposal: int, run: int) -> str:
     return f"r{run}-p{proposal}-runstream"
 
 
-def job_comment(job_request_id: str, proposal: int, run: int) -> str:
-    if not job_request_id or any(c.isspace() for c in job_request_id):
-        raise InvalidCommand(f"job_request_id {job_request_id!r} must be non-empty, no spaces")
-    return f"{COMMENT_PREFIX} job_request_id={job_request_id} proposal={proposal} run={run}"
+def job_comment(job_request_id: str, proposal: int, run: int, instance: str = "runstream") -> str:
+    """``runstream:<instance> job_request_id=<id> proposal=<P> run=<R>``.
+
+    ``instance`` (the Kafka topic prefix) keeps installations that share a cluster
+    (or tests that share one) from adopting each other's jobs.
+    """
+    for what, value in (("job_request_id", job_request_id), ("instance", instance)):
+        if not value or any(c.isspace() for c in value):
+            raise InvalidCommand(f"{what} {value!r} must be non-empty, without spaces")
+    return (
+        f"{COMMENT_PREFIX}:{instance} job_request_id={job_request_id} proposal={proposal} run={run}"
+    )
 
 
 def parse_comment(comment: str | None) -> JobTag | None:
@@ -99,7 +108,7 @@ def parse_comment(comment: str | None) -> JobTag | None:
     match = _COMMENT.match(comment or "")
     if not match:
         return None
-    return JobTag(match["id"], int(match["p"]), int(match["r"]))
+    return JobTag(match["id"], int(match["p"]), int(match["r"]), match["ns"])
 
 
 def slurm_state(raw: str) -> JobState:

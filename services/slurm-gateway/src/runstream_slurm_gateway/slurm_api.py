@@ -161,17 +161,18 @@ class SlurmApi:
             base = next((s for s in states if s in _BASE_STATES), states[0] if states else "")
             raw_state = "+".join(states)
             state = slurm_state(base)
-            if state is JobState.COMPLETED and "COMPLETING" in states:
-                state = JobState.RUNNING
             exit_status, signal = _decode_verbose_exit(raw.get("exit_code"))
             priority = _no_val(raw.get("priority"))
             held_flag = bool(raw.get("hold", False))
-        if raw_state.startswith("COMPLETING") or "COMPLETING" in raw_state.split("+")[1:]:
-            state = JobState.RUNNING
+        if "COMPLETING" in raw_state.split("+"):
+            state = JobState.RUNNING  # not finished until its processes are gone
         held = state is JobState.PENDING and (
             held_flag or priority == 0 or (reason in _HELD_REASONS)
         )
         if state is JobState.PENDING or state is JobState.RUNNING:
+            exit_status, signal = None, None
+        elif reason == "JobLaunchFailure":
+            # Slurm stores its own error number (e.g. 4021) there, not a wait status
             exit_status, signal = None, None
         return JobInfo(
             job_id=int(raw["job_id"]),

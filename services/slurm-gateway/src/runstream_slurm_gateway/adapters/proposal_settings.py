@@ -32,31 +32,25 @@ async def follow_proposal_settings(
     backoff = 0.5
     while not stop.is_set():
         consumer = AIOKafkaConsumer(
+            topic,
             bootstrap_servers=kafka.bootstrap_servers,
             client_id=f"{kafka.client_id}-slurm-gateway-settings",
-            group_id=None,
+            group_id=None,  # no committed offsets: every start reads the whole topic
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             isolation_level="read_committed",
+            metadata_max_age_ms=5000,
             **kafka.security_kwargs(),
         )
         try:
             await consumer.start()
-            partitions = [
-                TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []
-            ]
-            if not partitions:
-                await asyncio.sleep(backoff)  # topic not there yet
-                loaded.set()
-                continue
-            consumer.assign(partitions)
-            await consumer.seek_to_beginning(*partitions)
-            ends = await consumer.end_offsets(partitions)
-            pending = {tp for tp, end in ends.items() if end > 0}
-            if not pending:
-                loaded.set()
+            ends: dict[TopicPartition, int] = {}
+            pending: set[TopicPartition] | None = None
             while not stop.is_set():
                 batch = await consumer.getmany(timeout_ms=500)
+                if pending is None and consumer.assignment():
+                    ends = await consumer.end_offsets(list(consumer.assignment()))
+                    pending = {tp for tp, end in ends.items() if end > 0}
                 for records in batch.values():
                     for record in records:
                         try:
@@ -65,6 +59,8 @@ async def follow_proposal_settings(
                             log.warning("ignoring bad proposal-settings record: %s", exc)
                         else:
                             await on_settings(msg.proposal, msg.settings)
+                if pending is None:
+                    continue
                 for tp in list(pending):
                     if await consumer.position(tp) >= ends[tp]:
                         pending.discard(tp)
