@@ -157,6 +157,11 @@ def test_legacy_shapes_are_what_slurm_22_05_takes() -> None:
          "priority": 4294901759, "comment": "", "name": "x"}
     )  # fmt: skip
     assert (info.state, info.exit_status, info.signal, info.tag) == (JobState.FAILED, 3, None, None)
+    launch = api.decode_job(
+        {"job_id": 5, "job_state": "FAILED", "exit_code": 4021, "state_reason": "JobLaunchFailure"}
+    )
+    assert (launch.exit_status, launch.signal) == (None, None)
+    assert launch.reason == "JobLaunchFailure (Slurm exit code 4021)"
     held = api.decode_job(
         {"job_id": 4, "job_state": "PENDING", "priority": 0, "state_reason": "JobHeldUser"}
     )

@@ -104,10 +104,13 @@ async def test_outcomes_exit_status_signal_timeout_and_clean_env(
     assert env["RUNSTREAM_KAFKA_BOOTSTRAP_SERVERS"] == kafka_settings.bootstrap_servers
     assert env["RUNSTREAM_KAFKA_TOPIC_PREFIX"] == kafka_settings.topic_prefix
     assert env["SLURM_JOB_NAME"] == "r1-p1100-runstream"  # set by Slurm itself
-    assert "DISPLAY" not in env and "LD_PRELOAD" not in env and "PYTEST_CURRENT_TEST" not in env
+    assert "DISPLAY" not in env
+    assert "LD_PRELOAD" not in env
+    assert "PYTEST_CURRENT_TEST" not in env
     assert env["USER"] == slurm.user  # ran as the unprivileged job user
     states_of_1 = [e.state for e in watch.events if e.job_request_id == reqs[1].job_request_id]
-    assert states_of_1[0] is JobState.PENDING and states_of_1[-1] is JobState.COMPLETED
+    assert states_of_1[0] is JobState.PENDING
+    assert states_of_1[-1] is JobState.COMPLETED
 
 
 async def test_cancel_from_the_cli_cancels_and_logs(

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.unit
 @pytest.mark.parametrize(
     ("raw", "status", "signal"),
     [(0, 0, None), (768, 3, None), (1792, 7, None), (15, None, 15), (9, None, 9), (137, None, 9),
-     (None, None, None), (0x100 * 255, 255, None)],
+     (None, None, None), (0x100 * 255, 255, None), (4021, None, None), (0x80 | 11, None, 11)],
 )  # fmt: skip
 def test_wait_status(raw: int | None, status: int | None, signal: int | None) -> None:
     info = decode_wait_status(raw)

@@ -22,7 +22,7 @@ from typing import Any
 from runstream_common.errors import ConfigurationError
 from runstream_common.messages import JobState
 
-from .exitcodes import decode_wait_status
+from .exitcodes import decode_wait_status, is_wait_status
 from .jobspec import JobInfo, JobSpec, slurm_state
 
 LEGACY_VERSIONS = frozenset({"v0.0.37", "v0.0.38"})
@@ -152,8 +152,11 @@ class SlurmApi:
         if self.legacy:
             raw_state = str(raw.get("job_state") or "")
             state = slurm_state(raw_state)
-            exit_info = decode_wait_status(_no_val(raw.get("exit_code")))
+            raw_exit = _no_val(raw.get("exit_code"))
+            exit_info = decode_wait_status(raw_exit)
             exit_status, signal = exit_info.exit_status, exit_info.signal
+            if raw_exit is not None and not is_wait_status(raw_exit):
+                reason = f"{reason or 'failed'} (Slurm exit code {raw_exit})"
             priority = _no_val(raw.get("priority"))
             held_flag = False
         else:
@@ -170,9 +173,6 @@ class SlurmApi:
             held_flag or priority == 0 or (reason in _HELD_REASONS)
         )
         if state is JobState.PENDING or state is JobState.RUNNING:
-            exit_status, signal = None, None
-        elif reason == "JobLaunchFailure":
-            # Slurm stores its own error number (e.g. 4021) there, not a wait status
             exit_status, signal = None, None
         return JobInfo(
             job_id=int(raw["job_id"]),
