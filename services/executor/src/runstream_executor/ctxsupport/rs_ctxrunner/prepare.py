@@ -74,6 +74,10 @@ def array_thumbnail(arr: np.ndarray) -> np.ndarray:
     data = np.nan_to_num(data.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
     lo, hi = np.quantile(data, [0.01, 0.99]) if data.size else (0.0, 1.0)
     span = hi - lo if hi > lo else 1.0
+    # Colour only about as many pixels as the thumbnail has (strided subsample).
+    step_y = max(1, data.shape[0] // THUMBNAIL_SIZE)
+    step_x = max(1, data.shape[1] // THUMBNAIL_SIZE)
+    data = data[::step_y, ::step_x]
     norm = np.clip((data - lo) / span, 0.0, 1.0)
     rgba = (colormaps["viridis"](norm) * 255).astype(np.uint8)
     img = Image.fromarray(rgba, mode="RGBA").resize(
@@ -95,19 +99,33 @@ def trendline(values: np.ndarray) -> np.ndarray:
         return np.stack([x, y])
     n_buckets = TRENDLINE_POINTS // 2
     edges = np.linspace(0, y.size, n_buckets + 1).astype(int)
+    if not np.isnan(y).any() and y.size % n_buckets == 0:
+        # Fast path: equal buckets, one vectorised argmin/argmax.
+        blocks = y.reshape(n_buckets, -1)
+        offsets = np.arange(n_buckets) * blocks.shape[1]
+        pairs = np.stack([blocks.argmin(axis=1), blocks.argmax(axis=1)], axis=1) + offsets[:, None]
+        pairs.sort(axis=1)
+        keep = list(dict.fromkeys(pairs.ravel().tolist()))
+    else:
+        keep = _bucket_extremes(y, edges)
+    idx = np.asarray(keep, dtype=int)
+    return np.stack([x[idx], y[idx]])
+
+
+def _bucket_extremes(y: np.ndarray, edges: np.ndarray) -> list[int]:
+    """Indices of each bucket's minimum and maximum (NaN-aware), in order."""
     keep: list[int] = []
     for start, stop in itertools.pairwise(edges):
         seg = y[start:stop]
         if not seg.size:
             continue
         if np.all(np.isnan(seg)):
-            keep.append(start)
+            keep.append(int(start))
             continue
-        i_min = start + int(np.nanargmin(seg))
-        i_max = start + int(np.nanargmax(seg))
+        i_min = int(start) + int(np.nanargmin(seg))
+        i_max = int(start) + int(np.nanargmax(seg))
         keep.extend(sorted({i_min, i_max}))
-    idx = np.asarray(keep, dtype=int)
-    return np.stack([x[idx], y[idx]])
+    return keep
 
 
 def max_diff(arr: Any) -> float | None:
