@@ -703,7 +703,7 @@ def test_secrets_stay_out_of_the_configmap(name: str) -> None:
 def test_secret_references_resolve(name: str) -> None:
     resources = rendered(name)
     secrets = by_kind(resources, "Secret")
-    doc = DEPLOYMENT_DOC.read_text(encoding="utf-8")
+    doc = DEPLOYMENT_DOC.read_text(encoding="utf-8").replace("\\\n", " ")  # join continued lines
     refs = {(e["valueFrom"]["secretKeyRef"]["name"], e["valueFrom"]["secretKeyRef"]["key"])
             for r in resources for c in containers(r) for e in c.get("env", []) if "valueFrom" in e}  # fmt: skip
     assert refs, "no Secret is referenced"
