@@ -102,6 +102,29 @@ async def test_hostile_variables_fail_alone(
     assert not before & set(strict_pool.pids)
 
 
+async def test_leaking_workers_are_recycled_before_they_hit_the_limit(
+    strict_pool: WorkerPool, tmp_path: Path, mock_proposal: Path
+) -> None:
+    """Each call keeps 120 MB alive in its worker: a leak across runs, not one big variable."""
+    leaky = """
+from damnit_ctx import Variable
+import builtins
+import numpy as np
+
+@Variable
+def leaks(run):
+    kept = getattr(builtins, "_kept", [])
+    kept.append(np.ones(120 * 2**20 // 8))
+    builtins._kept = kept
+    return len(kept)
+"""
+    recycled_before = strict_pool.recycled
+    for i in range(12):  # 6 calls per worker would pass the 700 MiB limit without recycling
+        ev = await run_context(strict_pool, leaky, tmp_path / f"ctx{i}", mock_proposal, parallel=1)
+        assert ev.outcomes["leaks"].error is None, ev.outcomes["leaks"]
+    assert strict_pool.recycled > recycled_before
+
+
 async def test_address_space_limit_turns_huge_allocations_into_errors(
     tmp_path: Path, mock_proposal: Path
 ) -> None:

@@ -47,6 +47,13 @@ class PoolConfig:
     preload: str = DEFAULT_PRELOAD
     start_timeout_s: float = 120.0
     poll_interval_s: float = 0.05
+    recycle_rss_mb: int | None = None  # None: 75 % of memory_limit_mb; 0: never
+
+    @property
+    def recycle_threshold_mb(self) -> int:
+        if self.recycle_rss_mb is None:
+            return int(self.memory_limit_mb * 0.75)
+        return self.recycle_rss_mb
 
 
 class Worker:
@@ -179,8 +186,8 @@ class Worker:
             self.kill()
             return None
 
-    async def close(self) -> None:
-        if self.dead:
+    async def close(self, *, force: bool = False) -> None:
+        if self.dead and not force:
             return
         self.dead = True
         with contextlib.suppress(Exception):
@@ -224,6 +231,7 @@ class WorkerPool:
         self._closed = False
         self._start_error: WorkerLost | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self.recycled = 0
 
     async def start(self) -> None:
         """Start every worker and wait until they are warm."""
@@ -301,6 +309,15 @@ class WorkerPool:
                 await self._cond.wait()
 
     async def release(self, worker: Worker) -> None:
+        """Return a worker. A dead one is replaced; one that grew too big (a leak) is recycled."""
+        threshold = self.config.recycle_threshold_mb
+        if not worker.dead and threshold and worker._rss_mb() > threshold:
+            log.info("recycling worker %d: resident memory above %d MiB", worker.pid, threshold)
+            self.recycled += 1
+            worker.dead = True
+            task = asyncio.ensure_future(worker.close(force=True))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         async with self._cond:
             if worker.dead:
                 self._all.discard(worker)

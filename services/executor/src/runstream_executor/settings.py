@@ -22,6 +22,12 @@ class Settings(ServiceSettings):
     variable_memory_mb: int = Field(
         default=8192, ge=64, description="Resident memory limit per worker (incl. its children)"
     )
+    recycle_rss_mb: int | None = Field(
+        default=None,
+        ge=0,
+        description="Replace a worker whose memory grew above this after a variable "
+        "(leaks); default 75 % of variable_memory_mb, 0 never",
+    )
     address_space_mb: int = Field(
         default=0, ge=0, description="RLIMIT_AS for workers in MiB (0: not set)"
     )
@@ -61,6 +67,7 @@ class Settings(ServiceSettings):
             time_limit_s=self.variable_timeout_s,
             memory_limit_mb=self.variable_memory_mb,
             address_space_mb=self.address_space_mb,
+            recycle_rss_mb=self.recycle_rss_mb,
             preload=self.preload,
             start_timeout_s=self.worker_start_timeout_s,
         )
