@@ -53,6 +53,12 @@ class Settings(ServiceSettings):
     )
     batch_max_records: int = Field(default=500, ge=1, description="Records per transaction")
     poll_timeout_ms: int = Field(default=100, ge=1)
+    producer_retry_backoff_ms: int = Field(
+        default=5, ge=1, description="Back-off of the transactional producer's retries"
+    )
+    fetch_max_wait_ms: int = Field(
+        default=50, ge=1, description="Longest a fetch waits at the broker for new events"
+    )
 
     data_root: str = Field(
         default_factory=lambda: os.environ.get("XFEL_DATA_ROOT", "/gpfs/exfel/exp"),

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +64,16 @@ class Out:
     key: bytes | None
     value: bytes
     headers: list[tuple[str, bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchTiming:
+    """One transaction: inputs decided, seconds deciding, seconds in the Kafka transaction."""
+
+    inputs: int
+    plan_s: float
+    txn_s: float
+    wait_s: float  # age of the batch's oldest record when the poll returned
 
 
 @dataclass
@@ -115,6 +125,7 @@ class IngestLoop:
         self.facility_topics = frozenset(settings.facility_topics)
         self.watched: asyncio.Queue[Watched] = asyncio.Queue()
         self.stats: Counter[str] = Counter()
+        self.timings: deque[BatchTiming] = deque(maxlen=10_000)
         self._on_outcome = on_outcome
         self._paused: dict[TopicPartition, float] = {}
         kafka = settings.kafka
@@ -126,6 +137,9 @@ class IngestLoop:
             acks="all",
             max_request_size=kafka.max_request_size,
             linger_ms=0,
+            # The broker answers CONCURRENT_TRANSACTIONS while it finishes the previous
+            # commit; aiokafka's default 100 ms back-off would then dominate latency.
+            retry_backoff_ms=settings.producer_retry_backoff_ms,
             **kafka.security_kwargs(),
         )
         self.consumer = AIOKafkaConsumer(
@@ -140,6 +154,7 @@ class IngestLoop:
             session_timeout_ms=kafka.session_timeout_ms,
             heartbeat_interval_ms=kafka.heartbeat_interval_ms,
             max_poll_records=settings.batch_max_records,
+            fetch_max_wait_ms=settings.fetch_max_wait_ms,
             **kafka.security_kwargs(),
         )
 
@@ -188,7 +203,11 @@ class IngestLoop:
         if not batch and not watched:
             return 0
         txn = self.catalog.begin()
+        t_polled = time.perf_counter()
+        stamps = [r.timestamp for records in batch.values() for r in records]
+        wait_s = max(0.0, time.time() - min(stamps) / 1000) if stamps else 0.0
         plan = await asyncio.to_thread(self._plan, batch, watched, txn, time.time())
+        t_planned = time.perf_counter()
         try:
             await self._transact(plan)
         except (ProducerFenced, _AbortFailed):
@@ -197,6 +216,11 @@ class IngestLoop:
             await self._roll_back(batch, watched)
             raise _Retriable() from exc
         self.catalog.commit(txn)
+        self.timings.append(
+            BatchTiming(
+                len(plan.outcomes), t_planned - t_polled, time.perf_counter() - t_planned, wait_s
+            )
+        )
         for tp, (offset, not_before) in plan.pauses.items():
             self.consumer.seek(tp, offset)
             self.consumer.pause(tp)

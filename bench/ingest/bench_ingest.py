@@ -1,0 +1,259 @@
+"""Ingest throughput and added latency: facility topic -> run messages, through a real ingest process.
+
+    uv run python bench/ingest/bench_ingest.py [--events 20000] [--rate 200] [--seconds 10]
+
+Needs Kafka (deploy/local/stack.sh up; RUNSTREAM_KAFKA_BOOTSTRAP_SERVERS, default
+127.0.0.1:39092). Starts ``python -m runstream_ingest`` as a subprocess on fresh
+topics, produces EuXFEL ``migration_complete`` events with confluent-kafka and
+reads the run messages back with a ``read_committed`` consumer.
+
+- throughput: a burst of ``--events`` distinct runs (plus the same number of
+  duplicates with ``--duplicates``); events/s = events / (last run message seen -
+  first event sent).
+- latency: ``--rate`` events/s for ``--seconds``; per event, the time from
+  ``produce()`` to the run message arriving at the consumer. The same is measured
+  for the facility topic itself (produce -> consume, no ingest) as the baseline;
+  "added" is ingest's share (end-to-end minus the baseline at the same percentile).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+from runstream_common.admin import ensure_topics
+from runstream_common.messages import ProposalRegistered
+from runstream_common.settings import KafkaSettings
+from runstream_common.topics import proposal_key
+from runstream_ingest.adapters.compacted import partitions_of
+from runstream_ingest.adapters.publisher import publish_once
+
+PROPOSAL = 2212
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+class Reader:
+    """Records arrival time per run number on one topic (group-less, read_committed)."""
+
+    def __init__(self, kafka: KafkaSettings, topic: str, key_of) -> None:
+        self.kafka, self.topic, self.key_of = kafka, topic, key_of
+        self.seen: dict[int, float] = {}
+        self.count = 0
+
+    async def start(self) -> None:
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.kafka.bootstrap_servers,
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+            fetch_max_wait_ms=100,
+        )
+        await self.consumer.start()
+        tps = await partitions_of(self.consumer, self.topic, 30)
+        self.consumer.assign(tps)
+        await self.consumer.seek_to_beginning(*tps)
+        self.task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            batch = await self.consumer.getmany(timeout_ms=100)
+            now = time.time()
+            for records in batch.values():
+                for r in records:
+                    self.count += 1
+                    self.seen.setdefault(self.key_of(r.value), now)
+
+    async def wait(self, n: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.seen) < n:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.topic}: {len(self.seen)} of {n} after {timeout} s")
+            await asyncio.sleep(0.01)
+
+    async def stop(self) -> None:
+        self.task.cancel()
+        await self.consumer.stop()
+
+
+def _spawn(env: dict[str, str], log: Any) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "runstream_ingest"], env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+
+
+def run_of_json(value: bytes) -> int:
+    return int(json.loads(value)["run"])
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--events", type=int, default=20000, help="burst size (distinct runs)")
+    ap.add_argument("--duplicates", action="store_true", help="send every burst event twice")
+    ap.add_argument("--rate", type=float, default=200.0, help="events/s in the latency phase")
+    ap.add_argument("--seconds", type=float, default=10.0, help="length of the latency phase")
+    ap.add_argument("--partitions", type=int, default=3, help="partitions of the facility topic")
+    ap.add_argument("--json", action="store_true", help="print the results as JSON")
+    args = ap.parse_args()
+
+    bootstrap = os.environ.get("RUNSTREAM_KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:39092")
+    prefix = f"bench{uuid.uuid4().hex[:8]}"
+    kafka = KafkaSettings(bootstrap_servers=bootstrap, topic_prefix=prefix)
+    facility = f"{prefix}.facility"
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([NewTopic(facility, num_partitions=args.partitions, replication_factor=1)])[
+        facility
+    ].result(30)
+    tmp = Path(tempfile.mkdtemp(prefix="ingest-bench-"))
+    pdir = tmp / f"p{PROPOSAL:06d}"
+    (pdir / "raw").mkdir(parents=True)
+    await ensure_topics(kafka, [kafka.topics.proposals], compacted={kafka.topics.proposals})
+    await publish_once(
+        kafka,
+        [
+            (
+                kafka.topics.proposals,
+                proposal_key(PROPOSAL),
+                ProposalRegistered(
+                    proposal=PROPOSAL, context_dir=str(tmp / "ctx"), data_root=str(pdir)
+                ),
+            )
+        ],
+    )
+
+    env = {
+        **os.environ,
+        "RUNSTREAM_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "RUNSTREAM_KAFKA_TOPIC_PREFIX": prefix,
+        "RUNSTREAM_INGEST_FACILITY_TOPICS": json.dumps([facility]),
+        "RUNSTREAM_INGEST_GROUP_ID": f"{prefix}-ingest",
+        "RUNSTREAM_INGEST_TRANSACTIONAL_ID": f"{prefix}-ingest",
+        "RUNSTREAM_INGEST_LOG_LEVEL": "WARNING",
+    }
+    log = (tmp / "ingest.log").open("wb")
+    proc = _spawn(env, log)
+    producer = Producer(
+        {"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 0}
+    )
+
+    def send(run: int) -> None:
+        producer.produce(
+            facility,
+            json.dumps(
+                {
+                    "event": "migration_complete",
+                    "proposal": PROPOSAL,
+                    "run": run,
+                    "instrument": "HED",
+                    "cycle": "202601",
+                }
+            ).encode(),
+        )
+        producer.poll(0)
+
+    runs = Reader(kafka, kafka.topics.runs, run_of_json)
+    baseline = Reader(kafka, facility, run_of_json)
+    results: dict[str, object] = {}
+    try:
+        await asyncio.sleep(0.5)
+        send(0)  # warm-up: wait until ingest is up and has processed one event
+        producer.flush(30)
+        await runs.start()
+        await runs.wait(1, timeout=120)
+
+        # -- throughput --------------------------------------------------------------------
+        n = args.events
+        t0 = time.time()
+        for run in range(1, n + 1):
+            send(run)
+            if args.duplicates:
+                send(run)
+        producer.flush(60)
+        t_sent = time.time()
+        await runs.wait(n + 1, timeout=600)
+        t_done = max(runs.seen[r] for r in range(1, n + 1))
+        inputs = n * (2 if args.duplicates else 1)
+        results["throughput"] = {
+            "events": inputs,
+            "run_messages": n,
+            "seconds": round(t_done - t0, 3),
+            "events_per_s": round(inputs / (t_done - t0), 1),
+            "produce_seconds": round(t_sent - t0, 3),
+        }
+
+        # -- latency -----------------------------------------------------------------------
+        await baseline.start()
+        sent: dict[int, float] = {}
+        base = 1_000_000
+        total = int(args.rate * args.seconds)
+        start = time.monotonic()
+        for i in range(total):
+            due = start + i / args.rate
+            delay = due - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            sent[base + i] = time.time()
+            send(base + i)
+        producer.flush(30)
+        await runs.wait(n + 1 + total, timeout=120)
+        await baseline.wait(n + 1 + total, timeout=60)
+        e2e = [(runs.seen[r] - t) * 1000 for r, t in sent.items()]
+        kafka_only = [(baseline.seen[r] - t) * 1000 for r, t in sent.items()]
+        lat = {}
+        for name, q in (("p50", 0.50), ("p99", 0.99)):
+            lat[f"{name}_end_to_end_ms"] = round(pct(e2e, q), 2)
+            lat[f"{name}_kafka_only_ms"] = round(pct(kafka_only, q), 2)
+            lat[f"{name}_added_ms"] = round(pct(e2e, q) - pct(kafka_only, q), 2)
+        lat["mean_end_to_end_ms"] = round(statistics.fmean(e2e), 2)
+        lat["events"] = total
+        lat["rate_per_s"] = args.rate
+        results["latency"] = lat
+        results["duplicates_in_runs_topic"] = runs.count - len(runs.seen)
+    finally:
+        await runs.stop() if hasattr(runs, "task") else None
+        await baseline.stop() if hasattr(baseline, "task") else None
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return
+    t = results["throughput"]
+    lat = results["latency"]
+    print(
+        f"throughput: {t['events']} events -> {t['run_messages']} run messages in {t['seconds']} s "
+        f"= {t['events_per_s']} events/s (producing took {t['produce_seconds']} s)"
+    )
+    print(f"latency at {lat['rate_per_s']:g} events/s ({lat['events']} events):")
+    for q in ("p50", "p99"):
+        print(
+            f"  {q}: end-to-end {lat[f'{q}_end_to_end_ms']} ms, Kafka alone {lat[f'{q}_kafka_only_ms']} ms, "
+            f"added by ingest {lat[f'{q}_added_ms']} ms"
+        )
+    print(f"duplicate run messages: {results['duplicates_in_runs_topic']}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
