@@ -31,7 +31,7 @@ def job_request(proposal: int, run: int, context_dir: str, **kw: object) -> JobR
         proposal_dir=context_dir,
     )
     base.update(kw)
-    return JobRequested(**base)  # type: ignore[arg-type]
+    return JobRequested(**base)
 
 
 def bash_prefix(script: str) -> list[str]:

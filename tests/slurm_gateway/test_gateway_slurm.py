@@ -62,7 +62,7 @@ async def test_outcomes_exit_status_signal_timeout_and_clean_env(
     slurm: SlurmCluster, kafka_settings: KafkaSettings, job_dir: Path
 ) -> None:
     script = (
-        'env > "$PWD/env-$4.txt"; echo "args: $*"; '
+        'env > "$PWD/env-$4.txt"; id -un > "$PWD/user-$4.txt"; echo "args: $*"; '
         'case "$4" in 1) exit 0;; 2) exit 3;; 3) kill -TERM $$;; 4) sleep 300;; esac'
     )
     settings = gateway_settings(slurm, kafka_settings, script)
@@ -107,7 +107,7 @@ async def test_outcomes_exit_status_signal_timeout_and_clean_env(
     assert "DISPLAY" not in env
     assert "LD_PRELOAD" not in env
     assert "PYTEST_CURRENT_TEST" not in env
-    assert env["USER"] == slurm.user  # ran as the unprivileged job user
+    assert (job_dir / "user-1.txt").read_text().strip() == slurm.user  # the unprivileged user
     states_of_1 = [e.state for e in watch.events if e.job_request_id == reqs[1].job_request_id]
     assert states_of_1[0] is JobState.PENDING
     assert states_of_1[-1] is JobState.COMPLETED

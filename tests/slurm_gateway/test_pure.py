@@ -84,7 +84,7 @@ def request(**kw: object) -> JobRequested:
         proposal_dir="/data/p2212",
     )
     base.update(kw)
-    return JobRequested(**base)  # type: ignore[arg-type]
+    return JobRequested(**base)
 
 
 def test_spec_from_request_and_settings(monkeypatch: pytest.MonkeyPatch) -> None:
