@@ -146,8 +146,10 @@ def environment(env: Mapping[str, str]) -> Iterator[None]:
         os.environ.update(saved)
 
 
-def load_settings(service: str, env: Mapping[str, str]) -> BaseSettings:
-    """The service's Settings as the given container environment makes them."""
+def load_settings(service: str, env: Mapping[str, str]) -> Any:
+    """The service's Settings as the given container environment makes them.
+
+    Typed ``Any``: the class is found at run time, and callers read its fields."""
     with environment(env):
         return settings_class(service)()
 

@@ -510,6 +510,7 @@ def test_docker_compose_config_when_available(env_example: dict[str, str], tmp_p
     )
     if probe is None or probe.returncode != 0:
         pytest.skip("docker compose plugin not installed; the structural checks above still ran")
+    assert docker is not None
     env_file = tmp_path / ".env"
     env_file.write_text(ENV_EXAMPLE.read_text(encoding="utf-8"), encoding="utf-8")
     result = subprocess.run(
@@ -618,7 +619,7 @@ def test_kustomize_lite_refuses_what_kustomize_refuses(tmp_path: Path) -> None:
 
 
 def test_strategic_merge_merges_named_lists() -> None:
-    base = {"containers": [{"name": "a", "image": "i", "env": [{"name": "X", "value": "1"}]},
+    base: dict[str, Any] = {"containers": [{"name": "a", "image": "i", "env": [{"name": "X", "value": "1"}]},
                            {"name": "b", "image": "j"}], "args": ["x", "y"]}  # fmt: skip
     patch = {"containers": [{"name": "a", "env": [{"name": "Y", "value": "2"}]}], "args": ["z"]}
     merged = strategic_merge(base, patch)
