@@ -26,24 +26,31 @@ class Registration:
 
 
 class ProposalTable:
-    """Registered proposals; the latest record per proposal wins."""
+    """Registered proposals; the latest record per proposal wins.
+
+    Copy-on-write: the follower task replaces the dict, so worker threads that
+    read it (handlers, watcher) never see it change under them.
+    """
 
     def __init__(self) -> None:
         self._by_proposal: dict[int, Registration] = {}
 
     def apply(self, event: ProposalRegistered | ProposalRemoved) -> None:
+        table = dict(self._by_proposal)
         if isinstance(event, ProposalRegistered):
-            self._by_proposal[event.proposal] = Registration(
+            table[event.proposal] = Registration(
                 event.proposal, event.context_dir, event.data_root, event.time
             )
         else:
-            self._by_proposal.pop(event.proposal, None)
+            table.pop(event.proposal, None)
+        self._by_proposal = table
 
     def get(self, proposal: int) -> Registration | None:
         return self._by_proposal.get(proposal)
 
     def all(self) -> list[Registration]:
-        return [self._by_proposal[p] for p in sorted(self._by_proposal)]
+        table = self._by_proposal
+        return [table[p] for p in sorted(table)]
 
     def __len__(self) -> int:
         return len(self._by_proposal)

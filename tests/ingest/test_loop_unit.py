@@ -1,0 +1,144 @@
+"""The loop's batch planning without a broker: records in, transaction contents out."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from aiokafka import ConsumerRecord, TopicPartition
+from runstream_common import parsers
+from runstream_common.kafka import DLQ_REASON, DLQ_SOURCE_OFFSET
+from runstream_common.messages import ReprocessRequested, RunKnown
+from runstream_common.settings import KafkaSettings
+from runstream_common.topics import dlq, run_key
+from runstream_ingest.adapters.loop import IngestLoop
+from runstream_ingest.retry import RetryInfo, parse_retry_headers, retry_headers
+from runstream_ingest.settings import Settings
+from runstream_ingest.tables import RunCatalog
+
+from .helpers import disk_for, facility_event, make_run_folder, registered
+
+pytestmark = pytest.mark.unit
+
+FAC = "fac.r2d2"
+
+
+def rec(
+    topic: str, offset: int, value: bytes | None, headers: list[tuple[str, bytes]] | None = None
+) -> ConsumerRecord:
+    return ConsumerRecord(
+        topic=topic,
+        partition=0,
+        offset=offset,
+        timestamp=int(time.time() * 1000),
+        timestamp_type=0,
+        key=b"k",
+        value=value,
+        checksum=None,
+        serialized_key_size=1,
+        serialized_value_size=len(value or b""),
+        headers=headers or [],
+    )
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(
+        kafka=KafkaSettings(topic_prefix="u"),
+        facility_topics=[FAC],
+        data_root=str(tmp_path),
+        proc_waits_for_raw=False,
+        settle_s=0.0,
+    )
+
+
+async def test_plan_writes_runs_catalog_dlq_and_offsets(tmp_path: Path, settings: Settings) -> None:
+    proposals, _ = registered(tmp_path, 2212)
+    loop = IngestLoop(settings, proposals, RunCatalog(), disk_for(settings))
+    tp = TopicPartition(FAC, 0)
+    batch = {
+        tp: [
+            rec(FAC, 10, facility_event("migration_complete", 2212, 1)),
+            rec(FAC, 11, b"{oops"),
+            rec(FAC, 12, facility_event("migration_complete", 2212, 1)),
+        ]
+    }
+    catalog_txn = loop.catalog.begin()
+    plan = loop._plan(batch, [], catalog_txn, time.time())
+    assert plan.offsets == {tp: 13}
+    topics = [r.topic for r in plan.records]
+    assert topics == ["u.runs", "u.run-catalog", dlq(FAC)]
+    run_msg = parsers.RUNS.parse(plan.records[0].value)
+    assert run_msg.run == 1
+    assert plan.records[0].key == run_key(2212, 1)
+    dead = plan.records[2]
+    assert dead.value == b"{oops"
+    assert dead.key == b"k"
+    headers = dict(dead.headers)
+    assert headers[DLQ_SOURCE_OFFSET] == b"11"
+    assert b"facility event" in headers[DLQ_REASON]
+    assert [o.value for _, o in plan.outcomes] == ["emitted", "dead_lettered", "duplicate"]
+
+
+async def test_retry_record_not_yet_due_pauses_its_partition(
+    tmp_path: Path, settings: Settings
+) -> None:
+    proposals, dirs = registered(tmp_path, 2212)
+    catalog = RunCatalog()
+    catalog.merge(RunKnown(proposal=2212, run=1, raw_seen=True))
+    make_run_folder(dirs[2212], 1, "proc")
+    loop = IngestLoop(settings, proposals, catalog, disk_for(settings))
+    tp = TopicPartition(loop.retry_topic, 0)
+    now = time.time()
+    due = retry_headers(RetryInfo(2, now - 1, FAC))
+    later = retry_headers(RetryInfo(2, now + 60, FAC))
+    value = facility_event("run_corrections_complete", 2212, 1)
+    batch = {
+        tp: [
+            rec(loop.retry_topic, 5, value, due),
+            rec(loop.retry_topic, 6, value, later),
+            rec(loop.retry_topic, 7, value, due),
+        ]
+    }
+    plan = loop._plan(batch, [], catalog.begin(), now)
+    assert plan.offsets == {tp: 6}  # 5 done; 6 and everything after it wait
+    assert plan.pauses == {tp: (6, now + 60)}
+    [run] = [parsers.RUNS.parse(r.value) for r in plan.records if r.topic == "u.runs"]
+    assert run.trigger.value == "proc"
+    assert run.attempt == 2
+
+
+async def test_waiting_proc_event_goes_to_retry_topic_with_state(
+    tmp_path: Path, settings: Settings
+) -> None:
+    proposals, _ = registered(tmp_path, 2212)
+    loop = IngestLoop(settings, proposals, RunCatalog(), disk_for(settings))
+    tp = TopicPartition(FAC, 0)
+    value = facility_event("run_corrections_complete", 2212, 4)
+    plan = loop._plan({tp: [rec(FAC, 0, value)]}, [], loop.catalog.begin(), time.time())
+    assert [r.topic for r in plan.records] == ["u.processing", loop.retry_topic]
+    assert plan.records[1].value == value
+    info = parse_retry_headers(plan.records[1].headers)
+    assert info.attempt == 2
+    assert info.source_topic == FAC
+    assert plan.offsets == {tp: 1}
+
+
+async def test_reprocess_record_expands_and_bad_one_is_dead_lettered(
+    tmp_path: Path, settings: Settings
+) -> None:
+    proposals, dirs = registered(tmp_path, 2212)
+    make_run_folder(dirs[2212], 3)
+    loop = IngestLoop(settings, proposals, RunCatalog(), disk_for(settings))
+    topic = loop.topics.reprocess
+    tp = TopicPartition(topic, 0)
+    good = parsers.encode(ReprocessRequested(proposal=2212, runs=(3, 4)))
+    plan = loop._plan(
+        {tp: [rec(topic, 0, good), rec(topic, 1, b'{"type": "nope"}')]},
+        [],
+        loop.catalog.begin(),
+        time.time(),
+    )
+    assert [r.topic for r in plan.records] == ["u.runs", "u.run-catalog", dlq(topic)]
+    assert [o.value for _, o in plan.outcomes] == ["emitted", "missing_run", "dead_lettered"]
