@@ -142,3 +142,36 @@ async def test_reprocess_record_expands_and_bad_one_is_dead_lettered(
     )
     assert [r.topic for r in plan.records] == ["u.runs", "u.run-catalog", dlq(topic)]
     assert [o.value for _, o in plan.outcomes] == ["emitted", "missing_run", "dead_lettered"]
+
+
+async def test_run_messages_carry_trace_context(tmp_path: Path, settings: Settings) -> None:
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from runstream_common.settings import TelemetrySettings
+    from runstream_common.telemetry import setup_telemetry
+
+    exporter = InMemorySpanExporter()
+    telemetry = setup_telemetry(
+        "ingest", TelemetrySettings(), span_processors=(SimpleSpanProcessor(exporter),)
+    )
+    proposals, _ = registered(tmp_path, 2212)
+    loop = IngestLoop(
+        settings,
+        proposals,
+        RunCatalog(),
+        disk_for(settings),
+        tracer=telemetry.tracer_provider.get_tracer("t"),
+    )
+    tp = TopicPartition(FAC, 0)
+    plan = loop._plan(
+        {tp: [rec(FAC, 0, facility_event("migration_complete", 2212, 9))]},
+        [],
+        loop.catalog.begin(),
+        time.time(),
+    )
+    headers = dict(plan.records[0].headers)
+    [span] = exporter.get_finished_spans()
+    assert span.attributes is not None
+    assert span.attributes["runstream.run"] == 9
+    trace_id = format(span.context.trace_id, "032x")
+    assert trace_id in headers["traceparent"].decode()

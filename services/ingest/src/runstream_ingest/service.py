@@ -46,7 +46,12 @@ class IngestService:
                 counter.add(1, {"source": source, "outcome": outcome.value})
 
         self.loop = IngestLoop(
-            settings, self.proposals, self.catalog, self.disk, on_outcome=on_outcome
+            settings,
+            self.proposals,
+            self.catalog,
+            self.disk,
+            on_outcome=on_outcome,
+            tracer=telemetry.tracer_provider.get_tracer("runstream.ingest") if telemetry else None,
         )
         topics = settings.kafka.topics
         self._proposal_reader = CompactedReader(
@@ -116,7 +121,12 @@ class IngestService:
             if self._on_fatal is not None:
                 self._on_fatal(exc)
 
-    async def stop(self) -> None:
+    async def stop(self, grace_s: float = 10.0) -> None:
+        """Let the loop finish its batch (its transaction commits or aborts), then cancel the rest."""
+        self.loop.request_stop()
+        loop_tasks = [t for t in self._tasks if t.get_name() == "ingest-loop"]
+        if loop_tasks:
+            await asyncio.wait(loop_tasks, timeout=grace_s)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

@@ -56,6 +56,14 @@ class Settings(ServiceSettings):
     producer_retry_backoff_ms: int = Field(
         default=5, ge=1, description="Back-off of the transactional producer's retries"
     )
+    transaction_timeout_ms: int = Field(
+        default=15_000,
+        ge=1000,
+        description=(
+            "Broker aborts a transaction left open this long (a crashed ingest that is not "
+            "restarted would otherwise block read_committed readers of the runs topic longer)"
+        ),
+    )
     fetch_max_wait_ms: int = Field(
         default=50, ge=1, description="Longest a fetch waits at the broker for new events"
     )

@@ -24,6 +24,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import ProducerFenced
+from opentelemetry.propagate import extract, inject
+from opentelemetry.trace import SpanKind, Tracer
 from runstream_common import parsers
 from runstream_common.errors import MessageFormatError
 from runstream_common.kafka import (
@@ -36,6 +38,7 @@ from runstream_common.kafka import (
     DLQ_SOURCE_TOPIC,
     DLQ_TIME,
 )
+from runstream_common.messages import RunRequested
 from runstream_common.topics import dlq, run_key
 
 from ..effects import DeadLetter, Effect, EmitRun, Ignore, Outcome, Wait, outcome_of
@@ -115,6 +118,7 @@ class IngestLoop:
         disk: Disk,
         *,
         on_outcome: Callable[[str, Outcome], None] | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self.settings = settings
         self.proposals = proposals
@@ -128,6 +132,8 @@ class IngestLoop:
         self.timings: deque[BatchTiming] = deque(maxlen=10_000)
         self._on_outcome = on_outcome
         self._paused: dict[TopicPartition, float] = {}
+        self._stopping = False
+        self._tracer = tracer
         kafka = settings.kafka
         self.producer = AIOKafkaProducer(
             bootstrap_servers=kafka.bootstrap_servers,
@@ -140,6 +146,7 @@ class IngestLoop:
             # The broker answers CONCURRENT_TRANSACTIONS while it finishes the previous
             # commit; aiokafka's default 100 ms back-off would then dominate latency.
             retry_backoff_ms=settings.producer_retry_backoff_ms,
+            transaction_timeout_ms=settings.transaction_timeout_ms,
             **kafka.security_kwargs(),
         )
         self.consumer = AIOKafkaConsumer(
@@ -173,10 +180,14 @@ class IngestLoop:
         await self.consumer.stop()
         await self.producer.stop()
 
+    def request_stop(self) -> None:
+        """Finish the current batch, then return from :meth:`run`."""
+        self._stopping = True
+
     async def run(self) -> None:
-        """Process batches until cancelled. Errors other than Kafka's retriable ones propagate."""
+        """Process batches until stopped. Errors other than Kafka's retriable ones propagate."""
         backoff = self.settings.retry_backoff_s
-        while True:
+        while not self._stopping:
             try:
                 await self.step()
                 backoff = self.settings.retry_backoff_s
@@ -246,9 +257,9 @@ class IngestLoop:
                     plan.offsets, self.settings.group_id
                 )
             await self.producer.commit_transaction()
-        except Exception:
+        except BaseException:  # also on cancellation: never leave a transaction open
             try:
-                await self.producer.abort_transaction()
+                await asyncio.shield(self.producer.abort_transaction())
             except Exception as abort_exc:
                 raise _AbortFailed(str(abort_exc)) from abort_exc
             raise
@@ -313,6 +324,34 @@ class IngestLoop:
                 self._carry_out(effect, None, "watcher", plan)
         return plan
 
+    def _trace_headers(
+        self, msg: RunRequested, record: ConsumerRecord[Any, Any] | None, source: str
+    ) -> list[tuple[str, bytes]]:
+        """A producer span per run message, continuing the input's trace if it carried one."""
+        if self._tracer is None:
+            return []
+        parent = None
+        if record is not None and record.headers:
+            parent = extract({k: v.decode(errors="replace") for k, v in record.headers})
+        with self._tracer.start_as_current_span(
+            f"{self.topics.runs} publish",
+            context=parent,
+            kind=SpanKind.PRODUCER,
+            attributes={
+                "messaging.system": "kafka",
+                "messaging.destination.name": self.topics.runs,
+                "messaging.source.name": source,
+                "runstream.proposal": msg.proposal,
+                "runstream.run": msg.run,
+                "runstream.trigger": msg.trigger.value,
+                "runstream.request_id": msg.request_id,
+                "runstream.reason": msg.reason,
+            },
+        ):
+            carrier: dict[str, str] = {}
+            inject(carrier)
+        return [(k, v.encode()) for k, v in carrier.items()]
+
     def _reprocess(self, record: ConsumerRecord[Any, Any], kw: dict[str, Any]) -> list[Effect]:
         try:
             request = parsers.REPROCESS.parse(record.value)
@@ -327,7 +366,8 @@ class IngestLoop:
         if isinstance(effect, EmitRun):
             msg = effect.run
             key = run_key(msg.proposal, msg.run)
-            plan.records.append(Out(self.topics.runs, key, parsers.encode(msg), JSON))
+            headers = JSON + self._trace_headers(msg, record, source)
+            plan.records.append(Out(self.topics.runs, key, parsers.encode(msg), headers))
             if effect.catalog is not None:
                 plan.records.append(
                     Out(self.topics.run_catalog, key, parsers.encode(effect.catalog), JSON)
