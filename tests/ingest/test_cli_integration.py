@@ -127,6 +127,13 @@ async def test_reprocess_all_match_expands_to_registered_runs(
         await read_topic(
             kafka_settings, kafka_settings.topics.run_catalog, until=lambda recs: len(recs) >= 3
         )
+        code, out, _ = await cli(kafka_settings, "proposal", "runs", "2212", "--json")
+        assert code == 0
+        assert [(e["run"], e["raw_seen"], e["proc_seen"]) for e in json.loads(out)] == [
+            (1, True, False),
+            (2, True, False),
+            (3, True, False),
+        ]
         code, _out, err = await cli(
             kafka_settings,
             "reprocess",

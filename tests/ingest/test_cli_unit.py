@@ -115,3 +115,19 @@ def test_folder_state_settles(tmp_path: Path) -> None:
     mtime = (folder / "sub" / "a.h5").stat().st_mtime
     assert folder_state(folder, 5, mtime + 1).state is Completeness.BUSY
     assert folder_state(folder, 5, mtime + 6).state is Completeness.COMPLETE
+
+
+def test_report_prints_summary_and_sets_exit_status(capsys: pytest.CaptureFixture[str]) -> None:
+    from runstream_ingest.cli import _report
+
+    tracker = RequestTracker({"a": 1, "b": 2}, skipped=[7])
+    tracker.observe(_state("a", 1, ProcessingStatus.FINISHED, counts={"ok": 2}))
+    tracker.observe(_state("b", 2, ProcessingStatus.FAILED, reason="boom"))
+    assert _report(tracker, "req", True, as_json=False) == 1
+    text = capsys.readouterr().out
+    assert "Reprocessing summary" in text
+    assert "run 2 failed: boom" in text
+    ok_only = RequestTracker({"a": 1})
+    ok_only.observe(_state("a", 1, ProcessingStatus.FINISHED))
+    assert _report(ok_only, "req", True, as_json=True) == 0
+    assert _report(RequestTracker({"a": 1}), "req", False, as_json=True) == 1  # timed out

@@ -196,6 +196,49 @@ def proposal_remove(proposal: Annotated[int, typer.Argument(min=0)]) -> None:
     out.print(f"removed proposal [bold]{proposal}[/]")
 
 
+@proposal_app.command("runs")
+def proposal_runs(
+    proposal: Annotated[int, typer.Argument(min=0)],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts")] = False,
+) -> None:
+    """The runs of a proposal that ingest knows (the run catalog; no database needed)."""
+    settings = Settings()
+
+    async def go() -> list[RunKnown]:
+        topic = settings.kafka.topics.run_catalog
+        await ensure_topics(settings.kafka, [topic], compacted={topic})
+        catalog = RunCatalog()
+        for entry in await read_table(settings.kafka, topic, parsers.RUN_CATALOG):
+            if entry.proposal == proposal:
+                catalog.merge(entry)
+        return [e for r in catalog.runs(proposal) if (e := catalog.get(proposal, r)) is not None]
+
+    entries = _run(go())
+    if as_json:
+        print(
+            json.dumps(
+                [
+                    e.model_dump(
+                        mode="json", include={"proposal", "run", "raw_seen", "proc_seen", "source"}
+                    )
+                    for e in entries
+                ],
+                indent=2,
+            )
+        )
+        return
+    if not entries:
+        out.print(f"no runs known for proposal {proposal}")
+        return
+    t = Table(title=f"Runs of proposal {proposal}")
+    for col in ("Run", "raw", "proc", "Facility fields"):
+        t.add_column(col)
+    for e in entries:
+        fields = ", ".join(f"{k}={v}" for k, v in sorted(e.source.items()))
+        t.add_row(str(e.run), "yes" if e.raw_seen else "", "yes" if e.proc_seen else "", fields)
+    out.print(t)
+
+
 # -- reprocess ---------------------------------------------------------------------------------
 
 
