@@ -1,26 +1,45 @@
 """The run table of a proposal: runs as rows, variables as columns (read-only).
 
-One query per table part (runs, variables, current values); the values query
-reads typed columns, so a 10,000 x 50 table needs no JSON decoding.
+Two queries: the variables, and one row per run with its current summaries as a
+JSON object (``runs.cells``, kept in step with ``run_values`` by every write; see
+migration 002 for the encoding), decoded in C by ``json.loads``.
 """
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
 import pandas as pd
 
-from .values import COMMENT, python_value
+from .values import COMMENT, PLACEHOLDERS
 
 START_TIME = "start_time"
 FIXED_TITLES = {"proposal": "Proposal", "run": "Run", START_TIME: "Timestamp", COMMENT: "Comment"}
 
-_VALUES_SQL = """
-SELECT run, name, kind, value_int, value_float, value_imag, value_bool, value_text, summary_type
-FROM run_values WHERE proposal = $1
-"""
+
+def _decode_special(obj: dict[str, Any]) -> Any:
+    """``json.loads`` hook for the cells that JSON cannot hold directly."""
+    if len(obj) == 1:
+        ((key, value),) = obj.items()
+        if key == "$c":
+            return complex(value[0], value[1])
+        if key == "$b":
+            return PLACEHOLDERS.get(value, "<blob>")
+        if key == "$f":
+            return {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}[value]
+        if key == "$i":
+            return int(value)
+    return obj
+
+
+def decode_cells(text: str) -> dict[str, Any]:
+    """One run's cells: variable name -> table value."""
+    cells: dict[str, Any] = json.loads(text, object_hook=_decode_special)
+    return cells
 
 
 @dataclass(frozen=True)
@@ -82,7 +101,8 @@ async def read_table(conn: asyncpg.Connection | asyncpg.Pool, proposal: int) -> 
             return await read_table(c, proposal)
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         runs = await conn.fetch(
-            "SELECT run, start_time, added_at FROM runs WHERE proposal = $1 ORDER BY run", proposal
+            "SELECT run, start_time, added_at, cells FROM runs WHERE proposal = $1 ORDER BY run",
+            proposal,
         )
         variables = await conn.fetch(
             """SELECT v.name, v.title, v.units, v.user_type,
@@ -94,7 +114,6 @@ async def read_table(conn: asyncpg.Connection | asyncpg.Pool, proposal: int) -> 
                ORDER BY v.name""",
             proposal,
         )
-        rows = await conn.fetch(_VALUES_SQL, proposal)
     table = RunTable(
         proposal=proposal,
         runs=[(r["run"], r["start_time"], r["added_at"]) for r in runs],
@@ -102,14 +121,10 @@ async def read_table(conn: asyncpg.Connection | asyncpg.Pool, proposal: int) -> 
             Column(v["name"], v["title"], v["units"], v["user_type"], tuple(sorted(v["tags"])))
             for v in variables
         ],
+        cells={r["run"]: decode_cells(r["cells"]) for r in runs},
     )
-    known = {c.name for c in table.columns} | {COMMENT, START_TIME}
-    extra: set[str] = set()
-    cells = table.cells
-    for run, name, kind, vi, vf, vim, vb, vt, stype in rows:
-        cells.setdefault(run, {})[name] = python_value(kind, vi, vf, vim, vb, vt, stype)
-        if name not in known:
-            extra.add(name)
     # values of variables without a definition (e.g. from an older context) still show
+    known = {c.name for c in table.columns} | {COMMENT, START_TIME}
+    extra = set().union(*table.cells.values()) - known if table.cells else set()
     table.columns.extend(Column(n, n) for n in sorted(extra))
     return table

@@ -157,16 +157,17 @@ def _apply(out: h5py.File, src: h5py.File | None, request: MergeRequest) -> dict
         out.attrs["provenance"] = request.provenance
     failed: dict[str, str] = {}
     dimids = _DimIds(out)
+    present = _Present(out)
     names = {i.name for i in request.items}
     for item in request.items:
-        delete_variable(out, item.name)
+        present.delete(item.name)
         try:
             if item.action == "fragment":
                 if src is None:
                     raise FileNotFoundError("the result has no fragment")
                 _copy_from_fragment(out, src, item, dimids, request.compress_min_bytes)
             elif item.action == "inline":
-                _write_inline(out, item)
+                _write_inline(out, item, present)
             elif item.action == "error":
                 write_error(out, item.name, item.error or "", item.error_cls or "Exception")
         except Exception as exc:
@@ -176,9 +177,35 @@ def _apply(out: h5py.File, src: h5py.File | None, request: MergeRequest) -> dict
             write_error(out, item.name, reason, "StoreWriteError")
             failed[item.name] = reason
     if request.start_time is not None and "start_time" not in names:
-        delete_variable(out, "start_time")
-        _write_inline(out, MergeItem("start_time", "inline", summary=float(request.start_time)))
+        present.delete("start_time")
+        _write_inline(
+            out, MergeItem("start_time", "inline", summary=float(request.start_time)), present
+        )
     return failed
+
+
+class _Present:
+    """Which variables have objects in each section (read once per merge; cheap deletes)."""
+
+    def __init__(self, out: h5py.File) -> None:
+        self.out = out
+        self.sections: dict[str, set[str]] = {}
+        for section in SECTIONS:
+            if not section:
+                self.sections[section] = set(out.keys())
+            elif section in out:
+                self.sections[section] = set(out[section].keys())
+            else:
+                self.sections[section] = set()
+
+    def group(self, section: str) -> h5py.Group:
+        return self.out.require_group(section) if section else self.out
+
+    def delete(self, name: str) -> None:
+        for section, names in self.sections.items():
+            if name in names:
+                del self.out[f"{section}/{name}" if section else name]
+                names.discard(name)
 
 
 def delete_variable(out: h5py.File, name: str) -> None:
@@ -215,12 +242,13 @@ def _write_scalar(group: h5py.Group, name: str, value: Any) -> h5py.Dataset:
     return group.create_dataset(name, data=value)
 
 
-def _write_inline(out: h5py.File, item: MergeItem) -> None:
+def _write_inline(out: h5py.File, item: MergeItem, present: _Present | None = None) -> None:
     if item.summary is None:
         return
     value = _summary_array(item.summary)
-    _write_scalar(out.require_group(item.name), "data", value)
-    reduced = _write_scalar(out.require_group(REDUCED), item.name, value)
+    _write_scalar(out.create_group(item.name), "data", value)
+    reduced_group = present.group(REDUCED) if present else out.require_group(REDUCED)
+    reduced = _write_scalar(reduced_group, item.name, value)
     _set_summary_attrs(reduced, item)
 
 
@@ -278,18 +306,22 @@ class _DimIds:
     """Hands out NetCDF dimension ids that are unused in the target file."""
 
     def __init__(self, out: h5py.File) -> None:
-        self._next = 0
+        self._out = out
+        self._next: int | None = None
+
+    def _scan(self) -> int:
         found: list[int] = []
 
         def visit(_: str, obj: Any) -> None:
             if isinstance(obj, h5py.Dataset) and DIMID in obj.attrs:
                 found.append(int(obj.attrs[DIMID]))
 
-        out.visititems(visit)
-        if found:
-            self._next = max(found) + 1
+        self._out.visititems(visit)
+        return max(found) + 1 if found else 0
 
     def reserve(self, count: int) -> int:
+        if self._next is None:  # scanned lazily: only merges with NetCDF groups need it
+            self._next = self._scan()
         start = self._next
         self._next += count
         return start

@@ -54,12 +54,6 @@ _COLS = ", ".join(VALUE_COLUMNS)
 _PARAMS = ", ".join(f"${i + 4}" for i in range(len(VALUE_COLUMNS)))
 _UPDATES = ", ".join(f"{c} = EXCLUDED.{c}" for c in VALUE_COLUMNS)
 
-_UPSERT_CURRENT = f"""
-INSERT INTO run_values (proposal, run, name, {_COLS}, updated_at)
-VALUES ($1, $2, $3, {_PARAMS}, now())
-ON CONFLICT (proposal, run, name) DO UPDATE SET {_UPDATES}, updated_at = now()
-WHERE run_values.revision <= EXCLUDED.revision
-"""
 _SET_CURRENT = f"""
 INSERT INTO run_values (proposal, run, name, {_COLS}, updated_at)
 VALUES ($1, $2, $3, {_PARAMS}, now())
@@ -70,6 +64,55 @@ INSERT INTO run_value_history (proposal, run, name, {_COLS}, superseded)
 VALUES ($1, $2, $3, {_PARAMS}, ${len(VALUE_COLUMNS) + 4})
 """
 _SELECT_VALUES = f"SELECT name, {_COLS} FROM run_values"
+
+# One statement per ResultsReady: every value into the history, the winners into the
+# current values (unless a newer revision is there), from column arrays.
+_ARRAY_TYPES = {
+    "kind": "text", "value_int": "bigint", "value_float": "float8", "value_imag": "float8",
+    "value_bool": "boolean", "value_text": "text", "summary_type": "text",
+    "summary_method": "text", "units": "text", "max_diff": "float8", "bold": "boolean",
+    "error": "text", "error_cls": "text", "cleared": "boolean", "provenance": "text",
+    "context_hash": "text", "revision": "bigint", "result_id": "text",
+}  # fmt: skip
+_BATCH_FIELDS = ["name", *_ARRAY_TYPES, "bg_r", "bg_g", "bg_b", "superseded"]
+_BATCH_TYPES = ["text", *_ARRAY_TYPES.values(), "smallint", "smallint", "smallint", "boolean"]
+_UNNEST = ", ".join(f"${i + 3}::{t}[]" for i, t in enumerate(_BATCH_TYPES))
+_SELECT_U = ", ".join(
+    "CASE WHEN u.bg_r IS NULL THEN NULL ELSE ARRAY[u.bg_r, u.bg_g, u.bg_b] END"
+    if c == "background"
+    else f"u.{c}"
+    for c in VALUE_COLUMNS
+)
+_APPLY_BATCH = f"""
+WITH h AS (
+    INSERT INTO run_value_history (proposal, run, name, {_COLS}, superseded)
+    SELECT $1, $2, u.name, {_SELECT_U}, u.superseded
+    FROM unnest({_UNNEST}) AS u({", ".join(_BATCH_FIELDS)})
+    RETURNING proposal, run, name, {_COLS}, superseded
+)
+INSERT INTO run_values (proposal, run, name, {_COLS}, updated_at)
+SELECT proposal, run, name, {_COLS}, now() FROM h WHERE NOT superseded
+ON CONFLICT (proposal, run, name) DO UPDATE SET {_UPDATES}, updated_at = now()
+WHERE run_values.revision <= EXCLUDED.revision
+"""
+_REFRESH_CELLS = (
+    "UPDATE runs SET cells = runstream_run_cells($1, $2) WHERE proposal = $1 AND run = $2"
+)
+
+
+def _batch_args(values: dict[str, StoredValue], winners: set[str]) -> list[list[Any]]:
+    columns: list[list[Any]] = [[] for _ in _BATCH_FIELDS]
+    for name, value in values.items():
+        background = value.background or (None, None, None)
+        row = [
+            name,
+            *(getattr(value, c) for c in _ARRAY_TYPES),
+            *background,
+            name not in winners,
+        ]
+        for column, item in zip(columns, row, strict=True):
+            column.append(item)
+    return columns
 
 
 def _row(value: StoredValue) -> tuple[Any, ...]:
@@ -194,13 +237,9 @@ class Repository:
             await _ensure_proposal(conn, p, message.context_dir)
             run = await _ensure_run(conn, p, r, start_time=message.start_time)
             if values:
-                await conn.executemany(
-                    _INSERT_HISTORY,
-                    [(p, r, n, *_row(v), n not in winners) for n, v in values.items()],
-                )
-                current = [(p, r, n, *_row(v)) for n, v in values.items() if n in winners]
-                if current:
-                    await conn.executemany(_UPSERT_CURRENT, current)
+                await conn.execute(_APPLY_BATCH, p, r, *_batch_args(values, winners))
+                if winners:
+                    await conn.execute(_REFRESH_CELLS, p, r)
             return run
 
     async def current_values(
@@ -437,6 +476,7 @@ class Repository:
                     return False
             await conn.execute(_INSERT_HISTORY, proposal, run, name, *_row(value), False)
             await conn.execute(_SET_CURRENT, proposal, run, name, *_row(value))
+            await conn.execute(_REFRESH_CELLS, proposal, run)
             return True
 
     # ------------------------------------------------------------------ settings
