@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import psutil
 import pytest
 import pytest_asyncio
 from runstream_executor.pool import PoolConfig, WorkerPool
@@ -128,8 +130,11 @@ def leaks(run):
 async def test_address_space_limit_turns_huge_allocations_into_errors(
     tmp_path: Path, mock_proposal: Path
 ) -> None:
+    # Also covers workers started as their own interpreters (fork=False).
     pool = WorkerPool(
-        PoolConfig(size=1, time_limit_s=20, address_space_mb=2048, preload="numpy,extra_data")
+        PoolConfig(
+            size=1, time_limit_s=20, address_space_mb=2048, preload="numpy,extra_data", fork=False
+        )
     )
     await pool.start()
     try:
@@ -158,3 +163,33 @@ async def test_address_space_limit_turns_huge_allocations_into_errors(
     assert ev.error("huge")[1] == "MemoryError"
     assert ev.summary("small") == 10.0
     assert pids == [pid]  # a MemoryError does not cost the worker
+
+
+async def test_a_dead_zygote_is_replaced_with_the_next_worker(
+    tmp_path: Path, mock_proposal: Path
+) -> None:
+    pool = WorkerPool(PoolConfig(size=1, time_limit_s=20, preload="numpy,extra_data"))
+    await pool.start()
+    try:
+        zygote = pool._zygote
+        assert zygote is not None
+        assert zygote._proc is not None
+        (worker_pid,) = pool.pids
+        zygote._proc.kill()  # the zygote dies; its worker dies with it (PDEATHSIG)
+        await zygote._proc.wait()
+        for _ in range(100):
+            if not psutil.pid_exists(worker_pid):
+                break
+            await asyncio.sleep(0.05)
+        ev = await run_context(
+            pool,
+            "from damnit_ctx import Variable\n\n@Variable\ndef ok(run):\n    return 5\n",
+            tmp_path / "ctx",
+            mock_proposal,
+            parallel=1,
+        )
+        assert ev.summary("ok") == 5
+        assert pool._zygote is not zygote
+        assert worker_pid not in pool.pids
+    finally:
+        await pool.close()

@@ -52,11 +52,15 @@ async def load_context(
     pool: WorkerPool, source: ContextSource, *, time_limit_s: float = 120.0
 ) -> LoadedContext:
     """Check the context file in a worker. Raises ContextProblems listing every problem."""
+    request = {"op": "load", "source": source.source, "path": source.path, "hash": source.hash}
     try:
-        reply = await pool.request(
-            {"op": "load", "source": source.source, "path": source.path, "hash": source.hash},
-            time_limit_s=time_limit_s,
-        )
+        try:
+            reply = await pool.request(request, time_limit_s=time_limit_s)
+        except WorkerLost as exc:
+            if exc.error_cls != "WorkerCrashed":
+                raise
+            # Once more on a fresh worker: the first may have died of something else.
+            reply = await pool.request(request, time_limit_s=time_limit_s)
     except WorkerLost as exc:
         raise ContextProblems(
             [{"line": None, "message": f"{exc.error_cls}: {exc}", "kind": "load"}]

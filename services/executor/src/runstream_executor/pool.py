@@ -1,7 +1,9 @@
 """Warm worker processes and their watchdog.
 
-Each worker is ``<python> -m rs_ctxrunner.worker`` with the context runtime on
-its ``PYTHONPATH`` and the scientific stack imported before it says ready.
+Workers are forked from a zygote, ``<python> -m rs_ctxrunner.zygote``, that has
+the context runtime on its ``PYTHONPATH`` and the scientific stack imported, so
+a new worker is ready in milliseconds (``fork=False``: each worker is its own
+``<python> -m rs_ctxrunner.worker``, slower to start).
 The pool hands out idle workers, enforces a time limit and a resident-memory
 limit per request (kill on breach), notices crashes (the pipe closes) and
 starts a replacement in the background. The service never dies with a worker.
@@ -13,8 +15,11 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +53,7 @@ class PoolConfig:
     start_timeout_s: float = 120.0
     poll_interval_s: float = 0.05
     recycle_rss_mb: int | None = None  # None: 75 % of memory_limit_mb; 0: never
+    fork: bool = True  # fork workers from a warm zygote (else: one interpreter each)
 
     @property
     def recycle_threshold_mb(self) -> int:
@@ -56,25 +62,50 @@ class PoolConfig:
         return self.recycle_rss_mb
 
 
-class Worker:
-    """One worker process and its pipes."""
+def worker_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(CTXSUPPORT), *filter(None, [env.get("PYTHONPATH")])])
+    env.setdefault("MPLBACKEND", "Agg")
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env.setdefault("OPENBLAS_NUM_THREADS", "1")
+    return env
 
-    def __init__(self, proc: asyncio.subprocess.Process, config: PoolConfig) -> None:
-        self.proc = proc
+
+async def read_frame(reader: asyncio.StreamReader) -> Any:
+    try:
+        header = await reader.readexactly(protocol.HEADER.size)
+        (size,) = protocol.HEADER.unpack(header)
+        body = await reader.readexactly(size)
+    except (asyncio.IncompleteReadError, ConnectionError) as exc:
+        raise EOFError("worker pipe closed") from exc
+    return protocol.loads(body)
+
+
+ExitWaiter = Callable[[], Awaitable[int | None]]
+
+
+class Worker:
+    """One worker process: its pid, its request channel, and how to learn its exit code."""
+
+    def __init__(
+        self,
+        pid: int,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        config: PoolConfig,
+        wait_exit: ExitWaiter,
+    ) -> None:
+        self.pid = pid
+        self.reader = reader
+        self.writer = writer
         self.config = config
-        self.pid = proc.pid
+        self.wait_exit = wait_exit
         self.dead = False
         self.info: dict[str, Any] = {}
 
     @classmethod
     async def start(cls, config: PoolConfig) -> Worker:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            [str(CTXSUPPORT), *filter(None, [env.get("PYTHONPATH")])]
-        )
-        env.setdefault("MPLBACKEND", "Agg")
-        env.setdefault("OMP_NUM_THREADS", "1")
-        env.setdefault("OPENBLAS_NUM_THREADS", "1")
+        """A worker as its own interpreter (slow start: imports everything)."""
         args = ["-m", "rs_ctxrunner.worker", "--preload", config.preload]
         if config.address_space_mb:
             args += ["--address-space-mb", str(config.address_space_mb)]
@@ -83,10 +114,12 @@ class Worker:
             *args,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
-            env=env,
+            env=worker_env(),
             limit=1 << 20,
         )
-        worker = cls(proc, config)
+        assert proc.stdout is not None
+        assert proc.stdin is not None
+        worker = cls(proc.pid, proc.stdout, proc.stdin, config, proc.wait)
         try:
             worker.info = await asyncio.wait_for(worker._read(), config.start_timeout_s)
         except Exception as exc:
@@ -97,25 +130,18 @@ class Worker:
         return worker
 
     async def _read(self) -> Any:
-        assert self.proc.stdout is not None
-        try:
-            header = await self.proc.stdout.readexactly(protocol.HEADER.size)
-            (size,) = protocol.HEADER.unpack(header)
-            body = await self.proc.stdout.readexactly(size)
-        except (asyncio.IncompleteReadError, ConnectionError) as exc:
-            raise EOFError("worker pipe closed") from exc
-        return protocol.loads(body)
+        return await read_frame(self.reader)
 
     async def _write(self, message: Any) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(protocol.dumps(message))
-        await self.proc.stdin.drain()
+        self.writer.write(protocol.dumps(message))
+        await self.writer.drain()
 
-    def _rss_mb(self) -> float:
+    def _rss_mb(self, *, children: bool = True) -> float:
+        """Resident memory of the worker (and its children: a scan of /proc, slower)."""
         try:
             proc = psutil.Process(self.pid)
             rss = proc.memory_info().rss
-            for child in proc.children(recursive=True):
+            for child in proc.children(recursive=True) if children else ():
                 with contextlib.suppress(psutil.Error):
                     rss += child.memory_info().rss
         except psutil.Error:
@@ -170,18 +196,33 @@ class Worker:
         await self._reap()
         raise WorkerLost(f"Time limit of {limit_s:g} s exceeded", "TimeLimitExceeded")
 
+    def running(self) -> bool:
+        """Whether the process still exists (a cheap check, no round trip)."""
+        if self.dead:
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        with contextlib.suppress(psutil.Error):
+            if psutil.Process(self.pid).status() == psutil.STATUS_ZOMBIE:
+                return False
+        return True
+
     def kill(self) -> None:
         self.dead = True
+        for child in _children(self.pid):
+            with contextlib.suppress(psutil.Error):
+                child.kill()
         with contextlib.suppress(ProcessLookupError):
-            for child in _children(self.pid):
-                with contextlib.suppress(psutil.Error):
-                    child.kill()
-            self.proc.send_signal(signal.SIGKILL)
+            os.kill(self.pid, signal.SIGKILL)
 
     async def _reap(self) -> int | None:
         self.dead = True
         try:
-            return await asyncio.wait_for(self.proc.wait(), 10)
+            return await asyncio.wait_for(self.wait_exit(), 10)
         except TimeoutError:
             self.kill()
             return None
@@ -193,10 +234,11 @@ class Worker:
         with contextlib.suppress(Exception):
             await self._write({"op": "exit"})
         try:
-            await asyncio.wait_for(self.proc.wait(), 5)
+            await asyncio.wait_for(self.wait_exit(), 5)
         except TimeoutError:
             self.kill()
-            await self.proc.wait()
+        with contextlib.suppress(Exception):
+            self.writer.close()
 
 
 def _children(pid: int) -> list[psutil.Process]:
@@ -219,6 +261,152 @@ def _describe_exit(code: int | None) -> str:
     return f"worker process exited with status {code}"
 
 
+class Zygote:
+    """A preloaded process that forks workers on request (``rs_ctxrunner.zygote``).
+
+    Forked workers connect back over a Unix socket; the zygote reports their
+    pids and exit codes on its control pipe.
+    """
+
+    def __init__(self, config: PoolConfig) -> None:
+        self.config = config
+        self._dir = tempfile.mkdtemp(prefix="rs-zygote-")
+        self.path = os.path.join(self._dir, "s")
+        self._proc: asyncio.subprocess.Process | None = None
+        self._server: asyncio.Server | None = None
+        self._control: asyncio.Task[None] | None = None
+        self._token = 0
+        self._forked: dict[int, asyncio.Future[int]] = {}
+        self._conns: dict[
+            int, asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]]
+        ] = {}
+        self._exits: dict[int, asyncio.Future[int | None]] = {}
+        self.alive = False
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_unix_server(self._on_connect, path=self.path)
+        args = [
+            "-m",
+            "rs_ctxrunner.zygote",
+            "--socket",
+            self.path,
+            "--preload",
+            self.config.preload,
+        ]
+        if self.config.address_space_mb:
+            args += ["--address-space-mb", str(self.config.address_space_mb)]
+        self._proc = await asyncio.create_subprocess_exec(
+            self.config.python,
+            *args,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            env=worker_env(),
+        )
+        assert self._proc.stdout is not None
+        try:
+            await asyncio.wait_for(read_frame(self._proc.stdout), self.config.start_timeout_s)
+        except Exception as exc:
+            await self.close()
+            raise WorkerLost(
+                f"workers for {self.config.python} did not start: {exc}", "WorkerStartFailed"
+            ) from exc
+        self.alive = True
+        self._control = asyncio.ensure_future(self._control_loop())
+
+    async def _control_loop(self) -> None:
+        assert self._proc is not None
+        assert self._proc.stdout is not None
+        try:
+            while True:
+                msg = await read_frame(self._proc.stdout)
+                if msg.get("op") == "forked":
+                    fut = self._forked.pop(msg["token"], None)
+                    if fut is not None and not fut.done():
+                        fut.set_result(msg["pid"])
+                elif msg.get("op") == "exited":
+                    done = self._exit_future(msg["pid"])
+                    if not done.done():
+                        done.set_result(msg["code"])
+        except EOFError:
+            pass
+        finally:
+            self.alive = False
+            lost = WorkerLost("the zygote process ended", "WorkerStartFailed")
+            pendings: list[asyncio.Future[Any]] = [*self._forked.values(), *self._conns.values()]
+            for pending in pendings:
+                if not pending.done():
+                    pending.set_exception(lost)
+            for ended in self._exits.values():
+                if not ended.done():
+                    ended.set_result(None)
+
+    def _exit_future(self, pid: int) -> asyncio.Future[int | None]:
+        fut = self._exits.get(pid)
+        if fut is None:
+            fut = asyncio.get_running_loop().create_future()
+            self._exits[pid] = fut
+        return fut
+
+    async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            hello = await asyncio.wait_for(read_frame(reader), 30)
+        except (EOFError, TimeoutError):
+            writer.close()
+            return
+        fut = self._conns.pop(hello.get("token"), None)
+        if fut is None or fut.done():
+            writer.close()
+            return
+        fut.set_result((reader, writer))
+
+    async def fork(self) -> Worker:
+        if not self.alive or self._proc is None or self._proc.stdin is None:
+            raise WorkerLost("the zygote process is not running", "WorkerStartFailed")
+        loop = asyncio.get_running_loop()
+        self._token += 1
+        token = self._token
+        forked: asyncio.Future[int] = loop.create_future()
+        conn: asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = (
+            loop.create_future()
+        )
+        self._forked[token] = forked
+        self._conns[token] = conn
+        try:
+            self._proc.stdin.write(protocol.dumps({"op": "fork", "token": token}))
+            await self._proc.stdin.drain()
+            pid = await asyncio.wait_for(forked, 30)
+            reader, writer = await asyncio.wait_for(conn, 30)
+        except (ConnectionError, TimeoutError) as exc:
+            self._forked.pop(token, None)
+            self._conns.pop(token, None)
+            raise WorkerLost(f"could not fork a worker: {exc!r}", "WorkerStartFailed") from exc
+        exit_future = self._exit_future(pid)
+
+        async def wait_exit() -> int | None:
+            return await asyncio.shield(exit_future)
+
+        return Worker(pid, reader, writer, self.config, wait_exit)
+
+    async def close(self) -> None:
+        self.alive = False
+        if self._proc is not None and self._proc.returncode is None:
+            with contextlib.suppress(Exception):
+                assert self._proc.stdin is not None
+                self._proc.stdin.write(protocol.dumps({"op": "exit"}))
+                await self._proc.stdin.drain()
+            try:
+                await asyncio.wait_for(self._proc.wait(), 5)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    self._proc.kill()
+                await self._proc.wait()
+        if self._control is not None:
+            self._control.cancel()
+        if self._server is not None:
+            self._server.close()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
 class WorkerPool:
     """A fixed number of warm workers for one interpreter."""
 
@@ -232,11 +420,27 @@ class WorkerPool:
         self._start_error: WorkerLost | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.recycled = 0
+        self._zygote: Zygote | None = None
+        self._zygote_lock = asyncio.Lock()
+
+    async def _new_worker(self) -> Worker:
+        if not self.config.fork:
+            return await Worker.start(self.config)
+        async with self._zygote_lock:
+            if self._zygote is None or not self._zygote.alive:
+                if self._zygote is not None:
+                    await self._zygote.close()
+                self._zygote = None
+                zygote = Zygote(self.config)
+                await zygote.start()
+                self._zygote = zygote
+            zygote = self._zygote
+        return await zygote.fork()
 
     async def start(self) -> None:
         """Start every worker and wait until they are warm."""
         workers = await asyncio.gather(
-            *(Worker.start(self.config) for _ in range(self.config.size)), return_exceptions=True
+            *(self._new_worker() for _ in range(self.config.size)), return_exceptions=True
         )
         errors = [w for w in workers if isinstance(w, BaseException)]
         for w in workers:
@@ -272,7 +476,7 @@ class WorkerPool:
 
     async def _replace(self) -> None:
         try:
-            worker = await Worker.start(self.config)
+            worker = await self._new_worker()
         except WorkerLost as exc:
             log.error("could not start a replacement worker: %s", exc)
             async with self._cond:
@@ -293,6 +497,12 @@ class WorkerPool:
         """An idle worker; ``prefer`` (if alive) is waited for instead of any other."""
         async with self._cond:
             while True:
+                for idle in [w for w in self._idle if not w.running()]:  # died while idle
+                    log.warning("worker %d died while idle; replacing it", idle.pid)
+                    idle.dead = True
+                    self._idle.remove(idle)
+                    self._all.discard(idle)
+                    self._spawn_replacement()
                 if self._closed:
                     raise WorkerLost("pool is closed", "WorkerCrashed")
                 if prefer is not None and prefer.dead:
@@ -311,7 +521,7 @@ class WorkerPool:
     async def release(self, worker: Worker) -> None:
         """Return a worker. A dead one is replaced; one that grew too big (a leak) is recycled."""
         threshold = self.config.recycle_threshold_mb
-        if not worker.dead and threshold and worker._rss_mb() > threshold:
+        if not worker.dead and threshold and worker._rss_mb(children=False) > threshold:
             log.info("recycling worker %d: resident memory above %d MiB", worker.pid, threshold)
             self.recycled += 1
             worker.dead = True
@@ -354,3 +564,6 @@ class WorkerPool:
         await asyncio.gather(*(w.close() for w in list(self._all)), return_exceptions=True)
         self._all.clear()
         self._idle.clear()
+        if self._zygote is not None:
+            await self._zygote.close()
+            self._zygote = None

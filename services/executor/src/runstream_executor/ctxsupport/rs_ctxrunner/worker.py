@@ -24,7 +24,7 @@ import traceback
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from . import protocol
 from .api import Cell, Skip
@@ -173,8 +173,16 @@ def _close_figures() -> None:
             plt.close("all")
 
 
+_START_TIMES: OrderedDict[tuple[str, str], float | None] = OrderedDict()
+
+
 def op_start_time(msg: dict[str, Any]) -> dict[str, Any]:
-    return {"ok": True, "start_time": start_time(msg["raw_dir"], msg["proc_dir"])}
+    key = (msg["raw_dir"], msg["proc_dir"])
+    if key not in _START_TIMES:
+        _START_TIMES[key] = start_time(*key)
+        while len(_START_TIMES) > 256:
+            _START_TIMES.popitem(last=False)
+    return {"ok": True, "start_time": _START_TIMES[key]}
 
 
 def op_forget(msg: dict[str, Any]) -> dict[str, Any]:
@@ -211,10 +219,16 @@ def _limit_address_space(megabytes: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
-def serve(proto_in: BinaryIO, proto_out: BinaryIO) -> None:
+def serve(proto_in: Any, proto_out: Any, **hello: Any) -> None:
     protocol.write_frame(
         proto_out,
-        {"op": "ready", "pid": os.getpid(), "python": sys.version, "executable": sys.executable},
+        {
+            "op": "ready",
+            "pid": os.getpid(),
+            "python": sys.version,
+            "executable": sys.executable,
+            **hello,
+        },
     )
     while True:
         try:
@@ -247,22 +261,23 @@ def serve(proto_in: BinaryIO, proto_out: BinaryIO) -> None:
             )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(prog="rs_ctxrunner.worker")
-    parser.add_argument("--preload", default=",".join(DEFAULT_PRELOAD))
-    parser.add_argument("--address-space-mb", type=int, default=0)
-    args = parser.parse_args()
+def setup_process(preload: str, address_space_mb: int, *, buffered: bool = True) -> tuple[Any, Any]:
+    """Take over stdin/stdout for the protocol, import ``preload``, apply limits.
 
-    proto_in = os.fdopen(os.dup(0), "rb", buffering=1 << 16)
+    Returns the protocol's (input, output) files. The user's prints then go to
+    stderr and stdin reads /dev/null.
+    """
+    proto_in = os.fdopen(os.dup(0), "rb", buffering=(1 << 16) if buffered else 0)
     proto_out = os.fdopen(os.dup(1), "wb", buffering=1 << 16)
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
+    os.close(devnull)
     os.dup2(2, 1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent()
     logging.basicConfig(level=logging.INFO, format="[worker %(process)d] %(levelname)s %(message)s")
     os.environ.setdefault("MPLBACKEND", "Agg")
-    for module in filter(None, args.preload.split(",")):
+    for module in filter(None, preload.split(",")):
         try:
             importlib.import_module(module)
         except Exception as exc:
@@ -273,8 +288,17 @@ def main() -> None:
 
             matplotlib.use("Agg")
             import matplotlib.pyplot
-    if args.address_space_mb:
-        _limit_address_space(args.address_space_mb)
+    if address_space_mb:
+        _limit_address_space(address_space_mb)
+    return proto_in, proto_out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="rs_ctxrunner.worker")
+    parser.add_argument("--preload", default=",".join(DEFAULT_PRELOAD))
+    parser.add_argument("--address-space-mb", type=int, default=0)
+    args = parser.parse_args()
+    proto_in, proto_out = setup_process(args.preload, args.address_space_mb)
     serve(proto_in, proto_out)
 
 
