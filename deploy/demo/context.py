@@ -1,9 +1,8 @@
 # The demo's context file: written for DAMNIT (it imports damnit_ctx) and run
 # unchanged by runstream. The data are EXtra-data's mock FXE runs: two XGMs
 # and a camera, 400 trains.
-from damnit_ctx import Cell, Variable
-
 import numpy as np
+from damnit_ctx import Cell, Variable
 
 XGM = "SA1_XTD2_XGM/DOOCS/MAIN"
 CAMERA = "FXE_XAD_GEC/CAM/CAMERA:daqOutput"
