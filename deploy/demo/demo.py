@@ -232,7 +232,7 @@ async def main() -> int:
     done = time.time()
     await feed.stop()
 
-    subprocess.run([RUNSTREAM, "table", str(PROPOSAL)], check=False)
+    await asyncio.to_thread(subprocess.run, [RUNSTREAM, "table", str(PROPOSAL)], check=False)
     files = sorted((context_dir / "extracted_data").glob(f"p{PROPOSAL}_r*.h5"))
     console.print("HDF5 files:")
     for path in files:

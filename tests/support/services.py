@@ -10,6 +10,7 @@ restarted individually.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -81,10 +82,8 @@ class System:
         """SIGKILL a service and its workers (its whole process group)."""
         proc = self.procs[key]
         assert proc.process is not None
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         proc.process.wait(timeout=30)
 
     async def restart(self, key: str) -> None:
