@@ -99,23 +99,21 @@ def slurm_jobs(
         for row in rows:
             print(json.dumps(row))
         return
-    table = Table("job", "proposal", "run", "state", "slurm", "exit", "signal", "reason")
+    columns = [
+        "job_id",
+        "proposal",
+        "run",
+        "state",
+        "slurm_state",
+        "exit_status",
+        "signal",
+        "reason",
+    ]
+    if every_instance:
+        columns.insert(1, "instance")
+    table = Table(*(c.replace("_status", "").replace("slurm_state", "slurm") for c in columns))
     for row in rows:
-        table.add_row(
-            *(
-                str(row[k]) if row[k] is not None else ""
-                for k in (
-                    "job_id",
-                    "proposal",
-                    "run",
-                    "state",
-                    "slurm_state",
-                    "exit_status",
-                    "signal",
-                    "reason",
-                )
-            )
-        )
+        table.add_row(*(str(row[k]) if row[k] is not None else "" for k in columns))
     out.print(table)
 
 
