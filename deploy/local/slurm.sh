@@ -20,8 +20,12 @@
 #   RUNSTREAM_SLURMCTLD_PORT       slurmctld (default 36817; Slurm's own default 6817 is avoided)
 #   RUNSTREAM_SLURMD_PORT          slurmd (default 36818)
 #   RUNSTREAM_SLURM_CPUS           CPUs of the node (default: what slurmd -C reports)
+#   RUNSTREAM_SLURM_FRESH          1 (default): a slurmctld that is not running starts with empty
+#                                  state (job ids from 1); 0: it recovers its saved jobs, as a
+#                                  production controller restart does
 set -euo pipefail
 
+# shellcheck disable=SC2034  # read by lib.sh
 RS_TAG=slurm
 # shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -39,6 +43,8 @@ SL_JOBS_DIR="$SL_DIR/jobs"
 SL_LOCK="$SL_DIR.lock"
 SL_PACKAGES=(munge slurmctld slurmd slurm-client slurmrestd slurm-wlm-jwt-plugin curl acl)
 SL_DAEMONS=(munged slurmctld slurmd slurmrestd)
+SL_FRESH="${RUNSTREAM_SLURM_FRESH:-1}"
+[[ "$SL_FRESH" == 0 || "$SL_FRESH" == 1 ]] || die "RUNSTREAM_SLURM_FRESH must be 0 or 1"
 
 _rs_require_port RUNSTREAM_SLURMRESTD_PORT "$SL_REST_PORT"
 _rs_require_port RUNSTREAM_SLURMCTLD_PORT "$SL_CTLD_PORT"
@@ -237,10 +243,12 @@ start_munged() {
 
 start_slurmctld() {
     daemon_pid slurmctld >/dev/null && return 1
-    # A fresh controller: no old jobs, job ids restart at 1.
-    rm -rf "${SL_DIR:?}/state" "${SL_DIR:?}/spool/slurmd"
-    mkdir -p "$SL_DIR/state" "$SL_DIR/spool/slurmd"
-    chmod 0755 "$SL_DIR/spool/slurmd"
+    if [[ "$SL_FRESH" == 1 ]]; then
+        # A fresh controller: no old jobs, job ids restart at 1.
+        rm -rf "${SL_DIR:?}/state" "${SL_DIR:?}/spool/slurmd"
+        mkdir -p "$SL_DIR/state" "$SL_DIR/spool/slurmd"
+        chmod 0755 "$SL_DIR/spool/slurmd"
+    fi
     : >"$SL_DIR/log/slurmctld.log"
     rm -f "$(pid_file slurmctld)"
     slurmctld 9>&- </dev/null >>"$SL_DIR/log/slurmctld.stderr" 2>&1 || {
@@ -301,9 +309,11 @@ do_start_locked() {
     packages_missing && do_install_locked
     id -u "$SL_USER" >/dev/null 2>&1 || do_install_locked
     if ! daemon_pid slurmctld >/dev/null; then
-        # The controller restarts from scratch; a stale slurmd would hold old jobs.
-        stop_daemon slurmd
-        write_config
+        if [[ "$SL_FRESH" == 1 || ! -f "$SL_CONF" ]]; then
+            # The controller restarts from scratch; a stale slurmd would hold old jobs.
+            stop_daemon slurmd
+            write_config
+        fi
         grant_traverse "$SL_JOBS_DIR/x"
     fi
     start_munged
@@ -405,7 +415,9 @@ do_status() {
 
 do_token() {
     local lifespan="${1:-1800}"
-    [[ "$lifespan" =~ ^[0-9]+$ ]] && ((lifespan > 0)) || die "lifespan must be a number of seconds > 0"
+    if ! [[ "$lifespan" =~ ^[0-9]+$ ]] || ((lifespan == 0)); then
+        die "lifespan must be a number of seconds > 0"
+    fi
     daemon_pid slurmctld >/dev/null || die "slurmctld is not running; run '$0 start'"
     mint_token "$lifespan"
 }
