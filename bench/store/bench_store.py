@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -94,6 +95,7 @@ async def bench_ingest(pool: asyncpg.Pool, messages: int, batch: int) -> dict[st
         await repo.apply_results(message, values, set(values))
     db_only = time.perf_counter() - started
     total = messages * batch
+    load = os.getloadavg()[0]
     return {
         "messages": messages,
         "values_per_message": batch,
@@ -101,6 +103,7 @@ async def bench_ingest(pool: asyncpg.Pool, messages: int, batch: int) -> dict[st
         "handler_ms_per_message": full / messages * 1000,
         "db_values_per_s": total / db_only,
         "db_ms_per_message": db_only / messages * 1000,
+        "load_average_1min": load,
     }
 
 
@@ -154,13 +157,15 @@ async def fill_table(pool: asyncpg.Pool, proposal: int, runs: int, variables: in
 async def bench_table(pool: asyncpg.Pool, proposal: int, repeats: int) -> dict[str, float]:
     queries: list[float] = []
     frames: list[float] = []
+    cpu: list[float] = []
     shape: tuple[int, int] = (0, 0)
     for _ in range(repeats):
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         table = await read_table(pool, proposal)
         queried = time.perf_counter()
         frame = table.to_dataframe()
         done = time.perf_counter()
+        cpu.append(time.process_time() - cpu_started)
         queries.append(queried - started)
         frames.append(done - started)
         shape = frame.shape
@@ -170,6 +175,7 @@ async def bench_table(pool: asyncpg.Pool, proposal: int, repeats: int) -> dict[s
         "query_s_median": statistics.median(queries),
         "query_plus_dataframe_s_median": statistics.median(frames),
         "query_plus_dataframe_s_max": max(frames),
+        "client_cpu_s_median": statistics.median(cpu),
     }
 
 
@@ -222,5 +228,7 @@ if __name__ == "__main__":
         print(
             f"table {table['rows']} runs x {table['columns']} columns: query "
             f"{table['query_s_median']:.3f} s, query + DataFrame {table['query_plus_dataframe_s_median']:.3f} s "
-            f"(median of {arguments.repeats}, max {table['query_plus_dataframe_s_max']:.3f} s)"
+            f"(median of {arguments.repeats}, max {table['query_plus_dataframe_s_max']:.3f} s; "
+            f"client CPU {table['client_cpu_s_median']:.3f} s)"
         )
+        print(f"machine load average (1 min) during the run: {ingest['load_average_1min']:.1f}")
