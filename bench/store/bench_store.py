@@ -23,7 +23,6 @@ import statistics
 import tempfile
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import asyncpg
