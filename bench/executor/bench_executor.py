@@ -171,19 +171,27 @@ async def main() -> None:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--parallel", type=int, default=2)
+    parser.add_argument(
+        "--no-fork", action="store_true", help="one interpreter per worker instead of a zygote"
+    )
+    parser.add_argument(
+        "--only-overhead", action="store_true", help="time the trivial context only"
+    )
     args = parser.parse_args()
-    settings = Settings(workers=args.workers, parallel_variables=args.parallel)
+    settings = Settings(
+        workers=args.workers, parallel_variables=args.parallel, fork_workers=not args.no_fork
+    )
     with tempfile.TemporaryDirectory(prefix="rs-bench-") as tmp:
         root = Path(tmp)
         prop = make_runs(root, args.runs)
-        rows = {
-            "10 variables": await time_context(
+        rows = {}
+        if not args.only_overhead:
+            rows["10 variables"] = await time_context(
                 "ten", TEN_VARIABLES, root, prop, args.runs, settings
-            ),
-            "1 trivial variable (fixed overhead)": await time_context(
-                "one", ONE_TRIVIAL, root, prop, args.runs, settings
-            ),
-        }
+            )
+        rows["1 trivial variable (fixed overhead)"] = await time_context(
+            "one", ONE_TRIVIAL, root, prop, args.runs, settings
+        )
     print(
         f"executor benchmark: {args.runs} mock runs, {args.workers} warm workers, "
         f"{args.parallel} variables in parallel per run"

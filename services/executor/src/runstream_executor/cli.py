@@ -207,6 +207,8 @@ def eval_context(
         time_limit_s=timeout or base.time_limit_s,
         memory_limit_mb=memory_mb or base.memory_limit_mb,
         address_space_mb=base.address_space_mb,
+        recycle_rss_mb=base.recycle_rss_mb,
+        fork=base.fork,
         preload=base.preload,
         start_timeout_s=base.start_timeout_s,
     )

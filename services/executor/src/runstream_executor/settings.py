@@ -15,6 +15,11 @@ class Settings(ServiceSettings):
     model_config = service_config("RUNSTREAM_EXECUTOR_")
 
     workers: int = Field(default=2, ge=1, description="Warm worker processes per interpreter")
+    fork_workers: bool = Field(
+        default=True,
+        description="Fork workers from a preloaded zygote (ms to replace) instead of "
+        "starting an interpreter for each",
+    )
     parallel_variables: int = Field(
         default=2, ge=1, description="Independent variables of one run evaluated at once"
     )
@@ -68,6 +73,7 @@ class Settings(ServiceSettings):
             memory_limit_mb=self.variable_memory_mb,
             address_space_mb=self.address_space_mb,
             recycle_rss_mb=self.recycle_rss_mb,
+            fork=self.fork_workers,
             preload=self.preload,
             start_timeout_s=self.worker_start_timeout_s,
         )
