@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
 from collections import Counter
 from pathlib import Path
 
@@ -20,7 +22,7 @@ from runstream_slurm_gateway.settings import (
     TokenSettings,
 )
 
-from .conftest import SlurmCluster, slurm_sh
+from .conftest import SLURM_SH, SlurmCluster, slurm_sh
 from .helpers import TERMINAL, bash_prefix, final_states, job_request, never_more_than, wait_for
 from .kafka_helpers import StateWatcher, gateway, producer, send
 
@@ -139,7 +141,7 @@ async def test_cancel_from_the_cli_cancels_and_logs(
 async def test_concurrency_cap_holds_and_waiting_jobs_are_held_in_slurm(
     slurm: SlurmCluster, kafka_settings: KafkaSettings, job_dir: Path
 ) -> None:
-    settings = gateway_settings(slurm, kafka_settings, "sleep 1")
+    settings = gateway_settings(slurm, kafka_settings, "sleep 0.5")
     reqs = [job_request(1102, run, str(job_dir)) for run in range(1, 5)]
     async with (
         StateWatcher(kafka_settings) as watch,
@@ -251,3 +253,66 @@ async def test_slurmrestd_restart_mid_batch_loses_and_doubles_nothing(
     waiting = [e for e in watch.events if e.state is JobState.SUBMITTING]
     assert all("slurmrestd" in (e.reason or "") for e in waiting)
     assert not [e for e in watch.events if e.state in TERMINAL - {JobState.COMPLETED}]
+
+
+def kill_slurmctld(slurm: SlurmCluster) -> None:
+    """A controller crash: stop slurmctld by its pid file (the jobs keep running in slurmd)."""
+    import signal
+    import time
+
+    pid_file = slurm.jobs_dir.parent / "run" / "slurmctld.pid"
+    pid = int(pid_file.read_text().split()[0])
+    os.kill(pid, signal.SIGTERM)
+    for _ in range(100):
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                if fh.read().rsplit(")", 1)[1].split()[0] in "ZX":
+                    return
+        except FileNotFoundError:
+            return
+        time.sleep(0.1)
+    raise AssertionError("slurmctld did not stop")
+
+
+async def test_slurmctld_restart_mid_batch_keeps_jobs_and_waits(
+    slurm: SlurmCluster, kafka_settings: KafkaSettings, job_dir: Path
+) -> None:
+    """slurmctld goes away (its REST answers turn into 500/-1, tokens cannot be minted):
+    requests wait and report why; after the restart they go through, once each."""
+    settings = gateway_settings(slurm, kafka_settings, "sleep 2")
+    reqs = [job_request(1106, run, str(job_dir)) for run in range(1, 5)]
+    try:
+        async with (
+            StateWatcher(kafka_settings) as watch,
+            gateway(settings),
+            producer(kafka_settings) as p,
+        ):
+            for req in reqs[:2]:
+                await send(p, kafka_settings, req)
+            await wait_for(lambda: len(watch.events) >= 2, what="first jobs submitted")
+            await asyncio.to_thread(kill_slurmctld, slurm)
+            for req in reqs[2:]:
+                await send(p, kafka_settings, req)
+            await wait_for(
+                lambda: any(e.state is JobState.SUBMITTING for e in watch.events),
+                what="a request waiting for slurmctld",
+            )
+            restarted = await asyncio.to_thread(
+                subprocess.run,
+                ["bash", str(SLURM_SH), "start"],
+                env={**os.environ, "RUNSTREAM_SLURM_FRESH": "0"},
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+            )
+            assert restarted.returncode == 0, restarted.stderr
+            await wait_for(lambda: len(final_states(watch.events)) >= 4, timeout=120, what="4 jobs")
+    finally:
+        slurm_sh("start", timeout=120)
+    per_request = await slurm_jobs_by_request(settings)
+    assert {r.job_request_id: per_request[r.job_request_id] for r in reqs} == {
+        r.job_request_id: 1 for r in reqs
+    }
+    final = final_states(watch.events)
+    assert {final[r.job_request_id].state for r in reqs} == {JobState.COMPLETED}
