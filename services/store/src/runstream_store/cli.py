@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .settings import Settings
@@ -153,7 +154,7 @@ def table(
         header = titles.get(name, name)
         if units.get(name):
             header += f" [{units[name]}]"
-        rich_table.add_column(header, overflow="fold")
+        rich_table.add_column(escape(header), overflow="fold")
     for row in frame[names].itertuples(index=False):
         cells = []
         for name, value in zip(names, row, strict=True):
@@ -164,15 +165,15 @@ def table(
             elif isinstance(value, float):
                 cells.append(f"{value:.6g}")
             else:
-                cells.append(str(value))
+                cells.append(escape(str(value)))
         rich_table.add_row(*cells)
-    out.print(rich_table)
+    Console().print(rich_table)  # sized for the terminal at hand
 
 
 # ---------------------------------------------------------------------- commands
 async def _send_and_wait(settings: Settings, command: Any, wait_s: float, accept: set[str]) -> Any:
     """Publish ``command``; return the first feed message answering it (or None on timeout)."""
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
     from runstream_common import parsers
 
     topics = settings.kafka.topics
@@ -180,9 +181,12 @@ async def _send_and_wait(settings: Settings, command: Any, wait_s: float, accept
     consumer = None
     if wait_s > 0:
         consumer = AIOKafkaConsumer(
+            topics.updates,
             bootstrap_servers=kafka.bootstrap_servers,
             enable_auto_commit=False,
+            auto_offset_reset="latest",
             isolation_level="read_committed",
+            metadata_max_age_ms=1000,
             **kafka.security_kwargs(),
         )
         await consumer.start()
@@ -191,14 +195,14 @@ async def _send_and_wait(settings: Settings, command: Any, wait_s: float, accept
     )
     try:
         if consumer is not None:
-            await consumer.topics()  # refreshes the metadata
-            partitions = consumer.partitions_for_topic(topics.updates) or set()
-            if not partitions:
-                raise RuntimeError(f"topic {topics.updates} does not exist (has the store run?)")
-            tps = [TopicPartition(topics.updates, p) for p in sorted(partitions)]
-            consumer.assign(tps)
-            await consumer.seek_to_end(*tps)
-            for tp in tps:  # pin the current end before publishing
+            give_up = time.monotonic() + min(wait_s, 15.0)
+            while not consumer.assignment():
+                if time.monotonic() > give_up:
+                    raise RuntimeError(
+                        f"topic {topics.updates} does not exist (has the store run?)"
+                    )
+                await asyncio.sleep(0.05)
+            for tp in consumer.assignment():  # pin the current end before publishing
                 await consumer.position(tp)
         await producer.start()
         await producer.send_and_wait(
