@@ -1,5 +1,3 @@
-# syntax=docker/dockerfile:1
-#
 # One image for every runstream service:
 #   docker run IMAGE serve executor        (ingest | executor | store | slurm-gateway)
 #   docker run IMAGE db upgrade            (schema migrations, run once per release)
