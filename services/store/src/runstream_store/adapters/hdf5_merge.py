@@ -123,7 +123,9 @@ def merge(request: MergeRequest, *, before_replace: Any = None) -> MergeOutcome:
             shutil.copymode(target, tmp)
             out = h5py.File(tmp, "r+")
         else:
-            out = h5py.File(tmp, "w", track_order=False)
+            # persistent free-space tracking: space of replaced objects is reused by later
+            # merges, so a run file does not grow with every reprocessing
+            out = h5py.File(tmp, "w", fs_strategy="fsm", fs_persist=True, fs_threshold=1)
         with out, _open_fragment(request) as src:
             failed = _apply(out, src, request)
         fsync_path(tmp)
