@@ -9,7 +9,13 @@ import pytest
 from runstream_common.messages import VariableResult
 from runstream_executor.context import VarDef
 from runstream_executor.outcome import Outcome, plan_inputs
-from runstream_executor.results import fit_message, inline_summary, result_id, variable_result
+from runstream_executor.results import (
+    fit_message,
+    inline_summary,
+    needs_fragment,
+    result_id,
+    variable_result,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -144,3 +150,19 @@ def test_variable_result_shapes() -> None:
     )
     assert json.loads(ok.model_dump_json())["background"] == [1, 2, 3]
     assert (ok.summary, ok.units, ok.in_fragment, ok.max_diff) == (3, "mm", True, 0.5)
+
+
+def test_only_plain_scalars_and_short_strings_skip_the_fragment() -> None:
+    def prep(kind: str, data: object, summary: object, **kw: object) -> dict[str, object]:
+        return {"kind": kind, "data": data, "summary": summary, "summary_type": None, **kw}
+
+    assert not needs_fragment(prep("array", np.asarray(3), 3), 100)
+    assert not needs_fragment(prep("array", np.asarray(True), True), 100)
+    assert not needs_fragment(prep("string", "short", "short"), 100)
+    assert needs_fragment(prep("string", "x" * 200, "x" * 99 + "…"), 100)
+    assert needs_fragment(prep("array", np.asarray(5), 7), 100)  # summary_value differs
+    assert needs_fragment(prep("array", np.asarray(1 + 2j), 1 + 2j), 100)
+    assert needs_fragment(prep("array", np.asarray(float("nan")), float("nan")), 100)
+    assert needs_fragment(prep("array", np.arange(3), 1.0), 100)  # a reduced array
+    assert needs_fragment(prep("array", np.asarray(1), 1, preview={"kind": "array"}), 100)
+    assert needs_fragment(prep("dataarray", {}, 1.0), 100)

@@ -1,4 +1,4 @@
-# ruff: noqa: F821  (string annotations like "var#name" are DAMNIT syntax, not names)
+
 # A context file written for DAMNIT 0.4: it imports damnit_ctx and uses only
 # DAMNIT's API. runstream must run it unchanged.
 import numpy as np

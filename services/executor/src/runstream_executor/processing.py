@@ -283,6 +283,7 @@ class RunProcessor:
             ),
             start_time=started,
             max_inline_chars=self.settings.max_inline_chars,
+            inline_scalars=not self.settings.fragment_scalars,
         )
         await asyncio.gather(*pending)
         results_msg: ResultsReady | None = None

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from runstream_common.messages import VariableResult
 
 from .ctxsupport.rs_ctxrunner import h5write
@@ -82,6 +83,31 @@ def variable_result(
         in_fragment=in_fragment,
         duration_s=outcome.duration,
     )
+
+
+def needs_fragment(prepared: dict[str, Any], max_inline_chars: int) -> bool:
+    """Whether the message's inline summary is not enough to store this result.
+
+    Plain scalars and short strings whose summary is the value itself travel
+    inline only; arrays, xarray objects, images, previews, binary summaries and
+    reduced values need the fragment.
+    """
+    kind = prepared["kind"]
+    if kind not in ("array", "string") or prepared.get("preview") is not None:
+        return True
+    if prepared.get("summary_type") in ("thumbnail", "trendline"):
+        return True
+    data = prepared["data"]
+    if kind == "string":
+        return len(data) > max_inline_chars or prepared.get("summary") != data
+    arr = np.asarray(data)
+    if arr.ndim != 0:
+        return True
+    value = arr.item()
+    summary = prepared.get("summary")
+    if isinstance(value, complex) or (isinstance(value, float) and not math.isfinite(value)):
+        return True
+    return type(summary) is not type(value) or summary != value
 
 
 @dataclass(frozen=True)
@@ -158,6 +184,7 @@ def build_results(
     max_inline_chars: int = 16384,
     include_errors_in_file: bool = False,
     always_write: bool = False,
+    inline_scalars: bool = False,
 ) -> WrittenResults:
     """VariableResults for ``emit`` (transient and reused outcomes are skipped).
 
@@ -169,7 +196,13 @@ def build_results(
         for n in emit
         if n in outcomes and not outcomes[n].transient and not outcomes[n].reused
     ]
-    stored = {o.name: o.prepared for o in chosen if o.status == "ok" and o.prepared is not None}
+    stored = {
+        o.name: o.prepared
+        for o in chosen
+        if o.status == "ok"
+        and o.prepared is not None
+        and (not inline_scalars or needs_fragment(o.prepared, max_inline_chars))
+    }
     failed: dict[str, tuple[str, str]] = {}
     written_path: str | None = None
     if fragment is not None and (stored or always_write):

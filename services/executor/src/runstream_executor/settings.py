@@ -57,6 +57,11 @@ class Settings(ServiceSettings):
     reuse_max_value_mb: int = Field(
         default=256, ge=0, description="Largest single value kept for reuse (0 disables reuse)"
     )
+    fragment_scalars: bool = Field(
+        default=False,
+        description="Also put plain scalars and short strings in the fragment (else they "
+        "travel inline only, and passes with only such results write no fragment)",
+    )
     max_inline_chars: int = Field(default=16384, ge=64, description="Longest inline string summary")
     max_results_bytes: int = Field(
         default=800_000, ge=10_000, description="Error texts are shortened to keep messages below"
