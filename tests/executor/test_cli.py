@@ -198,3 +198,20 @@ def test_eval_match_data_and_bad_input(
     )
     assert result.exit_code == 1
     assert "'scratch' is not a valid RunData" in result.stderr
+
+
+def test_eval_finds_the_proposal_folder_from_settings(
+    runner: CliRunner,
+    damnit_context: Path,
+    mock_proposal: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    args = ["eval", str(damnit_context), "--proposal", "1234", "--run", "2", "--match", "trains"]
+    result = runner.invoke(context_app, [*args, "--json"])
+    assert result.exit_code == 1
+    assert "RUNSTREAM_EXECUTOR_DATA_ROOT is not set" in result.stderr
+    monkeypatch.setenv("RUNSTREAM_EXECUTOR_DATA_ROOT", str(mock_proposal.parent))
+    monkeypatch.setenv("RUNSTREAM_EXECUTOR_PROPOSAL_DIR_PATTERN", "p{proposal:06d}")
+    result = runner.invoke(context_app, [*args, "--json", "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["variables"]["n_trains"]["summary"] == 400

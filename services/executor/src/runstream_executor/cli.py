@@ -168,11 +168,15 @@ def _json_entry(ctx: LoadedContext, outcome: Outcome, max_inline: int) -> dict[s
 @context_app.command("eval")
 def eval_context(
     context: Annotated[Path, typer.Argument(help="The context file (context.py)")],
-    proposal_dir: Annotated[
-        Path, typer.Option(help="Proposal folder holding raw/rNNNN and proc/rNNNN")
-    ],
     proposal: Annotated[int, typer.Option(help="Proposal number", min=0)],
     run: Annotated[int, typer.Option(help="Run number", min=0)],
+    proposal_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Proposal folder holding raw/rNNNN and proc/rNNNN "
+            "(default: found under RUNSTREAM_EXECUTOR_DATA_ROOT)"
+        ),
+    ] = None,
     data: Annotated[
         DataChoice, typer.Option(help="Which variables: raw, proc or all")
     ] = DataChoice.all,
@@ -196,6 +200,14 @@ def eval_context(
     """Evaluate a context file for one run and print the results."""
     settings = Settings()
     source = _read_source(context)
+    if proposal_dir is None:
+        proposal_dir = settings.find_proposal_dir(proposal)
+        if proposal_dir is None:
+            where = settings.data_root or "(RUNSTREAM_EXECUTOR_DATA_ROOT is not set)"
+            err.print(
+                f"[red]no --proposal-dir given and no folder for p{proposal} under[/] {where}"
+            )
+            raise typer.Exit(1)
     raw_dir, proc_dir = settings.run_dirs(str(proposal_dir), run)
     if not Path(raw_dir).is_dir() and not Path(proc_dir).is_dir():
         err.print(f"[red]no run folder:[/] neither {raw_dir} nor {proc_dir} exists")

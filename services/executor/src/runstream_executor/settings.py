@@ -44,6 +44,14 @@ class Settings(ServiceSettings):
         default=None,
         description="'module:function' answering mymdc# look-ups (proposal, run, field)",
     )
+    data_root: str | None = Field(
+        default=None,
+        description="Where proposal folders live (the CLI finds --proposal-dir from it)",
+    )
+    proposal_dir_pattern: str = Field(
+        default="*/*/p{proposal:06d}",
+        description="Glob of a proposal folder under data_root (DAMNIT: instrument/cycle/pNNNNNN)",
+    )
     raw_subdir: str = "raw"
     proc_subdir: str = "proc"
     run_dir_format: str = Field(default="r{run:04d}", description="Run folder name under raw/proc")
@@ -82,6 +90,15 @@ class Settings(ServiceSettings):
             preload=self.preload,
             start_timeout_s=self.worker_start_timeout_s,
         )
+
+    def find_proposal_dir(self, proposal: int) -> Path | None:
+        """The proposal folder under ``data_root`` (None if not configured or not found)."""
+        if not self.data_root:
+            return None
+        matches = sorted(
+            Path(self.data_root).glob(self.proposal_dir_pattern.format(proposal=proposal))
+        )
+        return matches[0] if matches else None
 
     def run_dirs(self, proposal_dir: str, run: int) -> tuple[str, str]:
         name = self.run_dir_format.format(run=run)
