@@ -256,6 +256,9 @@ async def test_context_is_read_afresh_and_load_errors_fail_the_pass(
     assert failed.status is ProcessingStatus.FAILED
     assert failed.reason is not None
     assert "units must be a non-empty string" in failed.reason
+    no_run = await processor.process(request(ctx_dir, tmp_path / "no-such-proposal", "raw"))
+    assert no_run.status is ProcessingStatus.FAILED
+    assert "does not exist" in (no_run.reason or "")
     missing = await processor.process(request(tmp_path / "nowhere", mock_proposal, "raw"))
     assert missing.status is ProcessingStatus.FAILED
     assert "cannot read" in (missing.reason or "")

@@ -138,6 +138,10 @@ class RunProcessor:
             return PassReport(processing_id, ProcessingStatus.FAILED, reason)
 
         await send(self.topics.processing, state(ProcessingStatus.QUEUED))
+        raw_dir, proc_dir = self.settings.run_dirs(req.proposal_dir, req.run)
+        if req.trigger is not Trigger.PROC and not await asyncio.to_thread(Path(raw_dir).is_dir):
+            # Per-variable FileNotFoundErrors would overwrite good values: fail the pass instead.
+            return await fail(f"run folder {raw_dir} does not exist")
         context_file = Path(req.context_dir) / "context.py"
         try:
             source = await asyncio.to_thread(ContextSource.read, context_file)
@@ -197,7 +201,6 @@ class RunProcessor:
                 )
                 await send(self.topics.job_requests, job_request)
 
-        raw_dir, proc_dir = self.settings.run_dirs(req.proposal_dir, req.run)
         target = RunTarget(
             req.proposal, req.run, req.proposal_dir, req.context_dir, raw_dir, proc_dir
         )
