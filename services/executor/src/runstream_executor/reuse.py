@@ -9,6 +9,7 @@ means "recompute". Blocking: call through ``asyncio.to_thread``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
@@ -60,6 +61,12 @@ def save(path: Path, outcomes: dict[str, Outcome], names: set[str], max_value_by
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    # Outcomes of older context revisions of this run are of no use any more.
+    prefix = path.name.split(".", 1)[0] + "."
+    for old in path.parent.glob(prefix + "*.pkl"):
+        if old != path:
+            with contextlib.suppress(OSError):
+                old.unlink()
     return kept
 
 
