@@ -13,7 +13,7 @@ from runstream_common.telemetry import Telemetry
 
 from .adapters.compacted import CompactedReader
 from .adapters.disk import LocalDisk
-from .adapters.loop import IngestLoop
+from .adapters.loop import WRITER_HEADER, IngestLoop
 from .adapters.watcher import FolderWatcher
 from .effects import Outcome
 from .settings import Settings
@@ -57,8 +57,14 @@ class IngestService:
         self._proposal_reader = CompactedReader(
             settings.kafka, topics.proposals, parsers.PROPOSALS, self.proposals.apply
         )
+        own = (WRITER_HEADER, settings.transactional_id.encode())
         self._catalog_reader = CompactedReader(
-            settings.kafka, topics.run_catalog, parsers.RUN_CATALOG, self.catalog.merge
+            settings.kafka,
+            topics.run_catalog,
+            parsers.RUN_CATALOG,
+            self.catalog.merge,
+            # what this process wrote is in its catalog since its commit: don't parse it again
+            skip_when_following=lambda record: own in (record.headers or ()),
         )
         self.watcher = (
             FolderWatcher(settings, self.proposals, self.catalog, self.disk, self.loop.watched)

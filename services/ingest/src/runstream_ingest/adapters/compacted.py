@@ -52,6 +52,7 @@ class CompactedReader(Generic[T]):
         apply: Callable[[T], None],
         *,
         client_id: str = "runstream-ingest-tables",
+        skip_when_following: Callable[[Any], bool] | None = None,
     ) -> None:
         self.topic = topic
         self._parser = parser
@@ -66,6 +67,8 @@ class CompactedReader(Generic[T]):
             **kafka.security_kwargs(),
         )
         self.records = 0
+        self._following = False
+        self._skip = skip_when_following
 
     async def load(self, timeout_s: float = 60.0) -> int:
         """Start, read everything up to the current end, return the number of records."""
@@ -101,6 +104,8 @@ class CompactedReader(Generic[T]):
         self.records += 1
         if record.value is None:
             return  # a tombstone: nothing to keep
+        if self._following and self._skip is not None and self._skip(record):
+            return
         try:
             self._apply(self._parser.parse(record.value))
         except MessageFormatError as exc:
@@ -114,6 +119,7 @@ class CompactedReader(Generic[T]):
 
     async def follow(self) -> None:
         """Keep applying new records until cancelled."""
+        self._following = True
         while True:
             await self.poll()
 

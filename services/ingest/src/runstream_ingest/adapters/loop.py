@@ -50,6 +50,8 @@ from ..tables import CatalogTxn, ProposalTable, RunCatalog
 log = logging.getLogger("runstream.ingest.loop")
 
 JSON = [("content-type", b"application/json")]
+WRITER_HEADER = "x-ingest-writer"
+"""On catalog records: the transactional id that wrote them (its own catalog already has them)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -370,7 +372,12 @@ class IngestLoop:
             plan.records.append(Out(self.topics.runs, key, parsers.encode(msg), headers))
             if effect.catalog is not None:
                 plan.records.append(
-                    Out(self.topics.run_catalog, key, parsers.encode(effect.catalog), JSON)
+                    Out(
+                        self.topics.run_catalog,
+                        key,
+                        parsers.encode(effect.catalog),
+                        [*JSON, (WRITER_HEADER, self.settings.transactional_id.encode())],
+                    )
                 )
             if effect.note:
                 log.warning("p%d r%d %s: %s", msg.proposal, msg.run, msg.trigger, effect.note)
