@@ -175,3 +175,34 @@ async def test_run_messages_carry_trace_context(tmp_path: Path, settings: Settin
     assert span.attributes["runstream.run"] == 9
     trace_id = format(span.context.trace_id, "032x")
     assert trace_id in headers["traceparent"].decode()
+
+
+async def test_catalog_follower_skips_only_its_own_writes_after_loading() -> None:
+    from runstream_ingest.adapters.compacted import CompactedReader
+    from runstream_ingest.adapters.loop import WRITER_HEADER
+
+    catalog = RunCatalog()
+    own = (WRITER_HEADER, b"me")
+    reader = CompactedReader(
+        KafkaSettings(),
+        "u.run-catalog",
+        parsers.RUN_CATALOG,
+        catalog.merge,
+        skip_when_following=lambda r: own in (r.headers or ()),
+    )
+
+    def entry(run: int, headers: list[tuple[str, bytes]]) -> ConsumerRecord:
+        return rec(
+            "u.run-catalog",
+            run,
+            parsers.encode(RunKnown(proposal=1, run=run, raw_seen=True)),
+            headers,
+        )
+
+    reader._apply_record(entry(1, [own]))  # loading: everything counts, own writes included
+    reader._following = True
+    reader._apply_record(entry(2, [own]))  # following: already in memory since the commit
+    reader._apply_record(entry(3, [(WRITER_HEADER, b"another-instance")]))
+    reader._apply_record(entry(4, []))
+    assert catalog.runs(1) == [1, 3, 4]
+    await reader.stop()
