@@ -118,6 +118,7 @@ async def _evaluate_one(
     keep: bool,
     session: str,
     mymdc: str | None,
+    log_file: str | None,
 ) -> Outcome:
     started = time.perf_counter()
     try:
@@ -137,6 +138,7 @@ async def _evaluate_one(
                 "keep": keep,
                 "session": session,
                 "mymdc": mymdc,
+                "log": log_file,
             }
         )
     except WorkerLost as exc:
@@ -185,11 +187,13 @@ async def evaluate(
     keep: set[str] | None = None,
     mymdc: str | None = None,
     on_outcome: OnOutcome | None = None,
+    log_file: str | None = None,
 ) -> dict[str, Outcome]:
     """Evaluate ``names`` (closed under dependencies, in order) for one run.
 
     ``reused`` outcomes (e.g. raw variables from an earlier pass) are not
-    recomputed. Returns every outcome, reused ones included.
+    recomputed. ``log_file``: a file the workers append the variables' output to
+    (DAMNIT's process log). Returns every outcome, reused ones included.
     """
     session = uuid.uuid4().hex
     outcomes: dict[str, Outcome] = dict(reused or {})
@@ -244,6 +248,7 @@ async def evaluate(
                         keep=name in needed,
                         session=session,
                         mymdc=mymdc,
+                        log_file=log_file,
                     )
                 )
                 running[task] = name

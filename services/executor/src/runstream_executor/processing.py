@@ -253,6 +253,7 @@ class RunProcessor:
             keep=reuse.worth_keeping(ctx) if job is None else set(),
             mymdc=self.settings.metadata_provider,
             on_outcome=on_outcome,
+            log_file=self.settings.process_log(req.context_dir, req.proposal, req.run),
         )
         started = await start_task
 

@@ -58,6 +58,11 @@ class Settings(ServiceSettings):
     fragment_subdir: str = Field(
         default="extracted_data/fragments", description="Under the context dir"
     )
+    process_logs_subdir: str = Field(
+        default="process_logs",
+        description="Under the context dir: r{run}-p{proposal}.out gets what variables print "
+        "(empty: the service's stderr)",
+    )
     reuse_subdir: str = Field(
         default="extracted_data/.runstream-reuse",
         description="Under the context dir: raw results kept for proc and cluster passes",
@@ -99,6 +104,11 @@ class Settings(ServiceSettings):
             Path(self.data_root).glob(self.proposal_dir_pattern.format(proposal=proposal))
         )
         return matches[0] if matches else None
+
+    def process_log(self, context_dir: str, proposal: int, run: int) -> str | None:
+        if not self.process_logs_subdir:
+            return None
+        return str(Path(context_dir) / self.process_logs_subdir / f"r{run}-p{proposal}.out")
 
     def run_dirs(self, proposal_dir: str, run: int) -> tuple[str, str]:
         name = self.run_dir_format.format(run=run)

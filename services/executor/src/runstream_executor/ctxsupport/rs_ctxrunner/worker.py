@@ -22,7 +22,7 @@ import sys
 import time
 import traceback
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +95,47 @@ def _error(exc: BaseException) -> dict[str, Any]:
     return {"status": "error", "error": str(exc), "error_cls": cls}
 
 
+@contextlib.contextmanager
+def _output_to(log_path: str | None) -> Iterator[None]:
+    """Send everything printed (by us or the context, fd level) to the run's log file."""
+    if not log_path:
+        yield
+        return
+    try:
+        os.makedirs(os.path.dirname(log_path), exist_ok=True)
+        fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o664)
+    except OSError:
+        yield
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        os.close(saved[0])
+        os.close(saved[1])
+
+
 def op_eval(msg: dict[str, Any]) -> dict[str, Any]:
+    with _output_to(msg.get("log")):
+        reply = _eval(msg)
+        name = msg["name"]
+        if reply.get("status") == "error" and reply.get("error_cls") == "Skip":
+            print(f"Skipped {name}: {reply.get('error')}", file=sys.stderr)
+        elif reply.get("status") != "error":
+            print(f"Computed {name} in {reply['duration']:.3f} s", file=sys.stderr)
+    return reply
+
+
+def _eval(msg: dict[str, Any]) -> dict[str, Any]:
     started = time.perf_counter()
     ctx = _context(msg)
     name = msg["name"]
