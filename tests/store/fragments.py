@@ -266,7 +266,7 @@ def every_type(context_dir: Path, proposal: int, run: int) -> Fragment:
     fig, ax = plt.subplots(figsize=(2, 1.5), dpi=50)
     ax.plot([0, 1, 2], [1, 0, 1])
     fig.canvas.draw()
-    rgba = np.asarray(fig.canvas.buffer_rgba()).copy()
+    rgba = np.asarray(fig.canvas.buffer_rgba()).copy()  # type: ignore[attr-defined]
     plt.close(fig)
     frag.image("figure", rgba)
     frag.error("broken", "division by zero", "ZeroDivisionError")

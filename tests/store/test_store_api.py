@@ -124,7 +124,7 @@ async def test_indexing_by_name_title_and_errors(
             with pytest.raises(TypeError):
                 prop["1"]  # type: ignore[index]
             with pytest.raises(TypeError):
-                run[3]  # type: ignore[index]
+                run[3]
 
     await asyncio.to_thread(check)
 

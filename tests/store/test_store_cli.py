@@ -6,6 +6,7 @@ import asyncio
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import typer
 from runstream_common.messages import RunKnown, VariableDefinition, VariablesDefined
@@ -74,7 +75,7 @@ async def test_table_prints_titles_and_json(
     for run in (1, 2):
         frag = Fragment(context_dir, P, run)
         frag.scalar("energy", run * 0.5, units="mJ")
-        frag.array("trace", [1.0, 2.0, 3.0])
+        frag.array("trace", np.array([1.0, 2.0, 3.0]))
         if run == 2:
             frag.scalar("c", complex(1, 2))
         await handlers.results_ready(frag.message())

@@ -107,8 +107,9 @@ async def test_killed_between_merge_and_commit_and_after_commit_converges(
         assert merged is not None  # the new state is in the file ...
         assert merged[0] == 1.5
         assert await conn.fetchval("SELECT count(*) FROM run_values") == 0  # ... not in the DB
-        assert fragments[first].path is not None
-        assert fragments[first].path.exists()  # kept for the redelivery
+        first_fragment = fragments[first].path
+        assert first_fragment is not None
+        assert first_fragment.exists()  # kept for the redelivery
 
         # 2. redelivered; dies after the commit, before publishing and deleting the fragment
         proc = _start_store(kafka_settings, pg_dsn, log, "after_commit")
@@ -120,7 +121,7 @@ async def test_killed_between_merge_and_commit_and_after_commit_converges(
             )
             == 1
         )
-        assert fragments[first].path.exists()
+        assert first_fragment.exists()
 
         # 3. a healthy store finishes everything
         proc = _start_store(kafka_settings, pg_dsn, log, None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import h5py
@@ -96,7 +97,7 @@ async def test_results_commands_and_state_flow_through_the_feed(
             await publish(producer, topics.commands, command, key=proposal_key(P))
 
         def complete(messages: list[object]) -> bool:
-            seen = types_of(messages)  # type: ignore[arg-type]
+            seen = types_of(messages)
             return (
                 seen.count("values_updated") >= 2
                 and seen.count("command_rejected") == 2
@@ -105,28 +106,28 @@ async def test_results_commands_and_state_flow_through_the_feed(
             )
 
         feed = await read_topic(kafka_settings, topics.updates, complete)
-        by_type: dict[str, list[tuple[bytes, object]]] = {}
+        by_type: dict[str, list[tuple[bytes, Any]]] = {}
         for key, message in feed:
             by_type.setdefault(message.type, []).append((key, message))
 
         assert [k for k, _ in by_type["run_added"]] == [b"4100/1"]
         key, updated = by_type["values_updated"][0]
         assert key == b"4100/1"
-        assert updated.values["energy"].summary == 9.3  # type: ignore[attr-defined]
-        assert updated.values["energy"].units == "keV"  # type: ignore[attr-defined]
-        assert updated.values["trace"].summary_type == "trendline"  # type: ignore[attr-defined]
-        assert all(m.values == updated.values for _, m in by_type["values_updated"])  # type: ignore[attr-defined]
-        rejected = {m.command_event_id: m.reason for _, m in by_type["command_rejected"]}  # type: ignore[attr-defined]
+        assert updated.values["energy"].summary == 9.3
+        assert updated.values["energy"].units == "keV"
+        assert updated.values["trace"].summary_type == "trendline"
+        assert all(m.values == updated.values for _, m in by_type["values_updated"])
+        rejected = {m.command_event_id: m.reason for _, m in by_type["command_rejected"]}
         assert rejected[str(bad_value.event_id)] == (
             "'trace' is computed by the context file and cannot be edited"
         )
         assert rejected[str(unknown.event_id)].startswith("unknown setting 'colour'")
         assert [k for k, _ in by_type["command_rejected"]] == [b"4100", b"4100"]
         (_, settings_set) = by_type["proposal_settings_set"][0]
-        assert settings_set.settings == {"slurm_partition": "upex"}  # type: ignore[attr-defined]
+        assert settings_set.settings == {"slurm_partition": "upex"}
         assert settings_set.correlation_id == str(good.event_id)
-        assert by_type["processing_state_set"][0][1].state == processing  # type: ignore[attr-defined]
-        assert by_type["job_state_set"][0][1].state == job  # type: ignore[attr-defined]
+        assert by_type["processing_state_set"][0][1].state == processing
+        assert by_type["job_state_set"][0][1].state == job
 
         compacted = await read_topic(
             kafka_settings, topics.proposal_settings, lambda m: len(m) >= 1

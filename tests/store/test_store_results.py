@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
+import pandas as pd
 import pytest
 import xarray as xr
 from runstream_common.errors import PermanentError
@@ -24,10 +26,11 @@ pytestmark = pytest.mark.integration
 P, R = 2212, 7
 
 
-def _assert_same(expected: object, got: object, name: str) -> None:
+def _assert_same(expected: Any, got: Any, name: str) -> None:
     if isinstance(expected, xr.DataArray | xr.Dataset):
         assert type(got) is type(expected), name
-        assert expected.identical(got), f"{name}: {expected} != {got}"  # coords + attrs too
+        same: bool = expected.identical(got)  # type: ignore[arg-type]  # coords and attrs too
+        assert same, f"{name}: {expected} != {got}"
     else:
         assert np.array_equal(np.asarray(got), np.asarray(expected)), name
         assert np.asarray(got).dtype == np.asarray(expected).dtype, name
@@ -213,7 +216,7 @@ async def test_error_removes_old_data_and_none_clears_the_value(
     assert current["trace"].error is None
     assert current["trace"].summary_type == "trendline"
 
-    def table() -> object:
+    def table() -> pd.DataFrame:
         with Proposal(P, dsn=pg_dsn) as prop:
             return prop.table()
 

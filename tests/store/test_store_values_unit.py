@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 from runstream_common.errors import InvalidCommand
@@ -13,7 +14,12 @@ from runstream_store.values import StoredValue
 
 pytestmark = pytest.mark.unit
 
-COMMON = {"provenance": "context.py", "context_hash": "h", "revision": 3, "result_id": "r"}
+COMMON: dict[str, Any] = {
+    "provenance": "context.py",
+    "context_hash": "h",
+    "revision": 3,
+    "result_id": "r",
+}
 
 
 @pytest.mark.parametrize(
@@ -29,7 +35,7 @@ COMMON = {"provenance": "context.py", "context_hash": "h", "revision": 3, "resul
     ],
 )
 def test_inline_summaries_keep_their_type(summary: object, kind: str, back: object) -> None:
-    value = StoredValue.from_result(VariableResult(name="x", summary=summary), **COMMON)  # type: ignore[arg-type]
+    value = StoredValue.from_result(VariableResult(name="x", summary=summary), **COMMON)
     assert value.kind == kind
     assert value.inline_summary == back
     assert type(value.inline_summary) is type(back)
