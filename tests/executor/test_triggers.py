@@ -202,7 +202,7 @@ async def test_processing_pass_messages_reuse_and_cluster_handoff(
     assert done["base"].duration_s is not None
     assert done["fails"].status is ProcessingStatus.VARIABLE_FAILED
     assert (ctx_dir / "calls-base.txt").read_text() == "x"
-    log = (ctx_dir / "process_logs" / "r1-p1234.out").read_text()  # noqa: ASYNC240
+    log = (ctx_dir / "process_logs" / "r1-p1234.out").read_text()
     assert "Computed base in" in log
     assert "Could not get data for fails" in log
     assert "KeyError: 'missing key'" in log

@@ -1,4 +1,3 @@
-
 # A context file written for DAMNIT 0.4: it imports damnit_ctx and uses only
 # DAMNIT's API. runstream must run it unchanged.
 import numpy as np
