@@ -71,3 +71,25 @@ def never_more_than(events: list[JobStateChanged], cap: int, proposal: int) -> i
             running.discard(e.job_request_id)
         peak = max(peak, len(running))
     return peak
+
+
+TRACE_SCRIPT = (
+    'echo "start $4" >> "$PWD/trace.txt"; sleep {sleep}; echo "end $4" >> "$PWD/trace.txt"'
+)
+"""A job that records, in the context dir, when it ran ($4 is the run number)."""
+
+
+def replay_trace(text: str) -> tuple[int, list[int]]:
+    """From a trace file: the most jobs running at once, and the runs in start order."""
+    running: set[int] = set()
+    peak = 0
+    order: list[int] = []
+    for line in text.splitlines():
+        what, run = line.split()
+        if what == "start":
+            running.add(int(run))
+            order.append(int(run))
+        else:
+            running.discard(int(run))
+        peak = max(peak, len(running))
+    return peak, order

@@ -13,7 +13,15 @@ from runstream_slurm_gateway.adapters.log_files import append_line
 from runstream_slurm_gateway.handlers import Gateway, ProposalSettingsView
 from runstream_slurm_gateway.settings import JobSettings, Settings, SlurmRestSettings
 
-from .helpers import bash_prefix, final_states, job_request, never_more_than, wait_for
+from .helpers import (
+    TRACE_SCRIPT,
+    bash_prefix,
+    final_states,
+    job_request,
+    never_more_than,
+    replay_trace,
+    wait_for,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -97,7 +105,7 @@ async def test_exit_statuses_signals_timeout_and_clean_env(
 
 
 async def test_cap_holds_and_order_is_kept(tmp_path: Path) -> None:
-    h = Harness(tmp_path, "sleep 0.3")
+    h = Harness(tmp_path, TRACE_SCRIPT.format(sleep=0.3))
     h.proposals.set(901, {"concurrent_jobs": 2})
     stop = asyncio.Event()
     poller = await started(h, stop)
@@ -110,9 +118,10 @@ async def test_cap_holds_and_order_is_kept(tmp_path: Path) -> None:
         stop.set()
         await poller
         await h.backend.aclose()
-    assert never_more_than(h.events, 2, 901) == 2
-    started_order = [e.run for e in h.events if e.state is JobState.RUNNING]
-    assert started_order == [1, 2, 3, 4, 5, 6]
+    peak, order = replay_trace((tmp_path / "trace.txt").read_text())
+    assert peak == 2
+    assert order == [1, 2, 3, 4, 5, 6]
+    assert never_more_than(h.events, 2, 901) <= 2
     assert {e.state for e in final_states(h.events).values()} == {JobState.COMPLETED}
     held = [
         e
@@ -176,3 +185,22 @@ async def test_bad_request_is_reported_not_retried(tmp_path: Path) -> None:
     assert [e.state for e in h.events] == [JobState.SUBMIT_FAILED]
     assert "whenever" in (h.events[0].reason or "")
     assert os.listdir(tmp_path) == []
+
+
+async def test_finished_local_jobs_are_forgotten_after_a_while(tmp_path: Path) -> None:
+    h = Harness(tmp_path, "true")
+    h.backend.keep_finished_s = 0.0
+    stop = asyncio.Event()
+    poller = await started(h, stop)
+    try:
+        await h.gateway.handle_request(job_request(905, 1, h.ctx))
+        await wait_for(lambda: h.done(1), timeout=30, what="the job")
+        await wait_for(lambda: not h.gateway.jobs, timeout=10, what="the job to be forgotten")
+    finally:
+        stop.set()
+        await poller
+        await h.backend.aclose()
+    assert await h.backend.snapshot(full=True) == []
+    states = [e.state for e in h.events]
+    assert states[0] is JobState.PENDING
+    assert states[-1] is JobState.COMPLETED

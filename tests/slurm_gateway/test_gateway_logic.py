@@ -86,6 +86,7 @@ async def test_a_job_slurm_forgot_is_reported_vanished() -> None:
     assert "no longer knows" in (events[-1].reason or "")
     await gw.sync()
     assert len(events) == 3  # reported once
+    assert gw.jobs == {}  # and then forgotten (memory stays bounded)
 
 
 async def test_waiting_for_slurm_or_a_token_is_reported_once_per_reason() -> None:

@@ -23,7 +23,16 @@ from runstream_slurm_gateway.settings import (
 )
 
 from .conftest import SLURM_SH, SlurmCluster, slurm_sh
-from .helpers import TERMINAL, bash_prefix, final_states, job_request, never_more_than, wait_for
+from .helpers import (
+    TERMINAL,
+    TRACE_SCRIPT,
+    bash_prefix,
+    final_states,
+    job_request,
+    never_more_than,
+    replay_trace,
+    wait_for,
+)
 from .kafka_helpers import StateWatcher, gateway, producer, send
 
 pytestmark = pytest.mark.integration
@@ -37,7 +46,12 @@ def gateway_settings(
         kafka=kafka,
         slurm=SlurmRestSettings(url=slurm.url, user=slurm.user, poll_interval_s=0.3),
         token=TokenSettings(
-            source="command", command=slurm.token_command, lifespan_s=lifespan, refresh_margin_s=60
+            source="command",
+            command=slurm.token_command,
+            lifespan_s=lifespan,
+            refresh_margin_s=60,
+            retry_backoff_s=0.5,
+            retry_backoff_max_s=2,
         ),
         job=JobSettings(command_prefix=bash_prefix(script), time="1"),
         retry_backoff_s=0.2,
@@ -141,7 +155,7 @@ async def test_cancel_from_the_cli_cancels_and_logs(
 async def test_concurrency_cap_holds_and_waiting_jobs_are_held_in_slurm(
     slurm: SlurmCluster, kafka_settings: KafkaSettings, job_dir: Path
 ) -> None:
-    settings = gateway_settings(slurm, kafka_settings, "sleep 0.5")
+    settings = gateway_settings(slurm, kafka_settings, TRACE_SCRIPT.format(sleep=0.5))
     reqs = [job_request(1102, run, str(job_dir)) for run in range(1, 5)]
     async with (
         StateWatcher(kafka_settings) as watch,
@@ -158,11 +172,15 @@ async def test_concurrency_cap_holds_and_waiting_jobs_are_held_in_slurm(
         held_in_slurm = [t.info.job_id for t in rt.gateway.jobs.values() if t.info.held]
         await wait_for(lambda: len(final_states(watch.events)) >= 4, timeout=90, what="4 jobs")
     assert held_in_slurm, "requests beyond the cap wait as held jobs"
-    assert never_more_than(watch.events, 1, 1102) == 1
+    # what the jobs themselves saw: never two at once, all four ran
+    peak, order = replay_trace((job_dir / "trace.txt").read_text())
+    assert peak == 1
+    assert sorted(order) == [1, 2, 3, 4]
+    assert never_more_than(watch.events, 1, 1102) <= 1
     # waiting requests start in the order they were accepted (= job id order)
-    started = [e.job_id for e in watch.events if e.state is JobState.RUNNING]
-    assert len(started) == 4
-    assert started == sorted(started)  # type: ignore[type-var]
+    job_of_run = {e.run: e.job_id for e in watch.events if e.job_id is not None}
+    started = [job_of_run[run] for run in order]
+    assert started == sorted(started)
     assert {e.state for e in final_states(watch.events).values()} == {JobState.COMPLETED}
 
 

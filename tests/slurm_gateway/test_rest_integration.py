@@ -131,20 +131,20 @@ async def test_bad_partition_is_rejected(client: SlurmRestClient, job_dir: Path)
 
 
 async def test_short_lived_tokens_never_fail_a_request(slurm: SlurmCluster) -> None:
-    """Tokens live 3 s; 10 s of requests: every one succeeds, tokens are refreshed early."""
+    """Tokens live 3 s; 7 s of requests: every one succeeds, tokens are refreshed early."""
     source = CommandTokenSource(slurm.token_command, lifespan_s=3, user=slurm.user)
     c = make_client(slurm, source, margin=30)
     try:
         loop = asyncio.get_running_loop()
-        end = loop.time() + 10
+        end = loop.time() + 7
         calls = 0
         while loop.time() < end:
             assert (await c.ping())[0]["ping"] == "UP"
             assert (await c.list()).jobs is not None
             calls += 2
             await asyncio.sleep(0.25)
-        assert calls > 40
-        assert c.tokens.refreshes >= 4
+        assert calls > 20
+        assert c.tokens.refreshes >= 3
         assert c.auth_retries == 0  # refreshed before expiry, never after a failure
     finally:
         await c.aclose()

@@ -113,6 +113,15 @@ class Gateway:
                 self.jobs[info.job_id] = Tracked(info, tag)
             else:
                 tracked.info = info
+        for job_id in [
+            job_id
+            for job_id, t in self.jobs.items()
+            if job_id not in seen
+            and t.info.terminal
+            and t.published is not None
+            and t.published[0] is t.info.state
+        ]:
+            del self.jobs[job_id]  # finished, reported and purged by the backend: forget it
         for tracked in self.jobs.values():
             if tracked.info.job_id not in seen and not tracked.info.terminal:
                 tracked.info = replace(

@@ -14,6 +14,7 @@ import itertools
 import logging
 import os
 import signal
+import time
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import IO
@@ -43,13 +44,21 @@ class _LocalJob:
     cancel_requested: bool = False
     timed_out: bool = False
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    finished_at: float | None = None
 
 
 class LocalBackend:
     name: BackendName = "local"
 
-    def __init__(self, *, kill_grace_s: float = 5.0, time_unit_s: float = 60.0) -> None:
+    def __init__(
+        self,
+        *,
+        kill_grace_s: float = 5.0,
+        time_unit_s: float = 60.0,
+        keep_finished_s: float = 300.0,
+    ) -> None:
         self.kill_grace_s = kill_grace_s
+        self.keep_finished_s = keep_finished_s  # like Slurm's MinJobAge
         self.time_unit_s = time_unit_s  # seconds per time-limit minute (tests shorten it)
         self._jobs: dict[int, _LocalJob] = {}
         self._ids = itertools.count(1)
@@ -178,7 +187,17 @@ class LocalBackend:
         await self._stop(job)
         return True
 
+    def _forget_old(self) -> None:
+        now = time.monotonic()
+        for job_id, job in list(self._jobs.items()):
+            if job.info.terminal and job.finished_at is None:
+                job.finished_at = now
+            elif job.finished_at is not None and now - job.finished_at > self.keep_finished_s:
+                del self._jobs[job_id]
+                self._changed()
+
     async def snapshot(self, *, full: bool) -> list[JobInfo] | None:
+        self._forget_old()
         if not full and self._version == self._seen_version:
             return None
         self._seen_version = self._version
