@@ -20,6 +20,7 @@ from runstream_common.messages import (
 from runstream_common.topics import Topics, run_key
 from runstream_executor.engine import load_context, select
 from runstream_executor.pool import WorkerPool
+from runstream_executor.pools import PoolSet
 from runstream_executor.processing import JobContext, RunProcessor
 from runstream_executor.settings import Settings
 
@@ -266,3 +267,24 @@ async def test_context_is_read_afresh_and_load_errors_fail_the_pass(
     missing = await processor.process(request(tmp_path / "nowhere", mock_proposal, "raw"))
     assert missing.status is ProcessingStatus.FAILED
     assert "cannot read" in (missing.reason or "")
+
+
+async def test_an_unusable_context_python_fails_the_pass_with_the_reason(
+    tmp_path: Path, mock_proposal: Path
+) -> None:
+    ctx_dir = tmp_path / "ctx"
+    write_context(
+        ctx_dir, "from damnit_ctx import Variable\n\n@Variable\ndef a(run):\n    return 1\n"
+    )
+    rec = Recorder()
+    pools = PoolSet(Settings(workers=1, preload=""))
+    processor = RunProcessor(Settings(), pools, rec, Topics("t"))
+    processor.proposal_settings[1234] = {"context_python": str(tmp_path / "no-such-python")}
+    try:
+        report = await processor.process(request(ctx_dir, mock_proposal, "raw"))
+    finally:
+        await pools.close()
+    assert report.status is ProcessingStatus.FAILED
+    assert "cannot start" in (report.reason or "")
+    assert "no-such-python" in (report.reason or "")
+    assert rec.of(ResultsReady) == []

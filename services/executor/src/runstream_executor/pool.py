@@ -109,14 +109,17 @@ class Worker:
         args = ["-m", "rs_ctxrunner.worker", "--preload", config.preload]
         if config.address_space_mb:
             args += ["--address-space-mb", str(config.address_space_mb)]
-        proc = await asyncio.create_subprocess_exec(
-            config.python,
-            *args,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            env=worker_env(),
-            limit=1 << 20,
-        )
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                config.python,
+                *args,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                env=worker_env(),
+                limit=1 << 20,
+            )
+        except OSError as exc:
+            raise WorkerLost(f"cannot start {config.python}: {exc}", "WorkerStartFailed") from exc
         assert proc.stdout is not None
         assert proc.stdin is not None
         worker = cls(proc.pid, proc.stdout, proc.stdin, config, proc.wait)
@@ -295,13 +298,19 @@ class Zygote:
         ]
         if self.config.address_space_mb:
             args += ["--address-space-mb", str(self.config.address_space_mb)]
-        self._proc = await asyncio.create_subprocess_exec(
-            self.config.python,
-            *args,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            env=worker_env(),
-        )
+        try:
+            self._proc = await asyncio.create_subprocess_exec(
+                self.config.python,
+                *args,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                env=worker_env(),
+            )
+        except OSError as exc:
+            await self.close()
+            raise WorkerLost(
+                f"cannot start {self.config.python}: {exc}", "WorkerStartFailed"
+            ) from exc
         assert self._proc.stdout is not None
         try:
             await asyncio.wait_for(read_frame(self._proc.stdout), self.config.start_timeout_s)
