@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -82,9 +83,11 @@ def slurm() -> Iterator[SlurmCluster]:
 
 
 @pytest.fixture
-def job_dir(slurm: SlurmCluster) -> Path:
-    """A context dir the unprivileged job user can reach and write (tmp_path cannot)."""
+def job_dir(slurm: SlurmCluster) -> Iterator[Path]:
+    """A context dir the unprivileged job user can reach and write (tmp_path cannot);
+    removed afterwards."""
     path = slurm.jobs_dir / f"t-{uuid.uuid4().hex[:10]}"
     path.mkdir(mode=0o777)
     path.chmod(0o777)
-    return path
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
