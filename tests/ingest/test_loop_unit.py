@@ -206,3 +206,30 @@ async def test_catalog_follower_skips_only_its_own_writes_after_loading() -> Non
     reader._apply_record(entry(4, []))
     assert catalog.runs(1) == [1, 3, 4]
     await reader.stop()
+
+
+async def test_a_handler_bug_dead_letters_the_record_and_an_os_error_retries(
+    tmp_path: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import runstream_ingest.adapters.loop as loop_module
+
+    proposals, _ = registered(tmp_path, 2212)
+    loop = IngestLoop(settings, proposals, RunCatalog(), disk_for(settings))
+    tp = TopicPartition(FAC, 0)
+    batch = {tp: [rec(FAC, 0, facility_event("migration_complete", 2212, 1))]}
+
+    def boom(*_a: object, **_k: object) -> list:
+        raise ZeroDivisionError("bug")
+
+    monkeypatch.setattr(loop_module, "handle_facility", boom)
+    plan = loop._plan(batch, [], loop.catalog.begin(), time.time())
+    assert [r.topic for r in plan.records] == [dlq(FAC)]
+    assert dict(plan.records[0].headers)[DLQ_REASON] == b"ZeroDivisionError: bug"
+    assert plan.offsets == {tp: 1}
+
+    def stale(*_a: object, **_k: object) -> list:
+        raise OSError("Stale file handle")
+
+    monkeypatch.setattr(loop_module, "handle_facility", stale)
+    with pytest.raises(OSError, match="Stale"):
+        loop._plan(batch, [], loop.catalog.begin(), time.time())

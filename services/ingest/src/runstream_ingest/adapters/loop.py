@@ -219,7 +219,11 @@ class IngestLoop:
         t_polled = time.perf_counter()
         stamps = [r.timestamp for records in batch.values() for r in records]
         wait_s = max(0.0, time.time() - min(stamps) / 1000) if stamps else 0.0
-        plan = await asyncio.to_thread(self._plan, batch, watched, txn, time.time())
+        try:
+            plan = await asyncio.to_thread(self._plan, batch, watched, txn, time.time())
+        except OSError as exc:  # the file system hiccuped: decide the batch again later
+            await self._roll_back(batch, watched)
+            raise _Retriable() from exc
         t_planned = time.perf_counter()
         try:
             await self._transact(plan)
@@ -305,19 +309,26 @@ class IngestLoop:
         }
         for tp, records in batch.items():
             for record in records:
-                if record.topic == self.retry_topic:
-                    info = parse_retry_headers(record.headers or ())
-                    if info.not_before > now:
-                        plan.pauses[tp] = (record.offset, info.not_before)
-                        break
-                    effects = handle_facility(record.value, now=now, attempt=info.attempt, **kw)
-                    source = info.source_topic or record.topic
-                elif record.topic == self.topics.reprocess:
-                    effects = self._reprocess(record, kw)
-                    source = record.topic
-                else:
-                    effects = handle_facility(record.value, now=now, **kw)
-                    source = record.topic
+                source = record.topic
+                try:
+                    if record.topic == self.retry_topic:
+                        info = parse_retry_headers(record.headers or ())
+                        if info.not_before > now:
+                            plan.pauses[tp] = (record.offset, info.not_before)
+                            break
+                        source = info.source_topic or record.topic
+                        effects = handle_facility(record.value, now=now, attempt=info.attempt, **kw)
+                    elif record.topic == self.topics.reprocess:
+                        effects = self._reprocess(record, kw)
+                    else:
+                        effects = handle_facility(record.value, now=now, **kw)
+                except OSError:
+                    raise  # transient: the whole batch is decided again
+                except Exception as exc:  # a bug must not stop the service: park the record
+                    log.exception(
+                        "deciding %s[%d]@%d failed", record.topic, record.partition, record.offset
+                    )
+                    effects = [DeadLetter(f"{type(exc).__name__}: {exc}", type(exc).__name__)]
                 for effect in effects:
                     self._carry_out(effect, record, source, plan)
                 plan.offsets[tp] = record.offset + 1
