@@ -165,7 +165,11 @@ class Gateway:
     def _message(self, tracked: Tracked, reason: str | None = None) -> JobStateChanged:
         info = tracked.info
         if reason is None and info.held and info.state is JobState.PENDING:
-            reason = f"waiting: proposal {tracked.tag.proposal} has {self.cap(tracked.tag.proposal)} jobs running (concurrent_jobs)"
+            cap = self.cap(tracked.tag.proposal)
+            reason = (
+                f"held: proposal {tracked.tag.proposal} already has {cap} unfinished jobs "
+                f"(concurrent_jobs={cap})"
+            )
         return JobStateChanged(
             job_request_id=tracked.tag.job_request_id,
             proposal=tracked.tag.proposal,
