@@ -311,3 +311,32 @@ async def test_non_string_annotations_are_accepted(pool: WorkerPool, tmp_path: P
         """,
     )
     assert list(ctx.variables) == ["f"]
+
+
+async def test_damnit_names_import_and_groups_are_a_clear_load_error(
+    pool: WorkerPool, tmp_path: Path
+) -> None:
+    ctx = await load(
+        pool,
+        tmp_path,
+        """
+        from damnit_ctx import Variable, Cell, Group, Skip, Pipeline, RunData, GroupError
+
+        @Variable
+        def a(run):
+            return 1
+        """,
+    )
+    assert list(ctx.variables) == ["a"]
+    messages = await problems(
+        pool,
+        tmp_path,
+        """
+        from damnit_ctx import Group
+
+        @Group
+        class XGM:
+            pass
+        """,
+    )
+    assert messages == ["NotImplementedError: Group is not supported by runstream yet"]

@@ -12,6 +12,9 @@ try:
         Cell,
         ContextFileErrors,
         DependencyError,
+        Group,
+        GroupError,
+        Pipeline,
         RunData,
         Skip,
         Variable,
@@ -21,9 +24,22 @@ except ImportError:  # not inside a worker
         Cell,
         ContextFileErrors,
         DependencyError,
+        Group,
+        GroupError,
+        Pipeline,
         RunData,
         Skip,
         Variable,
     )
 
-__all__ = ["Cell", "ContextFileErrors", "DependencyError", "RunData", "Skip", "Variable"]
+__all__ = [
+    "Cell",
+    "ContextFileErrors",
+    "DependencyError",
+    "Group",
+    "GroupError",
+    "Pipeline",
+    "RunData",
+    "Skip",
+    "Variable",
+]

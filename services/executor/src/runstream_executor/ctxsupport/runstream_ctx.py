@@ -4,9 +4,22 @@ from rs_ctxrunner.api import (
     Cell,
     ContextFileErrors,
     DependencyError,
+    Group,
+    GroupError,
+    Pipeline,
     RunData,
     Skip,
     Variable,
 )
 
-__all__ = ["Cell", "ContextFileErrors", "DependencyError", "RunData", "Skip", "Variable"]
+__all__ = [
+    "Cell",
+    "ContextFileErrors",
+    "DependencyError",
+    "Group",
+    "GroupError",
+    "Pipeline",
+    "RunData",
+    "Skip",
+    "Variable",
+]

@@ -34,6 +34,27 @@ class DependencyError(Exception):
     """A variable could not run because dependencies without defaults are missing."""
 
 
+class GroupError(Exception):
+    """DAMNIT's error for misused groups (groups are not supported yet)."""
+
+
+class _NotSupported:
+    """Importable like DAMNIT's name, but using it is a clear load-time error."""
+
+    feature = "this feature"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        raise NotImplementedError(f"{self.feature} is not supported by runstream yet")
+
+
+class Group(_NotSupported):
+    feature = "Group"
+
+
+class Pipeline(_NotSupported):
+    feature = "Pipeline"
+
+
 class ContextFileErrors(RuntimeError):
     """Every problem found while checking a context file, reported together."""
 
@@ -263,6 +284,9 @@ __all__ = [
     "Cell",
     "ContextFileErrors",
     "DependencyError",
+    "Group",
+    "GroupError",
+    "Pipeline",
     "RunData",
     "Skip",
     "Variable",
