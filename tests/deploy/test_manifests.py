@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import copy
 import functools
+import json
 import os
 import re
 import shutil
@@ -500,24 +501,50 @@ def test_compose_migration_gets_the_database(
         )
 
 
-def test_docker_compose_config_when_available(env_example: dict[str, str], tmp_path: Path) -> None:
-    """Extra: docker's own parser, only where the compose plugin exists (not on CI here)."""
+def compose_command() -> list[str] | None:
+    """``docker compose`` (plugin), else a standalone ``docker-compose`` ($DOCKER_COMPOSE or PATH)."""
     docker = shutil.which("docker")
-    probe = (
-        subprocess.run([docker, "compose", "version"], capture_output=True, check=False)
-        if docker
-        else None
-    )
-    if probe is None or probe.returncode != 0:
-        pytest.skip("docker compose plugin not installed; the structural checks above still ran")
-    assert docker is not None
+    if docker:
+        probe = subprocess.run([docker, "compose", "version"], capture_output=True, check=False)
+        if probe.returncode == 0:
+            return [docker, "compose"]
+    standalone = os.environ.get("DOCKER_COMPOSE") or shutil.which("docker-compose")
+    return [standalone] if standalone else None
+
+
+def test_docker_compose_config_when_available(compose: dict[str, Any], tmp_path: Path) -> None:
+    """Extra: docker compose's own parser, schema and interpolation, where it is installed.
+
+    It must accept the file with .env.example, refuse it without the secrets, and
+    resolve every service as compose_lite does (so the checks above saw the truth)."""
+    command = compose_command()
+    if command is None:
+        pytest.skip("docker compose not installed; the structural checks above still ran")
     env_file = tmp_path / ".env"
     env_file.write_text(ENV_EXAMPLE.read_text(encoding="utf-8"), encoding="utf-8")
+    base = [*command, "--project-directory", str(COMPOSE_DIR), "-f", str(COMPOSE_FILE)]
+    clean_env = {k: v for k, v in os.environ.items() if k not in read_env_file(ENV_EXAMPLE)}
     result = subprocess.run(
-        [docker, "compose", "--env-file", str(env_file), "-f", str(COMPOSE_FILE), "config", "--quiet"],
-        capture_output=True, text=True, check=False,
+        [*base, "--env-file", str(env_file), "config", "--format", "json"],
+        capture_output=True, text=True, check=False, env=clean_env,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
+    resolved = json.loads(result.stdout)["services"]
+    assert sorted(resolved) == sorted(compose["services"])
+    for name, svc in compose["services"].items():
+        assert (resolved[name].get("environment") or {}) == environment_of(svc), name
+        assert resolved[name].get("command") == svc.get("command"), name
+        assert resolved[name].get("image") == svc.get("image"), name
+        deps = {k: v["condition"] for k, v in (resolved[name].get("depends_on") or {}).items()}
+        assert deps == {k: v["condition"] for k, v in (svc.get("depends_on") or {}).items()}, name
+    empty = tmp_path / "empty.env"
+    empty.write_text("", encoding="utf-8")
+    refused = subprocess.run(
+        [*base, "--env-file", str(empty), "config", "--quiet"],
+        capture_output=True, text=True, check=False, env=clean_env,
+    )  # fmt: skip
+    assert refused.returncode != 0, "compose must refuse to start without the secrets"
+    assert "POSTGRES_PASSWORD" in refused.stderr or "SLURM_JWT_KEY" in refused.stderr
 
 
 # ------------------------------------------------------------------ Kubernetes
