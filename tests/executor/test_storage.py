@@ -164,7 +164,7 @@ async def test_summaries_by_type(types_eval: Evaluated, tmp_path: Path) -> None:
     figure_data = ev.outcomes["figure"].prepared["data"]  # type: ignore[index]
     assert figure_data.dtype == np.uint8
     assert figure_data.shape[2] == 4
-    for name in ("image", "row"):
+    for name in ("image", "row", "named"):  # 2-D ndarray, (1, n) and 2-D DataArrays
         thumb = png(ev.summary(name))  # type: ignore[arg-type]
         assert thumb.size == (300, 300)
         assert thumb.mode == "RGBA"
@@ -259,6 +259,9 @@ async def test_fragment_layout_and_round_trips(types_eval: Evaluated, tmp_path: 
         assert f[".reduced/cube"][()].decode() == "float64: (2, 2, 2, 2)"
         assert f[".preview/previewed"].shape == (5,)
         assert f[".preview/fig_preview"].attrs["_damnit_objtype"] == "image"
+        assert f[".preview/bool_preview"].dtype == np.bool_
+        assert f["figure/data"].shape[2] == 4
+        assert f["figure/data"].dtype == np.uint8
         assert f[".reduced/cplx"][()] == 1 + 2j
     named = xr.load_dataset(path, group="named", engine="h5netcdf")["foo_manchu"]
     assert named.attrs["long_name"] == "Foo"
