@@ -26,8 +26,8 @@ from pathlib import Path
 from pydantic import BaseModel
 from runstream_common.messages import ResultsReady, RunRequested, Trigger
 from runstream_common.topics import Topics
+from runstream_executor.handlers import RunProcessor
 from runstream_executor.pools import PoolSet
-from runstream_executor.processing import RunProcessor
 from runstream_executor.settings import Settings
 
 TEN_VARIABLES = """

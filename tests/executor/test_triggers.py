@@ -19,9 +19,9 @@ from runstream_common.messages import (
 )
 from runstream_common.topics import Topics, run_key
 from runstream_executor.engine import load_context, select
+from runstream_executor.handlers import JobContext, RunProcessor
 from runstream_executor.pool import WorkerPool
 from runstream_executor.pools import PoolSet
-from runstream_executor.processing import JobContext, RunProcessor
 from runstream_executor.settings import Settings
 
 from .helpers import run_context, write_context

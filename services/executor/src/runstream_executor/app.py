@@ -15,8 +15,8 @@ from runstream_common.telemetry import Telemetry, setup_telemetry
 
 from . import __version__
 from .adapters.kafka import KafkaPublisher
+from .handlers import RunProcessor
 from .pools import PoolSet
-from .processing import RunProcessor
 from .settings import Settings
 
 

@@ -26,8 +26,8 @@ from runstream_common.kafka import make_broker
 from runstream_common.messages import ProcessingStatus
 
 from .adapters.kafka import KafkaPublisher
+from .handlers import JobContext, RunProcessor, request_for_job
 from .pools import PoolSet
-from .processing import JobContext, RunProcessor, request_for_job
 from .settings import Settings
 
 log = logging.getLogger("runstream.executor.job")

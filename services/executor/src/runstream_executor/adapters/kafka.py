@@ -10,7 +10,7 @@ from runstream_common.kafka import publish
 
 
 class KafkaPublisher:
-    """The :class:`runstream_executor.processing.Publisher` port over a FastStream broker.
+    """The :class:`runstream_executor.handlers.Publisher` port over a FastStream broker.
 
     Broker trouble becomes ``ServiceUnavailable`` (transient): the run message is
     retried later instead of being dead-lettered.

@@ -1,4 +1,4 @@
-"""One run request end to end: context, selection, evaluation, fragment, messages.
+"""Handling one run request end to end: context, selection, evaluation, fragment, messages.
 
 Used by the Kafka handler and by the Slurm job entry point; every publish
 goes through the small :class:`Publisher` port and is awaited before
