@@ -334,3 +334,67 @@ async def test_slurmctld_restart_mid_batch_keeps_jobs_and_waits(
     }
     final = final_states(watch.events)
     assert {final[r.job_request_id].state for r in reqs} == {JobState.COMPLETED}
+
+
+async def test_gateway_killed_between_submit_and_commit_submits_nothing_twice(
+    slurm: SlurmCluster,
+    kafka_settings: KafkaSettings,
+    job_dir: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A real crash: the service process exits after Slurm accepted the job and before the
+    offset is committed; the next gateway gets the request again and adopts the job."""
+    import json
+    import sys
+
+    settings = gateway_settings(slurm, kafka_settings, "sleep 1")
+    req = job_request(1107, 9, str(job_dir))
+    env = {
+        **os.environ,
+        "RUNSTREAM_KAFKA_BOOTSTRAP_SERVERS": kafka_settings.bootstrap_servers,
+        "RUNSTREAM_KAFKA_TOPIC_PREFIX": kafka_settings.topic_prefix,
+        "RUNSTREAM_SLURM_GATEWAY_BACKEND": "slurm",
+        "RUNSTREAM_SLURM_GATEWAY_SLURM__URL": slurm.url,
+        "RUNSTREAM_SLURM_GATEWAY_SLURM__USER": slurm.user,
+        "RUNSTREAM_SLURM_GATEWAY_TOKEN__SOURCE": "command",
+        "RUNSTREAM_SLURM_GATEWAY_TOKEN__COMMAND": slurm.token_command,
+        "RUNSTREAM_SLURM_GATEWAY_JOB__COMMAND_PREFIX": json.dumps(settings.job.command_prefix),
+        "RUNSTREAM_SLURM_GATEWAY_JOB__TIME": "1",
+        "RUNSTREAM_SLURM_GATEWAY_CRASH_POINT": "after_submit",
+    }
+    async with producer(kafka_settings) as p:
+        # the topics exist before the first gateway subscribes
+        from runstream_common.admin import ensure_topics
+
+        topics = kafka_settings.topics
+        await ensure_topics(
+            kafka_settings, [topics.job_requests, topics.job_control, topics.job_state]
+        )
+        await send(p, kafka_settings, req)
+    crashed = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "runstream.cli", "serve", "slurm-gateway"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert crashed.returncode == 70, crashed.stderr[-3000:]
+    assert "crash_point=after_submit" in crashed.stderr
+    assert (await slurm_jobs_by_request(settings))[req.job_request_id] == 1
+
+    caplog.set_level("INFO", logger="runstream.slurm_gateway")
+
+    def adopted() -> bool:
+        return any(
+            req.job_request_id in r.getMessage() and "adopted" in r.getMessage()
+            for r in caplog.records
+        )
+
+    async with StateWatcher(kafka_settings) as watch, gateway(settings):
+        await wait_for(adopted, timeout=60, what="the redelivered request to be adopted")
+        await wait_for(lambda: bool(final_states(watch.events)), timeout=60, what="the job to end")
+    assert (await slurm_jobs_by_request(settings))[req.job_request_id] == 1
+    assert final_states(watch.events)[req.job_request_id].state is JobState.COMPLETED
+    assert len({e.job_id for e in watch.events}) == 1

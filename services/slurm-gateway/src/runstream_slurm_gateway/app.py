@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,8 +15,8 @@ from faststream.kafka import KafkaBroker
 from faststream.specification import AsyncAPI
 from runstream_common import parsers
 from runstream_common.admin import ensure_topics
-from runstream_common.kafka import make_broker, publish, subscribe
-from runstream_common.messages import JobStateChanged
+from runstream_common.kafka import Delivery, Handler, make_broker, publish, subscribe
+from runstream_common.messages import JobRequested, JobStateChanged
 from runstream_common.telemetry import Telemetry, setup_telemetry
 from runstream_common.topics import run_key
 
@@ -118,12 +119,20 @@ def build_app(
     if runtime_out is not None:
         runtime_out.append(runtime)
 
+    handle_request: Handler[JobRequested] = gateway.handle_request
+    if settings.crash_point == "after_submit":
+
+        async def handle_request(message: JobRequested, delivery: Delivery) -> None:
+            await gateway.handle_request(message, delivery)
+            log.critical("crash_point=after_submit: exiting before the offset is committed")
+            os._exit(70)
+
     subscribe(
         broker,
         topics.job_requests,
         group_id=GROUP_ID,
         parser=parsers.JOB_REQUESTS,
-        handler=gateway.handle_request,
+        handler=handle_request,
         settings=settings,
         title="job requests",
     )
