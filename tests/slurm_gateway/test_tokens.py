@@ -95,6 +95,18 @@ def test_make_source_needs_its_settings(tmp_path: Path) -> None:
         make_source(TokenSettings(source="file"), user="u")
     with pytest.raises(ConfigurationError):
         make_source(TokenSettings(source="hs256"), user="u")
+    import base64
+
+    from pydantic import SecretStr
+
+    binary = bytes(range(256))[:32]
+    inline = make_source(
+        TokenSettings(source="hs256", key=SecretStr("base64:" + base64.b64encode(binary).decode())),
+        user="u",
+    )
+    assert jwt.decode(inline.fetch().value, binary, algorithms=["HS256"])["sun"] == "u"
+    with pytest.raises(ConfigurationError):
+        make_source(TokenSettings(source="hs256", key=SecretStr("base64:!!")), user="u")
     key = tmp_path / "key"
     key.write_bytes(KEY)
     source = make_source(TokenSettings(source="hs256", key_file=key, lifespan_s=60), user="u")

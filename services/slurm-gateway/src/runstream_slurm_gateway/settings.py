@@ -34,7 +34,9 @@ class TokenSettings(BaseModel):
         "{user} are substituted; e.g. 'ssh login1 scontrol token lifespan={lifespan}'",
     )
     key_file: Path | None = Field(default=None, description="source=hs256: the cluster's jwt key")
-    key: SecretStr | None = Field(default=None, description="source=hs256: the key itself")
+    key: SecretStr | None = Field(
+        default=None, description="source=hs256: the key itself; 'base64:<...>' for binary keys"
+    )
     lifespan_s: int = Field(default=1800, ge=2, description="Lifespan of tokens we obtain")
     refresh_margin_s: float = Field(
         default=60.0, ge=0, description="Refresh this long before the token expires"

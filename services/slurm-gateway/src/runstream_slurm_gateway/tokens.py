@@ -25,7 +25,7 @@ import os
 import shlex
 import subprocess
 import time
-from base64 import urlsafe_b64decode
+from base64 import b64decode, urlsafe_b64decode
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,7 +182,15 @@ def make_source(settings: TokenSettings, *, user: str) -> TokenSource:
     if settings.source == "command":
         return CommandTokenSource(settings.command, lifespan_s=settings.lifespan_s, user=user)
     if settings.key is not None:
-        key = settings.key.get_secret_value().encode()
+        text = settings.key.get_secret_value()
+        # Slurm's jwt_hs256.key is usually binary: pass it as "base64:<...>" in a variable
+        if text.startswith("base64:"):
+            try:
+                key = b64decode(text.removeprefix("base64:"), validate=True)
+            except ValueError as exc:
+                raise ConfigurationError("token.key: invalid base64 after 'base64:'") from exc
+        else:
+            key = text.encode()
     elif settings.key_file is not None:
         try:
             key = settings.key_file.read_bytes()
