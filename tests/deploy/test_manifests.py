@@ -348,6 +348,17 @@ def test_compose_variables_are_documented_in_env_example(env_example: dict[str, 
             interpolate(data, without)
 
 
+def test_compose_env_file_stays_out_of_git() -> None:
+    result = subprocess.run(
+        ["git", "check-ignore", "--quiet", str(COMPOSE_DIR / ".env")], cwd=REPO, check=False
+    )
+    assert result.returncode == 0, "deploy/compose/.env (secrets) must be git-ignored"
+    example = subprocess.run(
+        ["git", "check-ignore", "--quiet", str(ENV_EXAMPLE)], cwd=REPO, check=False
+    )
+    assert example.returncode == 1, ".env.example must stay committed"
+
+
 def test_compose_has_kafka_kraft_postgres_and_every_service(compose: dict[str, Any]) -> None:
     services = compose["services"]
     kafka = services["kafka"]
