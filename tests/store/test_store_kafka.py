@@ -158,3 +158,23 @@ async def test_the_store_refuses_an_outdated_schema_and_names_the_command(
     app = build_app(store_settings(kafka_settings, pg_dsn))
     with pytest.raises(SystemExit, match="runstream db upgrade"):
         await app.start()
+
+
+def test_serving_on_an_outdated_schema_exits_with_one_clear_line(pg_dsn: str) -> None:
+    import os
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", "from runstream_store.app import create; create()"],
+        env={**os.environ, "RUNSTREAM_STORE_POSTGRES__DSN": pg_dsn},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        "runstream store: the database schema is at version 0, this store needs version 2: "
+        "run `runstream db upgrade` (or `runstream db upgrade --dsn DSN`)"
+    )

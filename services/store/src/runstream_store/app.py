@@ -7,8 +7,10 @@ outdated schema stops the service with the command to run).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import sys
 from typing import Any
 
 from faststream import FastStream
@@ -133,6 +135,36 @@ def _die(_: object) -> None:
     os._exit(137)
 
 
+async def _schema_problem(settings: Settings) -> str | None:
+    import asyncpg
+
+    from . import schema
+
+    try:
+        conn = await asyncpg.connect(settings.postgres.dsn.get_secret_value(), timeout=10)
+    except (OSError, asyncpg.PostgresError, TimeoutError):
+        return None  # start-up reports an unreachable database itself
+    try:
+        await schema.check(conn)
+    except SchemaOutdated as exc:
+        return str(exc)
+    finally:
+        await conn.close()
+    return None
+
+
 def create() -> FastStream:
-    """Entry point for ``runstream serve store``: settings from the environment."""
-    return build_app(Settings())
+    """Entry point for ``runstream serve store``: settings from the environment.
+
+    An outdated schema stops here with one clear line (exit code 2) instead of a
+    traceback from inside the running app; the start-up hook checks again.
+    """
+    settings = Settings()
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        problem = asyncio.run(_schema_problem(settings))
+        if problem is not None:
+            print(f"runstream store: {problem}", file=sys.stderr)
+            raise SystemExit(2) from None
+    return build_app(settings)
