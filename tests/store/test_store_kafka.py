@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -161,10 +164,6 @@ async def test_the_store_refuses_an_outdated_schema_and_names_the_command(
 
 
 def test_serving_on_an_outdated_schema_exits_with_one_clear_line(pg_dsn: str) -> None:
-    import os
-    import subprocess
-    import sys
-
     done = subprocess.run(
         [sys.executable, "-c", "from runstream_store.app import create; create()"],
         env={**os.environ, "RUNSTREAM_STORE_POSTGRES__DSN": pg_dsn},
