@@ -231,7 +231,9 @@ async def test_transient_values_reach_dependents(
         mock_proposal,
     )
     assert ev.outcomes["helper"].transient
+    assert ev.outcomes["helper"].pinned_to is not None  # the generator stayed in its worker
     assert ev.summary("uses") == 8
+    assert not any(w.pinned for w in pool._all)  # kept values were dropped after the pass
     assert ev.error("uses_broken") == (
         "Skipped due to missing dependency:\n└ (broken) failed: ValueError: bad helper",
         "DependencyError",

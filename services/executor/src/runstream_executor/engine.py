@@ -125,6 +125,7 @@ async def _evaluate_one(
         worker = await pool.acquire(prefer)
     except WorkerLost as exc:
         return Outcome(var.name, "error", str(exc), exc.error_cls, transient=var.transient)
+    reply: dict[str, Any] = {}
     try:
         reply = await worker.request(
             {
@@ -152,6 +153,8 @@ async def _evaluate_one(
             transient=var.transient,
         )
     finally:
+        if reply.get("pinned"):
+            worker.pinned.add(session)  # not recycled while it holds this pass's values
         await pool.release(worker)
     duration = reply.get("duration", time.perf_counter() - started)
     if not reply.get("ok"):
@@ -200,7 +203,7 @@ async def evaluate(
     needed = {d for n in names for d in ctx.variables[n].deps} | (keep or set())
     pending = [n for n in names if n not in outcomes]
     running: dict[asyncio.Task[Outcome], str] = {}
-    any_pinned = False
+    holders: set[Worker] = set()
 
     async def record(outcome: Outcome) -> None:
         outcomes[outcome.name] = outcome
@@ -262,11 +265,26 @@ async def evaluate(
         for task in done:
             running.pop(task)
             outcome = task.result()
-            any_pinned = any_pinned or outcome.pinned_to is not None
+            if outcome.pinned_to is not None:
+                holders.add(outcome.pinned_to)
             await record(outcome)
-    if any_pinned:
-        await pool.broadcast({"op": "forget", "session": session})
+    for holder in holders:  # drop the values kept for this pass
+        await _forget(pool, holder, session)
     return outcomes
+
+
+async def _forget(pool: WorkerPool, worker: Worker, session: str) -> None:
+    try:
+        worker = await pool.acquire(worker)
+    except WorkerLost:
+        return  # gone, and its values with it
+    try:
+        await worker.request({"op": "forget", "session": session}, time_limit_s=30)
+    except WorkerLost:
+        pass
+    finally:
+        worker.pinned.discard(session)
+        await pool.release(worker)
 
 
 async def start_time(pool: WorkerPool, target: RunTarget) -> float | None:

@@ -102,6 +102,7 @@ class Worker:
         self.wait_exit = wait_exit
         self.dead = False
         self.info: dict[str, Any] = {}
+        self.pinned: set[str] = set()  # passes whose unpicklable values this worker holds
 
     @classmethod
     async def start(cls, config: PoolConfig) -> Worker:
@@ -530,7 +531,12 @@ class WorkerPool:
     async def release(self, worker: Worker) -> None:
         """Return a worker. A dead one is replaced; one that grew too big (a leak) is recycled."""
         threshold = self.config.recycle_threshold_mb
-        if not worker.dead and threshold and worker._rss_mb(children=False) > threshold:
+        if (
+            not worker.dead
+            and not worker.pinned
+            and threshold
+            and worker._rss_mb(children=False) > threshold
+        ):
             log.info("recycling worker %d: resident memory above %d MiB", worker.pid, threshold)
             self.recycled += 1
             worker.dead = True
@@ -552,19 +558,6 @@ class WorkerPool:
             return await worker.request(message, **limits)
         finally:
             await self.release(worker)
-
-    async def broadcast(self, message: dict[str, Any]) -> None:
-        """Best effort: send ``message`` to every idle worker (e.g. ``forget``)."""
-        async with self._cond:
-            idle = list(self._idle)
-            self._idle.clear()
-        try:
-            await asyncio.gather(
-                *(w.request(message, time_limit_s=10) for w in idle), return_exceptions=True
-            )
-        finally:
-            for w in idle:
-                await self.release(w)
 
     async def close(self) -> None:
         self._closed = True
