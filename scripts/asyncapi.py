@@ -4,10 +4,12 @@
     uv run python scripts/asyncapi.py --out DIR        # write elsewhere
     uv run python scripts/asyncapi.py --check          # exit 1 if docs/asyncapi/ is stale
 
-Every service of the ``runstream.services`` entry-point group is built with its
-factory (``create()``, settings from the environment) and described with
-FastStream's own generator (``app.schema.to_specification()``, AsyncAPI 3.0.0),
-the same schema ``faststream docs gen --factory <module>:create`` writes.
+Every service of the ``runstream.services`` entry-point group is built the way
+its factory does it — ``build_app(Settings())`` of the entry point's module
+(docs/development.md), without the extra start-up checks a ``create()`` may do
+(the store's looks at the database schema) — and described with FastStream's
+own generator (``app.schema.to_specification()``, AsyncAPI 3.0.0), the schema
+``faststream docs gen --factory <module>:create`` writes.
 
 The output must not depend on the machine: runstream's environment variables
 are removed first, so the files describe the default settings (topic prefix
@@ -18,15 +20,16 @@ network; the script fails if a factory opens a connection or resolves a name.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import socket
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "docs" / "asyncapi"
@@ -83,6 +86,17 @@ def specification(service: str, factory: Callable[[], Any]) -> dict[str, Any]:
     return document
 
 
+def app_factory(ep: EntryPoint) -> Callable[[], Any]:
+    """``build_app(Settings())`` of the entry point's module, or the entry point itself."""
+    module = importlib.import_module(ep.module)
+    build_app = getattr(module, "build_app", None)
+    if build_app is None:
+        return cast(Callable[[], Any], ep.load())
+    package = ep.module.split(".", 1)[0]
+    settings_class = importlib.import_module(f"{package}.settings").Settings
+    return lambda: build_app(settings_class())
+
+
 def render(document: dict[str, Any]) -> str:
     return json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
@@ -92,7 +106,7 @@ def generate() -> dict[str, str]:
     scrub_environment()
     files: dict[str, str] = {}
     for ep in sorted(entry_points(group="runstream.services"), key=lambda e: e.name):
-        files[f"{ep.name}.json"] = render(specification(ep.name, ep.load()))
+        files[f"{ep.name}.json"] = render(specification(ep.name, app_factory(ep)))
     if not files:
         raise SystemExit("no runstream.services entry points: is the workspace installed?")
     return files
