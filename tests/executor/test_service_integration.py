@@ -28,6 +28,7 @@ from runstream_common.settings import KafkaSettings
 from runstream_common.topics import proposal_key, run_key
 from runstream_executor.app import build_app
 from runstream_executor.settings import Settings
+from support.kafka import committed_offsets, wait_for
 
 from .helpers import write_context
 
@@ -157,6 +158,13 @@ async def test_run_request_to_results_and_cluster_job(
                 k for k, m in out.messages if isinstance(m, ProcessingStateChanged | ResultsReady)
             }
             assert keys == {run_key(1234, 1)}
+            # The run message is committed (after the handler returned) under this
+            # installation's own group.
+            assert settings.consumer_group == f"{kafka_settings.topic_prefix}-executor"
+            offsets = await wait_for(
+                lambda: committed_offsets(kafka_settings, settings.consumer_group), timeout=30
+            )
+            assert sum(v for (t, _), v in offsets.items() if t == kafka_settings.topics.runs) == 1
             statuses = [m.status for m in out.of(ProcessingStateChanged)]
             assert statuses[0] is ProcessingStatus.QUEUED
             assert statuses[-1] is ProcessingStatus.FINISHED

@@ -38,7 +38,7 @@ def build_app(settings: Settings, *, telemetry: Telemetry | None = None) -> Fast
     subscribe(
         broker,
         topics.runs,
-        group_id="runstream-executor",
+        group_id=settings.consumer_group,
         parser=parsers.RUNS,
         handler=handle_run,
         settings=settings,
@@ -47,7 +47,7 @@ def build_app(settings: Settings, *, telemetry: Telemetry | None = None) -> Fast
     subscribe(
         broker,
         topics.proposal_settings,
-        group_id=f"runstream-executor-settings-{socket.gethostname()}-{os.getpid()}",
+        group_id=f"{settings.consumer_group}-settings-{socket.gethostname()}-{os.getpid()}",
         parser=parsers.PROPOSAL_SETTINGS,
         handler=handle_proposal_settings,
         settings=settings,

@@ -14,6 +14,12 @@ from .pool import DEFAULT_PRELOAD, PoolConfig
 class Settings(ServiceSettings):
     model_config = service_config("RUNSTREAM_EXECUTOR_")
 
+    group_id: str | None = Field(
+        default=None,
+        description="Consumer group of the runs topic; default runstream-executor "
+        "(<topic prefix>-executor under another topic prefix, so installations and "
+        "tests sharing a cluster do not rebalance each other)",
+    )
     workers: int = Field(default=2, ge=1, description="Warm worker processes per interpreter")
     fork_workers: bool = Field(
         default=True,
@@ -82,6 +88,13 @@ class Settings(ServiceSettings):
     max_foreign_interpreters: int = Field(
         default=4, ge=1, description="context_python pools kept warm at once"
     )
+
+    @property
+    def consumer_group(self) -> str:
+        if self.group_id:
+            return self.group_id
+        prefix = self.kafka.topic_prefix
+        return "runstream-executor" if prefix == "runstream" else f"{prefix}-executor"
 
     def pool_config(self, python: str | None = None) -> PoolConfig:
         return PoolConfig(
