@@ -215,3 +215,60 @@ def test_eval_finds_the_proposal_folder_from_settings(
     result = runner.invoke(context_app, [*args, "--json", "--workers", "1"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["variables"]["n_trains"]["summary"] == 400
+
+
+def test_eval_json_shapes_for_none_complex_and_transient(
+    runner: CliRunner, tmp_path: Path, mock_proposal: Path
+) -> None:
+    path = tmp_path / "context.py"
+    path.write_text(
+        "from damnit_ctx import Variable\n\n"
+        "@Variable(title='Nothing')\ndef nothing(run):\n    return None\n\n"
+        "@Variable(title='Z', units='V')\ndef z(run):\n    return 1.5 - 2j\n\n"
+        "@Variable(transient=True)\ndef hidden(run):\n    return 3\n\n"
+        "@Variable(title='Uses hidden')\ndef uses(run, h: 'var#hidden'):\n    return h + 1\n"
+    )
+    result = runner.invoke(
+        context_app,
+        [
+            "eval",
+            str(path),
+            "--proposal-dir",
+            str(mock_proposal),
+            "--proposal",
+            "1234",
+            "--run",
+            "1",
+            "--json",
+            "--workers",
+            "1",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    variables = json.loads(result.stdout)["variables"]
+    assert variables == {
+        "nothing": {
+            "title": "Nothing",
+            "summary": None,
+            "summary_type": None,
+            "units": None,
+            "error": None,
+            "error_cls": None,
+        },
+        "z": {
+            "title": "Z",
+            "summary": [1.5, -2.0],
+            "summary_type": "complex",
+            "units": "V",
+            "error": None,
+            "error_cls": None,
+        },
+        "uses": {
+            "title": "Uses hidden",
+            "summary": 4,
+            "summary_type": None,
+            "units": None,
+            "error": None,
+            "error_cls": None,
+        },
+    }
