@@ -6,7 +6,7 @@ import pickle
 from pathlib import Path
 
 import pytest
-from runstream_executor.pool import WorkerPool
+from runstream_executor.pool import PoolConfig, WorkerPool
 
 from .helpers import run_context
 
@@ -361,3 +361,31 @@ async def test_independent_variables_run_in_parallel(
     assert ev.summary("a") != ev.summary("b")
     assert ev.summary("c") == ev.summary("a")
     assert pickle.loads(ev.outcomes["a"].value or b"") == ev.summary("a")
+
+
+async def test_context_folders_do_not_share_their_local_modules(
+    tmp_path: Path, mock_proposal: Path
+) -> None:
+    """Warm workers serve many proposals: each gets its own helpers.py."""
+    code = """
+        from damnit_ctx import Variable
+
+        @Variable
+        def which(run):
+            import helpers
+            return helpers.NAME
+        """
+    for label in ("a", "b"):
+        folder = tmp_path / label
+        folder.mkdir()
+        (folder / "helpers.py").write_text(f"NAME = {label!r}\n")
+    pool = WorkerPool(PoolConfig(size=1, preload="numpy,extra_data"))  # one worker serves both
+    await pool.start()
+    try:
+        for label in ("a", "b", "a", "b"):
+            ev = await run_context(
+                pool, code + f"# {label}\n", tmp_path / label, mock_proposal, parallel=1
+            )
+            assert ev.summary("which") == label
+    finally:
+        await pool.close()

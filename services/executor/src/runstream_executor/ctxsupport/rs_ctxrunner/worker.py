@@ -41,10 +41,34 @@ _KEPT: dict[tuple[str, str], Any] = {}
 _PROVIDERS: dict[str, Any] = {}
 
 
+_SEEN_FOLDERS: set[str] = set()
+_ACTIVE_FOLDER: list[str] = []
+
+
+def _activate(folder: str) -> None:
+    """Make modules next to this context importable, and only this context's.
+
+    A warm worker serves several proposals: a ``helpers.py`` imported for one
+    context folder must not be what another folder's ``import helpers`` gets.
+    """
+    if _ACTIVE_FOLDER and _ACTIVE_FOLDER[0] == folder:
+        return
+    for other in _SEEN_FOLDERS - {folder}:
+        while other in sys.path:
+            sys.path.remove(other)
+        prefix = other + os.sep
+        for name, module in list(sys.modules.items()):
+            if (getattr(module, "__file__", None) or "").startswith(prefix):
+                del sys.modules[name]
+    _SEEN_FOLDERS.add(folder)
+    while folder in sys.path:
+        sys.path.remove(folder)
+    sys.path.insert(0, folder)
+    _ACTIVE_FOLDER[:] = [folder]
+
+
 def _context(msg: dict[str, Any]) -> ContextFile:
-    folder = os.path.dirname(os.path.abspath(msg["path"]))
-    if folder not in sys.path:  # modules next to context.py are importable, as in DAMNIT
-        sys.path.insert(0, folder)
+    _activate(os.path.dirname(os.path.abspath(msg["path"])))
     key = msg["hash"]
     ctx = _CONTEXTS.get(key)
     if ctx is None:
