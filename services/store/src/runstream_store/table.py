@@ -7,12 +7,12 @@ migration 002 for the encoding), decoded in C by ``json.loads``.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
+import orjson
 import pandas as pd
 
 from .values import COMMENT, PLACEHOLDERS
@@ -38,7 +38,11 @@ def _decode_special(obj: dict[str, Any]) -> Any:
 
 def decode_cells(text: str) -> dict[str, Any]:
     """One run's cells: variable name -> table value."""
-    cells: dict[str, Any] = json.loads(text, object_hook=_decode_special)
+    cells: dict[str, Any] = orjson.loads(text)
+    if '"$' in text:  # only runs with special values need the Python pass
+        for name, value in cells.items():
+            if type(value) is dict:
+                cells[name] = _decode_special(value)
     return cells
 
 
@@ -82,12 +86,10 @@ class RunTable:
                 pd.Series([r[1] for r in self.runs], dtype="float64"), unit="s", utc=True
             ).dt.tz_convert(timezone),
         }
+        rows = [self.cells.get(run, {}) for run in run_numbers]
+        na = pd.NA
         for name in [COMMENT, *names]:
-            column: list[Any] = []
-            for run in run_numbers:
-                row = self.cells.get(run)
-                column.append(row.get(name, pd.NA) if row is not None else pd.NA)
-            data[name] = pd.Series(column, dtype=object)
+            data[name] = pd.Series([row.get(name, na) for row in rows], dtype=object)
         frame = pd.DataFrame(data)
         if with_titles:
             frame = frame.rename(columns={**FIXED_TITLES, **self.titles()})
