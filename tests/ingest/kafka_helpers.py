@@ -96,7 +96,8 @@ async def read_topic(
         while not until(records):
             if time.monotonic() > deadline:
                 raise TimeoutError(
-                    f"{topic}: condition not met within {timeout} s ({len(records)} records)"
+                    f"{topic}: condition not met within {timeout} s ({len(records)} records; "
+                    f"last: {records[-1].value[-400:] if records else None!r})"
                 )
             batch = await consumer.getmany(timeout_ms=200)
             for recs in batch.values():

@@ -332,3 +332,17 @@ def test_event_trigger_mapping_is_a_setting(monkeypatch: pytest.MonkeyPatch) -> 
     assert s.facility_topics == ["facility.events"]
     with pytest.raises(ValueError, match="not all"):
         Settings(event_triggers={"x": Trigger.ALL})
+
+
+def test_proc_waits_while_the_raw_pass_is_running(tmp_path: Path, settings: Settings) -> None:
+    proposals, dirs = registered(tmp_path, 2212)
+    make_run_folder(dirs[2212], 8, "proc")
+    catalog = RunCatalog()
+    catalog.merge(RunKnown(proposal=2212, run=8, raw_seen=True))
+    kw = dict(settings=settings, proposals=proposals, disk=disk_for(settings), now=time.time())
+    value = facility_event("run_corrections_complete", 2212, 8)
+    [wait] = handle_facility(value, catalog=catalog.begin(), raw_in_flight={(2212, 8)}, **kw)
+    assert isinstance(wait, Wait)
+    assert "raw processing of this run has not finished" in (wait.state.reason or "")
+    [emit] = handle_facility(value, catalog=catalog.begin(), raw_in_flight={(2212, 9)}, **kw)
+    assert isinstance(emit, EmitRun)

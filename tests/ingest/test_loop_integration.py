@@ -7,9 +7,15 @@ from pathlib import Path
 import pytest
 from runstream_common import parsers
 from runstream_common.kafka import DLQ_ERROR_CLASS, DLQ_REASON, DLQ_SOURCE_TOPIC
-from runstream_common.messages import ProcessingStatus, RunRequested, Trigger
+from runstream_common.messages import (
+    ProcessingStateChanged,
+    ProcessingStatus,
+    RunRequested,
+    Trigger,
+)
 from runstream_common.settings import KafkaSettings
 from runstream_common.topics import dlq, run_key
+from runstream_ingest.adapters.publisher import publish_once
 from runstream_ingest.ids import facility_request_id
 
 from .helpers import make_run_folder
@@ -154,17 +160,40 @@ async def test_proc_event_waits_for_its_folder_and_says_why(
         produce(kafka_settings.bootstrap_servers, raw_topic, [event("migration_complete", 2212, 7)])
         await read_topic(kafka_settings, kafka_settings.topics.runs, until=_has_run(7))
 
-        # ... then for its proc folder, saying so on the processing topic
-        def folder_reason(recs: list) -> bool:
-            return any(
-                "does not exist yet" in (parsers.PROCESSING.parse(r.value).reason or "")
-                for r in recs
-            )
+        def has_reason(text: str):
+            def check(recs: list) -> bool:
+                return any(text in (parsers.PROCESSING.parse(r.value).reason or "") for r in recs)
 
+            return check
+
+        # ... then for the raw pass to finish (the test plays the executor) ...
+        await read_topic(
+            kafka_settings,
+            kafka_settings.topics.processing,
+            until=has_reason("raw processing of this run has not finished"),
+        )
+        raw_done = ProcessingStateChanged(
+            processing_id="exec-1",
+            request_id=facility_request_id(2212, 7, Trigger.RAW),
+            proposal=2212,
+            run=7,
+            trigger=Trigger.RAW,
+            status=ProcessingStatus.FINISHED,
+        )
+        await publish_once(
+            kafka_settings, [(kafka_settings.topics.processing, run_key(2212, 7), raw_done)]
+        )
+
+        # ... then for its proc folder, saying so on the processing topic
+        folder_reason = has_reason("does not exist yet")
         waiting = await read_topic(
             kafka_settings, kafka_settings.topics.processing, until=folder_reason
         )
-        states = [parsers.PROCESSING.parse(r.value) for r in waiting]
+        states = [
+            s
+            for s in (parsers.PROCESSING.parse(r.value) for r in waiting)
+            if s.processing_id != "exec-1"
+        ]
         assert all(s.status is ProcessingStatus.WAITING for s in states)
         assert "no raw run message" in (states[0].reason or "")
         make_run_folder(pdir, 7, "proc", age_s=10)  # calibration finished
@@ -172,5 +201,5 @@ async def test_proc_event_waits_for_its_folder_and_says_why(
             kafka_settings, kafka_settings.topics.runs, until=_has_run(7, Trigger.PROC), timeout=30
         )
     [proc] = [m for m in _runs(records) if m.trigger is Trigger.PROC]
-    assert proc.attempt >= 3
+    assert proc.attempt >= 4
     assert proc.request_id == states[0].request_id

@@ -25,7 +25,11 @@ FAC = "fac.r2d2"
 
 
 def rec(
-    topic: str, offset: int, value: bytes | None, headers: list[tuple[str, bytes]] | None = None
+    topic: str,
+    offset: int,
+    value: bytes | None,
+    headers: list[tuple[str, bytes]] | None = None,
+    key: bytes = b"k",
 ) -> ConsumerRecord:
     return ConsumerRecord(
         topic=topic,
@@ -33,10 +37,10 @@ def rec(
         offset=offset,
         timestamp=int(time.time() * 1000),
         timestamp_type=0,
-        key=b"k",
+        key=key,
         value=value,
         checksum=None,
-        serialized_key_size=1,
+        serialized_key_size=len(key),
         serialized_value_size=len(value or b""),
         headers=headers or [],
     )
@@ -233,3 +237,42 @@ async def test_a_handler_bug_dead_letters_the_record_and_an_os_error_retries(
     monkeypatch.setattr(loop_module, "handle_facility", stale)
     with pytest.raises(OSError, match="Stale"):
         loop._plan(batch, [], loop.catalog.begin(), time.time())
+
+
+async def test_processing_follower_releases_a_run_when_its_raw_pass_ends() -> None:
+    from runstream_common.messages import ProcessingStateChanged, ProcessingStatus, Trigger
+    from runstream_ingest.adapters.processing import ProcessingFollower
+    from runstream_ingest.ids import facility_request_id
+    from runstream_ingest.tables import RawInFlight
+
+    in_flight = RawInFlight()
+    in_flight.add(1, 5)
+    in_flight.add(1, 6)
+    follower = ProcessingFollower(KafkaSettings(), in_flight)
+
+    def state(
+        run: int,
+        status: ProcessingStatus,
+        trigger: Trigger = Trigger.RAW,
+        request_id: str | None = None,
+    ):
+        msg = ProcessingStateChanged(
+            processing_id="x",
+            request_id=request_id or facility_request_id(1, run, trigger),
+            proposal=1,
+            run=run,
+            trigger=trigger,
+            status=status,
+        )
+        return rec("u.processing", 0, parsers.encode(msg), key=run_key(1, run))
+
+    # a record of a run not in flight is not even parsed
+    follower.apply(rec("u.processing", 0, b"not json", key=run_key(1, 7)))
+    follower.apply(state(5, ProcessingStatus.RUNNING))
+    follower.apply(state(5, ProcessingStatus.FINISHED, Trigger.PROC))
+    follower.apply(state(5, ProcessingStatus.FINISHED, request_id="a-reprocess"))
+    assert (1, 5) in in_flight
+    follower.apply(state(5, ProcessingStatus.FAILED))
+    assert (1, 5) not in in_flight
+    assert (1, 6) in in_flight
+    await follower.stop()

@@ -10,6 +10,7 @@ handlers in a worker thread). The de-duplication rule: one run message per
 from __future__ import annotations
 
 import logging
+from collections.abc import Container
 from pathlib import Path
 from typing import Protocol
 from uuid import UUID
@@ -115,8 +116,13 @@ def handle_facility(
     disk: Disk,
     now: float,
     attempt: int = 1,
+    raw_in_flight: Container[tuple[int, int]] = frozenset(),
 ) -> list[Effect]:
-    """One facility event (or a retry of one) -> effects."""
+    """One facility event (or a retry of one) -> effects.
+
+    ``raw_in_flight``: runs whose raw pass is still running; a proc event for one
+    of them waits (see ``proc_waits_for_raw``).
+    """
     try:
         event = parsers.FACILITY.parse(value)
     except MessageFormatError as exc:
@@ -136,7 +142,9 @@ def handle_facility(
 
     note = None
     if trigger is Trigger.PROC:
-        reason = _proc_not_ready(event.run, known, proposal_dir, settings, disk)
+        reason = _proc_not_ready(
+            event.proposal, event.run, known, proposal_dir, settings, disk, raw_in_flight
+        )
         if reason is not None and attempt < settings.proc_max_attempts:
             request_id = facility_request_id(event.proposal, event.run, trigger)
             state = ProcessingStateChanged(
@@ -163,10 +171,19 @@ def handle_facility(
 
 
 def _proc_not_ready(
-    run: int, known: RunKnown | None, proposal_dir: Path, settings: Settings, disk: Disk
+    proposal: int,
+    run: int,
+    known: RunKnown | None,
+    proposal_dir: Path,
+    settings: Settings,
+    disk: Disk,
+    raw_in_flight: Container[tuple[int, int]],
 ) -> str | None:
-    if settings.proc_waits_for_raw and not (known is not None and known.raw_seen):
-        return "no raw run message yet for this run"
+    if settings.proc_waits_for_raw:
+        if not (known is not None and known.raw_seen):
+            return "no raw run message yet for this run"
+        if (proposal, run) in raw_in_flight:
+            return "raw processing of this run has not finished"
     state = disk.folder(disk.run_dir(proposal_dir, run, Trigger.PROC))
     if not state.complete:
         return state.describe(disk.run_dir(proposal_dir, run, Trigger.PROC), settings.settle_s)

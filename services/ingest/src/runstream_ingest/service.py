@@ -14,10 +14,11 @@ from runstream_common.telemetry import Telemetry
 from .adapters.compacted import CompactedReader
 from .adapters.disk import LocalDisk
 from .adapters.loop import WRITER_HEADER, IngestLoop
+from .adapters.processing import ProcessingFollower
 from .adapters.watcher import FolderWatcher
 from .effects import Outcome
 from .settings import Settings
-from .tables import ProposalTable, RunCatalog
+from .tables import ProposalTable, RawInFlight, RunCatalog
 
 log = logging.getLogger("runstream.ingest")
 
@@ -45,6 +46,7 @@ class IngestService:
             if counter is not None:
                 counter.add(1, {"source": source, "outcome": outcome.value})
 
+        self.raw_in_flight = RawInFlight()
         self.loop = IngestLoop(
             settings,
             self.proposals,
@@ -52,7 +54,9 @@ class IngestService:
             self.disk,
             on_outcome=on_outcome,
             tracer=telemetry.tracer_provider.get_tracer("runstream.ingest") if telemetry else None,
+            raw_in_flight=self.raw_in_flight,
         )
+        self._processing = ProcessingFollower(settings.kafka, self.raw_in_flight)
         topics = settings.kafka.topics
         self._proposal_reader = CompactedReader(
             settings.kafka, topics.proposals, parsers.PROPOSALS, self.proposals.apply
@@ -102,6 +106,7 @@ class IngestService:
             len(self.catalog),
             n_cat,
         )
+        await self._processing.start()  # before any raw message goes out: no finish is missed
         await self.loop.start_consumer()
 
     def launch(self) -> None:
@@ -109,6 +114,7 @@ class IngestService:
         self._spawn(self.loop.run(), "loop")
         self._spawn(self._proposal_reader.follow(), "proposals")
         self._spawn(self._catalog_reader.follow(), "catalog")
+        self._spawn(self._processing.follow(), "processing")
         if self.watcher is not None:
             self._spawn(self.watcher.run(), "watcher")
 
@@ -142,3 +148,4 @@ class IngestService:
         await self.loop.stop()
         await self._proposal_reader.stop()
         await self._catalog_reader.stop()
+        await self._processing.stop()

@@ -125,3 +125,27 @@ def fold_proposals(events: Iterable[ProposalRegistered | ProposalRemoved]) -> Pr
     for event in events:
         table.apply(event)
     return table
+
+
+class RawInFlight:
+    """Runs whose raw run message this process sent and whose raw pass has not finished yet.
+
+    Filled when a raw run message commits, emptied by the executor's terminal
+    processing state for it. Only what this process saw since it started: after
+    a restart a proc event waits for the raw *message* only (the catalog).
+    """
+
+    def __init__(self) -> None:
+        self._runs: set[tuple[int, int]] = set()
+
+    def add(self, proposal: int, run: int) -> None:
+        self._runs = self._runs | {(proposal, run)}
+
+    def finish(self, proposal: int, run: int) -> None:
+        self._runs = self._runs - {(proposal, run)}
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._runs
+
+    def __len__(self) -> int:
+        return len(self._runs)

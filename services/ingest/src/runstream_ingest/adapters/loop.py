@@ -38,14 +38,14 @@ from runstream_common.kafka import (
     DLQ_SOURCE_TOPIC,
     DLQ_TIME,
 )
-from runstream_common.messages import RunRequested
+from runstream_common.messages import RunRequested, Trigger
 from runstream_common.topics import dlq, run_key
 
 from ..effects import DeadLetter, Effect, EmitRun, Ignore, Outcome, Wait, outcome_of
 from ..handlers import Disk, handle_facility, handle_reprocess, handle_watched
 from ..retry import RetryInfo, parse_retry_headers, retry_headers
 from ..settings import Settings
-from ..tables import CatalogTxn, ProposalTable, RunCatalog
+from ..tables import CatalogTxn, ProposalTable, RawInFlight, RunCatalog
 
 log = logging.getLogger("runstream.ingest.loop")
 
@@ -88,6 +88,7 @@ class Plan:
     records: list[Out] = field(default_factory=list)
     offsets: dict[TopicPartition, int] = field(default_factory=dict)
     pauses: dict[TopicPartition, tuple[int, float]] = field(default_factory=dict)
+    raw_sent: list[tuple[int, int]] = field(default_factory=list)
     outcomes: list[tuple[str, Outcome]] = field(default_factory=list)
 
 
@@ -121,6 +122,7 @@ class IngestLoop:
         *,
         on_outcome: Callable[[str, Outcome], None] | None = None,
         tracer: Tracer | None = None,
+        raw_in_flight: RawInFlight | None = None,
     ) -> None:
         self.settings = settings
         self.proposals = proposals
@@ -136,6 +138,7 @@ class IngestLoop:
         self._paused: dict[TopicPartition, float] = {}
         self._stopping = False
         self._tracer = tracer
+        self.raw_in_flight = raw_in_flight if raw_in_flight is not None else RawInFlight()
         kafka = settings.kafka
         self.producer = AIOKafkaProducer(
             bootstrap_servers=kafka.bootstrap_servers,
@@ -233,6 +236,8 @@ class IngestLoop:
             await self._roll_back(batch, watched)
             raise _Retriable() from exc
         self.catalog.commit(txn)
+        for proposal, run in plan.raw_sent:
+            self.raw_in_flight.add(proposal, run)
         self.timings.append(
             BatchTiming(
                 len(plan.outcomes), t_planned - t_polled, time.perf_counter() - t_planned, wait_s
@@ -307,6 +312,7 @@ class IngestLoop:
             "catalog": txn,
             "disk": self.disk,
         }
+        facility_kw = {**kw, "raw_in_flight": self.raw_in_flight}
         for tp, records in batch.items():
             for record in records:
                 source = record.topic
@@ -317,11 +323,13 @@ class IngestLoop:
                             plan.pauses[tp] = (record.offset, info.not_before)
                             break
                         source = info.source_topic or record.topic
-                        effects = handle_facility(record.value, now=now, attempt=info.attempt, **kw)
+                        effects = handle_facility(
+                            record.value, now=now, attempt=info.attempt, **facility_kw
+                        )
                     elif record.topic == self.topics.reprocess:
                         effects = self._reprocess(record, kw)
                     else:
-                        effects = handle_facility(record.value, now=now, **kw)
+                        effects = handle_facility(record.value, now=now, **facility_kw)
                 except OSError:
                     raise  # transient: the whole batch is decided again
                 except Exception as exc:  # a bug must not stop the service: park the record
@@ -380,6 +388,8 @@ class IngestLoop:
             msg = effect.run
             key = run_key(msg.proposal, msg.run)
             headers = JSON + self._trace_headers(msg, record, source)
+            if msg.trigger is Trigger.RAW and msg.reason != "reprocess":
+                plan.raw_sent.append((msg.proposal, msg.run))
             plan.records.append(Out(self.topics.runs, key, parsers.encode(msg), headers))
             if effect.catalog is not None:
                 plan.records.append(
