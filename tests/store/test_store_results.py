@@ -12,14 +12,14 @@ import pandas as pd
 import pytest
 import xarray as xr
 from runstream_common.errors import PermanentError
-from runstream_common.messages import VariableResult
+from runstream_common.messages import RunKnown, SetComment, VariableResult
 from runstream_store.adapters.hdf5_merge import run_file_path
 from runstream_store.adapters.postgres import Repository
 from runstream_store.api import Proposal
 from runstream_store.handlers import Handlers
 
 from .fragments import Fragment, every_type
-from .helpers import RecordingFeed
+from .helpers import DELIVERY, RecordingFeed
 
 pytestmark = pytest.mark.integration
 
@@ -284,3 +284,34 @@ async def test_results_without_fragment_are_written_inline(
     current = await repo.current_values(P, R)
     assert current["big"].inline_summary == 2**70
     assert current["c"].inline_summary == (0.0, 1.0)
+
+
+async def test_concurrent_results_and_commands_for_one_run_all_land(
+    handlers: Handlers, repo: Repository, context_dir: Path, pg_dsn: str
+) -> None:
+    await handlers.on_run_known(RunKnown(proposal=P, run=R), DELIVERY)
+    messages = []
+    for i in range(8):
+        frag = Fragment(context_dir, P, R)
+        frag.scalar(f"v{i}", i, in_fragment=i % 2 == 0)
+        frag.array(f"a{i}", np.full(5, float(i)))
+        messages.append(frag.message(revision=1))
+    comments = [SetComment(proposal=P, run=R, text=f"c{i}") for i in range(4)]
+    await asyncio.gather(
+        *(handlers.results_ready(m) for m in messages),
+        *(handlers.on_command(c, DELIVERY) for c in comments),
+    )
+    with h5py.File(run_file_path(context_dir, P, R), "r") as f:
+        for i in range(8):
+            assert int(f[f"v{i}/data"][()]) == i
+            np.testing.assert_array_equal(f[f"a{i}/data"][()], np.full(5, float(i)))
+
+    def table() -> pd.DataFrame:
+        with Proposal(P, dsn=pg_dsn) as prop:
+            return prop.table()
+
+    row = (await asyncio.to_thread(table)).set_index("run").loc[R]
+    assert [row[f"v{i}"] for i in range(8)] == list(range(8))  # the per-run cells saw every write
+    assert row["comment"] in {c.text for c in comments}
+    current = await repo.current_values(P, R, ["comment"])
+    assert row["comment"] == current["comment"].value_text
