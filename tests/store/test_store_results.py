@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
+from runstream_common import parsers
 from runstream_common.errors import PermanentError
 from runstream_common.messages import RunKnown, SetComment, VariableResult
 from runstream_store.adapters.hdf5_merge import run_file_path
@@ -315,3 +317,37 @@ async def test_concurrent_results_and_commands_for_one_run_all_land(
     assert row["comment"] in {c.text for c in comments}
     current = await repo.current_values(P, R, ["comment"])
     assert row["comment"] == current["comment"].value_text
+
+
+async def test_non_finite_summaries_come_from_the_fragment(
+    handlers: Handlers, repo: Repository, feed: RecordingFeed, context_dir: Path, pg_dsn: str
+) -> None:
+    frag = Fragment(context_dir, P, R)
+    frag.scalar("nan_value", float("nan"))
+    frag.scalar("inf_complex", complex(float("inf"), 1.0))
+    # JSON cannot carry them: the executor sends no inline summary, the value is in the fragment
+    frag.results = [
+        r.model_copy(update={"summary": None, "summary_type": None})
+        if r.name == "nan_value"
+        else r.model_copy(update={"summary": None})
+        for r in frag.results
+    ]
+    await handlers.results_ready(frag.message())
+    current = await repo.current_values(P, R)
+    assert current["nan_value"].kind == "float"
+    assert math.isnan(current["nan_value"].value_float or 0.0)
+    assert current["inf_complex"].kind == "complex"
+    assert current["inf_complex"].value_float == math.inf
+    (update,) = feed.of_type("values_updated")
+    # the feed stays valid JSON for every consumer
+    parsed = parsers.UPDATES.parse(update.model_dump_json())
+    assert parsed.values["nan_value"].summary is None
+    assert parsed.values["inf_complex"].summary is None
+
+    def row() -> pd.Series:
+        with Proposal(P, dsn=pg_dsn) as prop:
+            return prop.table().set_index("run").loc[R]
+
+    cells = await asyncio.to_thread(row)
+    assert math.isnan(cells["nan_value"])
+    assert cells["inf_complex"] == complex(math.inf, 1.0)

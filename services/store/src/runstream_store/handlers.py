@@ -240,6 +240,8 @@ class Handlers:
                 )
                 for name, reason in outcome.failed.items():
                     values[name] = values[name].as_error(reason, "StoreWriteError")
+                for name, scalar in outcome.summaries.items():
+                    values[name] = values[name].with_summary(scalar)
             self._crash("after_merge")
             run = await self.db.apply_results(message, values, winners)
             self._crash("after_commit")

@@ -25,8 +25,8 @@ def _decode_special(obj: dict[str, Any]) -> Any:
     """``json.loads`` hook for the cells that JSON cannot hold directly."""
     if len(obj) == 1:
         ((key, value),) = obj.items()
-        if key == "$c":
-            return complex(value[0], value[1])
+        if key == "$c":  # non-finite parts arrive as the strings "NaN", "Infinity", ...
+            return complex(float(value[0]), float(value[1]))
         if key == "$b":
             return PLACEHOLDERS.get(value, "<blob>")
         if key == "$f":

@@ -176,6 +176,8 @@ class StoredValue:
         summary = self.inline_summary
         if isinstance(summary, float) and not math.isfinite(summary):
             summary = None  # JSON has no NaN/inf; the GUI shows an empty cell
+        if isinstance(summary, tuple) and not all(math.isfinite(x) for x in summary):
+            summary = None
         return ValueView(
             summary=summary,
             summary_type=summary_type,
@@ -192,6 +194,19 @@ class StoredValue:
 
     def with_result_id(self, result_id: str | None) -> StoredValue:
         return replace(self, result_id=result_id)
+
+    def with_summary(self, summary: float | complex) -> StoredValue:
+        """The same value with a scalar summary found in the run file (NaN, inf, complex)."""
+        blank = replace(
+            self, kind="none", value_int=None, value_float=None, value_imag=None,
+            value_bool=None, value_text=None,
+        )  # fmt: skip
+        if isinstance(summary, complex):
+            return replace(
+                blank, kind="complex", value_float=summary.real, value_imag=summary.imag,
+                summary_type="complex",
+            )  # fmt: skip
+        return replace(blank, kind="float", value_float=summary)
 
 
 def inline_summary(

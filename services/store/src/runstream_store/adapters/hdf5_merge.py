@@ -26,7 +26,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -79,9 +79,12 @@ class MergeRequest:
 
 @dataclass(frozen=True, slots=True)
 class MergeOutcome:
-    """Variables that could not be written, with the reason (their error is stored instead)."""
+    """Variables that could not be written, with the reason (their error is stored instead),
+    and scalar summaries read from the fragment for results whose message could not carry
+    them (NaN, infinities: JSON has no such numbers)."""
 
     failed: dict[str, str]
+    summaries: dict[str, float | complex] = field(default_factory=dict)
 
 
 def run_file_path(context_dir: str | Path, proposal: int, run: int) -> Path:
@@ -126,8 +129,9 @@ def merge(request: MergeRequest, *, before_replace: Any = None) -> MergeOutcome:
             # persistent free-space tracking: space of replaced objects is reused by later
             # merges, so a run file does not grow with every reprocessing
             out = h5py.File(tmp, "w", fs_strategy="fsm", fs_persist=True, fs_threshold=1)
+        summaries: dict[str, float | complex] = {}
         with out, _open_fragment(request) as src:
-            failed = _apply(out, src, request)
+            failed = _apply(out, src, request, summaries)
         fsync_path(tmp)
         if before_replace is not None:
             before_replace(tmp)
@@ -137,7 +141,7 @@ def merge(request: MergeRequest, *, before_replace: Any = None) -> MergeOutcome:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
-    return MergeOutcome(failed)
+    return MergeOutcome(failed, summaries)
 
 
 @contextlib.contextmanager
@@ -154,7 +158,12 @@ def _open_fragment(request: MergeRequest) -> Iterator[h5py.File | None]:
         yield src
 
 
-def _apply(out: h5py.File, src: h5py.File | None, request: MergeRequest) -> dict[str, str]:
+def _apply(
+    out: h5py.File,
+    src: h5py.File | None,
+    request: MergeRequest,
+    summaries: dict[str, float | complex],
+) -> dict[str, str]:
     if "provenance" not in out.attrs:  # the run file keeps the first provenance, as DAMNIT
         out.attrs["provenance"] = request.provenance
     failed: dict[str, str] = {}
@@ -168,6 +177,10 @@ def _apply(out: h5py.File, src: h5py.File | None, request: MergeRequest) -> dict
                 if src is None:
                     raise FileNotFoundError("the result has no fragment")
                 _copy_from_fragment(out, src, item, dimids, request.compress_min_bytes)
+                if item.summary is None and item.summary_type in (None, "complex"):
+                    scalar = _scalar_summary(out, item.name)
+                    if scalar is not None:
+                        summaries[item.name] = scalar
             elif item.action == "inline":
                 _write_inline(out, item, present)
             elif item.action == "error":
@@ -208,6 +221,18 @@ class _Present:
             if name in names:
                 del self.out[f"{section}/{name}" if section else name]
                 names.discard(name)
+
+
+def _scalar_summary(out: h5py.File, name: str) -> float | complex | None:
+    """A 0-d numeric ``.reduced/{name}`` as float or complex (None for anything else)."""
+    path = f"{REDUCED}/{name}"
+    if path not in out:
+        return None
+    ds = out[path]
+    if ds.shape != () or ds.dtype.kind not in "fc":
+        return None
+    value = ds[()]
+    return complex(value) if ds.dtype.kind == "c" else float(value)
 
 
 def delete_variable(out: h5py.File, name: str) -> None:
