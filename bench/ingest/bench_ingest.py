@@ -149,7 +149,8 @@ async def main() -> None:
         "RUNSTREAM_INGEST_FACILITY_TOPICS": json.dumps([facility]),
         "RUNSTREAM_INGEST_GROUP_ID": f"{prefix}-ingest",
         "RUNSTREAM_INGEST_TRANSACTIONAL_ID": f"{prefix}-ingest",
-        "RUNSTREAM_INGEST_LOG_LEVEL": "WARNING",
+        "RUNSTREAM_INGEST_LOG_LEVEL": "INFO",
+        "RUNSTREAM_INGEST_STATS_INTERVAL_S": "5",
     }
     log = (tmp / "ingest.log").open("wb")
     proc = _spawn(env, log)
@@ -245,6 +246,10 @@ async def main() -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+        # ingest's own view (it logs its batch timings every 30 s)
+        for line in (tmp / "ingest.log").read_text().splitlines():
+            if "transactions; ms p50/p99" in line:
+                print("ingest:", line.split(": ", 1)[-1], file=sys.stderr)
 
     if args.json:
         print(json.dumps(results, indent=2))

@@ -131,3 +131,17 @@ def test_report_prints_summary_and_sets_exit_status(capsys: pytest.CaptureFixtur
     ok_only.observe(_state("a", 1, ProcessingStatus.FINISHED))
     assert _report(ok_only, "req", True, as_json=True) == 0
     assert _report(RequestTracker({"a": 1}), "req", False, as_json=True) == 1  # timed out
+
+
+def test_raw_in_flight_entries_expire() -> None:
+    from runstream_ingest.tables import RawInFlight
+
+    now = [0.0]
+    table = RawInFlight(ttl_s=10, clock=lambda: now[0])
+    table.add(1, 2)
+    assert (1, 2) in table
+    now[0] = 11.0
+    assert (1, 2) not in table
+    table.add(1, 3)
+    table.finish(1, 3)
+    assert (1, 3) not in table

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 from collections.abc import Callable
 
 from runstream_common import parsers
@@ -46,7 +47,10 @@ class IngestService:
             if counter is not None:
                 counter.add(1, {"source": source, "outcome": outcome.value})
 
-        self.raw_in_flight = RawInFlight()
+        # waiting for raw makes no sense beyond the proc events' own waiting budget
+        self.raw_in_flight = RawInFlight(
+            ttl_s=settings.proc_retry_delay_s * settings.proc_max_attempts
+        )
         self.loop = IngestLoop(
             settings,
             self.proposals,
@@ -82,6 +86,8 @@ class IngestService:
     async def prepare(self) -> None:
         """Topics, fencing, then the state tables read to their end (in this order)."""
         s = self.settings
+        if s.gil_switch_interval_s is not None:
+            sys.setswitchinterval(s.gil_switch_interval_s)
         topics = s.kafka.topics
         await ensure_topics(
             s.kafka,

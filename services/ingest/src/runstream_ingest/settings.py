@@ -68,6 +68,19 @@ class Settings(ServiceSettings):
         default=50, ge=1, description="Longest a fetch waits at the broker for new events"
     )
 
+    gil_switch_interval_s: float | None = Field(
+        default=None,
+        gt=0,
+        description=(
+            "If set, sys.setswitchinterval for the service process (Python's default is 5 ms): "
+            "each batch is decided in a worker thread, and a GIL hand-over can cost an interval. "
+            "An A/B at 0.001 was inconclusive on a loaded machine, so it is off by default"
+        ),
+    )
+    stats_interval_s: float = Field(
+        default=60.0, gt=0, description="How often the loop logs its counts and batch timings"
+    )
+
     data_root: str = Field(
         default_factory=lambda: os.environ.get("XFEL_DATA_ROOT", "/gpfs/exfel/exp"),
         description="Data root for registrations without their own (DAMNIT: $XFEL_DATA_ROOT)",

@@ -10,7 +10,8 @@ committed.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -132,20 +133,32 @@ class RawInFlight:
 
     Filled when a raw run message commits, emptied by the executor's terminal
     processing state for it. Only what this process saw since it started: after
-    a restart a proc event waits for the raw *message* only (the catalog).
+    a restart a proc event waits for the raw *message* only (the catalog). An
+    entry older than ``ttl_s`` no longer counts (a raw pass that never reports
+    must not hold proc events back forever) and is dropped.
     """
 
-    def __init__(self) -> None:
-        self._runs: set[tuple[int, int]] = set()
+    def __init__(self, ttl_s: float = 3600.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._since: dict[tuple[int, int], float] = {}
+        self._ttl_s = ttl_s
+        self._clock = clock
+        self._adds = 0
 
     def add(self, proposal: int, run: int) -> None:
-        self._runs = self._runs | {(proposal, run)}
+        now = self._clock()
+        self._since[(proposal, run)] = now
+        self._adds += 1
+        if self._adds % 1000 == 0:
+            for key, since in list(self._since.items()):
+                if now - since > self._ttl_s:
+                    self._since.pop(key, None)
 
     def finish(self, proposal: int, run: int) -> None:
-        self._runs = self._runs - {(proposal, run)}
+        self._since.pop((proposal, run), None)
 
     def __contains__(self, key: object) -> bool:
-        return key in self._runs
+        since = self._since.get(key)  # type: ignore[call-overload]
+        return since is not None and self._clock() - since <= self._ttl_s
 
     def __len__(self) -> int:
-        return len(self._runs)
+        return len(self._since)

@@ -134,6 +134,8 @@ class IngestLoop:
         self.watched: asyncio.Queue[Watched] = asyncio.Queue()
         self.stats: Counter[str] = Counter()
         self.timings: deque[BatchTiming] = deque(maxlen=10_000)
+        self._window: list[BatchTiming] = []
+        self._window_start = time.monotonic()
         self._on_outcome = on_outcome
         self._paused: dict[TopicPartition, float] = {}
         self._stopping = False
@@ -238,11 +240,13 @@ class IngestLoop:
         self.catalog.commit(txn)
         for proposal, run in plan.raw_sent:
             self.raw_in_flight.add(proposal, run)
-        self.timings.append(
-            BatchTiming(
-                len(plan.outcomes), t_planned - t_polled, time.perf_counter() - t_planned, wait_s
-            )
+        timing = BatchTiming(
+            len(plan.outcomes), t_planned - t_polled, time.perf_counter() - t_planned, wait_s
         )
+        self.timings.append(timing)
+        self._window.append(timing)
+        if time.monotonic() - self._window_start >= self.settings.stats_interval_s:
+            self._report_window()
         for tp, (offset, not_before) in plan.pauses.items():
             self.consumer.seek(tp, offset)
             self.consumer.pause(tp)
@@ -252,6 +256,33 @@ class IngestLoop:
             if self._on_outcome is not None:
                 self._on_outcome(topic, outcome)
         return len(plan.outcomes)
+
+    def _report_window(self) -> None:
+        window, self._window = self._window, []
+        seconds = time.monotonic() - self._window_start
+        self._window_start = time.monotonic()
+
+        def p(values: list[float], q: float) -> float:
+            ordered = sorted(values)
+            return 1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+        waits = [t.wait_s for t in window]
+        txns = [t.txn_s for t in window]
+        plans = [t.plan_s for t in window]
+        log.info(
+            "last %.0f s: %d inputs in %d transactions; ms p50/p99: waited %.1f/%.1f, "
+            "decided %.1f/%.1f, transaction %.1f/%.1f; totals %s",
+            seconds,
+            sum(t.inputs for t in window),
+            len(window),
+            p(waits, 0.5),
+            p(waits, 0.99),
+            p(plans, 0.5),
+            p(plans, 0.99),
+            p(txns, 0.5),
+            p(txns, 0.99),
+            dict(self.stats),
+        )
 
     async def _transact(self, plan: Plan) -> None:
         if not plan.records and not plan.offsets:
