@@ -258,10 +258,15 @@ def reprocess(
     runs: Annotated[list[str], typer.Argument(help="Run numbers, or 'all' (every known run)")],
     match: Annotated[
         list[str] | None,
-        typer.Option("--match", help="Only variables whose title or name contains TEXT"),
+        typer.Option(
+            "--match",
+            metavar="TEXT",
+            help="Only variables whose title or name contains TEXT (repeatable)",
+        ),
     ] = None,
     var: Annotated[
-        list[str] | None, typer.Option("--var", help="Only the variable with this exact name")
+        list[str] | None,
+        typer.Option("--var", metavar="NAME", help="Only the variable NAME (repeatable)"),
     ] = None,
     data: Annotated[DataChoice, typer.Option("--data", help="Which data to read")] = DataChoice.all,
     wait: Annotated[
