@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -15,7 +16,6 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-
 from runstream_common.kafka import make_broker, publish
 from runstream_common.messages import ProposalRegistered
 from runstream_common.settings import KafkaSettings
@@ -23,10 +23,11 @@ from runstream_common.topics import proposal_key
 from support.services import System
 
 PROPOSAL = 4242
+REPO = Path(__file__).resolve().parents[2]
 
 # A light context: scalar, string, 1-D (trendline), 2-D (thumbnail), a dependency chain,
 # a proc variable and one that always fails.
-CONTEXT = '''
+CONTEXT = """
 from damnit_ctx import Variable
 import numpy as np
 
@@ -59,8 +60,12 @@ def broken(run):
 @Variable(title="Proc sum", data="proc")
 def proc_sum(run, d: "var#doubled"):
     return d + 1
-'''
-RAW_NAMES = ("n_trains", "beam_x", "label", "image", "doubled", "broken")
+
+@Variable(title="Heavy", cluster=True)
+def heavy(run, d: "var#doubled"):
+    return d * 10
+"""
+RAW_NAMES = ("n_trains", "beam_x", "label", "image", "doubled", "broken", "heavy")
 ALL_NAMES = (*RAW_NAMES, "proc_sum")
 
 
@@ -84,19 +89,36 @@ class E2E:
         old = time.time() - 3600
         for run in runs:
             for kind, prefix in (("raw", "RAW"), ("proc", "CORR")):
-                dest = self.proposal_dir / kind / f"r{run:04d}" / f"{prefix}-R{run:04d}-DA01-S00000.h5"
+                dest = (
+                    self.proposal_dir / kind / f"r{run:04d}" / f"{prefix}-R{run:04d}-DA01-S00000.h5"
+                )
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(template, dest)
                 os.utime(dest, (old, old))
 
-    def send_events(self, runs: range, *, event: str = "migration_complete", twice: bool = False) -> None:
+    def stack(self, script: str, action: str) -> None:
+        """Run a deploy/local script (restart Kafka or PostgreSQL under the services' feet)."""
+        result = subprocess.run(
+            ["bash", str(REPO / "deploy" / "local" / script), action],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+
+    def send_events(
+        self, runs: range, *, event: str = "migration_complete", twice: bool = False
+    ) -> None:
         """Facility events from an independent client (confluent-kafka), as the facility sends them."""
         from confluent_kafka import Producer
 
         topic = self.raw_topic if event == "migration_complete" else self.proc_topic
         producer = Producer({"bootstrap.servers": self.kafka.bootstrap_servers, "acks": "all"})
         for run in runs:
-            body = json.dumps({"event": event, "proposal": PROPOSAL, "run": run, "instrument": "FXE"})
+            body = json.dumps(
+                {"event": event, "proposal": PROPOSAL, "run": run, "instrument": "FXE"}
+            )
             for _ in range(2 if twice else 1):
                 producer.produce(topic, body.encode(), key=f"{PROPOSAL}/{run}".encode())
         assert producer.flush(30) == 0
@@ -121,7 +143,9 @@ class E2E:
         return {(r["run"], r["name"]): r["n"] for r in rows}
 
 
-def _env(kafka: KafkaSettings, dsn: str, raw_topic: str, proc_topic: str, logs: Path) -> dict[str, str]:
+def _env(
+    kafka: KafkaSettings, dsn: str, raw_topic: str, proc_topic: str, logs: Path
+) -> dict[str, str]:
     prefix = kafka.topic_prefix
     env = {k: v for k, v in os.environ.items() if not k.startswith("RUNSTREAM_")}
     env.update(
@@ -150,7 +174,8 @@ def _env(kafka: KafkaSettings, dsn: str, raw_topic: str, proc_topic: str, logs: 
 
 @pytest.fixture
 async def e2e(kafka_settings: KafkaSettings, pg_dsn: str, tmp_path: Path) -> AsyncIterator[E2E]:
-    upgrade = subprocess.run(
+    upgrade = await asyncio.to_thread(
+        subprocess.run,
         [sys.executable, "-m", "runstream.cli", "db", "upgrade", "--dsn", pg_dsn],
         capture_output=True,
         text=True,
@@ -171,14 +196,18 @@ async def e2e(kafka_settings: KafkaSettings, pg_dsn: str, tmp_path: Path) -> Asy
 
     await ensure_topics(kafka_settings, [raw_topic, proc_topic], with_dlq=True)
     system = System(env=env, log_dir=logs)
-    harness = E2E(system, kafka_settings, pg_dsn, tmp_path, proposal_dir, context_dir, raw_topic, proc_topic)
+    harness = E2E(
+        system, kafka_settings, pg_dsn, tmp_path, proposal_dir, context_dir, raw_topic, proc_topic
+    )
     broker = make_broker(kafka_settings, client_id="e2e-cli")
     await broker.connect()
     try:
         await publish(
             broker,
             kafka_settings.topics.proposals,
-            ProposalRegistered(proposal=PROPOSAL, context_dir=str(context_dir), data_root=str(proposal_dir)),
+            ProposalRegistered(
+                proposal=PROPOSAL, context_dir=str(context_dir), data_root=str(proposal_dir)
+            ),
             key=proposal_key(PROPOSAL),
         )
     finally:

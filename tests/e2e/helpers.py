@@ -10,7 +10,6 @@ from typing import Any
 import asyncpg
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
-
 from runstream_common import parsers
 from runstream_common.messages import ValuesUpdated, ValueView
 from runstream_common.settings import KafkaSettings
@@ -84,7 +83,11 @@ async def dead_letters(kafka: KafkaSettings) -> dict[str, int]:
     admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers)
     await admin.start()
     try:
-        topics = [t for t in await admin.list_topics() if t.startswith(kafka.topic_prefix) and t.endswith(".dlq")]
+        topics = [
+            t
+            for t in await admin.list_topics()
+            if t.startswith(kafka.topic_prefix) and t.endswith(".dlq")
+        ]
     finally:
         await admin.close()
     if not topics:
@@ -96,7 +99,10 @@ async def dead_letters(kafka: KafkaSettings) -> dict[str, int]:
 
         counts: dict[str, int] = {}
         for topic in topics:
-            partitions = [TopicPartition(topic, p) for p in (consumer.partitions_for_topic(topic) or {0, 1, 2})]
+            partitions = [
+                TopicPartition(topic, p)
+                for p in (consumer.partitions_for_topic(topic) or {0, 1, 2})
+            ]
             begin = await consumer.beginning_offsets(partitions)
             end = await consumer.end_offsets(partitions)
             counts[topic] = sum(end[tp] - begin[tp] for tp in partitions)

@@ -7,7 +7,7 @@ import os
 import h5py
 import pytest
 
-from .conftest import ALL_NAMES, RAW_NAMES, E2E
+from .conftest import ALL_NAMES, E2E, RAW_NAMES
 from .helpers import Gui, dead_letters, scalar, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -25,6 +25,7 @@ def check_values(values: dict, runs: range, names: tuple[str, ...]) -> None:
         assert isinstance(scalar(values[(run, "beam_x")]), float)
         assert values[(run, "broken")]["error"] == "always fails"
         assert values[(run, "broken")]["error_cls"] == "ValueError"
+        assert scalar(values[(run, "heavy")]) == 10 * (2 * N_TRAINS + run)
         if "proc_sum" in names:
             assert scalar(values[(run, "proc_sum")]) == 2 * N_TRAINS + run + 1
 
@@ -50,7 +51,9 @@ async def test_fifty_runs_in_the_table_files_and_feed_out(e2e: E2E) -> None:
             values = await e2e.values()
             return [f"{r}" for r in runs if (r, "proc_sum") not in values]
 
-        await wait_until(proc_done, timeout=300, what="proc values of 50 runs", logs=e2e.system.logs)
+        await wait_until(
+            proc_done, timeout=300, what="proc values of 50 runs", logs=e2e.system.logs
+        )
 
         values = await e2e.values()
         check_values(values, runs, ALL_NAMES)

@@ -168,7 +168,12 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 5) -> asyn
         pool = await asyncpg.create_pool(
             dsn, min_size=min_size, max_size=max_size, init=_init_connection, timeout=10
         )
-    except (OSError, asyncpg.PostgresConnectionError, TimeoutError) as exc:
+    except (
+        OSError,
+        asyncpg.PostgresConnectionError,
+        asyncpg.exceptions.OperatorInterventionError,
+        TimeoutError,
+    ) as exc:
         raise ServiceUnavailable(f"PostgreSQL is not answering: {exc}") from exc
     assert pool is not None
     return pool
@@ -185,7 +190,13 @@ class Repository:
         try:
             async with self.pool.acquire() as conn:
                 yield conn
-        except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
+        except (
+            OSError,
+            asyncpg.PostgresConnectionError,
+            asyncpg.InterfaceError,
+            # 57xxx: the server is shutting down, restarting or not accepting connections yet
+            asyncpg.exceptions.OperatorInterventionError,
+        ) as exc:
             raise ServiceUnavailable(f"PostgreSQL: {exc}") from exc
 
     async def check_schema(self) -> int:
