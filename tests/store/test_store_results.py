@@ -105,6 +105,8 @@ async def test_every_return_type_round_trips_fragment_to_api(
     assert values["nothing"].cleared is True
     assert values["start_time"].summary == pytest.approx(1_700_000_000.0)
     assert [m.run for m in feed.of_type("run_added")] == [R]
+    order = [m.type for _, _, m in feed.sent]
+    assert order.index("run_added") < order.index("values_updated")  # the row before its values
 
 
 async def test_redelivery_leaves_one_current_value_and_one_history_entry(

@@ -8,7 +8,7 @@ every crash converge when the message comes again:
    fragment, done;
 2. under the run file's lock: find which variables this revision may replace, merge them
    into the run file (atomic replace), commit values + history + result_id in one
-   transaction, publish ``ValuesUpdated`` (and ``RunAdded`` for a new run), delete the
+   transaction, publish ``RunAdded`` (a new run) and then ``ValuesUpdated``, delete the
    fragment. The offset is committed after the handler returns.
 """
 
@@ -248,6 +248,7 @@ class Handlers:
             if run is None:  # applied concurrently; nothing more to do than for a duplicate
                 await self._finish_duplicate(message, fragment)
                 return
+            await self._announce(run)  # a new run's row first, then its values
             changed = {n: values[n].view() for n in results if n in winners}
             if message.start_time is not None:
                 changed.setdefault("start_time", _start_time_view(message.start_time, message))
@@ -258,7 +259,6 @@ class Handlers:
                     ),
                     run_key(p, r),
                 )
-            await self._announce(run)
             if fragment is not None:
                 await self.files.delete(fragment)
 
@@ -267,6 +267,9 @@ class Handlers:
         p, r = message.proposal, message.run
         names = [res.name for res in message.results]
         current = await self.db.current_values(p, r, names)
+        run = await self.db.get_run(p, r)
+        if run is not None:
+            await self._announce(run)
         mine = {n: v.view() for n, v in current.items() if v.result_id == message.result_id}
         if mine and message.start_time is not None:
             mine["start_time"] = _start_time_view(message.start_time, message)
@@ -277,9 +280,6 @@ class Handlers:
                 ),
                 run_key(p, r),
             )
-        run = await self.db.get_run(p, r)
-        if run is not None:
-            await self._announce(run)
         if fragment is not None and await self.files.delete(fragment):
             log.info("deleted fragment %s of an already applied result", fragment)
 
