@@ -281,6 +281,7 @@ def subscribe(
     title: str | None = None,
     description: str | None = None,
     meter_provider: MeterProvider | None = None,
+    max_poll_interval_ms: int | None = None,
 ) -> Any:
     """Register ``handler`` for ``topic`` with at-least-once delivery and a DLQ.
 
@@ -291,6 +292,11 @@ def subscribe(
         meter_provider or getattr(broker, "_runstream_meter_provider", None)
     )
     kafka = settings.kafka
+    extra: dict[str, Any] = {}
+    if max_poll_interval_ms is not None:
+        # A handler may run longer than aiokafka's default 5 min between polls (e.g. a
+        # long evaluation); without this the member is evicted and the record redelivered.
+        extra["max_poll_interval_ms"] = max_poll_interval_ms
     subscriber = broker.subscriber(
         topic,
         group_id=group_id,
@@ -301,6 +307,7 @@ def subscribe(
         heartbeat_interval_ms=kafka.heartbeat_interval_ms,
         title=title,
         description=description or (handler.__doc__ or None),
+        **extra,
     )
 
     async def consume(message: KafkaMessage) -> None:

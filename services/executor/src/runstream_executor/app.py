@@ -42,6 +42,10 @@ def build_app(settings: Settings, *, telemetry: Telemetry | None = None) -> Fast
         parser=parsers.RUNS,
         handler=handle_run,
         settings=settings,
+        # A pass may take as long as its slowest variables: stay in the group meanwhile.
+        max_poll_interval_ms=int(
+            (settings.variable_timeout_s + settings.context_load_timeout_s + 600) * 1000
+        ),
     )
     # Every instance needs the whole compacted table: a group of its own, from the start.
     subscribe(
