@@ -7,6 +7,7 @@ script's output.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shlex
 import subprocess
@@ -109,8 +110,14 @@ async def pg_dsn(stack: Stack) -> AsyncIterator[str]:
         await admin.close()
     base, _, _ = stack.postgres_dsn.rpartition("/")
     yield f"{base}/{name}"
-    admin = await asyncpg.connect(stack.postgres_dsn)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    # Services a test started may still hold connections for a moment; FORCE ends them.
+    # A database that cannot be dropped now is only clutter: never fail the test for it.
+    for attempt in range(5):
+        admin = await asyncpg.connect(stack.postgres_dsn)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            break
+        except asyncpg.PostgresError:
+            await asyncio.sleep(0.5 * (attempt + 1))
+        finally:
+            await admin.close()
