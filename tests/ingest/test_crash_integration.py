@@ -18,6 +18,7 @@ from runstream_common.messages import Trigger
 from runstream_common.settings import KafkaSettings
 from runstream_ingest.adapters.compacted import partitions_of
 
+from .helpers import make_run_folder
 from .kafka_helpers import create_topics, event, produce, read_topic, register
 
 pytestmark = pytest.mark.integration
@@ -145,3 +146,75 @@ async def test_kill_9_mid_burst_then_restart(kafka_settings: KafkaSettings, tmp_
     assert sorted(m.run for m in runs) == list(range(1, RUNS + 2))
     assert {m.trigger for m in runs} == {Trigger.RAW}
     assert proc.returncode == 0, log.read_text()[-3000:]
+
+
+async def test_kill_9_while_proc_events_wait_loses_none_and_duplicates_none(
+    kafka_settings: KafkaSettings, tmp_path: Path
+) -> None:
+    prefix = kafka_settings.topic_prefix
+    raw_topic, cal_topic = f"{prefix}.fac.r2d2", f"{prefix}.fac.cal"
+    pdir = tmp_path / "p002212"
+    (pdir / "raw").mkdir(parents=True)
+    create_topics(kafka_settings.bootstrap_servers, [raw_topic, cal_topic], partitions=1)
+    await register(kafka_settings, 2212, tmp_path / "ctx", pdir)
+    env = _env(kafka_settings, tmp_path, raw_topic)
+    env.update(
+        {
+            "RUNSTREAM_INGEST_FACILITY_TOPICS": json.dumps([raw_topic, cal_topic]),
+            "RUNSTREAM_INGEST_PROC_WAITS_FOR_RAW": "false",
+            "RUNSTREAM_INGEST_PROC_RETRY_DELAY_S": "0.3",
+            "RUNSTREAM_INGEST_PROC_MAX_ATTEMPTS": "1000",
+            "RUNSTREAM_INGEST_SETTLE_S": "0.5",
+        }
+    )
+    log = tmp_path / "ingest.log"
+    runs = list(range(1, 51))
+    produce(
+        kafka_settings.bootstrap_servers,
+        raw_topic,
+        [event("migration_complete", 2212, r) for r in runs],
+    )
+    produce(
+        kafka_settings.bootstrap_servers,
+        cal_topic,
+        [event("run_corrections_complete", 2212, r) for r in runs] * 2,
+    )
+
+    proc = _start(env, log)
+    try:
+        # every proc event is waiting for its folder (the retry topic holds them) ...
+        await read_topic(
+            kafka_settings,
+            kafka_settings.topics.processing,
+            until=lambda recs: len({parsers.PROCESSING.parse(r.value).run for r in recs}) >= 50,
+        )
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        # ... the calibration finishes while ingest is down, then it comes back
+        for r in runs:
+            make_run_folder(pdir, r, "proc", age_s=60)
+        proc = _start(env, log)
+
+        def proc_msgs(recs: list) -> list:
+            return [
+                m for m in (parsers.RUNS.parse(r.value) for r in recs) if m.trigger is Trigger.PROC
+            ]
+
+        await read_topic(
+            kafka_settings,
+            kafka_settings.topics.runs,
+            until=lambda recs: len(proc_msgs(recs)) >= 50,
+        )
+        # absence check: a few more retry periods must not add anything
+        await asyncio.sleep(2.0)
+        records = await read_topic(kafka_settings, kafka_settings.topics.runs)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    msgs = [parsers.RUNS.parse(r.value) for r in records]
+    assert sorted(m.run for m in msgs if m.trigger is Trigger.PROC) == runs
+    assert sorted(m.run for m in msgs if m.trigger is Trigger.RAW) == runs
