@@ -43,6 +43,11 @@ class Topics:
         return self._t("reprocess")
 
     @property
+    def ingest_retry(self) -> str:
+        """Ingest's delayed retries (proc events whose data is not ready yet)."""
+        return self._t("ingest-retry")
+
+    @property
     def runs(self) -> str:
         """Run messages for the executor, keyed by proposal/run."""
         return self._t("runs")
@@ -93,6 +98,7 @@ class Topics:
             self.proposals,
             self.proposal_settings,
             self.reprocess,
+            self.ingest_retry,
             self.runs,
             self.run_catalog,
             self.results,

@@ -126,8 +126,7 @@ class Settings(ServiceSettings):
         return Layout(self.data_root, self.proposal_dir_glob, self.run_dir_format)
 
     def retry_topic(self) -> str:
-        # LOCAL WORKAROUND: topic name should live in runstream_common.topics (requested).
-        return f"{self.kafka.topic_prefix}.ingest-retry"
+        return self.kafka.topics.ingest_retry
 
 
 def default_instance() -> str:
