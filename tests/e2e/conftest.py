@@ -164,6 +164,7 @@ def _env(
             "RUNSTREAM_EXECUTOR_WORKERS": "2",
             "RUNSTREAM_EXECUTOR_VARIABLE_TIMEOUT_S": "120",
             "RUNSTREAM_SLURM_GATEWAY_BACKEND": "local",
+            "RUNSTREAM_SLURM_GATEWAY_LOCAL__JOURNAL_DIR": str(logs / "gateway-journal"),
             "RUNSTREAM_STORE_FRAGMENT_WAIT_S": "5",
             "PYTHONUNBUFFERED": "1",
             "RUNSTREAM_INGEST_LOG_LEVEL": "DEBUG",

@@ -21,7 +21,11 @@ import asyncio
 import logging
 import os
 import sys
+import time
 
+from faststream.kafka import KafkaBroker
+from pydantic import BaseModel
+from runstream_common.errors import ServiceUnavailable
 from runstream_common.kafka import make_broker
 from runstream_common.messages import ProcessingStatus
 
@@ -47,13 +51,55 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+class PatientPublisher:
+    """Retries publishes while Kafka is away, for up to ``window_s`` per message.
+
+    A batch job cannot hand its message back to Kafka for redelivery the way a
+    consumer can: giving up would lose the job's results, so it waits instead.
+    """
+
+    def __init__(self, inner: KafkaPublisher, window_s: float) -> None:
+        self.inner = inner
+        self.window_s = window_s
+
+    async def publish(self, topic: str, message: BaseModel, key: bytes) -> None:
+        deadline = time.monotonic() + self.window_s
+        delay = 0.5
+        while True:
+            try:
+                await self.inner.publish(topic, message, key)
+                return
+            except ServiceUnavailable as exc:
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.warning("Kafka unavailable, retrying in %.1f s: %s", delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 15.0)
+
+
+async def _connect(broker: KafkaBroker, window_s: float) -> None:
+    deadline = time.monotonic() + window_s
+    delay = 0.5
+    while True:
+        try:
+            await broker.connect()
+            return
+        except Exception as exc:  # aiokafka raises several kinds while the broker is down
+            if time.monotonic() + delay > deadline:
+                raise ServiceUnavailable(f"Kafka unavailable: {exc}") from exc
+            log.warning("Kafka unavailable at start, retrying in %.1f s: %s", delay, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 15.0)
+
+
 async def run_job(args: argparse.Namespace, settings: Settings) -> int:
     broker = make_broker(settings.kafka, client_id="runstream-executor-job")
     pools = PoolSet(settings)
     slurm_job = os.environ.get("SLURM_JOB_ID")
     try:
-        await broker.connect()
-        processor = RunProcessor(settings, pools, KafkaPublisher(broker), settings.kafka.topics)
+        await _connect(broker, settings.job_publish_window_s)
+        publisher = PatientPublisher(KafkaPublisher(broker), settings.job_publish_window_s)
+        processor = RunProcessor(settings, pools, publisher, settings.kafka.topics)
         if args.context_python:
             processor.proposal_settings[args.proposal] = {"context_python": args.context_python}
         req = request_for_job(

@@ -43,6 +43,11 @@ class Settings(ServiceSettings):
         default=0, ge=0, description="RLIMIT_AS for workers in MiB (0: not set)"
     )
     context_load_timeout_s: float = Field(default=120.0, gt=0)
+    job_publish_window_s: float = Field(
+        default=900.0,
+        gt=0,
+        description="A cluster job keeps retrying to publish its results this long while Kafka is away",
+    )
     worker_start_timeout_s: float = Field(default=180.0, gt=0)
     preload: str = Field(default=DEFAULT_PRELOAD, description="Modules workers import at start")
     python: str = Field(default=sys.executable, description="Default interpreter of workers")

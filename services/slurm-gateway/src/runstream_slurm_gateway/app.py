@@ -8,6 +8,7 @@ import logging
 import os
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from faststream import FastStream
@@ -22,6 +23,7 @@ from runstream_common.topics import run_key
 
 from . import __version__
 from .adapters.local_backend import LocalBackend
+from .adapters.local_journal import Journal
 from .adapters.log_files import append_line
 from .adapters.proposal_settings import follow_proposal_settings
 from .adapters.slurm_backend import SlurmBackend
@@ -59,7 +61,11 @@ def make_slurm_client(settings: Settings, tokens: TokenManager | None = None) ->
 
 def make_backend(settings: Settings) -> tuple[Backend, TokenManager | None]:
     if settings.backend == "local":
-        return LocalBackend(kill_grace_s=settings.local.kill_grace_s), None
+        journal = None
+        if settings.local.journal_dir:
+            folder = Path(settings.local.journal_dir).expanduser()
+            journal = Journal(folder / f"local-jobs-{settings.kafka.topic_prefix}.jsonl")
+        return LocalBackend(kill_grace_s=settings.local.kill_grace_s, journal=journal), None
     tokens = make_token_manager(settings)
     return SlurmBackend(make_slurm_client(settings, tokens)), tokens
 
@@ -165,6 +171,10 @@ def build_app(
         )
         if tokens is not None:
             runtime.spawn(tokens.keep_fresh(stop=runtime.stop), "token-refresh")
+        if isinstance(backend, LocalBackend):
+            recovered = await backend.recover()
+            if recovered:
+                log.info("local backend: took over %d unfinished jobs from the journal", recovered)
         runtime.spawn(gateway.poll_forever(runtime.stop), "job-poll")
         log.info("slurm-gateway started: backend %s", backend.name)
 

@@ -72,6 +72,13 @@ class LocalSettings(BaseModel):
     """The ``local`` backend: subprocesses on this machine."""
 
     kill_grace_s: float = Field(default=5.0, ge=0, description="SIGTERM to SIGKILL on cancel")
+    journal_dir: str | None = Field(
+        default="~/.local/state/runstream",
+        description=(
+            "Where the local backend journals its jobs so a restarted gateway loses none "
+            "(file local-jobs-<topic prefix>.jsonl); empty: keep jobs in memory only"
+        ),
+    )
 
 
 class Settings(ServiceSettings):

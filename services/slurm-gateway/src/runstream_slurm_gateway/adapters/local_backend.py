@@ -1,9 +1,8 @@
 """The local backend: each job is a subprocess of the gateway, with Slurm's contract.
 
 Same clean environment, working directory, appended run log, time limit (TIMEOUT,
-SIGTERM then SIGKILL), hold/release for the concurrency cap, and cancel. Jobs live
-in this process only: after a gateway restart the local backend knows none of the
-earlier ones (a redelivered request is run again).
+SIGTERM then SIGKILL), hold/release for the concurrency cap, and cancel. With a journal (the default in
+the service) jobs survive a gateway restart: see ``local_journal``.
 """
 
 from __future__ import annotations
@@ -23,9 +22,18 @@ from runstream_common.messages import JobState
 
 from ..backend import BackendName
 from ..jobspec import JobInfo, JobSpec
+from .local_journal import Journal, pid_alive
 from .log_files import ensure_log_dir
 
 log = logging.getLogger("runstream.slurm_gateway.local")
+
+
+def append_restart_note(path: str, job_id: int) -> None:
+    stamp = datetime.now(UTC).isoformat(timespec="seconds")
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(
+            f"runstream: local job {job_id} runs again at {stamp}: the gateway stopped while it ran\n"
+        )
 
 
 def _open_log(path: str, header: str) -> IO[str]:
@@ -40,6 +48,7 @@ class _LocalJob:
     spec: JobSpec
     info: JobInfo
     proc: asyncio.subprocess.Process | None = None
+    adopted_pid: int | None = None  # a job started by an earlier gateway process
     watcher: asyncio.Task[None] | None = None
     cancel_requested: bool = False
     timed_out: bool = False
@@ -56,7 +65,10 @@ class LocalBackend:
         kill_grace_s: float = 5.0,
         time_unit_s: float = 60.0,
         keep_finished_s: float = 300.0,
+        journal: Journal | None = None,
     ) -> None:
+        self.journal = journal
+        self._closing = False  # jobs stopped by a shutdown stay unfinished in the journal
         self.kill_grace_s = kill_grace_s
         self.keep_finished_s = keep_finished_s  # like Slurm's MinJobAge
         self.time_unit_s = time_unit_s  # seconds per time-limit minute (tests shorten it)
@@ -85,6 +97,8 @@ class LocalBackend:
             raw_state="PENDING",
         )
         job = _LocalJob(spec, info)
+        if self.journal is not None:
+            await asyncio.to_thread(self.journal.submitted, job_id, spec, hold)
         self._jobs[job_id] = job
         self._changed()
         if not hold:
@@ -107,9 +121,12 @@ class LocalBackend:
         )
         try:
             fh = await asyncio.to_thread(_open_log, spec.log_path, header)
+            argv = spec.argv
+            if self.journal is not None:
+                argv = self.journal.wrap(job.info.job_id, argv)
             try:
                 job.proc = await asyncio.create_subprocess_exec(
-                    *spec.argv,
+                    *argv,
                     env={**spec.environment, "RUNSTREAM_LOCAL_JOB_ID": str(job.info.job_id)},
                     cwd=spec.working_dir,
                     stdin=asyncio.subprocess.DEVNULL,
@@ -129,8 +146,88 @@ class LocalBackend:
             )
             job.done.set()
             return
+        if self.journal is not None:
+            await asyncio.to_thread(self.journal.started, job.info.job_id, job.proc.pid)
         self._set(job, state=JobState.RUNNING, raw_state="RUNNING")
         job.watcher = asyncio.create_task(self._watch(job))
+
+    async def recover(self) -> int:
+        """Take over the jobs an earlier gateway process accepted (see ``local_journal``)."""
+        if self.journal is None:
+            return 0
+        entries, highest = await asyncio.to_thread(self.journal.unfinished)
+        self._ids = itertools.count(highest + 1)
+        recovered = 0
+        for entry in entries:
+            spec = entry.spec
+            info = JobInfo(
+                job_id=entry.job_id,
+                name=spec.name,
+                comment=spec.comment,
+                state=JobState.PENDING,
+                held=entry.held,
+                log_path=spec.log_path,
+                raw_state="PENDING",
+            )
+            job = _LocalJob(spec, info)
+            self._jobs[entry.job_id] = job
+            recovered += 1
+            if entry.held:
+                continue
+            if entry.pid is not None and pid_alive(entry.pid):
+                job.adopted_pid = entry.pid
+                self._set(job, state=JobState.RUNNING, raw_state="RUNNING")
+                job.watcher = asyncio.create_task(self._watch_adopted(job))
+                log.info("adopted local job %d (pid %d) after a restart", entry.job_id, entry.pid)
+                continue
+            code = self.journal.read_exit(entry.job_id)
+            if code is not None:
+                self._finish(job, code)
+                continue
+            log.info("rerunning local job %d: the gateway stopped while it ran", entry.job_id)
+            await asyncio.to_thread(append_restart_note, spec.log_path, entry.job_id)
+            await self._start(job)
+        self._changed()
+        return recovered
+
+    async def _watch_adopted(self, job: _LocalJob) -> None:
+        assert job.adopted_pid is not None
+        assert self.journal is not None
+        limit = job.spec.time_limit_min * self.time_unit_s
+        started = time.monotonic()
+        while pid_alive(job.adopted_pid):
+            if time.monotonic() - started > limit:
+                job.timed_out = True
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(job.adopted_pid, signal.SIGKILL)
+            await asyncio.sleep(0.5)
+        code = self.journal.read_exit(job.info.job_id)
+        self._finish(job, code if code is not None else -signal.SIGKILL)
+
+    def _finish(self, job: _LocalJob, code: int) -> None:
+        """Record how a job ended: ``code`` is a return code (negative: killed by that signal)."""
+        if code > 128 and job.adopted_pid is not None:
+            code = -(code - 128)  # the shell reports a signal as 128 + n
+        exit_status, sig = (code, None) if code >= 0 else (None, -code)
+        if job.cancel_requested:
+            state, reason = JobState.CANCELLED, "cancelled"
+        elif job.timed_out:
+            state, reason = JobState.TIMEOUT, "TimeLimit"
+        elif code == 0:
+            state, reason = JobState.COMPLETED, None
+        else:
+            state, reason = JobState.FAILED, ("NonZeroExitCode" if sig is None else "Signaled")
+        self._set(
+            job,
+            state=state,
+            exit_status=exit_status,
+            signal=sig,
+            reason=reason,
+            raw_state=state.value.upper(),
+        )
+        if self.journal is not None and not self._closing:
+            self.journal.ended(job.info.job_id)
+        job.done.set()
 
     def _signal(self, job: _LocalJob, sig: int) -> None:
         if job.proc is not None and job.proc.returncode is None:
@@ -154,24 +251,9 @@ class LocalBackend:
             job.timed_out = True
             await self._stop(job)
         code = await job.proc.wait()
-        exit_status, sig = (code, None) if code >= 0 else (None, -code)
-        if job.cancel_requested:
-            state, reason = JobState.CANCELLED, "cancelled"
-        elif job.timed_out:
-            state, reason = JobState.TIMEOUT, "TimeLimit"
-        elif code == 0:
-            state, reason = JobState.COMPLETED, None
-        else:
-            state, reason = JobState.FAILED, ("NonZeroExitCode" if sig is None else "Signaled")
-        self._set(
-            job,
-            state=state,
-            exit_status=exit_status,
-            signal=sig,
-            reason=reason,
-            raw_state=state.value.upper(),
-        )
-        job.done.set()
+        if code > 128 and self.journal is not None:
+            code = -(code - 128)  # under the exit-recording shell a signal shows as 128 + n
+        await asyncio.to_thread(self._finish, job, code)
 
     async def cancel(self, job_id: int) -> bool:
         job = self._jobs.get(job_id)
@@ -180,8 +262,14 @@ class LocalBackend:
         if job.info.terminal:
             return True
         job.cancel_requested = True
+        if job.adopted_pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(job.adopted_pid, signal.SIGTERM)
+            return True
         if job.proc is None:
             self._set(job, state=JobState.CANCELLED, reason="cancelled", raw_state="CANCELLED")
+            if self.journal is not None:
+                await asyncio.to_thread(self.journal.ended, job.info.job_id)
             job.done.set()
             return True
         await self._stop(job)
@@ -204,6 +292,13 @@ class LocalBackend:
         return [job.info for job in self._jobs.values()]
 
     async def aclose(self) -> None:
+        # With a journal, jobs stopped here are run again by the next gateway process.
+        self._closing = True
+        for job in self._jobs.values():
+            if job.adopted_pid is not None and job.watcher is not None:
+                job.watcher.cancel()
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(job.adopted_pid, signal.SIGTERM)
         running = [j for j in self._jobs.values() if j.proc is not None and not j.done.is_set()]
         for job in running:
             job.cancel_requested = True
