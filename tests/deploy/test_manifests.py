@@ -730,6 +730,33 @@ def test_k8s_gives_each_service_its_settings(
             assert names & secret_env, f"{name}: {service} {setting} must come from a Secret"
 
 
+@pytest.mark.parametrize("name", list(KUSTOMIZATIONS))
+def test_gateway_journal_survives_the_pod(name: str) -> None:
+    resources = rendered(name)
+    deployment = next(d for d in by_kind(resources, "Deployment").values()
+                      if served_service(pod_specs(d)[0]["containers"][0]["args"]) == "slurm-gateway")  # fmt: skip
+    pod = pod_specs(deployment)[0]
+    container = pod["containers"][0]
+    journal = load_settings("slurm-gateway", container_env(resources, container)).local.journal_dir
+    assert journal, "the local backend must journal its jobs"
+    persistent = {v["name"] for v in pod["volumes"] if "persistentVolumeClaim" in v}
+    mounts = [m["mountPath"] for m in container["volumeMounts"] if m["name"] in persistent]
+    assert any(Path(journal).is_relative_to(m) for m in mounts), f"{journal} is lost with the pod"
+
+
+def test_compose_gateway_journal_survives_the_container(compose: dict[str, Any]) -> None:
+    svc = next(s for s in compose["services"].values()
+               if served_service(s.get("command", [])) == "slurm-gateway")  # fmt: skip
+    journal = load_settings("slurm-gateway", environment_of(svc)).local.journal_dir
+    assert journal, "the local backend must journal its jobs"
+    named = [
+        v.split(":")[1] for v in svc.get("volumes", []) if v.split(":")[0] in compose["volumes"]
+    ]
+    assert any(Path(journal).is_relative_to(m) for m in named), (
+        f"{journal} is lost with the container"
+    )
+
+
 def test_every_optional_secret_has_a_rule() -> None:
     optional = {f.path for s in SERVICES for f in setting_fields(s) if f.secret and f.optional}
     assert optional == set(CONDITIONAL_SECRETS), "update CONDITIONAL_SECRETS in settings_env.py"
