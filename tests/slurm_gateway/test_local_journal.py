@@ -30,7 +30,7 @@ def spec(tmp: Path, request: str, script: str) -> JobSpec:
     )
 
 
-async def until(predicate, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+async def until(predicate, timeout: float = 90.0) -> None:  # type: ignore[no-untyped-def]
     for _ in range(int(timeout / 0.1)):
         if predicate():
             return

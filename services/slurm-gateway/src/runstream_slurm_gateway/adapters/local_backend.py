@@ -182,7 +182,7 @@ class LocalBackend:
                 continue
             code = self.journal.read_exit(entry.job_id)
             if code is not None:
-                self._finish(job, code)
+                await self._finish(job, code)
                 continue
             log.info("rerunning local job %d: the gateway stopped while it ran", entry.job_id)
             await asyncio.to_thread(append_restart_note, spec.log_path, entry.job_id)
@@ -202,9 +202,9 @@ class LocalBackend:
                     os.killpg(job.adopted_pid, signal.SIGKILL)
             await asyncio.sleep(0.5)
         code = self.journal.read_exit(job.info.job_id)
-        self._finish(job, code if code is not None else -signal.SIGKILL)
+        await self._finish(job, code if code is not None else -signal.SIGKILL)
 
-    def _finish(self, job: _LocalJob, code: int) -> None:
+    async def _finish(self, job: _LocalJob, code: int) -> None:
         """Record how a job ended: ``code`` is a return code (negative: killed by that signal)."""
         if code > 128 and job.adopted_pid is not None:
             code = -(code - 128)  # the shell reports a signal as 128 + n
@@ -226,7 +226,7 @@ class LocalBackend:
             raw_state=state.value.upper(),
         )
         if self.journal is not None and not self._closing:
-            self.journal.ended(job.info.job_id)
+            await asyncio.to_thread(self.journal.ended, job.info.job_id)
         job.done.set()
 
     def _signal(self, job: _LocalJob, sig: int) -> None:
@@ -253,7 +253,7 @@ class LocalBackend:
         code = await job.proc.wait()
         if code > 128 and self.journal is not None:
             code = -(code - 128)  # under the exit-recording shell a signal shows as 128 + n
-        await asyncio.to_thread(self._finish, job, code)
+        await self._finish(job, code)
 
     async def cancel(self, job_id: int) -> bool:
         job = self._jobs.get(job_id)
