@@ -21,13 +21,13 @@ import argparse
 import asyncio
 import importlib.util
 import json
-import shutil
 import sys
 import tempfile
 import textwrap
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import psutil
@@ -44,10 +44,11 @@ from runstream_common.settings import KafkaSettings, PostgresSettings  # noqa: E
 from runstream_common.topics import proposal_key  # noqa: E402
 from support.services import System  # noqa: E402
 
-PROPOSAL = 777
+PROPOSAL = 1234  # the proposal folder bench_executor.make_runs writes
 
 
-def ten_variables() -> str:
+def _executor_bench() -> Any:
+    """The executor benchmark's module: its 10-variable context and mock runs are ours too."""
     spec = importlib.util.spec_from_file_location(
         "bench_executor", REPO / "bench/executor/bench_executor.py"
     )
@@ -55,21 +56,7 @@ def ten_variables() -> str:
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return str(module.TEN_VARIABLES)
-
-
-def make_runs(root: Path, runs: int) -> Path:
-    from extra_data.tests.make_examples import make_fxe_da_file
-
-    prop = root / f"p{PROPOSAL:06d}"
-    first = prop / "raw" / "r0001" / "RAW-R0001-DA01-S00000.h5"
-    first.parent.mkdir(parents=True)
-    make_fxe_da_file(str(first))
-    for run in range(2, runs + 1):
-        dest = prop / "raw" / f"r{run:04d}" / f"RAW-R{run:04d}-DA01-S00000.h5"
-        dest.parent.mkdir(parents=True)
-        shutil.copyfile(first, dest)
-    return prop
+    return module
 
 
 def pct(values: list[float], q: float) -> float:
@@ -197,10 +184,12 @@ async def main() -> None:
     parser.add_argument("--runs", type=int, default=30)
     args = parser.parse_args()
     base_dsn = PostgresSettings().dsn.get_secret_value()
-    context = ten_variables()
+    executor_bench = _executor_bench()
+    context = str(executor_bench.TEN_VARIABLES)
     with tempfile.TemporaryDirectory(prefix="bench-e2e-") as tmp:
         root = Path(tmp)
-        make_runs(root / "data", args.runs)
+        (root / "data").mkdir()
+        executor_bench.make_runs(root / "data", args.runs)
         results = {n: await phase(n, args.runs, root, context, base_dsn) for n in (1, 2)}
     print(
         f"end to end, {args.runs} runs of the 10-variable context (event -> values committed and published)"
