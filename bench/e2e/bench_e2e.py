@@ -10,9 +10,11 @@ event per mock run (EXtra-data's FXE mock file, 400 trains). Latency per run
 is from the moment its event was produced to the broker timestamp of the
 store's `values_updated` for it (published after the database commit).
 
-Phases: one executor, then two executors in one group. Prints p50/p95
-latency, runs per second (first event to last run published), the ratio
-two/one, and each service's peak memory (RSS of its process tree).
+Phases: runs sent one at a time (each waits for the previous one to be
+published: latency without queueing), then a burst with one executor and a
+burst with two executors in one group. Prints p50/p95 latency, runs per second
+(first event to last run published), the throughput ratio two/one, and each
+service's peak memory (RSS of its process tree).
 """
 
 from __future__ import annotations
@@ -80,8 +82,21 @@ async def sample_memory(system: System, peaks: dict[str, float], stop: asyncio.E
         await asyncio.sleep(0.25)
 
 
+async def collect(
+    feed: AIOKafkaConsumer, published: dict[int, float], wanted: set[int], deadline: float
+) -> None:
+    """Read the updates feed until every wanted run has its values published."""
+    while not wanted <= published.keys() and time.monotonic() < deadline:
+        batch = await feed.getmany(timeout_ms=1000)
+        for records in batch.values():
+            for record in records:
+                update = parsers.UPDATES.parse(record.value)
+                if isinstance(update, ValuesUpdated) and len(update.values) >= 10:
+                    published.setdefault(update.run, record.timestamp / 1000)
+
+
 async def phase(
-    executors: int, runs: int, root: Path, context: str, base_dsn: str
+    executors: int, runs: int, root: Path, context: str, base_dsn: str, *, paced: bool = False
 ) -> dict[str, object]:
     prefix = f"bench{uuid.uuid4().hex[:8]}"
     kafka = KafkaSettings(topic_prefix=prefix)
@@ -149,22 +164,18 @@ async def phase(
         producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap_servers, acks="all")
         await producer.start()
         sent: dict[int, float] = {}
+        published: dict[int, float] = {}
+        deadline = time.monotonic() + 60 + 10 * runs
         for run in range(1, runs + 1):
             body = json.dumps(
                 {"event": "migration_complete", "proposal": PROPOSAL, "run": run}
             ).encode()
             sent[run] = time.time()
             await producer.send_and_wait(raw_topic, body, key=f"{PROPOSAL}/{run}".encode())
+            if paced:  # one run at a time: latency without queueing
+                await collect(feed, published, {run}, deadline)
         await producer.stop()
-        published: dict[int, float] = {}
-        deadline = time.monotonic() + 60 + 10 * runs
-        while len(published) < runs and time.monotonic() < deadline:
-            batch = await feed.getmany(timeout_ms=1000)
-            for records in batch.values():
-                for record in records:
-                    update = parsers.UPDATES.parse(record.value)
-                    if isinstance(update, ValuesUpdated) and len(update.values) >= 10:
-                        published.setdefault(update.run, record.timestamp / 1000)
+        await collect(feed, published, set(range(1, runs + 1)), deadline)
         await feed.stop()
     finally:
         stop.set()
@@ -190,20 +201,27 @@ async def main() -> None:
         root = Path(tmp)
         (root / "data").mkdir()
         executor_bench.make_runs(root / "data", args.runs)
-        results = {n: await phase(n, args.runs, root, context, base_dsn) for n in (1, 2)}
-    print(
-        f"end to end, {args.runs} runs of the 10-variable context (event -> values committed and published)"
-    )
-    print(f"{'executors':>9} {'p50 s':>7} {'p95 s':>7} {'runs/s':>7}")
-    for n, r in results.items():
+        paced_runs = min(10, args.runs)
+        results = {
+            f"one at a time ({paced_runs} runs), 1 executor": await phase(
+                1, paced_runs, root, context, base_dsn, paced=True
+            ),
+            f"burst of {args.runs}, 1 executor": await phase(1, args.runs, root, context, base_dsn),
+            f"burst of {args.runs}, 2 executors": await phase(
+                2, args.runs, root, context, base_dsn
+            ),
+        }
+    print("end to end, 10-variable context: facility event -> values committed and published")
+    print(f"{'phase':36} {'p50 s':>7} {'p95 s':>7} {'runs/s':>7}")
+    for name, r in results.items():
         lat = r["latencies"]
-        print(f"{n:>9} {pct(lat, 0.5):7.2f} {pct(lat, 0.95):7.2f} {r['rate']:7.2f}")  # type: ignore[arg-type]
-    ratio = results[2]["rate"] / results[1]["rate"]  # type: ignore[operator]
-    print(f"throughput two/one executors: {ratio:.2f}x")
+        print(f"{name:36} {pct(lat, 0.5):7.2f} {pct(lat, 0.95):7.2f} {r['rate']:7.2f}")  # type: ignore[arg-type]
+    one, two = (results[f"burst of {args.runs}, {n}"] for n in ("1 executor", "2 executors"))
+    print(f"throughput two/one executors: {two['rate'] / one['rate']:.2f}x")  # type: ignore[operator]
     print("peak RSS per service (MiB, process tree incl. workers):")
-    for n, r in results.items():
+    for name, r in results.items():
         peaks = r["peaks"]
-        print(f"  {n} executor(s): " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(peaks.items())))  # type: ignore[union-attr]
+        print(f"  {name}: " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(peaks.items())))  # type: ignore[union-attr]
 
 
 if __name__ == "__main__":
