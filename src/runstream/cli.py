@@ -114,8 +114,14 @@ def _register_plugins() -> None:
         register(app)
 
 
+# Commands defined here need no service's CLI: skip importing them (numpy, h5py, ...),
+# so `runstream health` stays cheap enough for a liveness probe.
+_CORE_COMMANDS = frozenset({"serve", "health"})
+
+
 def main() -> None:
-    _register_plugins()
+    if not (len(sys.argv) > 1 and sys.argv[1] in _CORE_COMMANDS):
+        _register_plugins()
     app()
 
 
