@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -42,15 +43,29 @@ async def test_two_executors_share_the_partitions_and_agree_with_one(e2e: E2E) -
     values = await e2e.values()
     check_values(values, runs, ALL_NAMES)  # the same values one executor computes (test_pipeline)
 
-    # Each instance evaluated some of the runs (one 'broken' failure per raw pass it ran).
-    shares = {
-        key: e2e.system.procs[key]
-        .log.read_text(errors="replace")
-        .count("Could not get data for broken")
-        for key in ("executor", "executor-2")
+    # The two instances split the partitions of the runs topic between them ...
+    runs_topic = e2e.kafka.topics.runs
+    assigned = {}
+    for key in ("executor", "executor-2"):
+        text = e2e.system.procs[key].log.read_text(errors="replace")
+        lines = [
+            ln
+            for ln in text.splitlines()
+            if "assigned to partitions" in ln and f"'{runs_topic}'" in ln
+        ]
+        assert lines, (key, text[-2000:])
+        assigned[key] = {
+            int(p)
+            for p in re.findall(rf"topic='{re.escape(runs_topic)}', partition=(\d+)", lines[-1])
+        }
+    assert all(assigned.values()), assigned
+    assert assigned["executor"].isdisjoint(assigned["executor-2"]), assigned
+    # ... and each of them processed run messages.
+    received = {
+        key: e2e.system.procs[key].log.read_text(errors="replace").count(": Received")
+        for key in assigned
     }
-    assert all(n > 0 for n in shares.values()), shares
-    assert sum(shares.values()) == len(runs), shares
+    assert all(n > 0 for n in received.values()), received
     history = await e2e.history_counts()
     assert {history[(r, n)] for r in runs for n in ALL_NAMES} == {1}
 
