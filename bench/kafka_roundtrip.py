@@ -21,7 +21,6 @@ import time
 import uuid
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-
 from runstream_common import parsers
 from runstream_common.admin import ensure_topics
 from runstream_common.kafka import Delivery, make_broker, publish, subscribe
@@ -39,7 +38,10 @@ async def baseline(kafka: KafkaSettings, n: int) -> list[float]:
     await ensure_topics(kafka, [topic], with_dlq=False, partitions=1)
     producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap_servers, acks="all")
     consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=kafka.bootstrap_servers, group_id=f"{topic}-g", auto_offset_reset="earliest"
+        topic,
+        bootstrap_servers=kafka.bootstrap_servers,
+        group_id=f"{topic}-g",
+        auto_offset_reset="earliest",
     )
     await producer.start()
     await consumer.start()
@@ -67,13 +69,25 @@ async def runstream(kafka: KafkaSettings, n: int) -> list[float]:
         arrived.put_nowait(time.perf_counter())
 
     consumer = make_broker(kafka, client_id="bench-consumer")
-    subscribe(consumer, topic, group_id=f"{topic}-g", parser=parsers.RUNS, handler=handler, settings=settings)
+    subscribe(
+        consumer,
+        topic,
+        group_id=f"{topic}-g",
+        parser=parsers.RUNS,
+        handler=handler,
+        settings=settings,
+    )
     producer = make_broker(kafka, client_id="bench-producer")
     await consumer.start()
     await producer.connect()
     try:
         message = RunRequested(
-            request_id="bench", proposal=1, run=1, trigger="raw", context_dir="/c", proposal_dir="/p"
+            request_id="bench",
+            proposal=1,
+            run=1,
+            trigger="raw",
+            context_dir="/c",
+            proposal_dir="/p",
         )
         await publish(producer, topic, message)  # warm-up: group join
         await asyncio.wait_for(arrived.get(), 60)

@@ -234,7 +234,9 @@ async def main() -> int:
 
     # A wide table even when stdout is not a terminal (rich would fold it to 80 columns).
     env = {**os.environ, "COLUMNS": os.environ.get("COLUMNS", "200")}
-    await asyncio.to_thread(subprocess.run, [RUNSTREAM, "table", str(PROPOSAL)], check=False, env=env)
+    await asyncio.to_thread(
+        subprocess.run, [RUNSTREAM, "table", str(PROPOSAL)], check=False, env=env
+    )
     files = sorted((context_dir / "extracted_data").glob(f"p{PROPOSAL}_r*.h5"))
     console.print("HDF5 files:")
     for path in files:

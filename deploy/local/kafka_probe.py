@@ -69,7 +69,9 @@ class Reader:
 
     def take(self, n: int) -> bytes:
         if n < 0 or self.pos + n > len(self.data):
-            raise ProbeError(f"truncated response (need {n} bytes at offset {self.pos}, have {len(self.data)})")
+            raise ProbeError(
+                f"truncated response (need {n} bytes at offset {self.pos}, have {len(self.data)})"
+            )
         chunk = self.data[self.pos : self.pos + n]
         self.pos += n
         return chunk
@@ -118,7 +120,9 @@ def recv_exact(sock: socket.socket, n: int) -> bytes:
     return bytes(buf)
 
 
-def round_trip(sock: socket.socket, payload: bytes, correlation_id: int, flexible_response_header: bool) -> Reader:
+def round_trip(
+    sock: socket.socket, payload: bytes, correlation_id: int, flexible_response_header: bool
+) -> Reader:
     sock.sendall(struct.pack(">i", len(payload)) + payload)
     (size,) = struct.unpack(">i", recv_exact(sock, 4))
     if size <= 0 or size > 64 * 1024 * 1024:
@@ -201,7 +205,7 @@ def probe(host: str, port: int, timeout: float) -> str:
                     f"brokers={','.join(brokers)} controller={controller_id} cluster_id={cluster_id}"
                 )
             return f"kafka at {host}:{port} answers ApiVersions: {len(apis)} APIs (Metadata v12 unsupported, skipped)"
-        except socket.timeout as exc:
+        except TimeoutError as exc:
             raise ProbeError(f"timed out after {timeout:g}s waiting for {host}:{port}") from exc
         except OSError as exc:
             raise ProbeError(f"socket error talking to {host}:{port}: {exc}") from exc
@@ -216,15 +220,21 @@ def parse_address(text: str) -> tuple[str, int]:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description="Check that a Kafka broker answers real protocol requests.")
+    parser = argparse.ArgumentParser(
+        description="Check that a Kafka broker answers real protocol requests."
+    )
     parser.add_argument(
         "address",
         nargs="?",
         default=os.environ.get("RUNSTREAM_KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:39092"),
         help="bootstrap address HOST:PORT (default: $RUNSTREAM_KAFKA_BOOTSTRAP_SERVERS or 127.0.0.1:39092)",
     )
-    parser.add_argument("--timeout", type=float, default=3.0, help="socket timeout in seconds (default 3)")
-    parser.add_argument("--quiet", action="store_true", help="print nothing, only set the exit code")
+    parser.add_argument(
+        "--timeout", type=float, default=3.0, help="socket timeout in seconds (default 3)"
+    )
+    parser.add_argument(
+        "--quiet", action="store_true", help="print nothing, only set the exit code"
+    )
     args = parser.parse_args(argv)
     try:
         host, port = parse_address(args.address)

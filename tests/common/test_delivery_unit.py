@@ -102,7 +102,6 @@ async def test_permanent_errors_go_straight_to_the_dead_letter_topic() -> None:
 
 async def test_delivery_metrics_count_outcomes() -> None:
     from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-
     from runstream_common.settings import TelemetrySettings
     from runstream_common.telemetry import setup_telemetry
 
