@@ -77,6 +77,8 @@ async def test_one_trace_per_run_from_facility_event_to_database_commit(e2e: E2E
     from runstream_executor.settings import Settings as ExecutorSettings
     from runstream_ingest.app import build_app as build_ingest
     from runstream_ingest.settings import Settings as IngestSettings
+    from runstream_slurm_gateway.app import build_app as build_gateway
+    from runstream_slurm_gateway.settings import Settings as GatewaySettings
     from runstream_store.app import build_app as build_store
     from runstream_store.settings import Settings as StoreSettings
 
@@ -91,6 +93,7 @@ async def test_one_trace_per_run_from_facility_event_to_database_commit(e2e: E2E
             ("store", build_store, StoreSettings),
             ("executor", build_executor, ExecutorSettings),
             ("ingest", build_ingest, IngestSettings),
+            ("slurm-gateway", build_gateway, GatewaySettings),
         ):
             telemetry = setup_telemetry(
                 name, TelemetrySettings(), span_processors=(SimpleSpanProcessor(exporter),)
@@ -106,8 +109,7 @@ async def test_one_trace_per_run_from_facility_event_to_database_commit(e2e: E2E
 
         async def missing() -> list[str]:
             values = await e2e.values()
-            names = [n for n in RAW_NAMES if n != "heavy"]  # no slurm-gateway in this test
-            return [f"{r}:{n}" for r in runs for n in names if (r, n) not in values]
+            return [f"{r}:{n}" for r in runs for n in RAW_NAMES if (r, n) not in values]
 
         await wait_until(missing, timeout=300, what="values of the traced runs")
     finally:
@@ -128,7 +130,8 @@ async def test_one_trace_per_run_from_facility_event_to_database_commit(e2e: E2E
 
     for run in runs:
         key = f"4242/{run}"
-        # The store's commit of this run's executor results ...
+        # The store's commits of this run's results (the executor's, and the cluster job's
+        # that went through the slurm-gateway and a local batch job) ...
         commits = [
             s
             for s in spans
@@ -136,7 +139,7 @@ async def test_one_trace_per_run_from_facility_event_to_database_commit(e2e: E2E
             and s.name.endswith(".results process")
             and key_of(s) == key
         ]
-        assert commits, (run, sorted({(service(s), s.name) for s in spans}))
+        assert len(commits) >= 2, (run, sorted({(service(s), s.name) for s in spans}))
         traces = {s.context.trace_id for s in commits}
         assert len(traces) == 1, (run, len(traces))
         trace = by_trace[traces.pop()]

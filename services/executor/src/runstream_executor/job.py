@@ -24,10 +24,13 @@ import sys
 import time
 
 from faststream.kafka import KafkaBroker
+from opentelemetry import context as otel_context
+from opentelemetry.propagate import extract
 from pydantic import BaseModel
 from runstream_common.errors import ServiceUnavailable
 from runstream_common.kafka import make_broker
 from runstream_common.messages import ProcessingStatus
+from runstream_common.telemetry import setup_telemetry
 
 from .adapters.kafka import KafkaPublisher
 from .handlers import JobContext, RunProcessor, request_for_job
@@ -92,8 +95,23 @@ async def _connect(broker: KafkaBroker, window_s: float) -> None:
             delay = min(delay * 2, 15.0)
 
 
+def _continue_trace() -> object | None:
+    """Attach the trace the gateway handed over (``TRACEPARENT``), if any."""
+    carrier = {
+        name: os.environ[name.upper()]
+        for name in ("traceparent", "tracestate")
+        if os.environ.get(name.upper())
+    }
+    if not carrier:
+        return None
+    return otel_context.attach(extract(carrier))
+
+
 async def run_job(args: argparse.Namespace, settings: Settings) -> int:
-    broker = make_broker(settings.kafka, client_id="runstream-executor-job")
+    _continue_trace()
+    # Telemetry makes every publish carry the trace on to the store.
+    telemetry = setup_telemetry("executor-job", settings.telemetry)
+    broker = make_broker(settings.kafka, telemetry, client_id="runstream-executor-job")
     pools = PoolSet(settings)
     slurm_job = os.environ.get("SLURM_JOB_ID")
     try:

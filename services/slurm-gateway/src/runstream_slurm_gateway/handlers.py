@@ -29,7 +29,7 @@ from runstream_common.messages import (
 )
 
 from .backend import Backend
-from .job_request import ProposalSettings, build_spec, concurrent_jobs
+from .job_request import ProposalSettings, build_spec, concurrent_jobs, with_trace_context
 from .jobspec import JobInfo, JobTag
 from .settings import Settings
 
@@ -223,6 +223,7 @@ class Gateway:
             spec = build_spec(
                 req, self.proposals.get(req.proposal), self.settings.job, self.settings.kafka
             )
+            spec = with_trace_context(spec)
             job_id = await self.backend.submit(spec, hold=True)
         except PermanentError as exc:
             log.warning("request %s cannot be submitted: %s", req.job_request_id, exc)

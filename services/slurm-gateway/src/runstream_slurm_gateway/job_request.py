@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import shlex
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import PurePosixPath
 
+from opentelemetry.propagate import inject
 from runstream_common.errors import InvalidCommand
 from runstream_common.messages import JobRequested
 from runstream_common.settings import KafkaSettings
@@ -119,6 +121,22 @@ def build_spec(
         reservation=reservation,
         instance=kafka.topic_prefix,
     )
+
+
+def with_trace_context(spec: JobSpec) -> JobSpec:
+    """Hand the current trace to the job (W3C ``TRACEPARENT``/``TRACESTATE`` variables).
+
+    The job's results then continue the trace that began when ingest consumed the
+    facility event, across the batch system.
+    """
+    carrier: dict[str, str] = {}
+    inject(carrier)
+    extra = {
+        key.upper(): value for key, value in carrier.items() if key in ("traceparent", "tracestate")
+    }
+    if not extra:
+        return spec
+    return replace(spec, environment={**spec.environment, **extra})
 
 
 def batch_script(spec: JobSpec) -> str:
