@@ -2,29 +2,9 @@
 
 ``from runstream.context import Variable, Cell, Skip`` in a context file is the
 same as ``from damnit_ctx import ...``: both resolve to the classes the
-executor's loader recognises (inside workers too).
+executor's loader recognises (inside workers too). The names are the
+executor's ``context_api``; this module only gives them our package's name.
 """
 
-from runstream_executor.context_api import (
-    Cell,
-    ContextFileErrors,
-    DependencyError,
-    Group,
-    GroupError,
-    Pipeline,
-    RunData,
-    Skip,
-    Variable,
-)
-
-__all__ = [
-    "Cell",
-    "ContextFileErrors",
-    "DependencyError",
-    "Group",
-    "GroupError",
-    "Pipeline",
-    "RunData",
-    "Skip",
-    "Variable",
-]
+from runstream_executor.context_api import *  # noqa: F403
+from runstream_executor.context_api import __all__ as __all__
