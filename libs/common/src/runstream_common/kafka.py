@@ -323,7 +323,43 @@ def subscribe(
 
     consume.__name__ = getattr(handler, "__name__", "consume")
     subscriber(consume)
+    _document_payload(subscriber, parser)
     return subscriber
+
+
+def document_publication(
+    broker: KafkaBroker, topic: str, parser: Parser[Any], description: str | None = None
+) -> None:
+    """Declare that this service publishes ``parser``'s messages on ``topic``.
+
+    Publishing goes through :func:`publish`; the declaration only puts the topic and
+    its message models into the service's AsyncAPI document.
+    """
+    broker.publisher(
+        topic,
+        title=f"{topic}:Publisher",
+        description=description,
+        schema=parser.schema,
+    )
+
+
+def _document_payload(subscriber: Any, parser: Parser[Any]) -> None:
+    """Show the topic's message models in the AsyncAPI document.
+
+    The handler takes the raw record (so that bad payloads reach the dead-letter
+    topic instead of failing in FastStream's decoder), which leaves FastStream
+    nothing to document; the topic's parser knows the real schema.
+    """
+    spec = subscriber.specification
+    schema = parser.json_schema()
+    name = parser.schema_name
+    base = type(spec)
+    documented = type(
+        base.__name__,
+        (base,),
+        {"__slots__": (), "get_payloads": lambda self: [(schema, name)]},
+    )
+    spec.__class__ = documented
 
 
 async def publish(
@@ -352,6 +388,7 @@ __all__ = [
     "TopicPartition",
     "dead_letter",
     "deliver",
+    "document_publication",
     "make_broker",
     "publish",
     "subscribe",

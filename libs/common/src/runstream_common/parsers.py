@@ -7,6 +7,7 @@ on it.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -29,7 +30,21 @@ class Parser(Generic[T]):
 
     def __init__(self, name: str, schema: Any) -> None:
         self.name = name
+        self.schema = schema
         self._adapter: TypeAdapter[T] = TypeAdapter(schema)
+
+    def json_schema(self) -> dict[str, Any]:
+        """The JSON schema of what may be on the topic (for AsyncAPI documents)."""
+        schema = self._adapter.json_schema(ref_template="#/components/schemas/{model}")
+        schema.setdefault("title", self.schema_name)
+        return schema
+
+    @property
+    def schema_name(self) -> str:
+        """``jobs.state`` -> ``JobsStateMessage``."""
+        return (
+            "".join(part.capitalize() for part in re.split(r"[^A-Za-z0-9]+", self.name)) + "Message"
+        )
 
     def parse(self, raw: bytes | str | None) -> T:
         """Decode one record value. Raises MessageFormatError with a readable reason."""

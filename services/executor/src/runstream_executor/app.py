@@ -9,7 +9,7 @@ from faststream import FastStream
 from faststream.specification import AsyncAPI
 from runstream_common import parsers
 from runstream_common.admin import ensure_topics
-from runstream_common.kafka import Delivery, make_broker, subscribe
+from runstream_common.kafka import Delivery, document_publication, make_broker, subscribe
 from runstream_common.messages import ProposalSettingsSet, RunRequested
 from runstream_common.telemetry import Telemetry, setup_telemetry
 
@@ -57,6 +57,16 @@ def build_app(settings: Settings, *, telemetry: Telemetry | None = None) -> Fast
         settings=settings,
         auto_offset_reset="earliest",
     )
+    for topic, parser, what in (
+        (
+            topics.results,
+            parsers.RESULTS,
+            "Variable definitions and results (claim check: HDF5 fragments)",
+        ),
+        (topics.processing, parsers.PROCESSING, "Processing state of each pass"),
+        (topics.job_requests, parsers.JOB_REQUESTS, "Cluster variables to run as batch jobs"),
+    ):
+        document_publication(broker, topic, parser, what)
     app = FastStream(
         broker, specification=AsyncAPI(title="runstream-executor", version=__version__)
     )

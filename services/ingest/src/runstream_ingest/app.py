@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from faststream import FastStream
 from faststream.specification import AsyncAPI
-from runstream_common.kafka import make_broker
+from runstream_common import parsers
+from runstream_common.kafka import document_publication, make_broker
 from runstream_common.telemetry import Telemetry, setup_telemetry
 
 from . import __version__
@@ -15,6 +16,13 @@ from .settings import Settings
 def build_app(settings: Settings, *, telemetry: Telemetry | None = None) -> FastStream:
     telemetry = telemetry or setup_telemetry("ingest", settings.telemetry)
     broker = make_broker(settings.kafka, telemetry, client_id="runstream-ingest")
+    topics = settings.kafka.topics
+    for topic, parser, what in (
+        (topics.runs, parsers.RUNS, "One run message per (proposal, run, trigger), transactional"),
+        (topics.run_catalog, parsers.RUN_CATALOG, "Every run seen (compacted)"),
+        (topics.processing, parsers.PROCESSING, "Waiting states of proc events"),
+    ):
+        document_publication(broker, topic, parser, what)
     app = FastStream(
         broker,
         specification=AsyncAPI(

@@ -16,7 +16,14 @@ from faststream.kafka import KafkaBroker
 from faststream.specification import AsyncAPI
 from runstream_common import parsers
 from runstream_common.admin import ensure_topics
-from runstream_common.kafka import Delivery, Handler, make_broker, publish, subscribe
+from runstream_common.kafka import (
+    Delivery,
+    Handler,
+    document_publication,
+    make_broker,
+    publish,
+    subscribe,
+)
 from runstream_common.messages import JobRequested, JobStateChanged
 from runstream_common.telemetry import Telemetry, setup_telemetry
 from runstream_common.topics import run_key
@@ -151,6 +158,7 @@ def build_app(
         settings=settings,
         title="job control",
     )
+    document_publication(broker, topics.job_state, parsers.JOB_STATE, "Job state changes")
     app = FastStream(
         broker, specification=AsyncAPI(title="runstream-slurm-gateway", version=__version__)
     )

@@ -18,7 +18,7 @@ from faststream.specification import AsyncAPI
 from runstream_common import parsers
 from runstream_common.admin import ensure_topics
 from runstream_common.errors import SchemaOutdated, ServiceUnavailable
-from runstream_common.kafka import Delivery, make_broker, subscribe
+from runstream_common.kafka import Delivery, document_publication, make_broker, subscribe
 from runstream_common.telemetry import Telemetry, setup_telemetry
 
 from . import __version__
@@ -81,6 +81,10 @@ def build_app(settings: Settings, *, telemetry: Telemetry | None = None) -> Fast
     subscribe(broker, topics.commands, group_id=group, parser=parsers.COMMANDS,
               handler=handle_command, settings=settings)  # fmt: skip
 
+    document_publication(broker, topics.updates, parsers.UPDATES, "The change feed for GUIs")
+    document_publication(
+        broker, topics.proposal_settings, parsers.PROPOSAL_SETTINGS, "Accepted proposal settings"
+    )
     app = FastStream(
         broker,
         specification=AsyncAPI(title="runstream-store", version=__version__),
