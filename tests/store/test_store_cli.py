@@ -78,6 +78,7 @@ async def test_table_prints_titles_and_json(
         frag.array("trace", np.array([1.0, 2.0, 3.0]))
         if run == 2:
             frag.scalar("c", complex(1, 2))
+            frag.error("broken", "division by zero", "ZeroDivisionError")
         await handlers.results_ready(frag.message())
     await handlers.on_run_known(RunKnown(proposal=P, run=3), DELIVERY)  # no values yet
 
@@ -94,6 +95,11 @@ async def test_table_prints_titles_and_json(
     assert runs[1]["c"] is None
     assert runs[3]["energy"] is None
     assert runs[1]["start_time"].startswith("2023-11-1")
+    assert runs[2]["broken"] is None
+    assert runs[2]["errors"] == {
+        "broken": {"error_cls": "ZeroDivisionError", "error": "division by zero"}
+    }
+    assert "errors" not in runs[1]
 
     pretty = await asyncio.to_thread(
         runner.invoke, _app(), ["table", str(P), "--dsn", pg_dsn], env={"COLUMNS": "200"}
@@ -101,6 +107,7 @@ async def test_table_prints_titles_and_json(
     assert pretty.exit_code == 0
     assert "Pulse energy [mJ]" in pretty.output
     assert "Comment" in pretty.output
+    assert "ZeroDivisionError" in pretty.output  # a failed cell says so, it is not blank
 
     missing = await asyncio.to_thread(runner.invoke, _app(), ["table", "999", "--dsn", pg_dsn])
     assert missing.exit_code == 1

@@ -127,11 +127,17 @@ def table(
     async def go() -> Any:
         conn = await _connect(_dsn(dsn))
         try:
-            return await read_table(conn, proposal)
+            table = await read_table(conn, proposal)
+            failed = await conn.fetch(
+                "SELECT run, name, error, error_cls FROM run_values "
+                "WHERE proposal = $1 AND error IS NOT NULL",
+                proposal,
+            )
+            return table, {(r["run"], r["name"]): (r["error_cls"], r["error"]) for r in failed}
         finally:
             await conn.close()
 
-    data = asyncio.run(go())
+    data, errors = asyncio.run(go())
     if not data.runs:
         raise _fail(f"proposal {proposal} has no runs in the database")
     frame = data.to_dataframe()
@@ -144,7 +150,15 @@ def table(
             record = dict(zip(frame.columns, row, strict=True))
             start = record.get("start_time")
             record["start_time"] = None if start is None or pd.isna(start) else start.isoformat()
-            records.append({k: _json_value(record[k]) for k in names})
+            out = {k: _json_value(record[k]) for k in names}
+            failed = {
+                name: {"error_cls": cls, "error": message}
+                for (run, name), (cls, message) in errors.items()
+                if run == record["run"]
+            }
+            if failed:
+                out["errors"] = failed
+            records.append(out)
         print(json.dumps({"proposal": proposal, "runs": records}, indent=1))
         return
     titles = {**FIXED_TITLES, **data.titles()}
@@ -157,8 +171,14 @@ def table(
         rich_table.add_column(escape(header), overflow="fold")
     for row in frame[names].itertuples(index=False):
         cells = []
+        run = dict(zip(names, row, strict=True)).get("run")
         for name, value in zip(names, row, strict=True):
-            if value is pd.NA or value is None or (isinstance(value, float) and math.isnan(value)):
+            if (run, name) in errors:  # DAMNIT's GUI shows these cells as errors too
+                cls = errors[(run, name)][0] or "error"
+                cells.append(f"[red]{escape(cls)}[/]" if cls != "Skip" else "[dim]skipped[/]")
+            elif (
+                value is pd.NA or value is None or (isinstance(value, float) and math.isnan(value))
+            ):
                 cells.append("")
             elif name == "start_time":
                 cells.append("" if pd.isna(value) else value.strftime("%Y-%m-%d %H:%M:%S"))
