@@ -121,6 +121,33 @@ def _headers(record: ConsumerRecord[Any, Any]) -> tuple[tuple[str, bytes], ...]:
     )
 
 
+def dead_letter_headers(
+    record: ConsumerRecord[Any, Any],
+    *,
+    reason: str,
+    error_class: str,
+    group_id: str,
+    attempts: int,
+) -> dict[str, str]:
+    """The headers of ``record``'s dead letter: its own (minus old ``x-dlq-*``) plus why."""
+    headers = {
+        k: v.decode(errors="replace") for k, v in _headers(record) if not k.startswith("x-dlq-")
+    }
+    headers.update(
+        {
+            DLQ_REASON: reason[:4000] or error_class,
+            DLQ_ERROR_CLASS: error_class,
+            DLQ_SOURCE_TOPIC: record.topic,
+            DLQ_SOURCE_PARTITION: str(record.partition),
+            DLQ_SOURCE_OFFSET: str(record.offset),
+            DLQ_GROUP: group_id,
+            DLQ_ATTEMPTS: str(attempts),
+            DLQ_TIME: str(time.time()),
+        }
+    )
+    return headers
+
+
 async def dead_letter(
     broker: KafkaBroker,
     record: ConsumerRecord[Any, Any],
@@ -130,20 +157,12 @@ async def dead_letter(
     attempts: int,
 ) -> None:
     """Publish the original bytes, headers and key of ``record`` to ``<topic>.dlq`` with the reason."""
-    headers = {
-        k: v.decode(errors="replace") for k, v in _headers(record) if not k.startswith("x-dlq-")
-    }
-    headers.update(
-        {
-            DLQ_REASON: str(error)[:4000] or type(error).__name__,
-            DLQ_ERROR_CLASS: type(error).__name__,
-            DLQ_SOURCE_TOPIC: record.topic,
-            DLQ_SOURCE_PARTITION: str(record.partition),
-            DLQ_SOURCE_OFFSET: str(record.offset),
-            DLQ_GROUP: group_id,
-            DLQ_ATTEMPTS: str(attempts),
-            DLQ_TIME: str(time.time()),
-        }
+    headers = dead_letter_headers(
+        record,
+        reason=str(error),
+        error_class=type(error).__name__,
+        group_id=group_id,
+        attempts=attempts,
     )
     value = record.value if record.value is not None else b""
     await broker.publish(value, topic=dlq(record.topic), key=record.key, headers=headers)
@@ -387,6 +406,7 @@ __all__ = [
     "RetryPolicy",
     "TopicPartition",
     "dead_letter",
+    "dead_letter_headers",
     "deliver",
     "document_publication",
     "make_broker",

@@ -28,16 +28,7 @@ from opentelemetry.propagate import extract, inject
 from opentelemetry.trace import SpanKind, Tracer
 from runstream_common import parsers
 from runstream_common.errors import MessageFormatError
-from runstream_common.kafka import (
-    DLQ_ATTEMPTS,
-    DLQ_ERROR_CLASS,
-    DLQ_GROUP,
-    DLQ_REASON,
-    DLQ_SOURCE_OFFSET,
-    DLQ_SOURCE_PARTITION,
-    DLQ_SOURCE_TOPIC,
-    DLQ_TIME,
-)
+from runstream_common.kafka import dead_letter_headers as common_dead_letter_headers
 from runstream_common.messages import RunRequested, Trigger
 from runstream_common.topics import dlq, run_key
 
@@ -95,19 +86,11 @@ class Plan:
 def dead_letter_headers(
     record: ConsumerRecord[Any, Any], reason: str, error_class: str, group_id: str
 ) -> list[tuple[str, bytes]]:
-    """The original headers plus the same ``x-dlq-*`` headers runstream_common.kafka writes."""
-    kept = [(k, v) for k, v in (record.headers or ()) if not k.startswith("x-dlq-")]
-    added = {
-        DLQ_REASON: reason[:4000] or error_class,
-        DLQ_ERROR_CLASS: error_class,
-        DLQ_SOURCE_TOPIC: record.topic,
-        DLQ_SOURCE_PARTITION: str(record.partition),
-        DLQ_SOURCE_OFFSET: str(record.offset),
-        DLQ_GROUP: group_id,
-        DLQ_ATTEMPTS: "0",
-        DLQ_TIME: str(time.time()),
-    }
-    return kept + [(k, v.encode()) for k, v in added.items()]
+    """The original headers plus the same ``x-dlq-*`` headers every runstream consumer writes."""
+    headers = common_dead_letter_headers(
+        record, reason=reason, error_class=error_class, group_id=group_id, attempts=0
+    )
+    return [(k, v.encode()) for k, v in headers.items()]
 
 
 class IngestLoop:
