@@ -1,25 +1,4 @@
-"""runstream's own name for the context-file API (same objects as ``damnit_ctx``)."""
+"""runstream's own name for the context-file API: the same objects as ``damnit_ctx``."""
 
-from rs_ctxrunner.api import (
-    Cell,
-    ContextFileErrors,
-    DependencyError,
-    Group,
-    GroupError,
-    Pipeline,
-    RunData,
-    Skip,
-    Variable,
-)
-
-__all__ = [
-    "Cell",
-    "ContextFileErrors",
-    "DependencyError",
-    "Group",
-    "GroupError",
-    "Pipeline",
-    "RunData",
-    "Skip",
-    "Variable",
-]
+from damnit_ctx import *  # noqa: F403
+from damnit_ctx import __all__ as __all__
