@@ -35,6 +35,7 @@ K_LOG="$K_STATE/server.log"     # written by log4j2 (kafka-log4j2.properties)
 K_OUT="$K_STATE/kafka.out"      # JVM stdout/stderr
 K_CLUSTER_ID="$K_STATE/cluster.id"
 K_HEAP_OPTS="${RUNSTREAM_KAFKA_HEAP_OPTS:--Xms256m -Xmx768m}"
+K_GC_OPTS="${RUNSTREAM_KAFKA_GC_OPTS:--XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35}"
 K_LOG_FROM=0 # byte offsets of the logs when this start launched the JVM
 K_OUT_FROM=0
 
@@ -208,10 +209,9 @@ launch() {
     # The child writes its own pid before exec'ing java, so the pid file holds
     # the JVM's pid whatever setsid does. "9>&-": the JVM must not inherit the
     # lock fd of with_lock, or it would hold the lock for its whole life.
-    # shellcheck disable=SC2086,SC2016  # K_HEAP_OPTS is a list of flags; $$ is for the inner bash
+    # shellcheck disable=SC2086,SC2016  # K_*_OPTS are lists of flags; $$ is for the inner bash
     (cd "$K_STATE" && exec setsid bash -c 'echo $$ >"$1.tmp" && mv "$1.tmp" "$1" && shift && exec "$@"' _ "$K_PID" \
-        "$java" -server $K_HEAP_OPTS \
-        -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35 \
+        "$java" -server $K_HEAP_OPTS $K_GC_OPTS \
         -XX:+ExplicitGCInvokesConcurrent -XX:+ExitOnOutOfMemoryError \
         -Djava.awt.headless=true \
         -Dkafka.logs.dir="$K_STATE" \

@@ -9,13 +9,15 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter as Counter_
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from runstream_common import parsers
 from runstream_common.messages import Trigger
 from runstream_common.settings import KafkaSettings
+from runstream_common.topics import dlq
 from runstream_ingest.adapters.compacted import partitions_of
 
 from .helpers import make_run_folder
@@ -41,6 +43,7 @@ def _env(kafka: KafkaSettings, data_root: Path, facility_topic: str) -> dict[str
             "RUNSTREAM_INGEST_GROUP_INSTANCE_ID": f"{prefix}-ingest-0",
             "RUNSTREAM_INGEST_DATA_ROOT": str(data_root),
             "RUNSTREAM_INGEST_BATCH_MAX_RECORDS": "100",
+            "RUNSTREAM_INGEST_OFFSETS_INTERVAL_S": "60",
             "RUNSTREAM_INGEST_LOG_LEVEL": "WARNING",
         }
     )
@@ -109,6 +112,18 @@ async def test_kill_9_mid_burst_then_restart(kafka_settings: KafkaSettings, tmp_
     log = tmp_path / "ingest.log"
 
     burst = [event("migration_complete", 2212, r, instrument="HED") for r in range(1, RUNS + 1)]
+    # In the second half, every 100th position also carries a malformed event (unique
+    # bytes): a dead letter is not replay-safe, so its batch carries the offsets in its
+    # own transaction. The first half is all replay-safe: its offsets wait (up to
+    # offsets_interval_s), so the kill in it makes the restart replay what was done.
+    malformed = {
+        i: event("migration_complete", 2212, f"bad-{i}") for i in range(RUNS // 2, RUNS, 100)
+    }
+    burst = [
+        v
+        for i, good in enumerate(burst)
+        for v in ([malformed[i], good] if i in malformed else [good])
+    ]
     produce(
         kafka_settings.bootstrap_servers, facility_topic, [v for v in burst for _ in (0, 1)]
     )  # each twice
@@ -120,7 +135,11 @@ async def test_kill_9_mid_burst_then_restart(kafka_settings: KafkaSettings, tmp_
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=10)
             at_kill = counter.count
-            assert at_kill < RUNS, "the burst was over before the kill; make it bigger"
+            assert at_kill < RUNS // 2, "the kill came after the replay-safe half; make it bigger"
+            # nothing committed offsets yet: the restart reads the done events again
+            assert (
+                await committed_offset(kafka_settings, f"{prefix}-ingest", facility_topic) is None
+            )
 
             proc = _start(env, log)
             # the facility sends the burst again after the crash, and one more run as a barrier
@@ -146,6 +165,28 @@ async def test_kill_9_mid_burst_then_restart(kafka_settings: KafkaSettings, tmp_
     assert sorted(m.run for m in runs) == list(range(1, RUNS + 2))
     assert {m.trigger for m in runs} == {Trigger.RAW}
     assert proc.returncode == 0, log.read_text()[-3000:]
+    # each malformed event was sent three times (twice, then once after the crash):
+    # exactly three dead letters each, none lost to the kill and none replayed
+    dead = await read_topic(
+        kafka_settings, dlq(facility_topic), until=lambda recs: len(recs) >= 3 * len(malformed)
+    )
+    assert Counter_(r.value for r in dead) == {v: 3 for v in malformed.values()}
+    # SIGTERM committed the offsets of everything decided: a restart replays nothing
+    assert (
+        await committed_offset(kafka_settings, f"{prefix}-ingest", facility_topic)
+        == len(burst) * 2 + len(burst) + 1
+    )
+
+
+async def committed_offset(kafka: KafkaSettings, group: str, topic: str) -> int | None:
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=kafka.bootstrap_servers, group_id=group, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        return await consumer.committed(TopicPartition(topic, 0))
+    finally:
+        await consumer.stop()
 
 
 async def test_kill_9_while_proc_events_wait_loses_none_and_duplicates_none(

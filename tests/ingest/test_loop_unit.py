@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from runstream_common.topics import dlq, run_key
 from runstream_ingest.adapters.loop import IngestLoop
 from runstream_ingest.retry import RetryInfo, parse_retry_headers, retry_headers
 from runstream_ingest.settings import Settings
-from runstream_ingest.tables import RunCatalog
+from runstream_ingest.tables import ProposalTable, RunCatalog
 
 from .helpers import disk_for, facility_event, make_run_folder, registered
 
@@ -69,7 +70,7 @@ async def test_plan_writes_runs_catalog_dlq_and_offsets(tmp_path: Path, settings
         ]
     }
     catalog_txn = loop.catalog.begin()
-    plan = loop._plan(batch, [], catalog_txn, time.time())
+    plan = loop.planner.plan(batch, [], catalog_txn, time.time())
     assert plan.offsets == {tp: 13}
     topics = [r.topic for r in plan.records]
     assert topics == ["u.runs", "u.run-catalog", dlq(FAC)]
@@ -105,7 +106,7 @@ async def test_retry_record_not_yet_due_pauses_its_partition(
             rec(loop.retry_topic, 7, value, due),
         ]
     }
-    plan = loop._plan(batch, [], catalog.begin(), now)
+    plan = loop.planner.plan(batch, [], catalog.begin(), now)
     assert plan.offsets == {tp: 6}  # 5 done; 6 and everything after it wait
     assert plan.pauses == {tp: (6, now + 60)}
     [run] = [parsers.RUNS.parse(r.value) for r in plan.records if r.topic == "u.runs"]
@@ -120,7 +121,7 @@ async def test_waiting_proc_event_goes_to_retry_topic_with_state(
     loop = IngestLoop(settings, proposals, RunCatalog(), disk_for(settings))
     tp = TopicPartition(FAC, 0)
     value = facility_event("run_corrections_complete", 2212, 4)
-    plan = loop._plan({tp: [rec(FAC, 0, value)]}, [], loop.catalog.begin(), time.time())
+    plan = loop.planner.plan({tp: [rec(FAC, 0, value)]}, [], loop.catalog.begin(), time.time())
     assert [r.topic for r in plan.records] == ["u.processing", loop.retry_topic]
     assert plan.records[1].value == value
     info = parse_retry_headers(plan.records[1].headers)
@@ -138,7 +139,7 @@ async def test_reprocess_record_expands_and_bad_one_is_dead_lettered(
     topic = loop.topics.reprocess
     tp = TopicPartition(topic, 0)
     good = parsers.encode(ReprocessRequested(proposal=2212, runs=(3, 4)))
-    plan = loop._plan(
+    plan = loop.planner.plan(
         {tp: [rec(topic, 0, good), rec(topic, 1, b'{"type": "nope"}')]},
         [],
         loop.catalog.begin(),
@@ -167,7 +168,7 @@ async def test_run_messages_carry_trace_context(tmp_path: Path, settings: Settin
         tracer=telemetry.tracer_provider.get_tracer("t"),
     )
     tp = TopicPartition(FAC, 0)
-    plan = loop._plan(
+    plan = loop.planner.plan(
         {tp: [rec(FAC, 0, facility_event("migration_complete", 2212, 9))]},
         [],
         loop.catalog.begin(),
@@ -183,7 +184,7 @@ async def test_run_messages_carry_trace_context(tmp_path: Path, settings: Settin
 
 async def test_catalog_follower_skips_only_its_own_writes_after_loading() -> None:
     from runstream_ingest.adapters.compacted import CompactedReader
-    from runstream_ingest.adapters.loop import WRITER_HEADER
+    from runstream_ingest.adapters.planning import WRITER_HEADER
 
     catalog = RunCatalog()
     own = (WRITER_HEADER, b"me")
@@ -215,7 +216,7 @@ async def test_catalog_follower_skips_only_its_own_writes_after_loading() -> Non
 async def test_a_handler_bug_dead_letters_the_record_and_an_os_error_retries(
     tmp_path: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import runstream_ingest.adapters.loop as loop_module
+    import runstream_ingest.adapters.planning as loop_module
 
     proposals, _ = registered(tmp_path, 2212)
     loop = IngestLoop(settings, proposals, RunCatalog(), disk_for(settings))
@@ -226,7 +227,7 @@ async def test_a_handler_bug_dead_letters_the_record_and_an_os_error_retries(
         raise ZeroDivisionError("bug")
 
     monkeypatch.setattr(loop_module, "handle_facility", boom)
-    plan = loop._plan(batch, [], loop.catalog.begin(), time.time())
+    plan = loop.planner.plan(batch, [], loop.catalog.begin(), time.time())
     assert [r.topic for r in plan.records] == [dlq(FAC)]
     assert dict(plan.records[0].headers)[DLQ_REASON] == b"ZeroDivisionError: bug"
     assert plan.offsets == {tp: 1}
@@ -236,7 +237,7 @@ async def test_a_handler_bug_dead_letters_the_record_and_an_os_error_retries(
 
     monkeypatch.setattr(loop_module, "handle_facility", stale)
     with pytest.raises(OSError, match="Stale"):
-        loop._plan(batch, [], loop.catalog.begin(), time.time())
+        loop.planner.plan(batch, [], loop.catalog.begin(), time.time())
 
 
 async def test_processing_follower_releases_a_run_when_its_raw_pass_ends() -> None:
@@ -276,3 +277,104 @@ async def test_processing_follower_releases_a_run_when_its_raw_pass_ends() -> No
     assert (1, 5) not in in_flight
     assert (1, 6) in in_flight
     await follower.stop()
+
+
+async def test_only_batches_whose_repeat_writes_nothing_are_replay_safe(
+    tmp_path: Path, settings: Settings
+) -> None:
+    proposals, dirs = registered(tmp_path, 2212)
+    make_run_folder(dirs[2212], 3)
+    loop = IngestLoop(settings, proposals, RunCatalog(), disk_for(settings))
+
+    def plan_of(*values: bytes, topic: str = FAC):
+        records = [rec(topic, i, v) for i, v in enumerate(values)]
+        txn = loop.catalog.begin()
+        plan = loop.planner.plan({TopicPartition(topic, 0): records}, [], txn, time.time())
+        loop.catalog.commit(txn)
+        return plan
+
+    emit = facility_event("migration_complete", 2212, 1)
+    first = plan_of(
+        emit, facility_event("nonsense", 2212, 2), facility_event("migration_complete", 9999, 1)
+    )
+    assert [o.value for _, o in first.outcomes] == ["emitted", "unknown_event", "unregistered"]
+    assert first.replay_safe
+    again = plan_of(emit)  # the replay after a crash: a duplicate, nothing written
+    assert again.records == []
+    assert again.replay_safe
+    assert not plan_of(emit, b"{oops").replay_safe  # a dead letter would be written twice
+    assert not plan_of(facility_event("run_corrections_complete", 2212, 7)).replay_safe  # waits
+    request = parsers.encode(ReprocessRequested(proposal=2212, runs=(3,)))
+    assert not plan_of(request, topic=loop.topics.reprocess).replay_safe
+
+
+async def test_proc_event_in_the_same_batch_as_its_raw_event_waits_for_the_raw_pass(
+    tmp_path: Path, settings: Settings
+) -> None:
+    proposals, dirs = registered(tmp_path, 2212)
+    make_run_folder(dirs[2212], 4, "proc")
+    waits_for_raw = settings.model_copy(update={"proc_waits_for_raw": True})
+    loop = IngestLoop(waits_for_raw, proposals, RunCatalog(), disk_for(waits_for_raw))
+    tp = TopicPartition(FAC, 0)
+    batch = {
+        tp: [
+            rec(FAC, 0, facility_event("migration_complete", 2212, 4)),
+            rec(FAC, 1, facility_event("run_corrections_complete", 2212, 4)),
+        ]
+    }
+    plan = loop.planner.plan(batch, [], loop.catalog.begin(), time.time())
+    assert [o.value for _, o in plan.outcomes] == ["emitted", "waiting"]
+    assert plan.raw_sent == {(2212, 4)}
+    state = parsers.PROCESSING.parse(plan.records[2].value)
+    assert state.reason is not None
+    assert "raw processing" in state.reason
+
+
+async def test_aiokafka_concurrent_transactions_backoff_is_shortened(settings: Settings) -> None:
+    import aiokafka.producer.sender as sender
+    from runstream_ingest.adapters.loop import set_concurrent_transactions_backoff
+
+    before = sender.BACKOFF_OVERRIDE
+    try:
+        assert set_concurrent_transactions_backoff(0.003)
+        assert sender.BACKOFF_OVERRIDE == 0.003
+        IngestLoop(settings, ProposalTable(), RunCatalog(), disk_for(settings))
+        assert settings.concurrent_transactions_backoff_ms / 1000 == sender.BACKOFF_OVERRIDE
+    finally:
+        sender.BACKOFF_OVERRIDE = before
+
+
+async def test_inbox_takes_in_offset_order_and_forgets_dropped_partitions() -> None:
+    from runstream_ingest.adapters.inbox import Inbox
+
+    class FakeConsumer:
+        def __init__(self, batches: list[dict]) -> None:
+            self.batches = batches
+
+        async def getmany(self, timeout_ms: int, max_records: int) -> dict:
+            if self.batches:
+                return self.batches.pop(0)
+            await asyncio.sleep(timeout_ms / 1000)
+            return {}
+
+    a, b = TopicPartition(FAC, 0), TopicPartition(FAC, 1)
+    consumer = FakeConsumer(
+        [
+            {a: [rec(FAC, 0, b"1"), rec(FAC, 1, b"2")]},
+            {a: [rec(FAC, 2, b"3")], b: [rec(FAC, 7, b"x")]},
+        ]
+    )
+    inbox = Inbox(consumer, batch_max=2, poll_timeout_ms=10)  # type: ignore[arg-type]
+    await inbox.wait(1.0)
+    await asyncio.sleep(0.05)  # the fake answers at once: both batches are in by now
+    assert len(inbox) == 4
+    assert inbox.first_offsets() == {a: 0, b: 7}
+    first = inbox.take()
+    assert [r.offset for r in first[a]] == [0, 1]
+    assert b not in first
+    inbox.drop(b)
+    second = inbox.take()
+    assert [r.offset for r in second[a]] == [2]
+    assert b not in second
+    assert len(inbox) == 0
+    await inbox.halt()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import sys
 from collections.abc import Callable
@@ -112,6 +113,9 @@ class IngestService:
             len(self.catalog),
             n_cat,
         )
+        if s.gc_freeze_interval_s is not None:
+            gc.collect()
+            gc.freeze()
         await self._processing.start()  # before any raw message goes out: no finish is missed
         await self.loop.start_consumer()
 
@@ -123,6 +127,8 @@ class IngestService:
         self._spawn(self._processing.follow(), "processing")
         if self.watcher is not None:
             self._spawn(self.watcher.run(), "watcher")
+        if self.settings.gc_freeze_interval_s is not None:
+            self._spawn(freeze_gc_every(self.settings.gc_freeze_interval_s), "gc")
 
     def _spawn(self, coro: object, name: str) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coro, name=f"ingest-{name}")  # type: ignore[arg-type]
@@ -155,3 +161,16 @@ class IngestService:
         await self._proposal_reader.stop()
         await self._catalog_reader.stop()
         await self._processing.stop()
+
+
+async def freeze_gc_every(interval_s: float) -> None:
+    """Move what survived so far into the permanent generation, again and again.
+
+    Long-lived objects (the catalog, proposals, modules) then never make a full
+    collection walk them; such a walk paused the loop 40-60 ms. The price: a
+    reference cycle that is already garbage when a freeze happens is not freed
+    (objects freed by reference counting are, frozen or not).
+    """
+    while True:
+        await asyncio.sleep(interval_s)
+        gc.freeze()

@@ -2,13 +2,23 @@
 
 One aiokafka consumer (group ``settings.group_id``, ``read_committed``, no
 auto-commit) reads the facility topics, the reprocess topic and ingest's retry
-topic. Each polled batch is decided by the pure handlers (in a worker thread,
-they touch the file system) and carried out in **one Kafka transaction**: run
-messages, run-catalog entries, dead letters, waiting states, retry records *and*
-the consumer offsets of the batch. Either all of it becomes visible to
-``read_committed`` readers or none of it does, so a crash at any point makes the
-restarted loop redo exactly the batches whose transaction did not commit, with
-de-duplication state (the catalog) that matches what was committed.
+topic; a poller task keeps draining it into the :class:`~.inbox.Inbox`. Each
+batch taken from the inbox is decided by the :class:`~.planning.Planner` (in a
+worker thread) and carried out in **one Kafka transaction**: run messages,
+run-catalog entries, dead letters, waiting states and retry records become
+visible to ``read_committed`` readers together or not at all. Two
+transactional producers take turns, so a transaction never waits for the
+broker to finish the previous commit's markers.
+
+Consumer offsets travel inside the transactions, but not in every one: a
+*replay-safe* batch (its only outputs are run messages, each with the catalog
+entry that makes a repeat a duplicate) may leave its offsets to a later
+transaction. A batch with a dead letter, a wait or a reprocess request always
+carries the offsets of everything decided so far, and so does the first
+transaction after ``offsets_interval_s``. After a crash the restarted loop reads
+the catalog as committed and replays from the committed offsets: the
+replay-safe batches come out as duplicates, the uncommitted ones are done
+again, and nothing is written twice.
 """
 
 from __future__ import annotations
@@ -19,82 +29,80 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import ProducerFenced
-from opentelemetry.propagate import extract, inject
-from opentelemetry.trace import SpanKind, Tracer
-from runstream_common import parsers
-from runstream_common.errors import MessageFormatError
-from runstream_common.kafka import dead_letter_headers as common_dead_letter_headers
-from runstream_common.messages import RunRequested, Trigger
-from runstream_common.topics import dlq, run_key
+from opentelemetry.trace import Tracer
 
-from ..effects import DeadLetter, Effect, EmitRun, Ignore, Outcome, Wait, outcome_of
-from ..handlers import Disk, handle_facility, handle_reprocess, handle_watched
-from ..retry import RetryInfo, parse_retry_headers, retry_headers
+from ..effects import Outcome
+from ..handlers import Disk
 from ..settings import Settings
 from ..tables import CatalogTxn, ProposalTable, RawInFlight, RunCatalog
+from .inbox import DropRevoked, Inbox
+from .planning import WRITER_HEADER, Plan, Planner, Records, Watched
+
+__all__ = ["WRITER_HEADER", "BatchTiming", "IngestLoop", "Watched"]
 
 log = logging.getLogger("runstream.ingest.loop")
 
-JSON = [("content-type", b"application/json")]
-WRITER_HEADER = "x-ingest-writer"
-"""On catalog records: the transactional id that wrote them (its own catalog already has them)."""
+
+def set_concurrent_transactions_backoff(seconds: float) -> bool:
+    """Shorten aiokafka's fixed wait after CONCURRENT_TRANSACTIONS (20 ms). True if it was set.
+
+    A transaction that starts within a few milliseconds of the previous commit
+    has its first AddPartitionsToTxn refused with CONCURRENT_TRANSACTIONS while
+    the broker still writes the previous commit's markers (KAFKA-5477). aiokafka
+    then sleeps ``aiokafka.producer.sender.BACKOFF_OVERRIDE`` seconds, a module
+    constant with no client option; for a loop that commits back to back it was
+    the largest term of the added latency (measured: 27 ms -> 6 ms per transaction
+    at 1 ms). The constant is process-wide: ingest's loop is the only
+    transactional producer in its process.
+    """
+    import aiokafka.producer.sender as sender
+
+    if not isinstance(getattr(sender, "BACKOFF_OVERRIDE", None), float):
+        log.warning("aiokafka has no BACKOFF_OVERRIDE any more; transactions keep its back-off")
+        return False
+    sender.BACKOFF_OVERRIDE = seconds
+    return True
 
 
-@dataclass(frozen=True, slots=True)
-class Watched:
-    """A complete new run folder the watcher found."""
+def transactional_ids(base: str) -> tuple[str, str]:
+    """The loop's two producers, which take turns.
 
-    proposal: int
-    run: int
-    path: Path
-
-
-@dataclass(frozen=True, slots=True)
-class Out:
-    topic: str
-    key: bytes | None
-    value: bytes
-    headers: list[tuple[str, bytes]]
+    A transaction that starts right after the same producer's commit is refused
+    (CONCURRENT_TRANSACTIONS) until the broker has written that commit's markers;
+    the other producer's transaction does not wait for them.
+    """
+    return base, f"{base}.2"
 
 
 @dataclass(frozen=True, slots=True)
 class BatchTiming:
-    """One transaction: inputs decided, seconds deciding, seconds in the Kafka transaction."""
+    """One batch: inputs decided, seconds deciding, seconds in its transaction, age when taken."""
 
     inputs: int
     plan_s: float
     txn_s: float
-    wait_s: float  # age of the batch's oldest record when the poll returned
+    wait_s: float  # age of the batch's oldest record when it was taken from the inbox
+    offsets: bool  # the transaction carried consumer offsets
 
 
 @dataclass
-class Plan:
-    """What one transaction writes, and what the consumer does afterwards."""
+class _Batch:
+    """One decided batch on its way through its transaction."""
 
-    records: list[Out] = field(default_factory=list)
+    records: Records
+    watched: list[Watched]
+    txn: CatalogTxn
+    plan: Plan
+    wait_s: float = 0.0
+    plan_s: float = 0.0
     offsets: dict[TopicPartition, int] = field(default_factory=dict)
-    pauses: dict[TopicPartition, tuple[int, float]] = field(default_factory=dict)
-    raw_sent: list[tuple[int, int]] = field(default_factory=list)
-    outcomes: list[tuple[str, Outcome]] = field(default_factory=list)
-
-
-def dead_letter_headers(
-    record: ConsumerRecord[Any, Any], reason: str, error_class: str, group_id: str
-) -> list[tuple[str, bytes]]:
-    """The original headers plus the same ``x-dlq-*`` headers every runstream consumer writes."""
-    headers = common_dead_letter_headers(
-        record, reason=reason, error_class=error_class, group_id=group_id, attempts=0
-    )
-    return [(k, v.encode()) for k, v in headers.items()]
 
 
 class IngestLoop:
-    """Owns the transactional producer and the group consumer."""
+    """Owns the transactional producers, the group consumer and the inbox between them."""
 
     def __init__(
         self,
@@ -114,6 +122,8 @@ class IngestLoop:
         self.topics = settings.kafka.topics
         self.retry_topic = settings.retry_topic()
         self.facility_topics = frozenset(settings.facility_topics)
+        self.raw_in_flight = raw_in_flight if raw_in_flight is not None else RawInFlight()
+        self.planner = Planner(settings, proposals, disk, self.raw_in_flight, tracer)
         self.watched: asyncio.Queue[Watched] = asyncio.Queue()
         self.stats: Counter[str] = Counter()
         self.timings: deque[BatchTiming] = deque(maxlen=10_000)
@@ -122,25 +132,29 @@ class IngestLoop:
         self._on_outcome = on_outcome
         self._paused: dict[TopicPartition, float] = {}
         self._stopping = False
-        self._tracer = tracer
-        self.raw_in_flight = raw_in_flight if raw_in_flight is not None else RawInFlight()
+        # next offset to decide / last offset a committed transaction carried, per partition
+        self._positions: dict[TopicPartition, int] = {}
+        self._committed: dict[TopicPartition, int] = {}
+        self._offsets_at = time.monotonic()
         kafka = settings.kafka
-        self.producer = AIOKafkaProducer(
-            bootstrap_servers=kafka.bootstrap_servers,
-            client_id=f"{kafka.client_id}-ingest",
-            transactional_id=settings.transactional_id,
-            enable_idempotence=True,
-            acks="all",
-            max_request_size=kafka.max_request_size,
-            linger_ms=0,
-            # The broker answers CONCURRENT_TRANSACTIONS while it finishes the previous
-            # commit; aiokafka's default 100 ms back-off would then dominate latency.
-            retry_backoff_ms=settings.producer_retry_backoff_ms,
-            transaction_timeout_ms=settings.transaction_timeout_ms,
-            **kafka.security_kwargs(),
-        )
+        set_concurrent_transactions_backoff(settings.concurrent_transactions_backoff_ms / 1000)
+        self.producers = [
+            AIOKafkaProducer(
+                bootstrap_servers=kafka.bootstrap_servers,
+                client_id=f"{kafka.client_id}-ingest",
+                transactional_id=tid,
+                enable_idempotence=True,
+                acks="all",
+                max_request_size=kafka.max_request_size,
+                linger_ms=0,
+                retry_backoff_ms=settings.producer_retry_backoff_ms,
+                transaction_timeout_ms=settings.transaction_timeout_ms,
+                **kafka.security_kwargs(),
+            )
+            for tid in transactional_ids(settings.transactional_id)
+        ]
+        self._turn = 0
         self.consumer = AIOKafkaConsumer(
-            *sorted(self.facility_topics | {self.topics.reprocess, self.retry_topic}),
             bootstrap_servers=kafka.bootstrap_servers,
             client_id=f"{kafka.client_id}-ingest",
             group_id=settings.group_id,
@@ -154,149 +168,196 @@ class IngestLoop:
             fetch_max_wait_ms=settings.fetch_max_wait_ms,
             **kafka.security_kwargs(),
         )
+        self.inbox = Inbox(self.consumer, settings.batch_max_records, settings.poll_timeout_ms)
+        self.consumer.subscribe(
+            sorted(self.facility_topics | {self.topics.reprocess, self.retry_topic}),
+            listener=DropRevoked(self.inbox, self._positions),
+        )
 
     async def start_producer(self) -> None:
-        """Fences a previous process with the same transactional id and aborts its open transaction.
+        """Fences a previous process with the same transactional ids and aborts its open transactions.
 
-        Call this before reading the catalog: until that transaction is aborted,
-        ``read_committed`` readers cannot get past it.
+        Call this before reading the catalog: until those transactions are
+        aborted, ``read_committed`` readers cannot get past them.
         """
-        await self.producer.start()
+        for producer in self.producers:
+            await producer.start()
 
     async def start_consumer(self) -> None:
         await self.consumer.start()
 
     async def stop(self) -> None:
+        await self.inbox.halt()
         await self.consumer.stop()
-        await self.producer.stop()
+        for producer in self.producers:
+            await producer.stop()
 
     def request_stop(self) -> None:
-        """Finish the current batch, then return from :meth:`run`."""
+        """Finish the batches under way, commit the offsets, then return from :meth:`run`."""
         self._stopping = True
 
     async def run(self) -> None:
         """Process batches until stopped. Errors other than Kafka's retriable ones propagate."""
         backoff = self.settings.retry_backoff_s
-        while not self._stopping:
-            try:
-                await self.step()
-                backoff = self.settings.retry_backoff_s
-            except asyncio.CancelledError:
-                raise
-            except _Retriable as exc:
-                log.warning(
-                    "batch failed and was rolled back, retrying in %.1f s: %s",
-                    backoff,
-                    exc.__cause__,
-                )
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, self.settings.retry_backoff_max_s)
+        try:
+            while not self._stopping:
+                try:
+                    await self.step()
+                    backoff = self.settings.retry_backoff_s
+                except asyncio.CancelledError:
+                    raise
+                except _Retriable as exc:
+                    log.warning(
+                        "batch failed and was rolled back, retrying in %.1f s: %s",
+                        backoff,
+                        exc.__cause__,
+                    )
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, self.settings.retry_backoff_max_s)
+            await self.flush()
+        finally:
+            await self.inbox.halt()
 
     async def step(self) -> int:
-        """One poll -> one transaction. Returns the number of inputs decided."""
+        """What the inbox holds -> one transaction. Returns the number of inputs decided."""
         self._resume_due()
-        batch = await self.consumer.getmany(
-            timeout_ms=self.settings.poll_timeout_ms, max_records=self.settings.batch_max_records
-        )
+        await self.inbox.wait(self.settings.poll_timeout_ms / 1000)
+        batch = await self._decide()
+        if batch is None:
+            return 0
+        await self._carry_out(batch)
+        return len(batch.plan.outcomes)
+
+    async def flush(self) -> None:
+        """Commit the offsets of everything decided (when stopping).
+
+        A failure here is logged, not raised: the events whose offsets did not
+        commit are read again at the next start and found to be duplicates.
+        """
+        if not self._uncommitted():
+            return
+        try:
+            await self._carry_out(_Batch({}, [], self.catalog.begin(), Plan()), with_offsets=True)
+        except (_Retriable, _AbortFailed, ProducerFenced) as exc:
+            log.warning("stopping: the offsets did not commit (%r)", exc.__cause__ or exc)
+
+    # -- one batch ---------------------------------------------------------------------------
+
+    async def _decide(self) -> _Batch | None:
+        records = self.inbox.take()
         watched: list[Watched] = []
         while not self.watched.empty() and len(watched) < self.settings.batch_max_records:
             watched.append(self.watched.get_nowait())
-        if not batch and not watched:
-            return 0
-        txn = self.catalog.begin()
-        t_polled = time.perf_counter()
-        stamps = [r.timestamp for records in batch.values() for r in records]
+        if not records and not watched:
+            if self._offsets_due():  # idle: commit the offsets of what came before
+                return _Batch({}, [], self.catalog.begin(), Plan())
+            return None
+        stamps = [r.timestamp for rs in records.values() for r in rs]
         wait_s = max(0.0, time.time() - min(stamps) / 1000) if stamps else 0.0
+        txn = self.catalog.begin()
+        t0 = time.perf_counter()
         try:
-            plan = await asyncio.to_thread(self._plan, batch, watched, txn, time.time())
+            plan = await asyncio.to_thread(self.planner.plan, records, watched, txn, time.time())
         except OSError as exc:  # the file system hiccuped: decide the batch again later
-            await self._roll_back(batch, watched)
+            await self._roll_back(_Batch(records, watched, txn, Plan()))
             raise _Retriable() from exc
-        t_planned = time.perf_counter()
+        self._positions.update(plan.offsets)
+        return _Batch(records, watched, txn, plan, wait_s, time.perf_counter() - t0)
+
+    async def _carry_out(self, batch: _Batch, *, with_offsets: bool = False) -> None:
+        """The batch's transaction, then the bookkeeping; a failed batch is rolled back."""
+        if with_offsets or not batch.plan.replay_safe or self._offsets_due():
+            batch.offsets = self._uncommitted()
+        producer = self.producers[self._turn]
+        self._turn = (self._turn + 1) % len(self.producers)
         try:
-            await self._transact(plan)
+            txn_s = await self._transact(batch, producer)
         except (ProducerFenced, _AbortFailed):
             raise  # another process owns our transactional id, or the producer is broken
+        except asyncio.CancelledError:
+            raise
         except Exception as exc:
-            await self._roll_back(batch, watched)
+            await self._roll_back(batch)
             raise _Retriable() from exc
-        self.catalog.commit(txn)
+        self.catalog.commit(batch.txn)
+        plan = batch.plan
         for proposal, run in plan.raw_sent:
             self.raw_in_flight.add(proposal, run)
+        self._committed.update(batch.offsets)
+        if plan.pauses:
+            await self.inbox.halt()  # no fetch of the old position may land after the seek
+            for tp, (offset, not_before) in plan.pauses.items():
+                self.inbox.drop(tp)
+                self.consumer.seek(tp, offset)
+                self.consumer.pause(tp)
+                self._paused[tp] = not_before
         timing = BatchTiming(
-            len(plan.outcomes), t_planned - t_polled, time.perf_counter() - t_planned, wait_s
+            len(plan.outcomes), batch.plan_s, txn_s, batch.wait_s, bool(batch.offsets)
         )
         self.timings.append(timing)
         self._window.append(timing)
         if time.monotonic() - self._window_start >= self.settings.stats_interval_s:
             self._report_window()
-        for tp, (offset, not_before) in plan.pauses.items():
-            self.consumer.seek(tp, offset)
-            self.consumer.pause(tp)
-            self._paused[tp] = not_before
         for topic, outcome in plan.outcomes:
             self.stats[outcome.value] += 1
             if self._on_outcome is not None:
                 self._on_outcome(topic, outcome)
-        return len(plan.outcomes)
 
-    def _report_window(self) -> None:
-        window, self._window = self._window, []
-        seconds = time.monotonic() - self._window_start
-        self._window_start = time.monotonic()
-
-        def p(values: list[float], q: float) -> float:
-            ordered = sorted(values)
-            return 1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-        waits = [t.wait_s for t in window]
-        txns = [t.txn_s for t in window]
-        plans = [t.plan_s for t in window]
-        log.info(
-            "last %.0f s: %d inputs in %d transactions; ms p50/p99: waited %.1f/%.1f, "
-            "decided %.1f/%.1f, transaction %.1f/%.1f; totals %s",
-            seconds,
-            sum(t.inputs for t in window),
-            len(window),
-            p(waits, 0.5),
-            p(waits, 0.99),
-            p(plans, 0.5),
-            p(plans, 0.99),
-            p(txns, 0.5),
-            p(txns, 0.99),
-            dict(self.stats),
-        )
-
-    async def _transact(self, plan: Plan) -> None:
-        if not plan.records and not plan.offsets:
-            return
-        await self.producer.begin_transaction()
+    async def _transact(self, batch: _Batch, producer: AIOKafkaProducer) -> float:
+        """The batch's one transaction; returns its seconds."""
+        plan, offsets = batch.plan, batch.offsets
+        t0 = time.perf_counter()
+        if not plan.records and not offsets:
+            return 0.0
+        if offsets:
+            self._offsets_at = time.monotonic()
+        await producer.begin_transaction()
         try:
             futures = [
-                await self.producer.send(r.topic, r.value, key=r.key, headers=r.headers)
+                await producer.send(r.topic, r.value, key=r.key, headers=r.headers)
                 for r in plan.records
             ]
             await asyncio.gather(*futures)
-            if plan.offsets:
-                await self.producer.send_offsets_to_transaction(
-                    plan.offsets, self.settings.group_id
-                )
-            await self.producer.commit_transaction()
+            if offsets:
+                await producer.send_offsets_to_transaction(offsets, self.settings.group_id)
+            await producer.commit_transaction()
         except BaseException:  # also on cancellation: never leave a transaction open
             try:
-                await asyncio.shield(self.producer.abort_transaction())
+                await asyncio.shield(producer.abort_transaction())
             except Exception as abort_exc:
                 raise _AbortFailed(str(abort_exc)) from abort_exc
             raise
+        return time.perf_counter() - t0
 
-    async def _roll_back(
-        self, batch: dict[TopicPartition, list[Any]], watched: list[Watched]
-    ) -> None:
-        for tp, records in batch.items():
-            if records:
-                self.consumer.seek(tp, records[0].offset)
-        for item in watched:
+    async def _roll_back(self, batch: _Batch) -> None:
+        """Rewind every partition to its first record not carried out; empty the inbox."""
+        await self.inbox.halt()
+        first = self.inbox.first_offsets()
+        first.update({tp: rs[0].offset for tp, rs in batch.records.items() if rs})
+        self.inbox.clear()
+        assigned = self.consumer.assignment()
+        for tp, offset in first.items():
+            if tp in assigned:
+                self.consumer.seek(tp, offset)
+                self._positions[tp] = offset
+        for item in batch.watched:
             self.watched.put_nowait(item)
+
+    # -- offsets and pauses ------------------------------------------------------------------
+
+    def _uncommitted(self) -> dict[TopicPartition, int]:
+        """Positions of owned partitions that no committed transaction carried yet."""
+        assigned = self.consumer.assignment()
+        return {
+            tp: offset
+            for tp, offset in self._positions.items()
+            if tp in assigned and self._committed.get(tp) != offset
+        }
+
+    def _offsets_due(self) -> bool:
+        if time.monotonic() - self._offsets_at < self.settings.offsets_interval_s:
+            return False
+        return bool(self._uncommitted())
 
     def _resume_due(self) -> None:
         if not self._paused:
@@ -310,144 +371,35 @@ class IngestLoop:
                 self.consumer.resume(tp)
                 del self._paused[tp]
 
-    # -- deciding (worker thread) ------------------------------------------------------------
+    def _report_window(self) -> None:
+        window, self._window = self._window, []
+        seconds = time.monotonic() - self._window_start
+        self._window_start = time.monotonic()
+        if not window:
+            return
 
-    def _plan(
-        self,
-        batch: dict[TopicPartition, list[ConsumerRecord[Any, Any]]],
-        watched: list[Watched],
-        txn: CatalogTxn,
-        now: float,
-    ) -> Plan:
-        plan = Plan()
-        kw: dict[str, Any] = {
-            "settings": self.settings,
-            "proposals": self.proposals,
-            "catalog": txn,
-            "disk": self.disk,
-        }
-        facility_kw = {**kw, "raw_in_flight": self.raw_in_flight}
-        for tp, records in batch.items():
-            for record in records:
-                source = record.topic
-                try:
-                    if record.topic == self.retry_topic:
-                        info = parse_retry_headers(record.headers or ())
-                        if info.not_before > now:
-                            plan.pauses[tp] = (record.offset, info.not_before)
-                            break
-                        source = info.source_topic or record.topic
-                        effects = handle_facility(
-                            record.value, now=now, attempt=info.attempt, **facility_kw
-                        )
-                    elif record.topic == self.topics.reprocess:
-                        effects = self._reprocess(record, kw)
-                    else:
-                        effects = handle_facility(record.value, now=now, **facility_kw)
-                except OSError:
-                    raise  # transient: the whole batch is decided again
-                except Exception as exc:  # a bug must not stop the service: park the record
-                    log.exception(
-                        "deciding %s[%d]@%d failed", record.topic, record.partition, record.offset
-                    )
-                    effects = [DeadLetter(f"{type(exc).__name__}: {exc}", type(exc).__name__)]
-                for effect in effects:
-                    self._carry_out(effect, record, source, plan)
-                plan.offsets[tp] = record.offset + 1
-        for item in watched:
-            for effect in handle_watched(item.proposal, item.run, item.path, **kw):
-                self._carry_out(effect, None, "watcher", plan)
-        return plan
+        def p(values: list[float], q: float) -> float:
+            ordered = sorted(values)
+            return 1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
-    def _trace_headers(
-        self, msg: RunRequested, record: ConsumerRecord[Any, Any] | None, source: str
-    ) -> list[tuple[str, bytes]]:
-        """A producer span per run message, continuing the input's trace if it carried one."""
-        if self._tracer is None:
-            return []
-        parent = None
-        if record is not None and record.headers:
-            parent = extract({k: v.decode(errors="replace") for k, v in record.headers})
-        with self._tracer.start_as_current_span(
-            f"{self.topics.runs} publish",
-            context=parent,
-            kind=SpanKind.PRODUCER,
-            attributes={
-                "messaging.system": "kafka",
-                "messaging.destination.name": self.topics.runs,
-                "messaging.source.name": source,
-                "runstream.proposal": msg.proposal,
-                "runstream.run": msg.run,
-                "runstream.trigger": msg.trigger.value,
-                "runstream.request_id": msg.request_id,
-                "runstream.reason": msg.reason,
-            },
-        ):
-            carrier: dict[str, str] = {}
-            inject(carrier)
-        return [(k, v.encode()) for k, v in carrier.items()]
-
-    def _reprocess(self, record: ConsumerRecord[Any, Any], kw: dict[str, Any]) -> list[Effect]:
-        try:
-            request = parsers.REPROCESS.parse(record.value)
-        except MessageFormatError as exc:
-            return [DeadLetter(str(exc), type(exc).__name__)]
-        return handle_reprocess(request, **kw)
-
-    def _carry_out(
-        self, effect: Effect, record: ConsumerRecord[Any, Any] | None, source: str, plan: Plan
-    ) -> None:
-        plan.outcomes.append((source, outcome_of(effect)))
-        if isinstance(effect, EmitRun):
-            msg = effect.run
-            key = run_key(msg.proposal, msg.run)
-            headers = JSON + self._trace_headers(msg, record, source)
-            if msg.trigger is Trigger.RAW and msg.reason != "reprocess":
-                plan.raw_sent.append((msg.proposal, msg.run))
-            plan.records.append(Out(self.topics.runs, key, parsers.encode(msg), headers))
-            if effect.catalog is not None:
-                plan.records.append(
-                    Out(
-                        self.topics.run_catalog,
-                        key,
-                        parsers.encode(effect.catalog),
-                        [*JSON, (WRITER_HEADER, self.settings.transactional_id.encode())],
-                    )
-                )
-            if effect.note:
-                log.warning("p%d r%d %s: %s", msg.proposal, msg.run, msg.trigger, effect.note)
-        elif isinstance(effect, DeadLetter):
-            assert record is not None
-            plan.records.append(
-                Out(
-                    dlq(record.topic),
-                    record.key,
-                    record.value if record.value is not None else b"",
-                    dead_letter_headers(
-                        record, effect.reason, effect.error_class, self.settings.group_id
-                    ),
-                )
-            )
-            log.warning(
-                "dead-lettered %s[%d]@%d: %s",
-                record.topic,
-                record.partition,
-                record.offset,
-                effect.reason,
-            )
-        elif isinstance(effect, Wait):
-            assert record is not None
-            state = effect.state
-            key = run_key(state.proposal, state.run)
-            plan.records.append(Out(self.topics.processing, key, parsers.encode(state), JSON))
-            info = RetryInfo(effect.attempt, effect.not_before, source)
-            plan.records.append(
-                Out(self.retry_topic, key, record.value or b"", retry_headers(info))
-            )
-            log.info("p%d r%d proc waits: %s", state.proposal, state.run, state.reason)
-        elif isinstance(effect, Ignore):
-            level = logging.DEBUG if effect.outcome is Outcome.DUPLICATE else logging.INFO
-            log.log(level, "ignored (%s): %s", effect.outcome.value, effect.detail)
+        waits = [t.wait_s for t in window]
+        txns = [t.txn_s for t in window]
+        plans = [t.plan_s for t in window]
+        log.info(
+            "last %.0f s: %d inputs in %d transactions (%d with offsets); ms p50/p99: "
+            "waited %.1f/%.1f, decided %.1f/%.1f, transaction %.1f/%.1f; totals %s",
+            seconds,
+            sum(t.inputs for t in window),
+            len(window),
+            sum(t.offsets for t in window),
+            p(waits, 0.5),
+            p(waits, 0.99),
+            p(plans, 0.5),
+            p(plans, 0.99),
+            p(txns, 0.5),
+            p(txns, 0.99),
+            dict(self.stats),
+        )
 
 
 class _Retriable(Exception):

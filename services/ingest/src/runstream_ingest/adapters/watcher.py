@@ -18,7 +18,7 @@ from ..layout import folder_state
 from ..settings import Settings
 from ..tables import ProposalTable, RunCatalog
 from .disk import LocalDisk
-from .loop import Watched
+from .planning import Watched
 
 log = logging.getLogger("runstream.ingest.watcher")
 

@@ -1,0 +1,254 @@
+"""Deciding one batch: polled records and watched folders in, the contents of one transaction out.
+
+Runs in a worker thread (the handlers may stat folders). Nothing here talks to
+Kafka; :class:`Plan` is what the loop then writes in one transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Container
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiokafka import ConsumerRecord, TopicPartition
+from opentelemetry.propagate import extract, inject
+from opentelemetry.trace import SpanKind, Tracer
+from runstream_common import parsers
+from runstream_common.errors import MessageFormatError
+from runstream_common.kafka import dead_letter_headers as common_dead_letter_headers
+from runstream_common.messages import RunRequested, Trigger
+from runstream_common.topics import dlq, run_key
+
+from ..effects import DeadLetter, Effect, EmitRun, Ignore, Outcome, Wait, outcome_of
+from ..handlers import Disk, handle_facility, handle_reprocess, handle_watched
+from ..retry import RetryInfo, parse_retry_headers, retry_headers
+from ..settings import Settings
+from ..tables import CatalogTxn, ProposalTable
+
+log = logging.getLogger("runstream.ingest.loop")
+
+JSON = [("content-type", b"application/json")]
+WRITER_HEADER = "x-ingest-writer"
+"""On catalog records: the transactional id that wrote them (its own catalog already has them)."""
+
+Records = dict[TopicPartition, list[ConsumerRecord[Any, Any]]]
+
+
+@dataclass(frozen=True, slots=True)
+class Watched:
+    """A complete new run folder the watcher found."""
+
+    proposal: int
+    run: int
+    path: Path
+
+
+@dataclass(frozen=True, slots=True)
+class Out:
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: list[tuple[str, bytes]]
+
+
+@dataclass
+class Plan:
+    """What one transaction writes, and what the consumer does afterwards.
+
+    ``replay_safe``: deciding the same inputs again after this plan committed
+    writes nothing (every output is a run message whose catalog entry makes the
+    repeat a duplicate). Only such batches may leave their consumer offsets to a
+    later transaction; dead letters, waits and reprocess requests may not.
+    """
+
+    records: list[Out] = field(default_factory=list)
+    offsets: dict[TopicPartition, int] = field(default_factory=dict)
+    pauses: dict[TopicPartition, tuple[int, float]] = field(default_factory=dict)
+    raw_sent: set[tuple[int, int]] = field(default_factory=set)
+    outcomes: list[tuple[str, Outcome]] = field(default_factory=list)
+    replay_safe: bool = True
+
+
+def dead_letter_headers(
+    record: ConsumerRecord[Any, Any], reason: str, error_class: str, group_id: str
+) -> list[tuple[str, bytes]]:
+    """The original headers plus the same ``x-dlq-*`` headers every runstream consumer writes."""
+    headers = common_dead_letter_headers(
+        record, reason=reason, error_class=error_class, group_id=group_id, attempts=0
+    )
+    return [(k, v.encode()) for k, v in headers.items()]
+
+
+class _RawInFlight:
+    """Runs whose raw pass runs: those committed before, plus raw messages of the plan at hand."""
+
+    def __init__(self, *parts: Container[tuple[int, int]]) -> None:
+        self._parts = parts
+
+    def __contains__(self, key: object) -> bool:
+        return any(key in part for part in self._parts)
+
+
+class Planner:
+    """Turns records into a :class:`Plan` with the pure handlers."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        proposals: ProposalTable,
+        disk: Disk,
+        raw_in_flight: Container[tuple[int, int]],
+        tracer: Tracer | None = None,
+    ) -> None:
+        self.settings = settings
+        self.proposals = proposals
+        self.disk = disk
+        self.raw_in_flight = raw_in_flight
+        self.topics = settings.kafka.topics
+        self.retry_topic = settings.retry_topic()
+        self._tracer = tracer
+
+    def plan(
+        self,
+        batch: Records,
+        watched: list[Watched],
+        txn: CatalogTxn,
+        now: float,
+    ) -> Plan:
+        """Decide ``batch``, then ``watched``."""
+        plan = Plan()
+        kw: dict[str, Any] = {
+            "settings": self.settings,
+            "proposals": self.proposals,
+            "catalog": txn,
+            "disk": self.disk,
+        }
+        # a raw message of this very batch counts as running too
+        in_flight = _RawInFlight(self.raw_in_flight, plan.raw_sent)
+        facility_kw = {**kw, "raw_in_flight": in_flight}
+        for tp, records in batch.items():
+            for record in records:
+                source = record.topic
+                try:
+                    if record.topic == self.retry_topic:
+                        info = parse_retry_headers(record.headers or ())
+                        if info.not_before > now:
+                            plan.pauses[tp] = (record.offset, info.not_before)
+                            break
+                        source = info.source_topic or record.topic
+                        effects = handle_facility(
+                            record.value, now=now, attempt=info.attempt, **facility_kw
+                        )
+                    elif record.topic == self.topics.reprocess:
+                        plan.replay_safe = False  # a repeat would be a new deliberate reprocess
+                        effects = self._reprocess(record, kw)
+                    else:
+                        effects = handle_facility(record.value, now=now, **facility_kw)
+                except OSError:
+                    raise  # transient: the whole batch is decided again
+                except Exception as exc:  # a bug must not stop the service: park the record
+                    log.exception(
+                        "deciding %s[%d]@%d failed", record.topic, record.partition, record.offset
+                    )
+                    effects = [DeadLetter(f"{type(exc).__name__}: {exc}", type(exc).__name__)]
+                for effect in effects:
+                    self._carry_out(effect, record, source, plan)
+                plan.offsets[tp] = record.offset + 1
+        for item in watched:
+            for effect in handle_watched(item.proposal, item.run, item.path, **kw):
+                self._carry_out(effect, None, "watcher", plan)
+        return plan
+
+    def _trace_headers(
+        self, msg: RunRequested, record: ConsumerRecord[Any, Any] | None, source: str
+    ) -> list[tuple[str, bytes]]:
+        """A producer span per run message, continuing the input's trace if it carried one."""
+        if self._tracer is None:
+            return []
+        parent = None
+        if record is not None and record.headers:
+            parent = extract({k: v.decode(errors="replace") for k, v in record.headers})
+        with self._tracer.start_as_current_span(
+            f"{self.topics.runs} publish",
+            context=parent,
+            kind=SpanKind.PRODUCER,
+            attributes={
+                "messaging.system": "kafka",
+                "messaging.destination.name": self.topics.runs,
+                "messaging.source.name": source,
+                "runstream.proposal": msg.proposal,
+                "runstream.run": msg.run,
+                "runstream.trigger": msg.trigger.value,
+                "runstream.request_id": msg.request_id,
+                "runstream.reason": msg.reason,
+            },
+        ):
+            carrier: dict[str, str] = {}
+            inject(carrier)
+        return [(k, v.encode()) for k, v in carrier.items()]
+
+    def _reprocess(self, record: ConsumerRecord[Any, Any], kw: dict[str, Any]) -> list[Effect]:
+        try:
+            request = parsers.REPROCESS.parse(record.value)
+        except MessageFormatError as exc:
+            return [DeadLetter(str(exc), type(exc).__name__)]
+        return handle_reprocess(request, **kw)
+
+    def _carry_out(
+        self, effect: Effect, record: ConsumerRecord[Any, Any] | None, source: str, plan: Plan
+    ) -> None:
+        plan.outcomes.append((source, outcome_of(effect)))
+        if isinstance(effect, EmitRun):
+            msg = effect.run
+            key = run_key(msg.proposal, msg.run)
+            headers = JSON + self._trace_headers(msg, record, source)
+            if msg.trigger is Trigger.RAW and msg.reason != "reprocess":
+                plan.raw_sent.add((msg.proposal, msg.run))
+            plan.records.append(Out(self.topics.runs, key, parsers.encode(msg), headers))
+            if effect.catalog is not None:
+                plan.records.append(
+                    Out(
+                        self.topics.run_catalog,
+                        key,
+                        parsers.encode(effect.catalog),
+                        [*JSON, (WRITER_HEADER, self.settings.transactional_id.encode())],
+                    )
+                )
+            if effect.note:
+                log.warning("p%d r%d %s: %s", msg.proposal, msg.run, msg.trigger, effect.note)
+        elif isinstance(effect, DeadLetter):
+            assert record is not None
+            plan.replay_safe = False
+            plan.records.append(
+                Out(
+                    dlq(record.topic),
+                    record.key,
+                    record.value if record.value is not None else b"",
+                    dead_letter_headers(
+                        record, effect.reason, effect.error_class, self.settings.group_id
+                    ),
+                )
+            )
+            log.warning(
+                "dead-lettered %s[%d]@%d: %s",
+                record.topic,
+                record.partition,
+                record.offset,
+                effect.reason,
+            )
+        elif isinstance(effect, Wait):
+            assert record is not None
+            plan.replay_safe = False
+            state = effect.state
+            key = run_key(state.proposal, state.run)
+            plan.records.append(Out(self.topics.processing, key, parsers.encode(state), JSON))
+            info = RetryInfo(effect.attempt, effect.not_before, source)
+            plan.records.append(
+                Out(self.retry_topic, key, record.value or b"", retry_headers(info))
+            )
+            log.info("p%d r%d proc waits: %s", state.proposal, state.run, state.reason)
+        elif isinstance(effect, Ignore):
+            level = logging.DEBUG if effect.outcome is Outcome.DUPLICATE else logging.INFO
+            log.log(level, "ignored (%s): %s", effect.outcome.value, effect.detail)
