@@ -378,3 +378,67 @@ async def test_inbox_takes_in_offset_order_and_forgets_dropped_partitions() -> N
     assert b not in second
     assert len(inbox) == 0
     await inbox.halt()
+
+
+async def test_batches_that_need_no_file_system_are_recognised(
+    tmp_path: Path, settings: Settings
+) -> None:
+    from runstream_ingest.adapters.disk import LocalDisk
+
+    class RecordingDisk(LocalDisk):
+        """Counts the calls that would touch the file system."""
+
+        blocking = 0
+
+        def proposal_dir(self, registration):  # type: ignore[no-untyped-def]
+            if not self.knows_proposal_dir(registration):
+                self.blocking += 1
+            return super().proposal_dir(registration)
+
+        def folder(self, path):  # type: ignore[no-untyped-def]
+            self.blocking += 1
+            return super().folder(path)
+
+        def exists(self, path):  # type: ignore[no-untyped-def]
+            self.blocking += 1
+            return super().exists(path)
+
+    proposals, _ = registered(tmp_path, 2212)
+    disk = RecordingDisk(settings.layout(), settings.settle_s)
+    loop = IngestLoop(settings, proposals, RunCatalog(), disk)
+    tp = TopicPartition(FAC, 0)
+
+    def batch(*values: bytes) -> dict:
+        return {tp: [rec(FAC, i, v) for i, v in enumerate(values)]}
+
+    raw = batch(facility_event("migration_complete", 2212, 1))
+    assert loop.planner.touches_disk(raw, [])  # the proposal folder is not known yet
+    loop.planner.plan(raw, [], loop.catalog.begin(), time.time())
+    assert disk.blocking == 1
+    cheap = batch(
+        facility_event("migration_complete", 2212, 2),
+        facility_event("daq_run_complete", 2212, 3),
+        b"{oops",
+        facility_event("nonsense", 2212, 4),
+        facility_event("migration_complete", 9999, 1),
+    )
+    assert not loop.planner.touches_disk(cheap, [])
+    loop.planner.plan(cheap, [], loop.catalog.begin(), time.time())
+    assert disk.blocking == 1  # deciding it asked the file system nothing
+    assert loop.planner.touches_disk(batch(facility_event("run_corrections_complete", 2212, 2)), [])
+    retry = {TopicPartition(loop.retry_topic, 0): [rec(loop.retry_topic, 0, b"{}")]}
+    assert loop.planner.touches_disk(retry, [])
+    reprocess = {TopicPartition(loop.topics.reprocess, 0): [rec(loop.topics.reprocess, 0, b"{}")]}
+    assert loop.planner.touches_disk(reprocess, [])
+    assert loop._decide_inline(cheap, [])
+    small = settings.model_copy(update={"inline_max_records": 2})
+    assert not IngestLoop(small, proposals, RunCatalog(), disk)._decide_inline(cheap, [])
+
+
+def test_followers_let_the_broker_gather_records() -> None:
+    from runstream_ingest.adapters.compacted import follower_fetch
+
+    assert follower_fetch(None) == {}
+    options = follower_fetch(200)
+    assert options["fetch_max_wait_ms"] == 200
+    assert options["fetch_min_bytes"] >= 1 << 20  # more than ingest's own trickle of writes

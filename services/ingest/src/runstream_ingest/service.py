@@ -61,10 +61,15 @@ class IngestService:
             tracer=telemetry.tracer_provider.get_tracer("runstream.ingest") if telemetry else None,
             raw_in_flight=self.raw_in_flight,
         )
-        self._processing = ProcessingFollower(settings.kafka, self.raw_in_flight)
+        batch_ms = settings.follower_batch_ms
+        self._processing = ProcessingFollower(settings.kafka, self.raw_in_flight, batch_ms)
         topics = settings.kafka.topics
         self._proposal_reader = CompactedReader(
-            settings.kafka, topics.proposals, parsers.PROPOSALS, self.proposals.apply
+            settings.kafka,
+            topics.proposals,
+            parsers.PROPOSALS,
+            self.proposals.apply,
+            batch_ms=batch_ms,
         )
         own = (WRITER_HEADER, settings.transactional_id.encode())
         self._catalog_reader = CompactedReader(
@@ -74,6 +79,7 @@ class IngestService:
             self.catalog.merge,
             # what this process wrote is in its catalog since its commit: don't parse it again
             skip_when_following=lambda record: own in (record.headers or ()),
+            batch_ms=batch_ms,
         )
         self.watcher = (
             FolderWatcher(settings, self.proposals, self.catalog, self.disk, self.loop.watched)

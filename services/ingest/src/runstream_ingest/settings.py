@@ -53,6 +53,15 @@ class Settings(ServiceSettings):
     )
     batch_max_records: int = Field(default=500, ge=1, description="Records per transaction")
     poll_timeout_ms: int = Field(default=100, ge=1)
+    inline_max_records: int = Field(
+        default=32,
+        ge=0,
+        description=(
+            "A batch this small that needs no file system (raw events of proposals whose folder "
+            "is known, malformed/unknown/unregistered events) is decided on the event loop "
+            "instead of a worker thread; 0: always a worker thread"
+        ),
+    )
     producer_retry_backoff_ms: int = Field(
         default=5, ge=1, description="Back-off of the transactional producer's retries"
     )
@@ -87,6 +96,16 @@ class Settings(ServiceSettings):
         default=50, ge=1, description="Longest a fetch waits at the broker for new events"
     )
 
+    follower_batch_ms: int | None = Field(
+        default=200,
+        ge=1,
+        description=(
+            "The followers of the proposals, run-catalog and processing topics let the broker "
+            "gather records this long per fetch instead of waking up for each (the catalog "
+            "follower would otherwise read each of ingest's own transactions back at once). "
+            "Unset: every record at once"
+        ),
+    )
     gil_switch_interval_s: float | None = Field(
         default=None,
         gt=0,

@@ -33,6 +33,9 @@ class LocalDisk:
             self._dirs[key] = found
         return found
 
+    def knows_proposal_dir(self, registration: Registration) -> bool:
+        return (registration.proposal, registration.data_root) in self._dirs
+
     def run_dir(self, proposal_dir: Path, run: int, kind: Trigger) -> Path:
         return self.layout.run_dir(proposal_dir, run, "proc" if kind is Trigger.PROC else "raw")
 

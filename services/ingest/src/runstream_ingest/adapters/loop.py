@@ -257,12 +257,28 @@ class IngestLoop:
         txn = self.catalog.begin()
         t0 = time.perf_counter()
         try:
-            plan = await asyncio.to_thread(self.planner.plan, records, watched, txn, time.time())
+            if self._decide_inline(records, watched):
+                plan = self.planner.plan(records, watched, txn, time.time())
+            else:
+                plan = await asyncio.to_thread(
+                    self.planner.plan, records, watched, txn, time.time()
+                )
         except OSError as exc:  # the file system hiccuped: decide the batch again later
             await self._roll_back(_Batch(records, watched, txn, Plan()))
             raise _Retriable() from exc
         self._positions.update(plan.offsets)
         return _Batch(records, watched, txn, plan, wait_s, time.perf_counter() - t0)
+
+    def _decide_inline(self, records: Records, watched: list[Watched]) -> bool:
+        """Small batches that need no file system are decided on the event loop.
+
+        Handing a batch to a worker thread costs 1-3 ms of thread switching and
+        GIL hand-over, more than deciding a few events takes (~0.06 ms each).
+        """
+        size = sum(len(rs) for rs in records.values())
+        if size > self.settings.inline_max_records:
+            return False
+        return not self.planner.touches_disk(records, watched)
 
     async def _carry_out(self, batch: _Batch, *, with_offsets: bool = False) -> None:
         """The batch's transaction, then the bookkeeping; a failed batch is rolled back."""

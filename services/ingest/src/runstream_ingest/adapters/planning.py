@@ -108,7 +108,34 @@ class Planner:
         self.raw_in_flight = raw_in_flight
         self.topics = settings.kafka.topics
         self.retry_topic = settings.retry_topic()
+        self.facility_topics = frozenset(settings.facility_topics)
         self._tracer = tracer
+
+    def touches_disk(self, batch: Records, watched: list[Watched]) -> bool:
+        """Whether deciding this may touch the file system (then it must run in a worker thread).
+
+        False only for facility events that need no folder: malformed, unknown or
+        unregistered ones, and raw events of proposals whose folder is already
+        known (a raw event's only file-system question). Proc events, retries,
+        reprocess requests and watched folders all stat folders.
+        """
+        if watched:
+            return True
+        for tp, records in batch.items():
+            if tp.topic not in self.facility_topics:
+                return True
+            for record in records:
+                try:
+                    event = parsers.FACILITY.parse(record.value)
+                except MessageFormatError:
+                    continue
+                trigger = self.settings.event_triggers.get(event.event)
+                registration = self.proposals.get(event.proposal)
+                if trigger is None or registration is None:
+                    continue
+                if trigger is not Trigger.RAW or not self.disk.knows_proposal_dir(registration):
+                    return True
+        return False
 
     def plan(
         self,

@@ -13,7 +13,7 @@ from runstream_common.settings import KafkaSettings
 
 from ..ids import facility_request_id
 from ..tables import RawInFlight
-from .compacted import partitions_of
+from .compacted import follower_fetch, partitions_of
 
 log = logging.getLogger("runstream.ingest.processing")
 
@@ -30,7 +30,9 @@ def _run_of_key(key: bytes | None) -> tuple[int, int] | None:
 class ProcessingFollower:
     """Reads ``<prefix>.processing`` from its end; parses only records of runs in flight."""
 
-    def __init__(self, kafka: KafkaSettings, in_flight: RawInFlight) -> None:
+    def __init__(
+        self, kafka: KafkaSettings, in_flight: RawInFlight, batch_ms: int | None = None
+    ) -> None:
         self.topic = kafka.topics.processing
         self.in_flight = in_flight
         self._consumer = AIOKafkaConsumer(
@@ -39,6 +41,7 @@ class ProcessingFollower:
             group_id=None,
             enable_auto_commit=False,
             isolation_level="read_committed",
+            **follower_fetch(batch_ms),
             **kafka.security_kwargs(),
         )
 
