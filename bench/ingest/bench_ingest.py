@@ -53,14 +53,16 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-class Reader:
-    """Records arrival time per run number on one topic (group-less, read_committed)."""
+class Tap:
+    """One group-less ``read_committed`` consumer for every topic the bench watches.
 
-    def __init__(self, kafka: KafkaSettings, topic: str, key_of) -> None:
-        self.kafka, self.topic, self.key_of = kafka, topic, key_of
-        self.seen: dict[int, float] = {}
-        self.stamp: dict[int, float] = {}  # the record's own CreateTime (s)
-        self.count = 0
+    The facility event and its run message are stamped by the same consumer and
+    event loop, so neither side of "added" pays for a second client.
+    """
+
+    def __init__(self, kafka: KafkaSettings) -> None:
+        self.kafka = kafka
+        self.readers: dict[str, Reader] = {}
 
     async def start(self) -> None:
         self.consumer = AIOKafkaConsumer(
@@ -70,21 +72,44 @@ class Reader:
             fetch_max_wait_ms=100,
         )
         await self.consumer.start()
-        tps = await partitions_of(self.consumer, self.topic, 30)
-        self.consumer.assign(tps)
-        await self.consumer.seek_to_beginning(*tps)
         self.task = asyncio.create_task(self._run())
+
+    async def watch(self, reader: Reader) -> None:
+        """Add ``reader.topic`` (read from its beginning) to the assignment."""
+        tps = await partitions_of(self.consumer, reader.topic, 30)
+        self.readers[reader.topic] = reader
+        self.consumer.assign([*self.consumer.assignment(), *tps])
+        await self.consumer.seek_to_beginning(*tps)
 
     async def _run(self) -> None:
         while True:
             batch = await self.consumer.getmany(timeout_ms=100)
             now = time.time()
-            for records in batch.values():
+            for tp, records in batch.items():
+                reader = self.readers[tp.topic]
                 for r in records:
-                    self.count += 1
-                    run = self.key_of(r.value)
-                    self.seen.setdefault(run, now)
-                    self.stamp.setdefault(run, r.timestamp / 1000)
+                    reader.record(r, now)
+
+    async def stop(self) -> None:
+        if hasattr(self, "task"):
+            self.task.cancel()
+            await self.consumer.stop()
+
+
+class Reader:
+    """Arrival time per run number on one topic."""
+
+    def __init__(self, topic: str, key_of: Any) -> None:
+        self.topic, self.key_of = topic, key_of
+        self.seen: dict[int, float] = {}
+        self.stamp: dict[int, float] = {}  # the record's own CreateTime (s)
+        self.count = 0
+
+    def record(self, r: Any, now: float) -> None:
+        self.count += 1
+        run = self.key_of(r.value)
+        self.seen.setdefault(run, now)
+        self.stamp.setdefault(run, r.timestamp / 1000)
 
     async def wait(self, n: int, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -102,10 +127,6 @@ class Reader:
                     f"{self.topic}: {missing} of {len(runs)} missing after {timeout} s"
                 )
             await asyncio.sleep(0.05)
-
-    async def stop(self) -> None:
-        self.task.cancel()
-        await self.consumer.stop()
 
 
 def _spawn(env: dict[str, str], log: Any) -> subprocess.Popen[bytes]:
@@ -224,14 +245,16 @@ async def main() -> None:
         )
         producer.poll(0)
 
-    runs = Reader(kafka, kafka.topics.runs, run_of_json)
-    baseline = Reader(kafka, facility, run_of_json)
+    tap = Tap(kafka)
+    runs = Reader(kafka.topics.runs, run_of_json)
+    baseline = Reader(facility, run_of_json)
     results: dict[str, object] = {}
     try:
         await asyncio.sleep(0.5)
         send(0)  # warm-up: wait until ingest is up and has processed one event
         producer.flush(30)
-        await runs.start()
+        await tap.start()
+        await tap.watch(runs)
         await runs.wait(1, timeout=120)
 
         # -- throughput --------------------------------------------------------------------
@@ -258,7 +281,7 @@ async def main() -> None:
         # the harness must not add its own pauses: no garbage collection while measuring
         gc.collect()
         gc.disable()
-        await baseline.start()
+        await tap.watch(baseline)
         rounds = []
         first = 1_000_000
         for _ in range(args.rounds):
@@ -275,8 +298,7 @@ async def main() -> None:
         results["duplicates_in_runs_topic"] = runs.count - len(runs.seen)
         results["load_average"] = [round(x, 2) for x in os.getloadavg()]
     finally:
-        await runs.stop() if hasattr(runs, "task") else None
-        await baseline.stop() if hasattr(baseline, "task") else None
+        await tap.stop()
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout=30)
