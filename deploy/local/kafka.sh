@@ -226,11 +226,16 @@ launch() {
     log "started java pid $pid (log: $K_LOG)"
 }
 
+# wait_ready PID: until the broker answers; returns EX_PORT_TAKEN if it could not bind its port.
+EX_PORT_TAKEN=75
 wait_ready() {
     local pid="$1" deadline=$((SECONDS + RS_START_TIMEOUT))
     while :; do
         if ! pid_alive "$pid"; then
             rm -f "$K_PID"
+            if tail -c "+$((K_LOG_FROM + 1))" "$K_LOG" 2>/dev/null | grep -q "Address already in use"; then
+                return "$EX_PORT_TAKEN"
+            fi
             show_log_tail "$K_LOG" 30 "$K_LOG_FROM"
             show_log_tail "$K_OUT" 15 "$K_OUT_FROM"
             die "the broker (pid $pid) exited during startup"
@@ -276,7 +281,7 @@ do_start() {
                 return 0
             fi
             log "running (pid $pid) but not answering yet; waiting up to ${RS_START_TIMEOUT}s"
-            wait_ready "$pid"
+            wait_ready "$pid" || die "the broker (pid $pid) exited: its port was taken (see $K_LOG)"
             log "ready on $RS_KAFKA_BOOTSTRAP (pid $pid)"
             return 0
         fi
@@ -292,9 +297,23 @@ do_start() {
     write_config
     format_storage
     log "starting Kafka $KAFKA_VERSION on $RS_KAFKA_BOOTSTRAP (controller $RS_HOST:$RS_KAFKA_CONTROLLER_PORT)"
-    launch
-    pid="$(read_pid_file "$K_PID")"
-    wait_ready "$pid"
+    # The ports lie in Linux's ephemeral range (see wait_port_free); a client
+    # socket can still take one between the check and the broker's bind: then
+    # the broker exits and is started again.
+    local attempt rc
+    for attempt in 1 2 3 4 5; do
+        for port in "$RS_KAFKA_PORT" "$RS_KAFKA_CONTROLLER_PORT"; do
+            wait_port_free "$port" 90 || die "port $RS_HOST:$port stayed in use for 90s: $(port_sockets "$port" | head -n1)"
+        done
+        launch
+        pid="$(read_pid_file "$K_PID")"
+        rc=0
+        wait_ready "$pid" || rc=$?
+        ((rc == 0)) && break
+        ((attempt < 5)) || die "the broker could not bind its ports in 5 attempts (see $K_LOG)"
+        warn "a port was taken while the broker started (a client socket's ephemeral port?); starting again in 2s (attempt $((attempt + 1)) of 5)"
+        sleep 2
+    done
     log "ready on $RS_KAFKA_BOOTSTRAP (pid $pid)"
 }
 

@@ -12,6 +12,7 @@
 #   RUNSTREAM_STOP_TIMEOUT           seconds between polite stop and SIGKILL (default 30)
 #   RUNSTREAM_LOCK_TIMEOUT           seconds to wait for a concurrent start/stop/install (default 900)
 #   RUNSTREAM_KAFKA_HEAP_OPTS        JVM heap flags (default "-Xms256m -Xmx768m")
+#   RUNSTREAM_KAFKA_GC_OPTS          JVM GC flags (default Kafka's own: G1, 20 ms pause goal)
 #   RUNSTREAM_PYTHON                 python3 for kafka_probe.py (default /usr/bin/python3)
 
 if [[ -n "${_RUNSTREAM_LIB_LOADED:-}" ]]; then
@@ -147,6 +148,28 @@ port_listening() {
 # port_owner PORT: best-effort description of who listens on the port.
 port_owner() {
     ss -Htlnp "sport = :$1" 2>/dev/null | sed -n 's/.*users:(\(.*\))$/\1/p' | head -n1
+}
+
+# port_sockets PORT: the TCP sockets (any state) whose local port is PORT, one per line.
+port_sockets() {
+    ss -Htan "sport = :$1" 2>/dev/null
+}
+
+# wait_port_free PORT TIMEOUT: until no socket uses PORT locally (1 if still used).
+# Our default ports lie in Linux's ephemeral range (32768-60999): while a server
+# is down, a client that keeps reconnecting can get its port as its own local
+# port (and even connect to itself); the socket then lingers in TIME-WAIT for
+# 60 s and the server cannot bind the port.
+wait_port_free() {
+    local port="$1" deadline=$((SECONDS + $2)) said=0
+    while [[ -n "$(port_sockets "$port")" ]]; do
+        ((SECONDS >= deadline)) && return 1
+        if ((said == 0)); then
+            warn "port $port is still used by a client socket ($(port_sockets "$port" | head -n1 | tr -s ' ')); waiting for it to go (up to ${2}s)"
+            said=1
+        fi
+        sleep 1
+    done
 }
 
 # with_lock FILE CMD...: run CMD while holding an exclusive flock on FILE.

@@ -284,6 +284,7 @@ do_start() {
     chown "$P_OS_USER:$P_OS_USER" "$P_SOCK"
     chmod 755 "$P_SOCK"
 
+    wait_port_free "$RS_PG_PORT" 90 || die "port $RS_HOST:$RS_PG_PORT stayed in use for 90s: $(port_sockets "$RS_PG_PORT" | head -n1)"
     log "starting $("$bin/postgres" --version | sed 's/^postgres (PostgreSQL) /PostgreSQL /') on $RS_HOST:$RS_PG_PORT (data $P_DATA, log $P_LOG)"
     P_LOG_FROM="$(stat -c %s "$P_LOG" 2>/dev/null || echo 0)"
     printf '==== %s starting postgres ====\n' "$(date -Is)" >>"$P_LOG"
