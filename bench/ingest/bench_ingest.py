@@ -3,7 +3,7 @@
     uv run python bench/ingest/bench_ingest.py [--events 20000] [--rate 200] [--seconds 10] [--rounds 3]
 
 Needs Kafka (deploy/local/stack.sh up; RUNSTREAM_KAFKA_BOOTSTRAP_SERVERS, default
-127.0.0.1:39092). Starts ``python -m runstream_ingest`` as a subprocess on fresh
+127.0.0.1:29092). Starts ``python -m runstream_ingest`` as a subprocess on fresh
 topics, produces EuXFEL ``migration_complete`` events with confluent-kafka and
 reads the run messages back with a ``read_committed`` consumer.
 
@@ -189,7 +189,7 @@ async def main() -> None:
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
     args = ap.parse_args()
 
-    bootstrap = os.environ.get("RUNSTREAM_KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:39092")
+    bootstrap = os.environ.get("RUNSTREAM_KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:29092")
     prefix = f"bench{uuid.uuid4().hex[:8]}"
     kafka = KafkaSettings(bootstrap_servers=bootstrap, topic_prefix=prefix)
     facility = f"{prefix}.facility"

@@ -35,7 +35,7 @@ from runstream_store.schema import upgrade
 from runstream_store.table import read_table
 from runstream_store.values import StoredValue
 
-DEFAULT_DSN = "postgresql://runstream:runstream@127.0.0.1:55432/runstream"
+DEFAULT_DSN = "postgresql://runstream:runstream@127.0.0.1:25432/runstream"
 
 
 class NullFeed:

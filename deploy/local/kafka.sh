@@ -297,9 +297,9 @@ do_start() {
     write_config
     format_storage
     log "starting Kafka $KAFKA_VERSION on $RS_KAFKA_BOOTSTRAP (controller $RS_HOST:$RS_KAFKA_CONTROLLER_PORT)"
-    # The ports lie in Linux's ephemeral range (see wait_port_free); a client
-    # socket can still take one between the check and the broker's bind: then
-    # the broker exits and is started again.
+    # A port in Linux's ephemeral range (see wait_port_free) can still be taken
+    # by a client socket between the check and the broker's bind: then the
+    # broker exits and is started again.
     local attempt rc
     for attempt in 1 2 3 4 5; do
         for port in "$RS_KAFKA_PORT" "$RS_KAFKA_CONTROLLER_PORT"; do

@@ -4,7 +4,7 @@
 Usage: kafka_probe.py [--timeout SECONDS] [--quiet] [HOST:PORT]
 
 Connects to HOST:PORT (default: $RUNSTREAM_KAFKA_BOOTSTRAP_SERVERS, first entry,
-or 127.0.0.1:39092), sends an ApiVersions request (v3, falling back to v0) and,
+or 127.0.0.1:29092), sends an ApiVersions request (v3, falling back to v0) and,
 when the broker supports it, a Metadata v12 request with an empty topic list.
 Exits 0 when the responses are well-formed, carry no error and the Metadata
 response lists at least one broker; prints a one-line summary.
@@ -226,8 +226,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "address",
         nargs="?",
-        default=os.environ.get("RUNSTREAM_KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:39092"),
-        help="bootstrap address HOST:PORT (default: $RUNSTREAM_KAFKA_BOOTSTRAP_SERVERS or 127.0.0.1:39092)",
+        default=os.environ.get("RUNSTREAM_KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:29092"),
+        help="bootstrap address HOST:PORT (default: $RUNSTREAM_KAFKA_BOOTSTRAP_SERVERS or 127.0.0.1:29092)",
     )
     parser.add_argument(
         "--timeout", type=float, default=3.0, help="socket timeout in seconds (default 3)"

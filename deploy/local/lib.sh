@@ -5,9 +5,9 @@
 # Configuration (environment variables):
 #   RUNSTREAM_STATE_DIR              logs, pid files, data   (default <repo>/.state)
 #   RUNSTREAM_CACHE_DIR              Kafka jars, maven repo   (default <repo>/.cache)
-#   RUNSTREAM_KAFKA_PORT             Kafka client listener    (default 39092)
-#   RUNSTREAM_KAFKA_CONTROLLER_PORT  KRaft controller port    (default 39093)
-#   RUNSTREAM_PG_PORT                PostgreSQL TCP port      (default 55432)
+#   RUNSTREAM_KAFKA_PORT             Kafka client listener    (default 29092)
+#   RUNSTREAM_KAFKA_CONTROLLER_PORT  KRaft controller port    (default 29093)
+#   RUNSTREAM_PG_PORT                PostgreSQL TCP port      (default 25432)
 #   RUNSTREAM_START_TIMEOUT          seconds to wait for a service to answer (default 120)
 #   RUNSTREAM_STOP_TIMEOUT           seconds between polite stop and SIGKILL (default 30)
 #   RUNSTREAM_LOCK_TIMEOUT           seconds to wait for a concurrent start/stop/install (default 900)
@@ -67,9 +67,9 @@ _rs_abspath() {
 
 RS_STATE_DIR="$(_rs_abspath "${RUNSTREAM_STATE_DIR:-$RS_REPO_ROOT/.state}")"
 RS_CACHE_DIR="$(_rs_abspath "${RUNSTREAM_CACHE_DIR:-$RS_REPO_ROOT/.cache}")"
-RS_KAFKA_PORT="${RUNSTREAM_KAFKA_PORT:-39092}"
-RS_KAFKA_CONTROLLER_PORT="${RUNSTREAM_KAFKA_CONTROLLER_PORT:-39093}"
-RS_PG_PORT="${RUNSTREAM_PG_PORT:-55432}"
+RS_KAFKA_PORT="${RUNSTREAM_KAFKA_PORT:-29092}"
+RS_KAFKA_CONTROLLER_PORT="${RUNSTREAM_KAFKA_CONTROLLER_PORT:-29093}"
+RS_PG_PORT="${RUNSTREAM_PG_PORT:-25432}"
 RS_START_TIMEOUT="${RUNSTREAM_START_TIMEOUT:-120}"
 RS_STOP_TIMEOUT="${RUNSTREAM_STOP_TIMEOUT:-30}"
 RS_LOCK_TIMEOUT="${RUNSTREAM_LOCK_TIMEOUT:-900}"
@@ -156,10 +156,10 @@ port_sockets() {
 }
 
 # wait_port_free PORT TIMEOUT: until no socket uses PORT locally (1 if still used).
-# Our default ports lie in Linux's ephemeral range (32768-60999): while a server
-# is down, a client that keeps reconnecting can get its port as its own local
-# port (and even connect to itself); the socket then lingers in TIME-WAIT for
-# 60 s and the server cannot bind the port.
+# A port in Linux's ephemeral range (32768-60999; our defaults lie below it)
+# can be handed to a client that keeps reconnecting while the server is down as
+# its own local port (it may even connect to itself); the socket then lingers
+# in TIME-WAIT for 60 s and the server cannot bind the port.
 wait_port_free() {
     local port="$1" deadline=$((SECONDS + $2)) said=0
     while [[ -n "$(port_sockets "$port")" ]]; do

@@ -22,7 +22,7 @@ class KafkaSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="RUNSTREAM_KAFKA_", extra="ignore")
 
-    bootstrap_servers: str = "127.0.0.1:39092"
+    bootstrap_servers: str = "127.0.0.1:29092"
     topic_prefix: str = "runstream"
     client_id: str = "runstream"
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
@@ -65,7 +65,7 @@ class PostgresSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="RUNSTREAM_POSTGRES_", extra="ignore")
 
-    dsn: SecretStr = SecretStr("postgresql://runstream:runstream@127.0.0.1:55432/runstream")
+    dsn: SecretStr = SecretStr("postgresql://runstream:runstream@127.0.0.1:25432/runstream")
     min_pool: int = 1
     max_pool: int = 5
 
