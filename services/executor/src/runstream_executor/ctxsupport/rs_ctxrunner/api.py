@@ -98,6 +98,14 @@ def is_plotly_figure(obj: Any) -> bool:
     return _instance_of(obj, "plotly.graph_objects", "Figure")
 
 
+def is_series(obj: Any) -> bool:
+    return _instance_of(obj, "pandas", "Series")
+
+
+def is_dataframe(obj: Any) -> bool:
+    return _instance_of(obj, "pandas", "DataFrame")
+
+
 class Variable:
     """Decorator declaring one variable: ``@Variable`` or ``@Variable(title=..., ...)``."""
 
@@ -238,6 +246,8 @@ class Cell:
             or is_plotly_figure(data)
             or is_dataarray(data)
             or is_dataset(data)
+            or is_series(data)
+            or is_dataframe(data)
         ):
             data = _as_storable_array(data)
         if units is None and is_dataarray(data):

@@ -64,19 +64,28 @@ def _write_reduced(f: h5py.File, name: str, prep: dict[str, Any]) -> None:
         ds.attrs["units"] = prep["units"]
 
 
+# prepared kind -> DAMNIT's _damnit_objtype attribute (plain arrays and strings have none)
+OBJTYPES = {
+    "image": "image",
+    "plotly": "PlotlyFigure",
+    "series": "series",
+    "dataframe": "dataframe",
+}
+
+
 def _write_plain(f: h5py.File, name: str, prep: dict[str, Any]) -> None:
     kind = prep["kind"]
-    if kind in ("array", "string", "image"):
+    if kind in ("array", "string", *OBJTYPES):
         group = f.create_group(name)
         _write_array(group, "data", prep["data"])
-        if kind == "image":
-            group.attrs["_damnit_objtype"] = "image"
+        if kind in OBJTYPES:
+            group.attrs["_damnit_objtype"] = OBJTYPES[kind]
     preview = prep.get("preview")
     if preview is not None and preview["kind"] != "dataarray":
         pgroup = f.require_group(".preview")
         _write_array(pgroup, name, preview["data"])
-        if preview["kind"] == "image":
-            pgroup[name].attrs["_damnit_objtype"] = "image"
+        if preview["kind"] in OBJTYPES:
+            pgroup[name].attrs["_damnit_objtype"] = OBJTYPES[preview["kind"]]
 
 
 def write_error(f: h5py.File, name: str, message: str, error_cls: str) -> None:

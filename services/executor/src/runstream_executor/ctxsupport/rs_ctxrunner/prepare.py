@@ -4,7 +4,8 @@ The output ("prepared" dict) holds only numpy arrays, Python scalars, strings,
 bytes and xarray objects flattened with ``to_dict(data='array')``, so it can be
 pickled to the service whatever xarray version the worker has.
 
-Keys: kind (array|string|dataarray|dataset|image), data, summary, summary_type
+Keys: kind (array|string|dataarray|dataset|image|plotly|series|dataframe), data
+(plotly: the figure's JSON, series/dataframe: Parquet, both as uint8), summary, summary_type
 (None|thumbnail|trendline|complex), summary_method, max_diff, bold, background,
 units, preview (None or {kind, data}).
 """
@@ -18,7 +19,16 @@ from typing import Any
 
 import numpy as np
 
-from .api import Cell, Variable, is_dataarray, is_dataset, is_figure, is_plotly_figure
+from .api import (
+    Cell,
+    Variable,
+    is_dataarray,
+    is_dataframe,
+    is_dataset,
+    is_figure,
+    is_plotly_figure,
+    is_series,
+)
 
 log = logging.getLogger("rs_ctxrunner")
 
@@ -207,6 +217,42 @@ def _reduce(method: str, data: Any, name: str) -> tuple[bool, Any]:
     return True, value
 
 
+def plotly_json(fig: Any) -> np.ndarray:
+    """A plotly figure as DAMNIT stores it: its JSON text as uint8."""
+    return np.frombuffer(fig.to_json().encode(), dtype=np.uint8).copy()
+
+
+def plotly_summary(fig: Any) -> tuple[Any, str | None]:
+    """A PNG thumbnail if plotly can render one (it needs kaleido), else a label."""
+    try:
+        from PIL import Image
+
+        png = fig.to_image(format="png")
+        rgba = np.asarray(Image.open(io.BytesIO(png)).convert("RGBA"), dtype=np.uint8)
+        return image_thumbnail(rgba), "thumbnail"
+    except Exception:
+        return "Plotly figure", None
+
+
+def parquet_bytes(obj: Any) -> np.ndarray:
+    """A pandas Series (as a one-column frame) or DataFrame as Parquet bytes, uint8."""
+    frame = obj.to_frame(name="0" if obj.name is None else str(obj.name)) if is_series(obj) else obj
+    if not all(isinstance(c, str) for c in frame.columns):
+        frame = frame.rename(columns=str)
+    buf = io.BytesIO()
+    frame.to_parquet(buf)
+    return np.frombuffer(buf.getvalue(), dtype=np.uint8).copy()
+
+
+def _pandas_summary(obj: Any) -> tuple[Any, str | None]:
+    if is_dataframe(obj):
+        return f"DataFrame ({obj.memory_usage(deep=True).sum() / 1e6:.2f}MB)", None
+    values = obj.to_numpy()
+    if values.dtype.kind in "biufc":
+        return _default_summary(values)
+    return f"Series ({len(obj)} values)", None
+
+
 def prepare(var: Variable, value: Any) -> dict[str, Any]:
     """Storage form of a non-None, non-transient result. Raises on unsavable values."""
     cell = value if isinstance(value, Cell) else Cell(value)
@@ -216,9 +262,6 @@ def prepare(var: Variable, value: Any) -> dict[str, Any]:
         cell.units = var.units
     name = var.name or "?"
     data = cell.data
-    if is_plotly_figure(data):
-        raise TypeError("plotly figures are not supported by runstream yet")
-
     out: dict[str, Any] = {
         "summary_method": cell.summary,
         "bold": cell.bold,
@@ -229,6 +272,12 @@ def prepare(var: Variable, value: Any) -> dict[str, Any]:
     }
     if isinstance(data, str):
         out.update(kind="string", data=data)
+    elif is_plotly_figure(data):
+        out.update(kind="plotly", data=plotly_json(data))
+    elif is_series(data):
+        out.update(kind="series", data=parquet_bytes(data))
+    elif is_dataframe(data):
+        out.update(kind="dataframe", data=parquet_bytes(data))
     elif is_figure(data):
         out.update(kind="image", data=figure_rgba(data))
     elif is_dataarray(data):
@@ -244,6 +293,8 @@ def prepare(var: Variable, value: Any) -> dict[str, Any]:
     if preview is not None:
         if is_figure(preview):
             out["preview"] = {"kind": "image", "data": figure_rgba(preview)}
+        elif is_plotly_figure(preview):
+            out["preview"] = {"kind": "plotly", "data": plotly_json(preview)}
         elif is_dataarray(preview):
             out["preview"] = {"kind": "dataarray", "data": _xr_payload(preview)}
         else:
@@ -255,7 +306,7 @@ def prepare(var: Variable, value: Any) -> dict[str, Any]:
     if cell.summary_value is not None:
         summary, summary_type = _scalar(np.asarray(cell.summary_value))
         done = True
-    elif cell.summary and out["kind"] in ("array", "dataarray"):
+    elif cell.summary and out["kind"] in ("array", "dataarray", "series"):
         ok, reduced = _reduce(cell.summary, data, name)
         if ok:
             arr = np.asarray(reduced)
@@ -265,11 +316,17 @@ def prepare(var: Variable, value: Any) -> dict[str, Any]:
                 summary, summary_type = _default_summary(arr)
             done = True
     if not done:
-        if out["kind"] == "image" and preview is None:
+        if out["kind"] == "plotly" and preview is None:
+            summary, summary_type = plotly_summary(data)
+        elif out["kind"] in ("series", "dataframe") and preview is None:
+            summary, summary_type = _pandas_summary(data)
+        elif out["kind"] == "image" and preview is None:
             summary, summary_type = image_thumbnail(out["data"]), "thumbnail"
         elif preview is not None:
             if out["preview"]["kind"] == "image":
                 summary, summary_type = image_thumbnail(out["preview"]["data"]), "thumbnail"
+            elif out["preview"]["kind"] == "plotly":
+                summary, summary_type = plotly_summary(preview)
             else:
                 summary, summary_type = _default_summary(preview)
         else:
