@@ -59,6 +59,16 @@ def _start(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     )
 
 
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (ingest commits its offsets and exits), SIGKILL if it hangs."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 class Counter:
     """Counts committed run messages as they appear (group-less, read_committed)."""
 
@@ -150,12 +160,7 @@ async def test_kill_9_mid_burst_then_restart(kafka_settings: KafkaSettings, tmp_
             )
             await counter.wait(RUNS + 1, timeout=120, proc=proc)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        _stop(proc)
 
     records = await read_topic(kafka_settings, kafka_settings.topics.runs)
     runs = [parsers.RUNS.parse(r.value) for r in records]
@@ -250,12 +255,7 @@ async def test_kill_9_while_proc_events_wait_loses_none_and_duplicates_none(
         await asyncio.sleep(2.0)
         records = await read_topic(kafka_settings, kafka_settings.topics.runs)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        _stop(proc)
     msgs = [parsers.RUNS.parse(r.value) for r in records]
     assert sorted(m.run for m in msgs if m.trigger is Trigger.PROC) == runs
     assert sorted(m.run for m in msgs if m.trigger is Trigger.RAW) == runs
