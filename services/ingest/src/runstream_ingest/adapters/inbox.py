@@ -64,20 +64,22 @@ class Inbox:
     async def halt(self) -> None:
         """Stop polling; :meth:`poller` starts it again."""
         poller, self._poller = self._poller, None
-        if poller is not None and not poller.done():
+        if poller is None:
+            return
+        if not poller.done():
             poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await poller
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await poller  # a failed poller's error was raised by wait(), or no longer matters
 
-    async def wait(self, timeout_s: float, *also: asyncio.Future[Any]) -> None:
-        """Until records are here, the poller stopped, one of ``also`` is done, or the timeout."""
+    async def wait(self, timeout_s: float) -> None:
+        """Until records are here, the poller stopped (its error is raised), or the timeout."""
         poller = self.poller()
         if self._size:
             return
         arrived = asyncio.ensure_future(self._arrived.wait())
         try:
             await asyncio.wait(
-                {arrived, poller, *also}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
+                {arrived, poller}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
             )
         finally:
             arrived.cancel()
