@@ -304,7 +304,11 @@ def prepare(var: Variable, value: Any) -> dict[str, Any]:
     summary_type: str | None = None
     done = False
     if cell.summary_value is not None:
-        summary, summary_type = _scalar(np.asarray(cell.summary_value))
+        given = np.asarray(cell.summary_value)
+        if given.ndim == 0:
+            summary, summary_type = _scalar(given)
+        else:
+            summary, summary_type = given, None
         done = True
     elif cell.summary and out["kind"] in ("array", "dataarray", "series"):
         ok, reduced = _reduce(cell.summary, data, name)
