@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 import pytest
 import xarray as xr
-from runstream.context import Cell
 from runstream_executor.pool import WorkerPool
+
+from runstream.context import Cell
 
 from .helpers import run_context
 

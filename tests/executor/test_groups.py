@@ -13,6 +13,7 @@ from graphlib import CycleError
 from typing import Any
 
 import pytest
+
 from runstream.context import Group, GroupError, Pipeline, Variable
 
 pytestmark = pytest.mark.unit
@@ -939,7 +940,7 @@ def test_group_ambiguous_assignment_raises() -> None:
 
 
 def test_duplicate_group_var_name() -> None:
-    with pytest.raises(GroupError, match="Duplicate variable name 'g.var' from group 'g'"):
+    with pytest.raises(GroupError, match=r"Duplicate variable name 'g\.var' from group 'g'"):
         mkcontext(
             """
             from damnit_ctx import Variable, Group

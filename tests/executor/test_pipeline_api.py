@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from runstream.context import Group, GroupError, Pipeline, Variable
 
 pytestmark = pytest.mark.unit
