@@ -19,7 +19,7 @@ from .helpers import scalar, wait_until
 
 pytestmark = pytest.mark.e2e
 
-CONTEXT = '''
+CONTEXT = """
 from damnit_ctx import Variable, Group, Pipeline
 import numpy as np
 
@@ -51,7 +51,7 @@ class Check:
 sa1 = XGM(title="SA1", device="SA1_XTD2_XGM/DOOCS/MAIN")
 check = Check(xgm=sa1, sep=" - ", tags=["QA"])
 Pipeline.default().add({"spb": XGM(device="SPB_XTD9_XGM/DOOCS/MAIN")})
-'''
+"""
 
 EXPECTED = {
     # name: (title, tags)

@@ -182,7 +182,7 @@ def eval_context(
     ] = DataChoice.all,
     match: Annotated[
         list[str] | None,
-        typer.Option(help="Only variables whose title or name contains TEXT (repeatable)"),
+        typer.Option(help="Only variables whose title contains TEXT, any case (repeatable)"),
     ] = None,
     json_output: Annotated[
         bool, typer.Option("--json", help="Print exactly one JSON object")

@@ -261,7 +261,7 @@ def reprocess(
         typer.Option(
             "--match",
             metavar="TEXT",
-            help="Only variables whose title or name contains TEXT (repeatable)",
+            help="Only variables whose title contains TEXT, any case (repeatable; DAMNIT's --match)",
         ),
     ] = None,
     var: Annotated[
