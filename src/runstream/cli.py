@@ -120,6 +120,9 @@ _CORE_COMMANDS = frozenset({"serve", "health"})
 
 
 def main() -> None:
+    from .lazy_rich import defer
+
+    defer()  # help renders without importing Markdown and traceback support
     if not (len(sys.argv) > 1 and sys.argv[1] in _CORE_COMMANDS):
         _register_plugins()
     app()
