@@ -1,6 +1,7 @@
 """CLI start-up: wall time of ``runstream --help`` and ``runstream table P`` beside ``python -c pass``.
 
     uv run python bench/cli/bench_startup.py [--repeat 15] [--dsn DSN] [--json]
+        [--before /path/to/other/venv/bin/runstream]
 
 Needs the local PostgreSQL (deploy/local/stack.sh up) for ``table``: a scratch
 database gets the store's schema and a small proposal (20 runs x 12 variables of
@@ -9,7 +10,9 @@ runs as a fresh process ``--repeat`` times after one warm-up (page cache, byteco
 caches written as an installed package has them: PYTHONDONTWRITEBYTECODE is unset); the
 report gives the median and the best wall time and the ratio of the median to
 ``python -c pass`` measured in the same run, with the load average (the machine is
-shared: compare ratios, not absolute figures, between runs).
+shared: compare ratios, not absolute figures, between runs). ``--before`` times
+another installation's ``runstream`` (e.g. an older commit's venv) in the same
+run, interleaved with this one, for before/after figures.
 """
 
 from __future__ import annotations
@@ -85,13 +88,20 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         env.update({"RUNSTREAM_POSTGRES_DSN": dsn, "COLUMNS": "200"})
         commands = {
             "python -c pass": [sys.executable, "-c", "pass"],
-            "runstream --help": [RUNSTREAM, "--help"],
-            f"runstream table {PROPOSAL}": [RUNSTREAM, "table", str(PROPOSAL)],
-            f"runstream table {PROPOSAL} --json": [RUNSTREAM, "table", str(PROPOSAL), "--json"],
-            "runstream context --help": [RUNSTREAM, "context", "--help"],
-            "runstream reprocess --help": [RUNSTREAM, "reprocess", "--help"],
+            "runstream --help": ["--help"],
+            f"runstream table {PROPOSAL}": ["table", str(PROPOSAL)],
+            f"runstream table {PROPOSAL} --json": ["table", str(PROPOSAL), "--json"],
+            "runstream context --help": ["context", "--help"],
+            "runstream reprocess --help": ["reprocess", "--help"],
         }
-        figures = {label: timed(argv, env, args.repeat) for label, argv in commands.items()}
+        figures = {}
+        for label, argv in commands.items():
+            if argv[0] == sys.executable:
+                figures[label] = timed(argv, env, args.repeat)
+                continue
+            if args.before:
+                figures[f"before: {label}"] = timed([args.before, *argv], env, args.repeat)
+            figures[label] = timed([RUNSTREAM, *argv], env, args.repeat)
     finally:
         admin = await asyncpg.connect(args.dsn)
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -107,6 +117,7 @@ if __name__ == "__main__":
     parser.add_argument("--repeat", type=int, default=15)
     parser.add_argument("--dsn", default=os.environ.get("RUNSTREAM_POSTGRES_DSN", DEFAULT_DSN))
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--before", help="another runstream executable to time alongside")
     args = parser.parse_args()
     report = asyncio.run(main(args))
     if args.json:
@@ -114,9 +125,9 @@ if __name__ == "__main__":
     else:
         load = ", ".join(f"{x:.2f}" for x in report["load_average"])
         print(f"CLI start-up ({args.repeat} runs each after a warm-up; load average {load})")
-        print(f"{'command':34} {'median':>9} {'best':>9} {'x python':>9}")
+        print(f"{'command':42} {'median':>9} {'best':>9} {'x python':>9}")
         for label, fig in report["commands"].items():
             print(
-                f"{label:34} {fig['median_s'] * 1000:7.0f}ms {fig['best_s'] * 1000:7.0f}ms "
+                f"{label:42} {fig['median_s'] * 1000:7.0f}ms {fig['best_s'] * 1000:7.0f}ms "
                 f"{fig['ratio_to_python']:9.1f}"
             )
