@@ -41,7 +41,7 @@ async def make_proposal(dsn: str, runs: int = 20, variables: int = 12) -> None:
     from runstream_store.schema import upgrade
 
     sys.path.insert(0, STORE_BENCH)
-    from bench_store import fill_table  # type: ignore[import-not-found]
+    from bench_store import fill_table
 
     conn = await asyncpg.connect(dsn)
     try:
