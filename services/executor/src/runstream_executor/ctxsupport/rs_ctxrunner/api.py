@@ -321,29 +321,31 @@ def _h5_storable(dtype: Any) -> bool:
     return True
 
 
-def _as_storable_array(data: Any) -> Any:
-    import numpy as np
+def _storable_array(value: Any, what: str, object_message: str) -> Any:
+    """``np.asarray(value)`` if HDF5 can store it, else DAMNIT's TypeError.
 
-    arr = np.asarray(data)
-    if arr.dtype.hasobject:
-        raise TypeError(f"Returned data type {type(arr)} cannot be saved")
-    if not _h5_storable(arr.dtype):
-        raise TypeError(
-            f"Returned data type {type(arr)} whose native array type {arr.dtype} cannot be saved"
-        )
-    return arr
-
-
-def _check_summary_value(value: Any) -> Any:
+    ``object_message`` for Python objects; ``"{what} <class 'numpy.ndarray'> whose
+    native array type {dtype} cannot be saved"`` for dtypes h5py cannot map.
+    """
     import numpy as np
 
     arr = np.asarray(value)
     if arr.dtype.hasobject:
-        raise TypeError(f"summary_value should be number or string, not {type(value)}")
+        raise TypeError(object_message)
     if not _h5_storable(arr.dtype):
-        raise TypeError(
-            f"Summary value {type(arr)} whose native array type {arr.dtype} cannot be saved"
-        )
+        raise TypeError(f"{what} {type(arr)} whose native array type {arr.dtype} cannot be saved")
+    return arr
+
+
+def _as_storable_array(data: Any) -> Any:
+    return _storable_array(
+        data, "Returned data type", "Returned data type <class 'numpy.ndarray'> cannot be saved"
+    )
+
+
+def _check_summary_value(value: Any) -> Any:
+    message = f"summary_value should be number or string, not {type(value)}"
+    arr = _storable_array(value, "Summary value", message)
     return arr.item() if arr.ndim == 0 else arr
 
 
