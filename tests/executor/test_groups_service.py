@@ -133,3 +133,32 @@ async def test_match_selects_by_title_only(
         "xgm_sa1.energy",
         "norm.__missing__.reference.energy",
     }
+
+
+async def test_set_default_pipeline_is_the_whole_context(
+    pool: WorkerPool, tmp_path: Path, mock_proposal: Path
+) -> None:
+    ev = await run_context(
+        pool,
+        """
+        from damnit_ctx import Variable, Group, Pipeline
+
+        @Group
+        class Counter:
+            @Variable(title="Trains")
+            def n(self, run):
+                return len(run.train_ids)
+
+        @Variable(title="Not chosen")
+        def ignored(run):
+            return 1
+
+        pipe = Pipeline().add({"counter": Counter()})
+        Pipeline.set_default(pipe)
+        """,
+        tmp_path,
+        mock_proposal,
+    )
+    assert list(ev.ctx.variables) == ["counter.n"]
+    assert ev.ctx.variables["counter.n"].title == "counter/Trains"
+    assert ev.summary("counter.n") == 400
