@@ -1,4 +1,5 @@
-"""A context with groups and a default pipeline, through the real ingest, executor and store.
+"""A context with groups and a default pipeline, through the real ingest, executor, store
+and slurm-gateway (local backend: cluster variables of groups run as jobs by their dotted names).
 
 The dotted variable names, joined titles and tag unions must be the same in the
 executor's definitions, PostgreSQL (variables, variable_tags, run_values) and the
@@ -35,6 +36,10 @@ class XGM:
     def beam_x(self, run):
         return run[self.device, "beamPosition.ixPos"].ndarray()
 
+    @Variable(title="Heavy", cluster=True)
+    def heavy(self, run, n: "self#n_trains"):
+        return 10 * n
+
 @Group
 class Check:
     xgm: XGM
@@ -59,6 +64,8 @@ EXPECTED = {
     "sa1.beam_x": ("SA1/Beam x", ["XGM"]),
     "spb.n_trains": ("spb/Trains", ["XGM", "counts"]),
     "spb.beam_x": ("spb/Beam x", ["XGM"]),
+    "sa1.heavy": ("SA1/Heavy", ["XGM"]),
+    "spb.heavy": ("spb/Heavy", ["XGM"]),
     "check.doubled": ("check - Doubled", ["QA"]),
     "check.against": ("check - Against other", ["QA"]),
 }
@@ -68,7 +75,7 @@ EXPECTED = {
 async def test_group_variables_in_database_and_hdf5(e2e: E2E) -> None:
     (e2e.context_dir / "context.py").write_text(textwrap.dedent(CONTEXT))
     e2e.make_runs(range(1, 2))
-    await e2e.system.start("store", "executor", "ingest")
+    await e2e.system.start("store", "executor", "ingest", "slurm-gateway")
     e2e.send_events(range(1, 2))
 
     async def missing() -> list[str]:
@@ -80,6 +87,9 @@ async def test_group_variables_in_database_and_hdf5(e2e: E2E) -> None:
     assert scalar(values[(1, "sa1.n_trains")]) == 400
     assert scalar(values[(1, "spb.n_trains")]) == 400
     assert scalar(values[(1, "check.doubled")]) == 800
+    # cluster=True group variables go through the slurm-gateway (local backend) by name
+    assert scalar(values[(1, "sa1.heavy")]) == 4000
+    assert scalar(values[(1, "spb.heavy")]) == 4000
     assert isinstance(scalar(values[(1, "sa1.beam_x")]), float)
     assert values[(1, "sa1.beam_x")]["units"] == "mm"
     against = values[(1, "check.against")]
