@@ -137,3 +137,27 @@ def test_demo_context_on_the_mock_runs(proposal: Path, monkeypatch: pytest.Monke
     assert values["transmission"]["summary"] == pytest.approx(0.92, abs=0.01)
     assert values["n_trains"]["summary"] == 400
     assert values["camera_peak"]["summary"] > 1500  # the beam spot
+
+
+def test_demo_make_data_fills_raw_and_links_proc(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RUNSTREAM_STATE_DIR", str(tmp_path))  # never the real .state
+    demo = load("demo")
+    assert tmp_path in demo.DEMO.parents
+    # An older demo state: EXtra-data's zero-filled file in place of run 1.
+    old = demo.DEMO / "data" / "p009999" / "raw" / "r0001" / "RAW-R0001-DA01-S00000.h5"
+    old.parent.mkdir(parents=True)
+    from extra_data.tests.make_examples import make_fxe_da_file
+
+    make_fxe_da_file(str(old))
+    proposal_dir = demo.make_data()
+    mockdata = sys.modules["mockdata"]
+    for run in demo.RUNS:
+        raw = proposal_dir / "raw" / f"r{run:04d}" / f"RAW-R{run:04d}-DA01-S00000.h5"
+        proc = proposal_dir / "proc" / f"r{run:04d}" / f"CORR-R{run:04d}-DA01-S00000.h5"
+        assert mockdata.is_current(raw)
+        assert proc.samefile(raw)  # calibration changes nothing in the demo
+    stamp = (proposal_dir / "raw" / "r0002" / "RAW-R0002-DA01-S00000.h5").stat().st_mtime_ns
+    demo.make_data()  # a second demo run keeps the files
+    assert (proposal_dir / "raw" / "r0002" / "RAW-R0002-DA01-S00000.h5").stat().st_mtime_ns == stamp
