@@ -210,12 +210,7 @@ class Variable:
             return dict(self._annotation_overrides)
         if self.func is None:
             return {}
-        out: dict[str, str] = {}
-        for pname, param in inspect.signature(self.func).parameters.items():
-            ann = param.annotation
-            if isinstance(ann, str):
-                out[pname] = ann
-        return out
+        return string_annotations(self.func)
 
     def defaults(self) -> set[str]:
         """Parameters that have a default value."""
@@ -243,6 +238,22 @@ class Variable:
 
     def __repr__(self) -> str:
         return f"<Variable {self.name!r} title={self.title!r}>"
+
+
+def string_annotations(func: Callable[..., Any]) -> dict[str, str]:
+    """Parameter name -> string annotation of ``func`` (others are ignored).
+
+    Under ``from __future__ import annotations`` an annotation written as
+    ``"var#x"`` arrives as ``"'var#x'"``: the quotes are taken off.
+    """
+    out: dict[str, str] = {}
+    for pname, param in inspect.signature(func).parameters.items():
+        ann = param.annotation
+        if isinstance(ann, str):
+            if len(ann) >= 2 and ann[0] == ann[-1] and ann[0] in "'\"" and "#" in ann:
+                ann = ann[1:-1]
+            out[pname] = ann
+    return out
 
 
 def normalize_tags(tags: str | Iterable[str] | None) -> tuple[str, ...]:

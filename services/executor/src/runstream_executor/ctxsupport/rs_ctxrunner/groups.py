@@ -23,7 +23,7 @@ import re
 import sys
 import types
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .api import (
@@ -33,6 +33,7 @@ from .api import (
     Variable,
     is_group_instance,
     normalize_tags,
+    string_annotations,
 )
 
 RESERVED = {"name": None, "title": None, "tags": None, "sep": "/"}
@@ -233,14 +234,6 @@ def resolve_self(path: str, group: Any) -> tuple[str, Variable | None]:
     return f"var#{target.name}", None
 
 
-def _raw_annotations(func: Callable[..., Any]) -> dict[str, str]:
-    return {
-        pname: param.annotation
-        for pname, param in inspect.signature(func).parameters.items()
-        if isinstance(param.annotation, str)
-    }
-
-
 def expand_group(group: Any) -> dict[str, Variable]:
     """This instance's variables (and placeholders), bound to it and renamed."""
     if group.title is None:
@@ -255,7 +248,7 @@ def expand_group(group: Any) -> dict[str, Variable]:
         new.title = f"{group.title}{group.sep}{var.title}"
         new.tags = tuple(sorted(set(group.tags) | set(var.tags)))
         annotations: dict[str, str] = {}
-        for pname, ann in _raw_annotations(bound).items():
+        for pname, ann in string_annotations(bound).items():
             if ann.startswith("self#"):
                 ann, placeholder = resolve_self(ann[len("self#") :], group)
                 if placeholder is not None:
