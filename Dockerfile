@@ -47,6 +47,11 @@ FROM ${PYTHON_IMAGE} AS runtime
 LABEL org.opencontainers.image.title="runstream" \
       org.opencontainers.image.description="Kafka-native per-run processing: ingest, executor, store, slurm-gateway"
 
+# chromium: kaleido renders plotly figures' PNG thumbnails with it.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends chromium \
+    && rm -rf /var/lib/apt/lists/*
+
 ARG UID=10001
 RUN groupadd --system --gid "${UID}" runstream \
     && useradd --system --uid "${UID}" --gid runstream --home-dir /home/runstream \

@@ -1,11 +1,49 @@
 # The demo's context file: written for DAMNIT (it imports damnit_ctx) and run
-# unchanged by runstream. The data are EXtra-data's mock FXE runs: two XGMs
-# and a camera, 400 trains.
+# unchanged by runstream. The data are EXtra-data's mock FXE runs (two XGMs and a
+# camera, 400 trains) filled with seeded, plausible values by mockdata.py: SASE
+# pulse energies of a few hundred uJ, a beam spot on the camera.
 import numpy as np
-from damnit_ctx import Cell, Variable
+import plotly.graph_objects as go
+from damnit_ctx import Cell, Group, Variable
 
 XGM = "SA1_XTD2_XGM/DOOCS/MAIN"
 CAMERA = "FXE_XAD_GEC/CAM/CAMERA:daqOutput"
+
+
+@Group(tags="xgm")
+class XGMGroup:
+    """One XGM: the same variables for every instance, named after it."""
+
+    source: str
+
+    @Variable(title="Pulse energy", summary="mean", units="uJ")
+    def pulse_energy(self, run):
+        """Mean energy of the pulses of each train (empty pulse slots left out)."""
+        energies = run[self.source + ":output", "data.intensityTD"].ndarray()
+        pulses = energies > 0
+        return np.where(pulses, energies, 0).sum(axis=1) / np.maximum(pulses.sum(axis=1), 1)
+
+    @Variable(title="Beam x", summary="mean", units="mm")
+    def beam_x(self, run):
+        return run[self.source, "beamPosition.ixPos"].ndarray()
+
+
+sa1 = XGMGroup(title="XGM SA1", source=XGM)
+spb = XGMGroup(title="XGM SPB", source="SPB_XTD9_XGM/DOOCS/MAIN")
+
+
+@Variable(title="XGM/Transmission SA1 to SPB")
+def transmission(run, sa1_energy: "var#sa1.pulse_energy", spb_energy: "var#spb.pulse_energy"):
+    """Variables of group instances are used by their dotted names."""
+    return float(np.mean(spb_energy) / np.mean(sa1_energy))
+
+
+@Variable(title="XGM/Pulse energy histogram")
+def energy_histogram(run, energy: "var#sa1.pulse_energy"):
+    """A plotly figure: stored as JSON, its thumbnail rendered by kaleido."""
+    figure = go.Figure(go.Histogram(x=energy, nbinsx=40))
+    figure.update_layout(xaxis_title="pulse energy [uJ]", yaxis_title="trains")
+    return figure
 
 
 @Variable(title="XGM/Intensity", summary="mean", units="uJ", tags=["xgm"])

@@ -51,28 +51,37 @@ EXPECTED: dict[str, str] = {
     "broken": "error",
     "camera_peak": "number",
     "column_profile": "trendline",
+    "sa1.pulse_energy": "number",
+    "spb.pulse_energy": "number",
+    "sa1.beam_x": "number",
+    "transmission": "number",
+    "energy_histogram": "thumbnail",
 }
 
 console = Console()
 
 
 def make_data() -> Path:
-    """raw/ and proc/ folders of mock runs (one generated file, copied)."""
-    from extra_data.tests.make_examples import make_fxe_da_file
+    """raw/ and proc/ folders of mock runs with seeded, plausible values (mockdata.py).
+
+    proc/ holds the same files (hard links): the demo's "calibration" changes nothing.
+    """
+    sys.path.insert(0, str(HERE))
+    import mockdata
 
     proposal_dir = DEMO / "data" / f"p{PROPOSAL:06d}"
-    template = DEMO / "template.h5"
-    if not template.exists():
-        template.parent.mkdir(parents=True, exist_ok=True)
-        make_fxe_da_file(str(template))
+    template = mockdata.make_template(DEMO / "template.h5")
+    old = time.time() - 600  # finished writing long ago (the settle time has passed)
     for run in RUNS:
-        for kind, prefix in (("raw", "RAW"), ("proc", "CORR")):
-            dest = proposal_dir / kind / f"r{run:04d}" / f"{prefix}-R{run:04d}-DA01-S00000.h5"
-            if not dest.exists():
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(template, dest)
-                old = time.time() - 600  # finished writing long ago (the settle time has passed)
-                os.utime(dest, (old, old))
+        raw = proposal_dir / "raw" / f"r{run:04d}" / f"RAW-R{run:04d}-DA01-S00000.h5"
+        proc = proposal_dir / "proc" / f"r{run:04d}" / f"CORR-R{run:04d}-DA01-S00000.h5"
+        if not mockdata.is_current(raw):  # an older demo's files held zeros
+            mockdata.make_run(template, raw, run, seed=PROPOSAL)
+            os.utime(raw, (old, old))
+            proc.unlink(missing_ok=True)
+        if not proc.exists():
+            proc.parent.mkdir(parents=True, exist_ok=True)
+            os.link(raw, proc)
     return proposal_dir
 
 
@@ -205,7 +214,7 @@ class Feed:
 async def main() -> int:
     kafka = KafkaSettings()
     started = time.time()
-    with console.status("making mock runs (EXtra-data mock FXE files)"):
+    with console.status("making mock runs (EXtra-data mock FXE files, filled with seeded data)"):
         proposal_dir = make_data()
     context_dir = register(proposal_dir)
     console.print(

@@ -9,9 +9,7 @@ service directly.
 
 from __future__ import annotations
 
-import logging
 import sys
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -28,6 +26,8 @@ err = Console(stderr=True)
 
 
 def _services() -> dict[str, Any]:
+    from importlib.metadata import entry_points
+
     return {ep.name: ep for ep in entry_points(group="runstream.services")}
 
 
@@ -44,6 +44,8 @@ def serve(
     ] = None,
 ) -> None:
     """Run one service in the foreground until SIGINT/SIGTERM."""
+    import logging
+
     import anyio
 
     available = _services()
@@ -109,6 +111,8 @@ def health(
 
 
 def _register_plugins() -> None:
+    from importlib.metadata import entry_points
+
     for ep in entry_points(group="runstream.cli"):
         register = ep.load()
         register(app)
@@ -120,6 +124,9 @@ _CORE_COMMANDS = frozenset({"serve", "health"})
 
 
 def main() -> None:
+    from .lazy_rich import defer
+
+    defer()  # help renders without importing Markdown and traceback support
     if not (len(sys.argv) > 1 and sys.argv[1] in _CORE_COMMANDS):
         _register_plugins()
     app()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -50,3 +51,20 @@ async def pool() -> AsyncIterator[WorkerPool]:
     await p.start()
     yield p
     await p.close()
+
+
+@pytest.fixture
+def mock_run() -> Any:
+    """A stand-in run object like DAMNIT's tests use (10 trains, synthetic timestamps)."""
+    from unittest.mock import MagicMock
+
+    import numpy as np
+
+    run = MagicMock()
+    run.train_ids = np.arange(10)
+    run.select_trains.side_effect = lambda train_slice: run
+    run.train_timestamps.side_effect = lambda: np.array(
+        run.train_ids + 1493892000000000000, dtype="datetime64[ns]"
+    )
+    run.files = [MagicMock(filename="/tmp/foo/bar.h5")]
+    return run

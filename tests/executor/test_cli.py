@@ -272,3 +272,84 @@ def test_eval_json_shapes_for_none_complex_and_transient(
             "error_cls": None,
         },
     }
+
+
+GROUP_CONTEXT = """
+from damnit_ctx import Variable, Group
+
+@Group(tags="XGM")
+class XGM:
+    device: str
+
+    @Variable(title="Trains")
+    def n_trains(self, run):
+        return len(run[self.device, "beamPosition.ixPos"].train_id_coordinates())
+
+@Group
+class Outer:
+    xgm: XGM
+    spare: "XGM | None" = None
+
+    @Variable(title="Doubled", tags="derived")
+    def doubled(self, run, n: "self#xgm.n_trains"):
+        return 2 * n
+
+    @Variable(title="Spare")
+    def spare_trains(self, run, n: "self#spare.n_trains"):
+        return n
+
+outer = Outer(xgm=XGM(device="SA1_XTD2_XGM/DOOCS/MAIN"), title="Check")
+"""
+
+
+def test_check_and_eval_a_context_with_groups(
+    runner: CliRunner, tmp_path: Path, mock_proposal: Path
+) -> None:
+    path = tmp_path / "context.py"
+    path.write_text(GROUP_CONTEXT)
+    result = runner.invoke(context_app, ["check", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    assert set(json.loads(result.stdout)["variables"]) == {
+        "outer.xgm.n_trains",
+        "outer.doubled",
+        "outer.spare_trains",
+        "outer.__missing__.spare.n_trains",
+    }
+    output = tmp_path / "r1.h5"
+    args = ["eval", str(path), "--proposal-dir", str(mock_proposal), "--proposal", "1234"]
+    result = runner.invoke(context_app, [*args, "--run", "1", "--json", "--output", str(output)])
+    assert result.exit_code == 0, result.output
+    variables = json.loads(result.stdout)["variables"]
+    assert {n: (v["title"], v["summary"]) for n, v in variables.items()} == {
+        "outer.xgm.n_trains": ("outer/xgm/Trains", 400),  # titled by its path
+        "outer.doubled": ("Check/Doubled", 800),
+        "outer.spare_trains": ("Check/Spare", None),
+    }
+    assert variables["outer.spare_trains"]["error"] == (
+        "Dependencies returned no data:\n- 'outer.__missing__.spare.n_trains'"
+    )
+    with h5py.File(output, "r") as f:
+        assert f[".reduced/outer.doubled"][()] == 800
+        assert f[".errors/outer.spare_trains"].attrs["type"] == "Skip"
+    # --match looks at titles: "xgm/trains" selects the nested group's variable only.
+    result = runner.invoke(context_app, [*args, "--run", "1", "--json", "--match", "XGM/TRAINS"])
+    assert result.exit_code == 0, result.output
+    assert set(json.loads(result.stdout)["variables"]) == {"outer.xgm.n_trains"}
+    result = runner.invoke(context_app, [*args, "--run", "1", "--json", "--match", "doubled"])
+    assert set(json.loads(result.stdout)["variables"]) == {"outer.doubled", "outer.xgm.n_trains"}
+    # "spare_" is only in a name (outer.spare_trains is titled "Check/Spare").
+    result = runner.invoke(context_app, [*args, "--run", "1", "--json", "--match", "spare_"])
+    assert json.loads(result.stdout)["variables"] == {}
+
+
+def test_check_reports_a_group_error_with_damnits_message(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    path = tmp_path / "context.py"
+    path.write_text(GROUP_CONTEXT + "\nalias = outer\n")
+    result = runner.invoke(context_app, ["check", str(path)])
+    assert result.exit_code == 1
+    assert (
+        "GroupError: Group instance of 'Outer' is assigned to multiple names "
+        "['alias', 'outer'] without an explicit name." in result.stderr
+    )

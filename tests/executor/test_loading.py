@@ -313,9 +313,7 @@ async def test_non_string_annotations_are_accepted(pool: WorkerPool, tmp_path: P
     assert list(ctx.variables) == ["f"]
 
 
-async def test_damnit_names_import_and_groups_are_a_clear_load_error(
-    pool: WorkerPool, tmp_path: Path
-) -> None:
+async def test_damnit_names_import(pool: WorkerPool, tmp_path: Path) -> None:
     ctx = await load(
         pool,
         tmp_path,
@@ -328,15 +326,40 @@ async def test_damnit_names_import_and_groups_are_a_clear_load_error(
         """,
     )
     assert list(ctx.variables) == ["a"]
+
+
+async def test_group_errors_are_load_problems_with_damnits_message(
+    pool: WorkerPool, tmp_path: Path
+) -> None:
     messages = await problems(
         pool,
         tmp_path,
         """
-        from damnit_ctx import Group
+        from damnit_ctx import Variable, Group
 
         @Group
         class XGM:
-            pass
+            @Variable
+            def energy(self, run):
+                return 1
+
+        xgm = XGM()
+        alias = xgm
         """,
     )
-    assert messages == ["NotImplementedError: Group is not supported by runstream yet"]
+    assert messages == [
+        "GroupError: Group instance of 'XGM' is assigned to multiple names "
+        "['alias', 'xgm'] without an explicit name."
+    ]
+    messages = await problems(
+        pool,
+        tmp_path,
+        """
+        from damnit_ctx import Variable, Group
+
+        @Group
+        class Bad:
+            sep: str = "-"
+        """,
+    )
+    assert messages == ["GroupError: Group classes cannot define reserved fields: sep"]

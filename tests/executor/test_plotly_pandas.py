@@ -66,13 +66,29 @@ async def test_summaries(evaluated: Evaluated) -> None:
         "frame": "dataframe",
         "plotly_preview": "array",
     }
-    assert ev.summary("scatter") == "Plotly figure"  # no kaleido here to render a PNG
+    # kaleido (a dependency of the executor) renders plotly figures with Debian's chromium.
+    assert_png_thumbnail(ev.summary("scatter"))
+    assert ev.outcomes["scatter"].prepared["summary_type"] == "thumbnail"  # type: ignore[index]
     assert ev.summary("series") == 2.0  # summary="mean" reduces the Series
     trend = ev.summary("unnamed_series")
     assert isinstance(trend, np.ndarray)
     assert trend.shape[0] == 2  # a numeric Series gets a trendline, as a 1-D array would
     assert str(ev.summary("frame")).startswith("DataFrame (")
-    assert ev.summary("plotly_preview") == "Plotly figure"
+    assert_png_thumbnail(ev.summary("plotly_preview"))  # from the preview, as DAMNIT does
+
+
+def assert_png_thumbnail(summary: object) -> None:
+    """A PNG of at most 300 px a side that shows something (not one flat colour)."""
+    import io
+
+    from PIL import Image
+
+    assert isinstance(summary, np.ndarray)
+    assert summary.dtype == np.uint8
+    assert bytes(summary[:8]) == b"\x89PNG\r\n\x1a\n"
+    image = Image.open(io.BytesIO(summary.tobytes())).convert("RGB")
+    assert max(image.size) == 300
+    assert len(image.getcolors(maxcolors=1 << 16) or range(1 << 16)) > 10
 
 
 async def test_fragment_round_trip(evaluated: Evaluated, tmp_path: Path) -> None:
@@ -87,6 +103,8 @@ async def test_fragment_round_trip(evaluated: Evaluated, tmp_path: Path) -> None
         assert f["frame"].attrs["_damnit_objtype"] == "dataframe"
         assert f[".preview/plotly_preview"].attrs["_damnit_objtype"] == "PlotlyFigure"
         assert f[".reduced/series"][()] == 2.0
+        assert f[".reduced/scatter"].attrs["summary_type"] == "thumbnail"
+        assert_png_thumbnail(f[".reduced/scatter"][()])
     figure = read_data(path, "scatter")
     assert isinstance(figure, go.Figure)
     assert list(figure.data[0].y) == [4, 1, 2]

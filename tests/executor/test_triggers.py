@@ -288,3 +288,26 @@ async def test_an_unusable_context_python_fails_the_pass_with_the_reason(
     assert "cannot start" in (report.reason or "")
     assert "no-such-python" in (report.reason or "")
     assert rec.of(ResultsReady) == []
+
+
+async def test_reprocess_match_selects_titles_not_names(
+    pool: WorkerPool, tmp_path: Path, mock_proposal: Path
+) -> None:
+    """A reprocess request's ``--match`` (Selection.match) looks at titles only, as DAMNIT's."""
+    ctx_dir = tmp_path / "ctx"
+    write_context(ctx_dir, FILTER_CONTEXT)
+    rec = Recorder()
+    processor = RunProcessor(Settings(), FixedPools(pool), rec, Topics("t"))  # type: ignore[arg-type]
+
+    async def evaluated(match: tuple[str, ...], rid: str) -> set[str]:
+        await processor.process(
+            request(ctx_dir, mock_proposal, "all", rid=rid, selection=Selection(match=match))
+        )
+        found = {r.name for m in rec.of(ResultsReady) if m.request_id == rid for r in m.results}
+        return found
+
+    # "raw_" is in the name raw_files only; its title is "Raw files".
+    assert await evaluated(("raw_",), "m1") == set()
+    assert await evaluated(("RAW F",), "m2") == {"raw_files"}
+    # The title "Scalar2" selects scalar2 and its dependency scalar1.
+    assert await evaluated(("scalar2",), "m3") == {"scalar1", "scalar2"}

@@ -1,28 +1,35 @@
-"""``runstream context check|eval``: use a context file locally, no Kafka needed."""
+"""``runstream context check|eval``: use a context file locally, no Kafka needed.
+
+Importing this module is cheap (it is imported for every ``runstream`` command):
+the engine, pydantic settings and the scientific stack are imported inside the
+commands that use them.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import json
 import sys
 from enum import StrEnum
+from functools import cache
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from .context import ContextProblems, ContextSource, LoadedContext, format_problem
-from .engine import RunTarget, evaluate, load_context, select, start_time
-from .outcome import Outcome
-from .pool import PoolConfig, WorkerPool
-from .results import build_results, inline_summary
-from .settings import Settings
+if TYPE_CHECKING:
+    from rich.console import Console
 
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+    from .context import ContextSource, LoadedContext
+    from .outcome import Outcome
+    from .pool import PoolConfig, WorkerPool
+
+
+@cache
+def _consoles() -> tuple[Console, Console]:
+    """(stdout, stderr) consoles, made on first use."""
+    from rich.console import Console
+
+    return Console(soft_wrap=True), Console(stderr=True, soft_wrap=True)
+
 
 context_app = typer.Typer(
     name="context", help="Check and evaluate context files locally.", no_args_is_help=True
@@ -69,6 +76,9 @@ def pyflakes_warnings(source: str, filename: str) -> list[str]:
 
 
 async def _load(config: PoolConfig, source: ContextSource) -> tuple[WorkerPool, LoadedContext]:
+    from .engine import load_context
+    from .pool import WorkerPool
+
     pool = WorkerPool(config)
     await pool.start()
     try:
@@ -79,6 +89,9 @@ async def _load(config: PoolConfig, source: ContextSource) -> tuple[WorkerPool, 
 
 
 def _read_source(path: Path) -> ContextSource:
+    from .context import ContextSource
+
+    err = _consoles()[1]
     try:
         return ContextSource.read(path)
     except (OSError, UnicodeDecodeError) as exc:
@@ -87,6 +100,9 @@ def _read_source(path: Path) -> ContextSource:
 
 
 def _print_problems(path: Path, problems: list[dict[str, Any]]) -> None:
+    from .context import format_problem
+
+    err = _consoles()[1]
     err.print(f"[red]{path} cannot be used ({len(problems)} problem(s)):[/]")
     for problem in problems:
         err.print(f"  {path}:{format_problem(problem)}", markup=False, highlight=False)
@@ -101,6 +117,14 @@ def check(
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object")] = False,
 ) -> None:
     """Load and validate a context file; exit 1 listing every problem, else print warnings."""
+    import asyncio
+    import json
+
+    from .context import ContextProblems
+    from .pool import PoolConfig
+    from .settings import Settings
+
+    out, err = _consoles()
     source = _read_source(context)
     settings = Settings()
     config = PoolConfig(size=1, python=context_python or settings.python, preload="")
@@ -145,6 +169,8 @@ def _summary_text(result: dict[str, Any]) -> str:
 
 
 def _json_entry(ctx: LoadedContext, outcome: Outcome, max_inline: int) -> dict[str, Any]:
+    from .results import inline_summary
+
     var = ctx.variables[outcome.name]
     entry: dict[str, Any] = {
         "title": var.title,
@@ -182,7 +208,7 @@ def eval_context(
     ] = DataChoice.all,
     match: Annotated[
         list[str] | None,
-        typer.Option(help="Only variables whose title or name contains TEXT (repeatable)"),
+        typer.Option(help="Only variables whose title contains TEXT, any case (repeatable)"),
     ] = None,
     json_output: Annotated[
         bool, typer.Option("--json", help="Print exactly one JSON object")
@@ -198,6 +224,19 @@ def eval_context(
     memory_mb: Annotated[int | None, typer.Option(help="Memory limit per variable (MiB)")] = None,
 ) -> None:
     """Evaluate a context file for one run and print the results."""
+    import asyncio
+    import json
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from .context import ContextProblems
+    from .engine import RunTarget, evaluate, select, start_time
+    from .pool import PoolConfig
+    from .results import build_results
+    from .settings import Settings
+
+    out, err = _consoles()
     settings = Settings()
     source = _read_source(context)
     if proposal_dir is None:

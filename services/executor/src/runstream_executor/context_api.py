@@ -2,35 +2,33 @@
 
 Inside a worker the context runtime is on ``sys.path`` as ``rs_ctxrunner``: the
 names must come from that very module, or the loader would not recognise the
-variables. Elsewhere (an IDE, a notebook) the packaged copy is used.
+variables. Elsewhere (an IDE, a notebook, a script using ``Pipeline``) the
+packaged ``ctxsupport`` folder is appended to ``sys.path`` first, so that context
+code run by ``Pipeline.from_str`` (``from damnit_ctx import Variable``) and this
+module share the same classes.
 """
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 try:
-    from rs_ctxrunner.api import (
-        Cell,
-        ContextFileErrors,
-        DependencyError,
-        Group,
-        GroupError,
-        Pipeline,
-        RunData,
-        Skip,
-        Variable,
-    )
+    import rs_ctxrunner.api  # noqa: F401
 except ImportError:  # not inside a worker
-    from .ctxsupport.rs_ctxrunner.api import (
-        Cell,
-        ContextFileErrors,
-        DependencyError,
-        Group,
-        GroupError,
-        Pipeline,
-        RunData,
-        Skip,
-        Variable,
-    )
+    sys.path.append(str(Path(__file__).resolve().parent / "ctxsupport"))
+
+from rs_ctxrunner.api import (
+    Cell,
+    ContextFileErrors,
+    DependencyError,
+    Group,
+    GroupError,
+    Pipeline,
+    RunData,
+    Skip,
+    Variable,
+)
 
 __all__ = [
     "Cell",

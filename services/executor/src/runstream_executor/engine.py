@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .context import ContextProblems, ContextSource, LoadedContext, VarDef
+from .ctxsupport.rs_ctxrunner.loader import select_names
 from .outcome import Outcome, plan_inputs
 from .pool import Worker, WorkerLost, WorkerPool
 
@@ -86,24 +87,11 @@ def select(
 
     ``trigger`` raw/proc keeps only variables of that data kind; all keeps every
     one. ``names`` are exact names, ``match`` case-insensitive substrings of
-    titles or names; either selects. ``cluster`` keeps only (non-)cluster ones.
+    titles (DAMNIT's ``--match``); either selects. ``cluster`` keeps only
+    (non-)cluster ones.
     """
-    names = tuple(names)
-    match = tuple(m.lower() for m in match)
-    chosen: set[str] = set()
-    for name, var in ctx.variables.items():
-        if trigger in ("raw", "proc") and var.data != trigger:
-            continue
-        if cluster is not None and var.cluster != cluster:
-            continue
-        if (names or match) and not (
-            name in names or any(m in var.title.lower() or m in name.lower() for m in match)
-        ):
-            continue
-        chosen.add(name)
-    closure = set(chosen)
-    for name in chosen:
-        closure |= ctx.all_deps(name)
+    candidates = [(n, v.data, v.cluster, v.title) for n, v in ctx.variables.items()]
+    closure = select_names(candidates, ctx.all_deps, trigger, names, match, cluster)
     return [n for n in ctx.order if n in closure]
 
 

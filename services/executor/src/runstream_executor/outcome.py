@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .context import VarDef
+from .ctxsupport.rs_ctxrunner.api import SKIP_LIKE, DepEntry, dependency_message
 
 Status = Literal["ok", "none", "error"]
-SKIP_LIKE = frozenset({"Skip", "SourceNameError"})
 
 
 @dataclass
@@ -70,27 +70,15 @@ class Outcome:
         )
 
 
-def _tree(failed: list[Outcome], indent: str = "") -> list[str]:
-    lines: list[str] = []
-    for i, dep in enumerate(failed):
-        last = i == len(failed) - 1
-        branch, cont = ("└", "   ") if last else ("├", "│  ")
-        if dep.error_cls == "DependencyError" and dep.children:
-            lines.append(f"{indent}{branch} ({dep.name}) skipped")
-            lines.extend(_tree(list(dep.children), indent + cont))
-        else:
-            text = f"{dep.error_cls}: {dep.error}" if dep.error else f"{dep.error_cls}"
-            first, *rest = text.split("\n")
-            lines.append(f"{indent}{branch} ({dep.name}) failed: {first}")
-            lines.extend(f"{indent}{cont}{line}" for line in rest)
-    return lines
+def _entry(dep: Outcome) -> DepEntry:
+    return (dep.name, dep.error_cls or "", dep.error or "", tuple(_entry(c) for c in dep.children))
 
 
 def skipped(name: str, missing: list[Outcome], *, transient: bool = False) -> Outcome:
     """The outcome of ``name`` when ``missing`` dependencies (without defaults) are missing."""
     failed = [d for d in missing if d.status == "error"]
     if failed:
-        text = "Skipped due to missing dependency:\n" + "\n".join(_tree(failed))
+        text = dependency_message(_entry(d) for d in failed)
         if all(d.error_cls in SKIP_LIKE for d in failed):
             return Outcome(name, "error", text, "Skip", transient=transient)
         return Outcome(name, "error", text, "DependencyError", tuple(failed), transient=transient)

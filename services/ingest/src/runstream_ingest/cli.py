@@ -7,40 +7,20 @@ to do), 2 bad input.
 
 from __future__ import annotations
 
-import asyncio
-import json
-import logging
-import time
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
-from runstream_common import parsers
-from runstream_common.admin import ensure_topics
-from runstream_common.errors import RunstreamError
-from runstream_common.messages import (
-    ProposalRegistered,
-    ProposalRemoved,
-    ReprocessRequested,
-    RunKnown,
-    Selection,
-    Trigger,
-)
-from runstream_common.topics import proposal_key
 
-from .adapters.compacted import read_table
-from .adapters.disk import LocalDisk
-from .adapters.publisher import publish_once
-from .adapters.updates import UpdatesFollower
-from .ids import reprocess_request_id
-from .progress import RequestTracker
-from .settings import Settings
-from .starter import write_starter
-from .tables import ProposalTable, RunCatalog, fold_proposals
+if TYPE_CHECKING:  # the commands import what they use: `runstream --help` stays quick
+    from runstream_common.messages import RunKnown, Selection, Trigger
+
+    from .adapters.updates import UpdatesFollower
+    from .progress import RequestTracker
+    from .settings import Settings
+    from .tables import ProposalTable, RunCatalog
 
 out = Console()
 err = Console(stderr=True, soft_wrap=True)
@@ -61,6 +41,11 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
 
 def _run(coro: Any) -> Any:
     # aiokafka logs connection retries and metadata races as warnings; our errors say it better
+    import asyncio
+    import logging
+
+    from runstream_common.errors import RunstreamError
+
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     try:
         return asyncio.run(coro)
@@ -69,12 +54,25 @@ def _run(coro: Any) -> Any:
 
 
 async def _proposals(settings: Settings) -> ProposalTable:
+    from runstream_common import parsers
+    from runstream_common.admin import ensure_topics
+
+    from .adapters.compacted import read_table
+    from .tables import fold_proposals
+
     topic = settings.kafka.topics.proposals
     await ensure_topics(settings.kafka, [topic], compacted={topic})
     return fold_proposals(await read_table(settings.kafka, topic, parsers.PROPOSALS))
 
 
 async def _catalog(settings: Settings) -> RunCatalog:
+    from runstream_common import parsers
+    from runstream_common.admin import ensure_topics
+    from runstream_common.messages import RunKnown
+
+    from .adapters.compacted import read_table
+    from .tables import RunCatalog
+
     topic = settings.kafka.topics.run_catalog
     await ensure_topics(settings.kafka, [topic], compacted={topic})
     catalog = RunCatalog()
@@ -102,6 +100,14 @@ def proposal_add(
     ] = None,
 ) -> None:
     """Register (or re-register) a proposal; write a starter context.py if the folder has none."""
+    from runstream_common.admin import ensure_topics
+    from runstream_common.messages import ProposalRegistered
+    from runstream_common.topics import proposal_key
+
+    from .adapters.publisher import publish_once
+    from .settings import Settings
+    from .starter import write_starter
+
     settings = Settings()
     context_dir = context_dir.expanduser().resolve()
     if context_dir.exists() and not context_dir.is_dir():
@@ -146,6 +152,12 @@ def proposal_list(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts")] = False,
 ) -> None:
     """The registered proposals (read from the compacted proposals topic)."""
+    import json
+
+    from rich.table import Table
+
+    from .settings import Settings
+
     settings = Settings()
     table = _run(_proposals(settings))
     rows = [
@@ -179,6 +191,12 @@ def proposal_list(
 @proposal_app.command("remove")
 def proposal_remove(proposal: Annotated[int, typer.Argument(min=0)]) -> None:
     """Stop processing a proposal (its data and results are kept)."""
+    from runstream_common.messages import ProposalRemoved
+    from runstream_common.topics import proposal_key
+
+    from .adapters.publisher import publish_once
+    from .settings import Settings
+
     settings = Settings()
 
     async def go() -> bool:
@@ -202,6 +220,16 @@ def proposal_runs(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts")] = False,
 ) -> None:
     """The runs of a proposal that ingest knows (the run catalog; no database needed)."""
+    import json
+
+    from rich.table import Table
+    from runstream_common import parsers
+    from runstream_common.admin import ensure_topics
+
+    from .adapters.compacted import read_table
+    from .settings import Settings
+    from .tables import RunCatalog
+
     settings = Settings()
 
     async def go() -> list[RunKnown]:
@@ -261,7 +289,7 @@ def reprocess(
         typer.Option(
             "--match",
             metavar="TEXT",
-            help="Only variables whose title or name contains TEXT (repeatable)",
+            help="Only variables whose title contains TEXT, any case (repeatable; DAMNIT's --match)",
         ),
     ] = None,
     var: Annotated[
@@ -278,6 +306,10 @@ def reprocess(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts")] = False,
 ) -> None:
     """Process runs again with the current context file (all variables, or a selection)."""
+    from runstream_common.messages import Selection, Trigger
+
+    from .settings import Settings
+
     settings = Settings()
     wanted = _parse_runs(runs)
     trigger = Trigger(data.value)
@@ -297,6 +329,19 @@ async def _reprocess(
     timeout: float | None,
     as_json: bool,
 ) -> int:
+    import asyncio
+    import json
+
+    from runstream_common.admin import ensure_topics
+    from runstream_common.messages import ReprocessRequested, Trigger
+    from runstream_common.topics import proposal_key
+
+    from .adapters.disk import LocalDisk
+    from .adapters.publisher import publish_once
+    from .adapters.updates import UpdatesFollower
+    from .ids import reprocess_request_id
+    from .progress import RequestTracker
+
     proposals = await _proposals(settings)
     registration = proposals.get(proposal)
     if registration is None:
@@ -375,6 +420,10 @@ def _describe(selection: Selection) -> str:
 async def _follow(
     follower: UpdatesFollower, tracker: RequestTracker, timeout: float | None, *, quiet: bool
 ) -> bool:
+    import time
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     deadline = None if timeout is None else time.monotonic() + timeout
     with Progress(
         TextColumn("[bold]processing"),
@@ -401,6 +450,10 @@ async def _follow(
 
 
 def _report(tracker: RequestTracker, request_id: str, finished: bool, as_json: bool) -> int:
+    import json
+
+    from rich.table import Table
+
     summary = tracker.summary()
     if as_json:
         print(

@@ -2,26 +2,25 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
-from runstream_common.admin import ensure_topics
-from runstream_common.errors import RunstreamError
-from runstream_common.kafka import make_broker, publish
-from runstream_common.messages import JobCancelRequested
-from runstream_common.topics import run_key
 
-from .settings import Settings
+if TYPE_CHECKING:  # the commands import what they use: `runstream --help` stays quick
+    from runstream_common.messages import JobCancelRequested
+
+    from .settings import Settings
 
 out = Console()
 err = Console(stderr=True)
 
 
 async def send_cancel(settings: Settings, message: JobCancelRequested) -> None:
+    from runstream_common.admin import ensure_topics
+    from runstream_common.kafka import make_broker, publish
+    from runstream_common.topics import run_key
+
     topic = settings.kafka.topics.job_control
     await ensure_topics(settings.kafka, [topic])
     broker = make_broker(settings.kafka, client_id="runstream-cli")
@@ -39,6 +38,13 @@ def cancel(
     as_json: Annotated[bool, typer.Option("--json", help="Print the request as JSON")] = False,
 ) -> None:
     """Cancel the cluster jobs of one run (the slurm-gateway does it and logs it)."""
+    import asyncio
+
+    from runstream_common.errors import RunstreamError
+    from runstream_common.messages import JobCancelRequested
+
+    from .settings import Settings
+
     message = JobCancelRequested(proposal=proposal, run=run, reason=reason)
     try:
         asyncio.run(send_cancel(Settings(), message))
@@ -90,6 +96,14 @@ def slurm_jobs(
     ] = False,
 ) -> None:
     """List runstream's jobs as Slurm knows them (through slurmrestd)."""
+    import asyncio
+    import json
+
+    from rich.table import Table
+    from runstream_common.errors import RunstreamError
+
+    from .settings import Settings
+
     try:
         rows = asyncio.run(_list(Settings(), every_instance=every_instance))
     except RunstreamError as exc:

@@ -7,18 +7,13 @@ store's answer on the updates feed (a rejection exits 1 with the reason).
 
 from __future__ import annotations
 
-import asyncio
-import json
-import math
-import time
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 
-from .settings import Settings
+if TYPE_CHECKING:  # the commands import what they use: `runstream --help` stays quick
+    from .settings import Settings
 
 out = Console()
 err = Console(stderr=True)
@@ -35,7 +30,34 @@ WaitOption = Annotated[
 
 
 def _dsn(dsn: str | None) -> str:
-    return dsn or Settings().postgres.dsn.get_secret_value()
+    if dsn:
+        return dsn
+    plain = dsn_from_environment()
+    if plain is not None:
+        return plain
+    from .settings import Settings
+
+    return Settings().postgres.dsn.get_secret_value()
+
+
+# The two plain ways to name the database, in the order the store's settings read them.
+_DSN_VARIABLES = ("RUNSTREAM_STORE_POSTGRES__DSN", "RUNSTREAM_POSTGRES_DSN")
+
+
+def dsn_from_environment() -> str | None:
+    """The DSN when the environment sets only one of the two plain variables, else None.
+
+    The same value the store's settings give, without building them (pydantic-settings:
+    ~60 ms of a ~0.35 s ``runstream table``). Any other spelling or companion variable
+    (another case, JSON, a pool size) returns None: the settings then decide.
+    """
+    import os
+
+    prefixes = ("RUNSTREAM_STORE_POSTGRES", "RUNSTREAM_POSTGRES_")
+    related = [key for key in os.environ if key.upper().startswith(prefixes)]
+    if len(related) == 1 and related[0] in _DSN_VARIABLES:
+        return os.environ[related[0]]
+    return None
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
@@ -59,6 +81,8 @@ db_app = typer.Typer(help="The store's PostgreSQL schema.", no_args_is_help=True
 @db_app.command("upgrade")
 def db_upgrade(dsn: DsnOption = None) -> None:
     """Apply the missing schema migrations (safe to run twice, and concurrently)."""
+    import asyncio
+
     from . import schema
 
     async def go() -> tuple[int, list[schema.Migration]]:
@@ -79,6 +103,8 @@ def db_upgrade(dsn: DsnOption = None) -> None:
 @db_app.command("status")
 def db_status(dsn: DsnOption = None) -> None:
     """Show the schema version; exit 1 if an upgrade is needed."""
+    import asyncio
+
     from . import schema
 
     async def go() -> int:
@@ -95,8 +121,13 @@ def db_status(dsn: DsnOption = None) -> None:
 
 
 # ---------------------------------------------------------------------- table
+TABLE_TIMEZONE = "Europe/Berlin"  # as RunTable.to_dataframe (DAMNIT's Damnit.table())
+
+
 def _json_value(value: Any) -> Any:
-    if value is None or value is _NA:
+    import math
+
+    if value is None:
         return None
     if isinstance(value, complex):
         return [value.real, value.imag]
@@ -105,7 +136,47 @@ def _json_value(value: Any) -> Any:
     return value
 
 
-_NA: Any = None
+def start_time_text(seconds: float | None) -> tuple[str, str] | None:
+    """(isoformat, "%Y-%m-%d %H:%M:%S") of an epoch start time in the table's time zone.
+
+    Exactly what pandas gives for ``to_datetime(s, unit="s", utc=True).tz_convert(...)``
+    (nanoseconds included), without importing pandas: ``runstream table`` starts fast.
+    """
+    import datetime as dt
+    import math
+    from zoneinfo import ZoneInfo
+
+    if seconds is None or math.isnan(seconds):
+        return None
+    base = int(seconds)  # pandas: whole seconds, then the fraction rounded to 1 ns
+    nanos = base * 1_000_000_000 + int(round((seconds - base) * 1e9) / 1e9 * 1e9)
+    whole, rest = divmod(nanos, 1_000_000_000)
+    stamp = dt.datetime.fromtimestamp(whole, ZoneInfo(TABLE_TIMEZONE)).replace(
+        microsecond=rest // 1000
+    )
+    iso = stamp.isoformat()
+    if rest % 1000:
+        offset = stamp.strftime("%z")
+        offset = f"{offset[:3]}:{offset[3:]}"
+        iso = f"{stamp.strftime('%Y-%m-%dT%H:%M:%S')}.{rest:09d}{offset}"
+    return iso, stamp.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _rows(data: Any, last: int | None) -> tuple[list[str], list[dict[str, Any]]]:
+    """Column names (run first) and one dict per run, as ``RunTable.to_dataframe`` has them.
+
+    A missing value and a cleared one are both None here; start_time is its texts.
+    """
+    from .names import COMMENT
+    from .table import START_TIME
+
+    names = ["run", START_TIME, COMMENT, *(c.name for c in data.columns)]
+    rows = []
+    for run, start, _ in data.runs[-last:] if last is not None else data.runs:
+        cells = data.cells.get(run, {})
+        row = {name: cells.get(name) for name in names[2:]}
+        rows.append({"run": run, START_TIME: start_time_text(start), **row})
+    return names, rows
 
 
 def table(
@@ -117,12 +188,10 @@ def table(
     dsn: DsnOption = None,
 ) -> None:
     """Print the run table of PROPOSAL: runs as rows, variable titles as columns."""
-    import pandas as pd
+    import asyncio
+    import json
 
     from .table import FIXED_TITLES, read_table
-
-    global _NA
-    _NA = pd.NA
 
     async def go() -> Any:
         conn = await _connect(_dsn(dsn))
@@ -140,28 +209,39 @@ def table(
     data, errors = asyncio.run(go())
     if not data.runs:
         raise _fail(f"proposal {proposal} has no runs in the database")
-    frame = data.to_dataframe()
-    if last is not None:
-        frame = frame.tail(last)
-    names = [c for c in frame.columns if c != "proposal"]
+    names, rows = _rows(data, last)
     if as_json:
         records = []
-        for row in frame.itertuples(index=False):
-            record = dict(zip(frame.columns, row, strict=True))
-            start = record.get("start_time")
-            record["start_time"] = None if start is None or pd.isna(start) else start.isoformat()
-            out = {k: _json_value(record[k]) for k in names}
+        for row in rows:
+            record = {k: _json_value(row[k]) for k in names}
+            record["start_time"] = row["start_time"] and row["start_time"][0]
             failed = {
                 name: {"error_cls": cls, "error": message}
                 for (run, name), (cls, message) in errors.items()
-                if run == record["run"]
+                if run == row["run"]
             }
             if failed:
-                out["errors"] = failed
-            records.append(out)
+                record["errors"] = failed
+            records.append(record)
         print(json.dumps({"proposal": proposal, "runs": records}, indent=1))
         return
-    titles = {**FIXED_TITLES, **data.titles()}
+    _print_table(proposal, data, names, rows, errors, FIXED_TITLES)
+
+
+def _print_table(
+    proposal: int,
+    data: Any,
+    names: list[str],
+    rows: list[dict[str, Any]],
+    errors: dict[tuple[int, str], tuple[str, str]],
+    fixed_titles: dict[str, str],
+) -> None:
+    import math
+
+    from rich.markup import escape
+    from rich.table import Table
+
+    titles = {**fixed_titles, **data.titles()}
     units = {c.name: c.units for c in data.columns}
     rich_table = Table(title=f"proposal {proposal}", show_lines=False)
     for name in names:
@@ -169,19 +249,17 @@ def table(
         if units.get(name):
             header += f" [{units[name]}]"
         rich_table.add_column(escape(header), overflow="fold")
-    for row in frame[names].itertuples(index=False):
+    for row in rows:
         cells = []
-        run = dict(zip(names, row, strict=True)).get("run")
-        for name, value in zip(names, row, strict=True):
-            if (run, name) in errors:  # DAMNIT's GUI shows these cells as errors too
-                cls = errors[(run, name)][0] or "error"
+        for name in names:
+            value = row[name]
+            if (row["run"], name) in errors:  # DAMNIT's GUI shows these cells as errors too
+                cls = errors[(row["run"], name)][0] or "error"
                 cells.append(f"[red]{escape(cls)}[/]" if cls != "Skip" else "[dim]skipped[/]")
-            elif (
-                value is pd.NA or value is None or (isinstance(value, float) and math.isnan(value))
-            ):
+            elif value is None or (isinstance(value, float) and math.isnan(value)):
                 cells.append("")
             elif name == "start_time":
-                cells.append("" if pd.isna(value) else value.strftime("%Y-%m-%d %H:%M:%S"))
+                cells.append(value[1])
             elif isinstance(value, float):
                 cells.append(f"{value:.6g}")
             else:
@@ -193,6 +271,9 @@ def table(
 # ---------------------------------------------------------------------- commands
 async def _send_and_wait(settings: Settings, command: Any, wait_s: float, accept: set[str]) -> Any:
     """Publish ``command``; return the first feed message answering it (or None on timeout)."""
+    import asyncio
+    import time
+
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
     from runstream_common import parsers
 
@@ -253,6 +334,10 @@ async def _send_and_wait(settings: Settings, command: Any, wait_s: float, accept
 
 
 def _run_command(command: Any, wait_s: float, accept: set[str]) -> Any:
+    import asyncio
+
+    from .settings import Settings
+
     settings = Settings()
     try:
         answer = asyncio.run(
@@ -303,8 +388,10 @@ def config(
     dsn: DsnOption = None,
 ) -> None:
     """Show or change proposal settings (slurm_partition, slurm_time, concurrent_jobs, ...)."""
+    import json
     from uuid import uuid4
 
+    from rich.table import Table
     from runstream_common.messages import SetProposalSetting
 
     from .proposal_settings import PARSERS
@@ -349,6 +436,9 @@ def config(
 
 
 def _read_settings(proposal: int, dsn: str | None) -> dict[str, Any]:
+    import asyncio
+    import json
+
     async def go() -> dict[str, Any]:
         conn = await _connect(_dsn(dsn))
         try:

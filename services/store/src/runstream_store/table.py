@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import orjson
-import pandas as pd
 
-from .values import COMMENT, PLACEHOLDERS
+from .names import COMMENT, PLACEHOLDERS
+
+if TYPE_CHECKING:  # pandas is imported by to_dataframe only (the CLI's table does without)
+    import pandas as pd
 
 START_TIME = "start_time"
 FIXED_TITLES = {"proposal": "Proposal", "run": "Run", START_TIME: "Timestamp", COMMENT: "Comment"}
@@ -77,6 +79,8 @@ class RunTable:
         that is an error or was cleared is ``None``; binary summaries are
         ``<sparkline>`` / ``<thumbnail>`` / ``<ndarray>``.
         """
+        import pandas as pd
+
         names = [c.name for c in self.columns]
         run_numbers = [r[0] for r in self.runs]
         data: dict[str, Any] = {

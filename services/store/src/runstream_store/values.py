@@ -13,6 +13,9 @@ from typing import Any, Literal
 
 from runstream_common.messages import InlineSummary, SummaryType, ValueView, VariableResult
 
+from .names import COMMENT as COMMENT
+from .names import PLACEHOLDERS
+
 Kind = Literal["int", "bigint", "float", "bool", "str", "complex", "blob", "none"]
 
 _INT64_MIN = -(2**63)
@@ -20,13 +23,6 @@ _INT64_MAX = 2**63 - 1
 
 PROVENANCE_MANUAL = "manual-input"
 PROVENANCE_COMMENT = "comment"
-COMMENT = "comment"
-
-PLACEHOLDERS: dict[str, str] = {
-    "trendline": "<sparkline>",
-    "thumbnail": "<thumbnail>",
-    "numpy": "<ndarray>",
-}
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,7 @@ class Selection(BaseModel):
     """Which variables to evaluate. Empty means every variable of the trigger.
 
     ``names`` are exact variable names; ``match`` are case-insensitive substrings
-    of titles or names (DAMNIT's ``--match``). A variable is selected if either
+    of titles only (DAMNIT's ``--match``). A variable is selected if either
     list selects it.
     """
 

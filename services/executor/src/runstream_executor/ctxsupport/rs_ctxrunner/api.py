@@ -1,4 +1,4 @@
-"""The names a context file uses: Variable, Cell, Skip (DAMNIT 0.4 semantics).
+"""The names a context file uses: Variable, Cell, Skip, Group, Pipeline (DAMNIT 0.4 semantics).
 
 Heavy libraries (numpy, xarray, matplotlib) are only touched through
 ``sys.modules`` look-ups or imported lazily: workers preload them anyway, and
@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import enum
 import inspect
+import re
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 ANNOTATION_KINDS = ("var", "meta", "mymdc", "param", "self")
@@ -30,29 +31,61 @@ class Skip(Exception):
     """Raise inside a variable to mark it skipped; the message is kept as the reason."""
 
 
-class DependencyError(Exception):
-    """A variable could not run because dependencies without defaults are missing."""
+# Error classes that make a dependent a Skip rather than a DependencyError (EXtra-data's
+# SourceNameError counts as Skip since DAMNIT 0.4.0).
+SKIP_LIKE = frozenset({"Skip", "SourceNameError"})
+
+# One missing dependency in a tree: (name, error class, message, its own missing dependencies).
+DepEntry = tuple[str, str, str, tuple[Any, ...]]
+
+
+def dependency_tree(entries: Iterable[DepEntry], indent: str = "") -> list[str]:
+    """The lines under "Skipped due to missing dependency:" (DAMNIT's layout).
+
+    A dependency that was itself skipped for missing dependencies (a
+    ``DependencyError`` with children) is "(x) skipped" with its subtree indented by
+    three characters; any other is "(x) failed: Class: message".
+    """
+    entries = list(entries)
+    lines: list[str] = []
+    for i, (name, cls, message, children) in enumerate(entries):
+        last = i == len(entries) - 1
+        branch, cont = ("└", "   ") if last else ("├", "│  ")
+        if cls == "DependencyError" and children:
+            lines.append(f"{indent}{branch} ({name}) skipped")
+            lines.extend(dependency_tree(children, indent + cont))
+        else:
+            first, *rest = (f"{cls}: {message}" if message else cls).split("\n")
+            lines.append(f"{indent}{branch} ({name}) failed: {first}")
+            lines.extend(f"{indent}{cont}{line}" for line in rest)
+    return lines
+
+
+def dependency_message(entries: Iterable[DepEntry]) -> str:
+    return "Skipped due to missing dependency:\n" + "\n".join(dependency_tree(entries))
+
+
+class DependencyError(RuntimeError):
+    """A variable could not run because dependencies without defaults are missing.
+
+    ``dep_errors`` lists ``(dependency name, exception)``; the message is the tree.
+    """
+
+    def __init__(self, dep_errors: Iterable[tuple[str, BaseException]] = ()) -> None:
+        self.dep_errors = list(dep_errors)
+        super().__init__(dependency_message(_entry(n, e) for n, e in self.dep_errors))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.dep_errors,))
+
+
+def _entry(name: str, exc: BaseException) -> DepEntry:
+    children = tuple(_entry(n, e) for n, e in getattr(exc, "dep_errors", ()))
+    return (name, type(exc).__name__, str(exc), children)
 
 
 class GroupError(Exception):
-    """DAMNIT's error for misused groups (groups are not supported yet)."""
-
-
-class _NotSupported:
-    """Importable like DAMNIT's name, but using it is a clear load-time error."""
-
-    feature = "this feature"
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        raise NotImplementedError(f"{self.feature} is not supported by runstream yet")
-
-
-class Group(_NotSupported):
-    feature = "Group"
-
-
-class Pipeline(_NotSupported):
-    feature = "Pipeline"
+    """A misused ``@Group``: no or duplicate names, reserved fields, bad ``self#`` links."""
 
 
 class ContextFileErrors(RuntimeError):
@@ -106,6 +139,14 @@ def is_dataframe(obj: Any) -> bool:
     return _instance_of(obj, "pandas", "DataFrame")
 
 
+GROUP_MARK = "__rs_group__"
+
+
+def is_group_instance(obj: Any) -> bool:
+    """Whether ``obj`` is an instance of a class decorated with ``@Group``."""
+    return isinstance(getattr(type(obj), GROUP_MARK, None), dict)
+
+
 class Variable:
     """Decorator declaring one variable: ``@Variable`` or ``@Variable(title=..., ...)``."""
 
@@ -129,16 +170,14 @@ class Variable:
         # Unknown values raise ValueError here, at load time, like DAMNIT.
         self._data: RunData | None = None if data is None else RunData(data)
         self.cluster = bool(cluster)
-        if tags is None:
-            self.tags: tuple[str, ...] = ()
-        elif isinstance(tags, str):
-            self.tags = (tags,)
-        else:
-            self.tags = tuple(tags)
+        self.tags: tuple[str, ...] = normalize_tags(tags)
         self.transient = bool(transient)
         self.units = units
         self.func: Callable[..., Any] | None = None
         self.name: str | None = None
+        # A group variable's annotations with ``self#`` resolved to ``var#`` (see groups).
+        self._annotation_overrides: dict[str, str] | None = None
+        self._placeholder = False
         if func is not None:
             self(func)
 
@@ -151,6 +190,12 @@ class Variable:
             self.description = inspect.getdoc(func)
         return self
 
+    def __get__(self, instance: Any, owner: Any = None) -> Any:
+        # On a group instance, a variable is a link to that instance's copy of it.
+        if instance is not None and is_group_instance(instance):
+            return BoundVariable(instance, self)
+        return self
+
     @property
     def data(self) -> RunData:
         return self._data or RunData.RAW
@@ -161,14 +206,11 @@ class Variable:
 
     def annotations(self) -> dict[str, str]:
         """Parameter name -> string annotation (non-string annotations are ignored)."""
+        if self._annotation_overrides is not None:
+            return dict(self._annotation_overrides)
         if self.func is None:
             return {}
-        out: dict[str, str] = {}
-        for pname, param in inspect.signature(self.func).parameters.items():
-            ann = param.annotation
-            if isinstance(ann, str):
-                out[pname] = ann
-        return out
+        return string_annotations(self.func)
 
     def defaults(self) -> set[str]:
         """Parameters that have a default value."""
@@ -180,15 +222,17 @@ class Variable:
             if param.default is not inspect.Parameter.empty
         }
 
-    def arg_dependencies(self) -> dict[str, str]:
-        """Parameter name -> ``var#`` target (a name or an fnmatch pattern)."""
+    def arg_dependencies(self, prefix: str = "var#") -> dict[str, str]:
+        """Parameter name -> target of ``prefix`` annotations (``var#``: a name or a pattern)."""
         return {
-            pname: ann.split("#", 1)[1]
+            pname: ann[len(prefix) :]
             for pname, ann in self.annotations().items()
-            if ann.startswith("var#")
+            if ann.startswith(prefix)
         }
 
     def lineno(self) -> int | None:
+        if self._placeholder:
+            return None
         code = getattr(self.func, "__code__", None)
         return getattr(code, "co_firstlineno", None)
 
@@ -196,35 +240,148 @@ class Variable:
         return f"<Variable {self.name!r} title={self.title!r}>"
 
 
+def string_annotations(func: Callable[..., Any]) -> dict[str, str]:
+    """Parameter name -> string annotation of ``func`` (others are ignored).
+
+    Under ``from __future__ import annotations`` an annotation written as
+    ``"var#x"`` arrives as ``"'var#x'"``: the quotes are taken off.
+    """
+    out: dict[str, str] = {}
+    for pname, param in inspect.signature(func).parameters.items():
+        ann = param.annotation
+        if isinstance(ann, str):
+            if len(ann) >= 2 and ann[0] == ann[-1] and ann[0] in "'\"" and "#" in ann:
+                ann = ann[1:-1]
+            out[pname] = ann
+    return out
+
+
+def normalize_tags(tags: str | Iterable[str] | None) -> tuple[str, ...]:
+    if tags is None:
+        return ()
+    if isinstance(tags, str):
+        return (tags,)
+    return tuple(tags)
+
+
+class BoundVariable:
+    """A group's variable seen through one group instance (``group.var``).
+
+    Its name is resolved lazily (``{group.name}.{var}``), because a group's name may
+    come from the assignment in the context file, known only after it ran. It is
+    not a ``Variable``, so a module-level alias of it is not collected twice.
+    Everything else is the class-level variable's.
+    """
+
+    def __init__(self, group: Any, var: Variable) -> None:
+        self.group = group
+        self.var = var
+
+    @property
+    def name(self) -> str:
+        return f"{self.group.name}.{self.var.name}"
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr in ("group", "var"):  # not set yet (copy, unpickling)
+            raise AttributeError(attr)
+        return getattr(self.var, attr)
+
+    def __repr__(self) -> str:
+        return f"<BoundVariable {self.var.name!r} of {type(self.group).__name__}>"
+
+
+_HEX_COLOUR = re.compile(r"#[0-9A-Fa-f]{6}")
+
+
 def _parse_background(value: Any) -> tuple[int, int, int] | None:
+    """``'#rrggbb'`` or an (R, G, B) sequence of 0-255, with DAMNIT's messages."""
     if value is None:
         return None
     if isinstance(value, str):
-        text = value.strip().lstrip("#")
-        if len(text) != 6:
-            raise ValueError(f"background must be '#rrggbb', got {value!r}")
-        return (int(text[0:2], 16), int(text[2:4], 16), int(text[4:6], 16))
-    rgb = tuple(int(v) for v in value)
-    if len(rgb) != 3 or not all(0 <= v <= 255 for v in rgb):
-        raise ValueError(f"background must be 3 values in 0..255, got {value!r}")
-    return (rgb[0], rgb[1], rgb[2])
+        if not _HEX_COLOUR.match(value):
+            raise ValueError("Colour string should be hex code (like '#ffcc00')")
+        rgb = bytes.fromhex(value[1:7])
+        return (rgb[0], rgb[1], rgb[2])
+    if isinstance(value, Sequence) or _is_ndarray(value):
+        if len(value) != 3:
+            raise TypeError(f"Wrong number of values ({len(value)}) for R,G,B")
+        if not all(0 <= v <= 255 for v in value):
+            raise ValueError("Colour values must be 0 - 255")
+        return (int(value[0]), int(value[1]), int(value[2]))
+    raise TypeError(f"Don't understand colour as {type(value)}")
 
 
-def _as_storable_array(data: Any) -> Any:
+def _is_ndarray(obj: Any) -> bool:
+    return _instance_of(obj, "numpy", "ndarray")
+
+
+def _h5_storable(dtype: Any) -> bool:
+    """Whether h5py can store arrays of ``dtype`` (numbers always can)."""
     import numpy as np
 
-    arr = np.asarray(data)
+    if np.issubdtype(dtype, np.number):
+        return True
+    try:
+        import h5py
+    except ImportError:  # pragma: no cover - workers have h5py
+        return dtype.kind in "biufcS"
+    try:
+        h5py.h5t.py_create(dtype, logical=True)
+    except TypeError:
+        return False
+    return True
+
+
+def _storable_array(value: Any, what: str, object_message: str) -> Any:
+    """``np.asarray(value)`` if HDF5 can store it, else DAMNIT's TypeError.
+
+    ``object_message`` for Python objects; ``"{what} <class 'numpy.ndarray'> whose
+    native array type {dtype} cannot be saved"`` for dtypes h5py cannot map.
+    """
+    import numpy as np
+
+    arr = np.asarray(value)
     if arr.dtype.hasobject:
-        raise TypeError(f"Returned data type {type(arr)} cannot be saved")
-    if arr.dtype.kind in "MmV" or (arr.dtype.kind == "U" and arr.ndim > 0):
-        raise TypeError(
-            f"Returned data type {type(arr)} whose native array type {arr.dtype} cannot be saved"
-        )
+        raise TypeError(object_message)
+    if not _h5_storable(arr.dtype):
+        raise TypeError(f"{what} {type(arr)} whose native array type {arr.dtype} cannot be saved")
     return arr
 
 
+def _as_storable_array(data: Any) -> Any:
+    return _storable_array(
+        data, "Returned data type", "Returned data type <class 'numpy.ndarray'> cannot be saved"
+    )
+
+
+def _check_summary_value(value: Any) -> Any:
+    message = f"summary_value should be number or string, not {type(value)}"
+    arr = _storable_array(value, "Summary value", message)
+    return arr.item() if arr.ndim == 0 else arr
+
+
+def _check_preview(preview: Any) -> Any:
+    """A 1-D/2-D numeric array, a DataArray or a figure (an Axes becomes its figure)."""
+    if _is_ndarray(preview) or is_dataarray(preview):
+        import numpy as np
+
+        if preview.ndim not in (1, 2):
+            raise TypeError(f"preview should be a 1D or 2D array (shape is {preview.shape})")
+        if not (np.issubdtype(preview.dtype, np.number) or preview.dtype == bool):
+            raise TypeError("preview array should be numeric")
+        return preview
+    if is_axes(preview):
+        return preview.get_figure()
+    if is_figure(preview) or is_plotly_figure(preview):
+        return preview
+    raise TypeError(f"preview must be an array or a figure object (got {type(preview)})")
+
+
 class Cell:
-    """A result with display options. Non-Cell results are wrapped as ``Cell(value)``."""
+    """A result with display options. Non-Cell results are wrapped as ``Cell(value)``.
+
+    Invalid arguments raise DAMNIT's exceptions and messages (users grep for them).
+    """
 
     def __init__(
         self,
@@ -250,31 +407,16 @@ class Cell:
             or is_dataframe(data)
         ):
             data = _as_storable_array(data)
+        if summary_value is not None and not isinstance(summary_value, str):
+            summary_value = _check_summary_value(summary_value)
+        if preview is not None:
+            preview = _check_preview(preview)
         if units is None and is_dataarray(data):
             attr_units = data.attrs.get("units")
             if isinstance(attr_units, str) and attr_units:
                 units = attr_units
-        if is_axes(preview):
-            preview = preview.get_figure()
-        if preview is not None and not (is_figure(preview) or is_plotly_figure(preview)):
-            pdata = preview.values if is_dataarray(preview) else preview
-            import numpy as np
-
-            parr = np.asarray(pdata)
-            if parr.ndim not in (1, 2) or parr.dtype.kind not in "biufc":
-                raise TypeError(
-                    "preview must be a 1D or 2D numeric array, a DataArray or a figure, "
-                    f"got {type(preview).__name__} {getattr(parr, 'shape', '')}"
-                )
-        if summary_value is not None and not isinstance(summary_value, str):
-            import numpy as np
-
-            sv = np.asarray(summary_value)
-            if sv.ndim != 0 or sv.dtype.kind not in "biufc":
-                raise TypeError(
-                    f"summary_value must be a number or a string, got {summary_value!r}"
-                )
-            summary_value = sv.item()
+        if not (units is None or isinstance(units, str)):
+            raise TypeError(f"units should be a string, not {type(units)}")
         self.data = data
         self.summary = summary
         self.summary_value = summary_value
@@ -286,6 +428,10 @@ class Cell:
     def __repr__(self) -> str:
         return f"Cell({type(self.data).__name__}, summary={self.summary!r})"
 
+
+# Defined in their own modules, which build on the names above.
+from .groups import Group  # noqa: E402
+from .pipeline import Pipeline  # noqa: E402
 
 __all__ = [
     "ANNOTATION_KINDS",

@@ -8,21 +8,48 @@ from __future__ import annotations
 
 import fnmatch
 import graphlib
+import os
 import traceback
 import types
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from .api import ANNOTATION_KINDS, META_FIELDS, MYMDC_FIELDS, RunData, Variable
+from .api import (
+    ANNOTATION_KINDS,
+    META_FIELDS,
+    MYMDC_FIELDS,
+    ContextFileErrors,
+    RunData,
+    Variable,
+    is_group_instance,
+)
+from .groups import assign_names, expand_groups
 
 GLOB_CHARS = frozenset("*?[")
 
 
 class ContextLoadError(Exception):
-    """The context file cannot be used; ``problems`` lists every reason."""
+    """The context file cannot be used; ``problems`` lists every reason.
 
-    def __init__(self, problems: list[dict[str, Any]]) -> None:
+    ``cause`` is the exception that stopped loading (the context code raised, a
+    group is misused), if one did; ``damnit_exception()`` is what DAMNIT's
+    ``Pipeline.from_str`` would raise for these problems.
+    """
+
+    def __init__(self, problems: list[dict[str, Any]], cause: BaseException | None = None) -> None:
         self.problems = problems
+        self.cause = cause
         super().__init__("\n".join(format_problem(p) for p in problems))
+
+    def damnit_exception(self) -> BaseException:
+        if self.cause is not None:
+            return self.cause
+        by_kind = {p.get("kind"): p["message"] for p in self.problems}
+        if "cycle" in by_kind:
+            return graphlib.CycleError(by_kind["cycle"].removeprefix("CycleError: "))
+        if "dependency" in by_kind:
+            return KeyError(by_kind["dependency"])
+        return ContextFileErrors(p["message"] for p in self.problems)
 
 
 def format_problem(problem: dict[str, Any]) -> str:
@@ -35,30 +62,45 @@ def is_glob(pattern: str) -> bool:
     return any(c in GLOB_CHARS for c in pattern)
 
 
-def _exec_source(source: str, path: str) -> dict[str, Any]:
+def _line_in(exc: BaseException, path: str) -> int | None:
+    line = None
+    for frame in traceback.extract_tb(exc.__traceback__):
+        if frame.filename == path:
+            line = frame.lineno
+    return line
+
+
+def _failure(exc: BaseException, path: str, kind: str) -> ContextLoadError:
+    message = f"{type(exc).__name__}: {exc}"
+    return ContextLoadError([{"line": _line_in(exc, path), "message": message, "kind": kind}], exc)
+
+
+def _exec_source(source: str, path: str) -> tuple[dict[str, Any], Any]:
+    """Run the context code; returns its namespace and the default-pipeline state."""
     module = types.ModuleType("context")
     module.__file__ = path
     try:
         code = compile(source, path, "exec", dont_inherit=True)
     except SyntaxError as exc:
         raise ContextLoadError(
-            [{"line": exc.lineno, "message": f"SyntaxError: {exc.msg}", "kind": "syntax"}]
+            [{"line": exc.lineno, "message": f"SyntaxError: {exc.msg}", "kind": "syntax"}], exc
         ) from None
+    from .pipeline import pipeline_scope
+
     try:
-        exec(code, module.__dict__)
+        with pipeline_scope() as state:
+            exec(code, module.__dict__)
     except Exception as exc:
-        line = None
-        for frame in traceback.extract_tb(exc.__traceback__):
-            if frame.filename == path:
-                line = frame.lineno
-        raise ContextLoadError(
-            [{"line": line, "message": f"{type(exc).__name__}: {exc}", "kind": "load"}]
-        ) from None
-    return module.__dict__
+        raise _failure(exc, path, "load") from None
+    return module.__dict__, state
 
 
 class ContextFile:
-    """The variables of one context file, checked, ordered and promoted."""
+    """The variables of one context file, checked, ordered and promoted.
+
+    Variables are never modified: promotion (``data`` to proc, ``cluster``
+    through dependents) is kept in ``data`` and ``cluster``.
+    """
 
     def __init__(self, variables: dict[str, Variable], source: str, path: str) -> None:
         self.vars = variables
@@ -70,23 +112,54 @@ class ContextFile:
         self.cluster: dict[str, bool] = {}
         self._check_and_resolve()
 
+    @property
+    def code(self) -> str:
+        return self.source
+
     @classmethod
     def from_source(cls, source: str, path: str = "context.py") -> ContextFile:
-        namespace = _exec_source(source, path)
-        variables: dict[str, Variable] = {}
-        for value in namespace.values():
-            if isinstance(value, Variable) and value.func is not None and value.name:
-                variables.setdefault(value.name, value)
-        return cls(variables, source, path)
+        """Run a context file's code and collect its variables and groups.
+
+        Module-level variables and group instances are collected, unless the code
+        used ``Pipeline.default()`` (then it and the module's items) or
+        ``Pipeline.set_default(p)`` (then only ``p``).
+        """
+        namespace, state = _exec_source(source, path)
+        variables = {
+            v.name: v
+            for v in list(namespace.values())
+            if isinstance(v, Variable) and v.func is not None and v.name
+        }
+        try:
+            if not state.used:
+                variables.update(expand_groups(namespace, variables))
+                return cls(variables, source, path)
+            assign_names(namespace)
+            items: list[Any] = []
+            if not state.explicit:
+                groups = [v for v in namespace.values() if is_group_instance(v)]
+                items = [*variables.values(), *groups]
+            context: ContextFile = state.pipeline.compiled(source, path, items)
+            return context
+        except ContextLoadError:
+            raise
+        except Exception as exc:  # GroupError, AttributeError of a self# link, ...
+            raise _failure(exc, path, "group") from None
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> ContextFile:
+        with open(path, encoding="utf-8") as f:
+            source = f.read()
+        return cls.from_source(source, os.path.abspath(path))
 
     # -- checking -----------------------------------------------------------------
 
     def _check_and_resolve(self) -> None:
         problems: list[dict[str, Any]] = []
 
-        def problem(var: Variable | None, message: str) -> None:
+        def problem(var: Variable | None, message: str, kind: str = "check") -> None:
             problems.append(
-                {"line": var.lineno() if var else None, "message": message, "kind": "check"}
+                {"line": var.lineno() if var else None, "message": message, "kind": kind}
             )
 
         titles: dict[str, str] = {}
@@ -126,7 +199,9 @@ class ContextFile:
                     matches = [target] if target in self.vars else []
                 if not matches:
                     problem(
-                        var, f"Missing dependency: {name!r} needs var#{target}, no such variable"
+                        var,
+                        f"Missing dependency: {name!r} needs var#{target}, no such variable",
+                        "dependency",
                     )
                 resolved[pname] = matches
             self.deps[name] = resolved
@@ -138,10 +213,14 @@ class ContextFile:
             self.order = list(sorter.static_order())
         except graphlib.CycleError as exc:
             cycle = exc.args[1] if len(exc.args) > 1 else []
-            problem(None, f"CycleError: cyclical dependencies: {' -> '.join(map(str, cycle))}")
+            problem(
+                None,
+                f"CycleError: cyclical dependencies: {' -> '.join(map(str, cycle))}",
+                "cycle",
+            )
             self.order = list(self.vars)
 
-        if not any(p["message"].startswith("CycleError") for p in problems):
+        if not any(p["kind"] == "cycle" for p in problems):
             for name in self.order:
                 var = self.vars[name]
                 deps = self.direct_deps(name)
@@ -177,6 +256,64 @@ class ContextFile:
                 todo.extend(self.direct_deps(dep))
         return seen
 
+    # -- DAMNIT's ContextFile interface ------------------------------------------------
+
+    def check(self) -> None:
+        """Nothing to do: a ContextFile is checked when it is made (DAMNIT compatibility)."""
+
+    def ordered_vars(self) -> tuple[str, ...]:
+        return tuple(self.order)
+
+    def all_dependencies(self, *variables: Variable) -> set[str]:
+        out: set[str] = set()
+        for var in variables:
+            out |= self.all_deps(var.name or "")
+        return out
+
+    def filter(
+        self,
+        run_data: RunData | str = RunData.ALL,
+        cluster: bool | None = None,
+        name_matches: Iterable[str] = (),
+        variables: Iterable[str] = (),
+    ) -> ContextFile:
+        """The selected variables plus everything they depend on (see ``select_names``)."""
+        candidates = [(n, self.data[n], self.cluster[n], v.title) for n, v in self.vars.items()]
+        keep = select_names(
+            candidates, self.all_deps, RunData(run_data).value, variables, name_matches, cluster
+        )
+        return ContextFile(
+            {n: self.vars[n] for n in self.vars if n in keep}, self.source, self.path
+        )
+
+    def vars_to_dict(self, inc_transient: bool = False) -> dict[str, dict[str, Any]]:
+        """Variable metadata as DAMNIT stores it (transient variables only if asked)."""
+        return {
+            name: {
+                "title": var.title,
+                "description": var.description,
+                "tags": var.tags,
+                "attributes": None,
+                "type": None,
+            }
+            for name, var in self.vars.items()
+            if inc_transient or not var.transient
+        }
+
+    def execute(
+        self,
+        run: Any,
+        run_number: int,
+        proposal: int,
+        param_values: dict[str, Any] | None = None,
+        *,
+        label: str = "",
+    ) -> Any:
+        """Evaluate every variable in this process, in order (DAMNIT's ``execute``)."""
+        from .inprocess import execute
+
+        return execute(self, run, run_number, proposal, param_values or {}, label=label)
+
     def definitions(self) -> list[dict[str, Any]]:
         """Plain-data description of every variable, in evaluation order."""
         out = []
@@ -210,3 +347,41 @@ class ContextFile:
                 }
             )
         return out
+
+
+# (name, data after promotion, cluster after promotion, title) of one variable
+Candidate = tuple[str, str, bool, str | None]
+
+
+def select_names(
+    candidates: Iterable[Candidate],
+    all_deps: Callable[[str], set[str]],
+    data: str,
+    names: Iterable[str] = (),
+    match: Iterable[str] = (),
+    cluster: bool | None = None,
+) -> set[str]:
+    """Names to evaluate: the selection plus every dependency of it (DAMNIT's filter).
+
+    ``data`` raw/proc keeps variables of that kind, all keeps every one;
+    ``cluster`` keeps only (non-)cluster ones. ``names`` are exact variable names,
+    ``match`` case-insensitive substrings of **titles** only (DAMNIT's ``--match``);
+    a variable is selected if either selects it, every one if both are empty.
+    """
+    names = tuple(names)
+    match = tuple(m.lower() for m in match)
+    chosen: set[str] = set()
+    for name, kind, is_cluster, title in candidates:
+        if data in ("raw", "proc") and kind != data:
+            continue
+        if cluster is not None and is_cluster != cluster:
+            continue
+        if (names or match) and not (
+            name in names or any(m in (title or name).lower() for m in match)
+        ):
+            continue
+        chosen.add(name)
+    closure = set(chosen)
+    for name in chosen:
+        closure |= all_deps(name)
+    return closure

@@ -12,6 +12,7 @@ units, preview (None or {kind, data}).
 
 from __future__ import annotations
 
+import atexit
 import io
 import itertools
 import logging
@@ -222,15 +223,45 @@ def plotly_json(fig: Any) -> np.ndarray:
     return np.frombuffer(fig.to_json().encode(), dtype=np.uint8).copy()
 
 
+_KALEIDO: dict[str, Any] = {}
+
+
+def plotly_png(fig: Any) -> bytes:
+    """PNG bytes of a plotly figure through kaleido.
+
+    kaleido (>= 1) drives a Chrome/Chromium (Debian's ``chromium`` package; set
+    ``BROWSER_PATH`` for another). Starting the browser takes seconds, so the
+    first figure starts kaleido's server and later figures of this process reuse
+    it (~0.3 s each); the browser exits with the process.
+    """
+    import warnings
+
+    try:
+        import kaleido
+    except ImportError:  # a foreign context_python without kaleido: plotly says why
+        png: bytes = fig.to_image(format="png")
+        return png
+    if "server" not in _KALEIDO:
+        kaleido.start_sync_server(silence_warnings=True)
+        _KALEIDO["server"] = True
+        atexit.register(kaleido.stop_sync_server, silence_warnings=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "kopts is ignored if using a server"
+        png = fig.to_image(format="png")
+    return png
+
+
 def plotly_summary(fig: Any) -> tuple[Any, str | None]:
-    """A PNG thumbnail if plotly can render one (it needs kaleido), else a label."""
+    """A PNG thumbnail (largest side 300 px), or the text "Plotly figure" if none renders."""
     try:
         from PIL import Image
 
-        png = fig.to_image(format="png")
-        rgba = np.asarray(Image.open(io.BytesIO(png)).convert("RGBA"), dtype=np.uint8)
+        rgba = np.asarray(Image.open(io.BytesIO(plotly_png(fig))).convert("RGBA"), dtype=np.uint8)
         return image_thumbnail(rgba), "thumbnail"
-    except Exception:
+    except Exception as exc:
+        if "warned" not in _KALEIDO:
+            _KALEIDO["warned"] = True
+            log.warning("no thumbnail for plotly figures: %s: %s", type(exc).__name__, exc)
         return "Plotly figure", None
 
 
@@ -304,7 +335,11 @@ def prepare(var: Variable, value: Any) -> dict[str, Any]:
     summary_type: str | None = None
     done = False
     if cell.summary_value is not None:
-        summary, summary_type = _scalar(np.asarray(cell.summary_value))
+        given = np.asarray(cell.summary_value)
+        if given.ndim == 0:
+            summary, summary_type = _scalar(given)
+        else:
+            summary, summary_type = given, None
         done = True
     elif cell.summary and out["kind"] in ("array", "dataarray", "series"):
         ok, reduced = _reduce(cell.summary, data, name)

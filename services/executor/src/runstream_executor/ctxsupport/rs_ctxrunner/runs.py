@@ -44,6 +44,32 @@ def open_run(raw_dir: str, proc_dir: str, data: str) -> Any:
     return run
 
 
+def first_train_time(run: Any) -> float | None:
+    """Epoch seconds of a DataCollection's first train timestamp, None if it has none."""
+    try:
+        stamps = run.select_trains(slice(0, 1)).train_timestamps()
+        if len(stamps):
+            value = stamps[0].astype("datetime64[ns]").astype("int64") / 1e9
+            if not math.isnan(float(value)) and str(stamps[0]) != "NaT":
+                return float(value)
+    except Exception:
+        pass
+    return None
+
+
+def run_start_time(run: Any) -> float | None:
+    """A DataCollection's start: first train timestamp, else its oldest raw (or any) file's mtime."""
+    found = first_train_time(run)
+    if found is not None:
+        return found
+    files = sorted(f.filename for f in getattr(run, "files", ()))
+    raw = [f for f in files if "raw" in f]
+    try:
+        return float(min(os.path.getmtime(f) for f in raw or files)) if files else None
+    except OSError:
+        return None
+
+
 def start_time(raw_dir: str, proc_dir: str) -> float | None:
     """First train timestamp (epoch s); else the oldest raw (or proc) file's mtime."""
     for directory, data in ((raw_dir, "raw"), (proc_dir, "proc")):
@@ -51,14 +77,9 @@ def start_time(raw_dir: str, proc_dir: str) -> float | None:
             run = open_run(raw_dir, proc_dir, data)
         except Exception:
             continue
-        try:
-            stamps = run.select_trains(slice(0, 1)).train_timestamps()
-            if len(stamps):
-                value = stamps[0].astype("datetime64[ns]").astype("int64") / 1e9
-                if not math.isnan(float(value)) and str(stamps[0]) != "NaT":
-                    return float(value)
-        except Exception:
-            pass
+        found = first_train_time(run)
+        if found is not None:
+            return found
         try:
             files = [os.path.join(directory, f) for f in os.listdir(directory) if f.endswith(".h5")]
             if files:
