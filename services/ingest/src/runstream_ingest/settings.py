@@ -6,6 +6,7 @@ import os
 import socket
 
 from pydantic import Field, field_validator
+from runstream_common.limits import DEFAULT_MAX_EVENT_BYTES
 from runstream_common.messages import Trigger
 from runstream_common.settings import ServiceSettings, service_config
 
@@ -38,6 +39,18 @@ class Settings(ServiceSettings):
     event_triggers: dict[str, Trigger] = Field(
         default_factory=lambda: dict(DEFAULT_EVENT_TRIGGERS),
         description="Facility event name -> which data it makes available (raw or proc)",
+    )
+    ignored_events: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Facility event names to skip quietly (counted). Any other event name not in "
+            "event_triggers is dead-lettered with the reason, so a renamed event is seen at once"
+        ),
+    )
+    max_event_bytes: int = Field(
+        default=DEFAULT_MAX_EVENT_BYTES,
+        ge=256,
+        description="A facility event longer than this is dead-lettered unread",
     )
     group_id: str = Field(default="runstream-ingest", description="Consumer group of the loop")
     transactional_id: str = Field(
