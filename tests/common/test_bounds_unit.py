@@ -113,7 +113,7 @@ async def test_publish_refuses_a_message_over_the_cap_before_sending() -> None:
             for i in range(100)
         ),
     )
-    with pytest.raises(MessageTooLarge, match="variables_defined message for t.results"):
+    with pytest.raises(MessageTooLarge, match=r"variables_defined message for t\.results"):
         await publish(broker, "t.results", huge)  # the broker is not even connected
     with pytest.raises(MessageTooLarge, match="reprocess_requested"):
         await publish(
@@ -133,7 +133,8 @@ def test_a_dead_letter_is_cut_to_fit_and_keeps_its_reason() -> None:
     value = b"v" * 1_100_000
     fitted, headers = fit_dead_letter(b"key", value, [*original, *reason], 1_048_576)
     assert record_size(b"key", fitted, headers) <= 1_048_576
-    assert value.startswith(fitted) and len(fitted) > 1_000_000
+    assert value.startswith(fitted)
+    assert len(fitted) > 1_000_000
     names = dict(headers)
     assert names[DLQ_REASON] == b"r" * 4000
     assert b"first %d of 1100000 bytes" % len(fitted) in names[DLQ_TRUNCATED]
@@ -142,7 +143,8 @@ def test_a_dead_letter_is_cut_to_fit_and_keeps_its_reason() -> None:
     fat = [("x-custom", b"h" * 20_000), *reason]
     fitted, headers = fit_dead_letter(None, b"small", fat, 16_384)
     assert record_size(None, fitted, headers) <= 16_384
-    assert "x-custom" not in dict(headers) and dict(headers)[DLQ_REASON] == b"r" * 4000
+    assert "x-custom" not in dict(headers)
+    assert dict(headers)[DLQ_REASON] == b"r" * 4000
     assert b"original headers dropped" in dict(headers)[DLQ_TRUNCATED]
     # what fits is left alone
     assert fit_dead_letter(b"k", b"v", reason, 1_048_576) == (b"v", reason)

@@ -141,7 +141,8 @@ def test_an_event_over_the_size_cap_is_dead_lettered_unread(
         tmp_path,
         RunCatalog(),
     )
-    assert isinstance(effect, DeadLetter) and effect.error_class == "MessageTooLarge"
+    assert isinstance(effect, DeadLetter)
+    assert effect.error_class == "MessageTooLarge"
 
 
 def test_unknown_event_name_is_dead_lettered_with_the_known_names(
@@ -150,7 +151,8 @@ def test_unknown_event_name_is_dead_lettered_with_the_known_names(
     [effect] = _facility(facility_event("run_started", 2212, 1), settings, tmp_path, RunCatalog())
     assert isinstance(effect, DeadLetter)
     assert effect.error_class == "UnknownEvent"
-    assert "'run_started'" in effect.reason and "migration_complete" in effect.reason
+    assert "'run_started'" in effect.reason
+    assert "migration_complete" in effect.reason
 
 
 def test_ignored_event_names_are_skipped_quietly(tmp_path: Path, settings: Settings) -> None:

@@ -272,9 +272,9 @@ async def deliver(
     try:
         parsed = parser.parse(record.value)
     except MessageFormatError as exc:
-        if await _dead_letter_then_ack(broker, message, group_id, exc, 0, retry):
-            if metrics is not None:
-                metrics.dead_lettered.add(1, labels)
+        dead = await _dead_letter_then_ack(broker, message, group_id, exc, 0, retry)
+        if dead and metrics is not None:
+            metrics.dead_lettered.add(1, labels)
         return
 
     attempt = 0
