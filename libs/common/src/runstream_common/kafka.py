@@ -398,7 +398,7 @@ def subscribe(
     broker: KafkaBroker,
     topic: str,
     *,
-    group_id: str,
+    group_id: str | None,
     parser: Parser[T],
     handler: Handler[T],
     settings: ServiceSettings,
@@ -412,6 +412,9 @@ def subscribe(
     max_poll_interval_ms: int | None = None,
 ) -> Any:
     """Register ``handler`` for ``topic`` with at-least-once delivery and a DLQ.
+
+    ``group_id=None``: every partition, read from ``auto_offset_reset`` at each start,
+    nothing committed (a table every instance needs whole, such as a compacted topic).
 
     Returns the FastStream subscriber (useful for tests and AsyncAPI docs).
     """
@@ -428,7 +431,8 @@ def subscribe(
     subscriber = broker.subscriber(
         topic,
         group_id=group_id,
-        ack_policy=AckPolicy.MANUAL,
+        # without a group there is nothing to commit: acks are no-ops
+        ack_policy=AckPolicy.MANUAL if group_id else AckPolicy.ACK_FIRST,
         auto_offset_reset=auto_offset_reset,
         isolation_level=isolation_level,
         session_timeout_ms=kafka.session_timeout_ms,
@@ -444,7 +448,7 @@ def subscribe(
             message,
             parser=parser,
             handler=handler,
-            group_id=group_id,
+            group_id=group_id or "(no group)",
             retry=policy,
             metrics=metrics,
         )
