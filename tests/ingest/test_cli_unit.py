@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -115,6 +118,33 @@ def test_folder_state_settles(tmp_path: Path) -> None:
     mtime = (folder / "sub" / "a.h5").stat().st_mtime
     assert folder_state(folder, 5, mtime + 1).state is Completeness.BUSY
     assert folder_state(folder, 5, mtime + 6).state is Completeness.COMPLETE
+
+
+def test_a_dangling_link_does_not_keep_a_folder_incomplete(tmp_path: Path) -> None:
+    folder = tmp_path / "r0001"
+    folder.mkdir()
+    (folder / "a.h5").write_bytes(b"1")
+    (folder / "b.h5").symlink_to(tmp_path / "gone.h5")
+    state = folder_state(folder, 5, time.time() + 6)
+    assert state.state is Completeness.COMPLETE
+    assert state.files == 2
+
+
+def test_a_copy_with_old_mtimes_is_new_and_busy_while_it_runs(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "a.h5").write_bytes(b"1")
+    month_ago = time.time() - 30 * 86400
+    os.utime(source / "a.h5", (month_ago, month_ago))
+    os.utime(source, (month_ago, month_ago))
+    copied = tmp_path / "r0002"
+    shutil.copytree(source, copied)  # copy2 keeps the month-old mtime
+    assert (copied / "a.h5").stat().st_mtime == pytest.approx(month_ago)
+    now = time.time()
+    just_copied = folder_state(copied, 5, now)
+    assert just_copied.state is Completeness.BUSY  # the copy may still be under way
+    assert just_copied.newest_mtime >= now - 60  # and it is new, not history
+    assert folder_state(copied, 5, now + 6).state is Completeness.COMPLETE
 
 
 def test_report_prints_summary_and_sets_exit_status(capsys: pytest.CaptureFixture[str]) -> None:

@@ -77,7 +77,7 @@ class Completeness(StrEnum):
 class FolderState:
     state: Completeness
     files: int = 0
-    newest_mtime: float = 0.0
+    newest_mtime: float = 0.0  # latest mtime or ctime of the folder and its entries
     quiet_s: float = 0.0
 
     @property
@@ -94,24 +94,41 @@ class FolderState:
         return f"{path} is complete ({self.files} files)"
 
 
+def _changed(st: os.stat_result) -> float:
+    """When an entry last changed. ``st_ctime`` too: a copy that keeps the original mtimes
+    (``cp -a``, ``rsync -a``) still sets the inode's change time to the time of the copy."""
+    return max(st.st_mtime, st.st_ctime)
+
+
 def folder_state(path: Path, settle_s: float, now: float) -> FolderState:
-    """Complete = exists, holds at least one file, and nothing in it changed for ``settle_s``."""
+    """Complete = exists, holds at least one file, and nothing in it changed for ``settle_s``.
+
+    A symbolic link counts as a file whether or not its target exists (a dangling
+    link to data that was moved elsewhere must not keep the run incomplete).
+    """
+    try:
+        newest = _changed(path.stat())
+    except FileNotFoundError:
+        return FolderState(Completeness.MISSING)
     if not path.is_dir():
         return FolderState(Completeness.MISSING)
     files = 0
-    newest = path.stat().st_mtime
     for dirpath, _dirnames, filenames in os.walk(path):
         try:
-            newest = max(newest, os.stat(dirpath).st_mtime)
+            newest = max(newest, _changed(os.stat(dirpath)))
         except FileNotFoundError:
             continue
         for name in filenames:
+            entry = os.path.join(dirpath, name)
             try:
-                st = os.stat(os.path.join(dirpath, name))
-            except FileNotFoundError:  # renamed while we looked: still busy
-                return FolderState(Completeness.BUSY, files, now, 0.0)
+                st = os.stat(entry)
+            except FileNotFoundError:
+                try:
+                    st = os.lstat(entry)  # a dangling link: its own times
+                except FileNotFoundError:  # renamed while we looked: still busy
+                    return FolderState(Completeness.BUSY, files, now, 0.0)
             files += 1
-            newest = max(newest, st.st_mtime)
+            newest = max(newest, _changed(st))
     quiet = max(0.0, now - newest)
     if files == 0:
         return FolderState(Completeness.EMPTY, 0, newest, quiet)

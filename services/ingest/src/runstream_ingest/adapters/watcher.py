@@ -4,6 +4,9 @@ Every ``watch_interval_s`` it lists ``raw/`` of each registered proposal. A run
 folder is reported once it is *new* (something in it changed after the
 proposal's registration, so registering an old proposal does not reprocess its
 history) and *complete* (at least one file, nothing changed for ``settle_s``).
+"Changed" takes the inode change time too, so a folder copied in with its
+original modification times (``cp -a``, ``rsync -a``) is new, and busy while the
+copy runs; a dangling symbolic link counts as a file.
 Reports go to the transactional loop, which de-duplicates them against the run
 catalog exactly like facility events; a restart simply reports again.
 """
