@@ -39,7 +39,8 @@ def serve(
         Path | None,
         typer.Option(
             envvar="RUNSTREAM_HEARTBEAT_FILE",
-            help="Touch this file every few seconds while the service runs (liveness probes)",
+            help="Write the state of the service's consumers to this file every few seconds "
+            "(read by `runstream health`, the liveness and readiness probes)",
         ),
     ] = None,
 ) -> None:
@@ -60,52 +61,39 @@ def serve(
     factory = available[service].load()
     faststream_app = factory()
     if heartbeat_file is not None:
-        _add_heartbeat(faststream_app, heartbeat_file)
+        from runstream_common.health import add_heartbeat
+
+        add_heartbeat(faststream_app, heartbeat_file)
     anyio.run(faststream_app.run)
-
-
-def _add_heartbeat(faststream_app: Any, path: Path, interval_s: float = 5.0) -> None:
-    import asyncio
-
-    tasks: list[asyncio.Task[None]] = []
-
-    async def beat() -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        while True:
-            await asyncio.to_thread(path.touch)
-            await asyncio.sleep(interval_s)
-
-    async def start() -> None:
-        tasks.append(asyncio.create_task(beat()))
-
-    async def stop() -> None:
-        for task in tasks:
-            task.cancel()
-        await asyncio.to_thread(path.unlink, missing_ok=True)
-
-    faststream_app.after_startup(start)
-    faststream_app.on_shutdown(stop)
 
 
 @app.command()
 def health(
     heartbeat_file: Annotated[Path, typer.Option(envvar="RUNSTREAM_HEARTBEAT_FILE")],
     max_age: Annotated[
-        float, typer.Option(help="Seconds after which the heartbeat is stale")
+        float, typer.Option(min=1, help="Seconds after which the heartbeat is stale")
     ] = 30.0,
+    ready: Annotated[
+        bool,
+        typer.Option(
+            "--ready",
+            help="Readiness: also every consumer joined its group, hears from Kafka, and its "
+            "lag moves (default: liveness: the event loop turns and no consumer is stuck)",
+        ),
+    ] = False,
 ) -> None:
-    """Exit 0 if the service behind HEARTBEAT_FILE beat within MAX_AGE seconds (liveness probe)."""
-    import time
+    """Exit 0 if the service behind HEARTBEAT_FILE is live (or, with --ready, ready).
 
-    try:
-        age = time.time() - heartbeat_file.stat().st_mtime
-    except FileNotFoundError:
-        err.print(f"[red]no heartbeat[/]: {heartbeat_file} does not exist (service not started?)")
-        raise typer.Exit(1) from None
-    if age > max_age:
-        err.print(f"[red]stale heartbeat[/]: last beat {age:.0f} s ago (limit {max_age:.0f} s)")
+    The service (``runstream serve`` with a heartbeat file) rewrites the file every
+    few seconds with the state of each of its Kafka consumers.
+    """
+    from runstream_common.health import judge
+
+    ok, line = judge(heartbeat_file, max_age_s=max_age, ready=ready)
+    if not ok:
+        err.print(f"[red]{line}[/]")
         raise typer.Exit(1)
-    typer.echo(f"alive: last beat {age:.1f} s ago")
+    typer.echo(line)
 
 
 def _register_plugins() -> None:

@@ -402,7 +402,7 @@ def test_compose_services_have_healthchecks(compose: dict[str, Any]) -> None:
             assert test[1:4] == HEALTH, f"{name}: {test}"
             heartbeat = environment_of(svc)["RUNSTREAM_HEARTBEAT_FILE"]
             assert test[4] == heartbeat, f"{name} probes {test[4]}, beats {heartbeat}"
-            assert test[5:] == ["--max-age", "30"]
+            assert test[5:] == ["--max-age", "30", "--ready"], f"{name}: consuming, not just up"
 
 
 def test_compose_depends_on_conditions(compose: dict[str, Any]) -> None:
@@ -693,11 +693,12 @@ def test_deployments_run_each_service_with_probes_and_resources(name: str) -> No
         service = served_service(container.get("args", []))
         assert service in SERVICES, f"{deployment['metadata']['name']}: {container.get('args')}"
         served.append(service)
-        for probe in ("livenessProbe", "startupProbe"):
+        for probe in ("livenessProbe", "startupProbe", "readinessProbe"):
             command = container[probe]["exec"]["command"]
             assert command[:3] == HEALTH, f"{service} {probe}: {command}"
             assert command[3] == heartbeat, f"{service} {probe}: {command}"
-            assert command[4:] == ["--max-age", "30"]
+            ready = ["--ready"] if probe == "readinessProbe" else []
+            assert command[4:] == ["--max-age", "30", *ready], f"{service} {probe}: {command}"
             # the probe imports the CLI: give it time
             assert container[probe]["timeoutSeconds"] >= 10
         limits, requests = container["resources"]["limits"], container["resources"]["requests"]

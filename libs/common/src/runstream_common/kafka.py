@@ -42,6 +42,7 @@ from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLS
 from opentelemetry.metrics import MeterProvider
 
 from .errors import MessageFormatError, PermanentError, TransientError
+from .health import ConsumerProbe, health_of
 from .limits import DLQ_REASON_MAX_CHARS, check_size, fit_dead_letter
 from .metrics import DeliveryMetrics
 from .parsers import Parser
@@ -456,6 +457,15 @@ def subscribe(
     consume.__name__ = getattr(handler, "__name__", "consume")
     subscriber(consume)
     _document_payload(subscriber, parser)
+    health_of(broker).watch(
+        ConsumerProbe(
+            name=f"{topic} ({group_id or 'no group'})",
+            consumer=lambda: subscriber.consumer,
+            # aiokafka leaves the group after this long without a poll: stuck
+            stuck_after_s=(max_poll_interval_ms or 300_000) / 1000,
+            grouped=group_id is not None,
+        )
+    )
     return subscriber
 
 

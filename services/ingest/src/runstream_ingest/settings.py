@@ -137,6 +137,14 @@ class Settings(ServiceSettings):
             "(measured: 40-60 ms pauses with a few thousand runs). Unset: Python's default"
         ),
     )
+    stuck_after_s: float = Field(
+        default=120.0,
+        gt=0,
+        description=(
+            "A batch under way this long, or a consumer not polled this long, fails the "
+            "liveness probe (runstream health)"
+        ),
+    )
     stats_interval_s: float = Field(
         default=60.0, gt=0, description="How often the loop logs its counts and batch timings"
     )
