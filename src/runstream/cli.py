@@ -10,6 +10,7 @@ service directly.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 app = typer.Typer(
     name="runstream",
@@ -96,10 +98,16 @@ def health(
     typer.echo(line)
 
 
+_registered: list[bool] = []
+
+
 def _register_plugins() -> None:
+    if _registered:  # main() may run more than once in one process (tests)
+        return
     for ep in entry_points(group="runstream.cli"):
         register = ep.load()
         register(app)
+    _registered.append(True)
 
 
 # Commands defined here need no service's CLI: skip importing them (numpy, h5py, ...),
@@ -108,9 +116,46 @@ _CORE_COMMANDS = frozenset({"serve", "health"})
 
 
 def main() -> None:
-    if not (len(sys.argv) > 1 and sys.argv[1] in _CORE_COMMANDS):
-        _register_plugins()
-    app()
+    """The ``runstream`` command. Any error becomes a message and an exit status, never a
+    traceback (``RUNSTREAM_DEBUG=1`` shows it): 2 bad input, 1 anything else."""
+    try:
+        if not (len(sys.argv) > 1 and sys.argv[1] in _CORE_COMMANDS):
+            _register_plugins()
+        app()
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted[/]")
+        sys.exit(130)
+    except Exception as exc:
+        if os.environ.get("RUNSTREAM_DEBUG"):
+            raise
+        code, text = describe_error(exc)
+        err.print(f"[red]error:[/] {escape(text)}")
+        sys.exit(code)
+
+
+def describe_error(exc: BaseException) -> tuple[int, str]:
+    """(exit status, one readable line) for an error that reached the command line."""
+    kind = type(exc)
+    module = kind.__module__
+    if kind.__name__ == "ValidationError" and module.startswith("pydantic"):
+        errors = exc.errors(include_url=False)  # type: ignore[attr-defined]
+        parts = [f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}" for e in errors[:5]]
+        return 2, f"invalid value ({exc.title}): " + "; ".join(parts)  # type: ignore[attr-defined]
+    if module.startswith("asyncpg"):
+        if kind.__name__ == "UndefinedTableError":
+            return 1, f"the database has no runstream schema ({exc}); run `runstream db upgrade`"
+        if kind.__name__ == "ClientConfigurationError":
+            return 2, f"bad PostgreSQL DSN: {exc}"
+        return 1, f"PostgreSQL: {kind.__name__}: {exc}"
+    if module.startswith("aiokafka"):
+        return 1, f"Kafka: {kind.__name__}: {exc}"
+    if isinstance(exc, ConnectionError | TimeoutError):
+        return 1, f"cannot connect: {exc or kind.__name__}"
+    if isinstance(exc, OSError):
+        return 1, str(exc)
+    if isinstance(exc, ValueError):
+        return 2, f"invalid value: {exc}"
+    return 1, f"unexpected {kind.__name__}: {exc} (RUNSTREAM_DEBUG=1 shows where)"
 
 
 if __name__ == "__main__":

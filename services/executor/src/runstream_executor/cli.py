@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from runstream_common.limits import MAX_INT32
 
 from .context import ContextProblems, ContextSource, LoadedContext, format_problem
 from .engine import RunTarget, evaluate, load_context, select, start_time
@@ -168,8 +169,8 @@ def _json_entry(ctx: LoadedContext, outcome: Outcome, max_inline: int) -> dict[s
 @context_app.command("eval")
 def eval_context(
     context: Annotated[Path, typer.Argument(help="The context file (context.py)")],
-    proposal: Annotated[int, typer.Option(help="Proposal number", min=0)],
-    run: Annotated[int, typer.Option(help="Run number", min=0)],
+    proposal: Annotated[int, typer.Option(help="Proposal number", min=0, max=MAX_INT32)],
+    run: Annotated[int, typer.Option(help="Run number", min=0, max=MAX_INT32)],
     proposal_dir: Annotated[
         Path | None,
         typer.Option(

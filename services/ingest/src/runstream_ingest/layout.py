@@ -77,8 +77,9 @@ class Completeness(StrEnum):
 class FolderState:
     state: Completeness
     files: int = 0
-    newest_mtime: float = 0.0  # latest mtime or ctime of the folder and its entries
+    newest_mtime: float = 0.0
     quiet_s: float = 0.0
+    newest_change: float = 0.0  # also inode change times: when the entries got here
 
     @property
     def complete(self) -> bool:
@@ -94,30 +95,28 @@ class FolderState:
         return f"{path} is complete ({self.files} files)"
 
 
-def _changed(st: os.stat_result) -> float:
-    """When an entry last changed. ``st_ctime`` too: a copy that keeps the original mtimes
-    (``cp -a``, ``rsync -a``) still sets the inode's change time to the time of the copy."""
-    return max(st.st_mtime, st.st_ctime)
-
-
 def folder_state(path: Path, settle_s: float, now: float) -> FolderState:
     """Complete = exists, holds at least one file, and nothing in it changed for ``settle_s``.
 
     A symbolic link counts as a file whether or not its target exists (a dangling
     link to data that was moved elsewhere must not keep the run incomplete).
+    ``newest_change`` also takes the inode change times: a copy that keeps the
+    original mtimes (``cp -a``, ``rsync -a``) still sets them to the time of the copy.
     """
     try:
-        newest = _changed(path.stat())
+        st = path.stat()
     except FileNotFoundError:
         return FolderState(Completeness.MISSING)
     if not path.is_dir():
         return FolderState(Completeness.MISSING)
     files = 0
+    newest, changed = st.st_mtime, st.st_ctime
     for dirpath, _dirnames, filenames in os.walk(path):
         try:
-            newest = max(newest, _changed(os.stat(dirpath)))
+            st = os.stat(dirpath)
         except FileNotFoundError:
             continue
+        newest, changed = max(newest, st.st_mtime), max(changed, st.st_ctime)
         for name in filenames:
             entry = os.path.join(dirpath, name)
             try:
@@ -126,12 +125,13 @@ def folder_state(path: Path, settle_s: float, now: float) -> FolderState:
                 try:
                     st = os.lstat(entry)  # a dangling link: its own times
                 except FileNotFoundError:  # renamed while we looked: still busy
-                    return FolderState(Completeness.BUSY, files, now, 0.0)
+                    return FolderState(Completeness.BUSY, files, now, 0.0, now)
             files += 1
-            newest = max(newest, _changed(st))
+            newest, changed = max(newest, st.st_mtime), max(changed, st.st_ctime)
+    changed = max(changed, newest)
     quiet = max(0.0, now - newest)
     if files == 0:
-        return FolderState(Completeness.EMPTY, 0, newest, quiet)
+        return FolderState(Completeness.EMPTY, 0, newest, quiet, changed)
     if quiet < settle_s:
-        return FolderState(Completeness.BUSY, files, newest, quiet)
-    return FolderState(Completeness.COMPLETE, files, newest, quiet)
+        return FolderState(Completeness.BUSY, files, newest, quiet, changed)
+    return FolderState(Completeness.COMPLETE, files, newest, quiet, changed)

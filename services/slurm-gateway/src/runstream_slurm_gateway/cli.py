@@ -12,6 +12,7 @@ from rich.table import Table
 from runstream_common.admin import ensure_topics
 from runstream_common.errors import RunstreamError
 from runstream_common.kafka import make_broker, publish
+from runstream_common.limits import MAX_INT32
 from runstream_common.messages import JobCancelRequested
 from runstream_common.topics import run_key
 
@@ -33,8 +34,8 @@ async def send_cancel(settings: Settings, message: JobCancelRequested) -> None:
 
 
 def cancel(
-    proposal: Annotated[int, typer.Argument(min=0, help="Proposal number")],
-    run: Annotated[int, typer.Argument(min=0, help="Run number")],
+    proposal: Annotated[int, typer.Argument(min=0, max=MAX_INT32, help="Proposal number")],
+    run: Annotated[int, typer.Argument(min=0, max=MAX_INT32, help="Run number")],
     reason: Annotated[str, typer.Option(help="Written into the run's log")] = "cancelled by user",
     as_json: Annotated[bool, typer.Option("--json", help="Print the request as JSON")] = False,
 ) -> None:

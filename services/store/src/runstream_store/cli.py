@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from runstream_common.limits import MAX_INT32
 
 from .settings import Settings
 
@@ -30,7 +31,8 @@ DsnOption = Annotated[
     ),
 ]
 WaitOption = Annotated[
-    float, typer.Option("--wait", help="Seconds to wait for the store's answer (0: do not wait)")
+    float,
+    typer.Option("--wait", min=0, help="Seconds to wait for the store's answer (0: do not wait)"),
 ]
 
 
@@ -109,7 +111,7 @@ _NA: Any = None
 
 
 def table(
-    proposal: Annotated[int, typer.Argument(help="Proposal number")],
+    proposal: Annotated[int, typer.Argument(min=0, max=MAX_INT32, help="Proposal number")],
     as_json: Annotated[
         bool, typer.Option("--json", help="Print JSON records (names as keys)")
     ] = False,
@@ -275,8 +277,8 @@ def _run_command(command: Any, wait_s: float, accept: set[str]) -> Any:
 
 
 def comment(
-    proposal: Annotated[int, typer.Argument(help="Proposal number")],
-    run: Annotated[int, typer.Argument(help="Run number")],
+    proposal: Annotated[int, typer.Argument(min=0, max=MAX_INT32, help="Proposal number")],
+    run: Annotated[int, typer.Argument(min=0, max=MAX_INT32, help="Run number")],
     text: Annotated[str, typer.Argument(help="The comment (replaces the old one)")],
     wait: WaitOption = 10.0,
 ) -> None:
@@ -294,7 +296,7 @@ def comment(
 
 
 def config(
-    proposal: Annotated[int, typer.Argument(help="Proposal number")],
+    proposal: Annotated[int, typer.Argument(min=0, max=MAX_INT32, help="Proposal number")],
     key: Annotated[str | None, typer.Argument(help="Setting name")] = None,
     value: Annotated[str | None, typer.Argument(help="New value")] = None,
     delete: Annotated[bool, typer.Option("--delete", "-d", help="Delete KEY")] = False,
