@@ -175,3 +175,15 @@ def test_raw_in_flight_entries_expire() -> None:
     table.add(1, 3)
     table.finish(1, 3)
     assert (1, 3) not in table
+
+
+async def test_the_clis_one_shot_publisher_refuses_an_oversized_message_before_connecting() -> None:
+    from runstream_common.errors import MessageTooLarge
+    from runstream_common.messages import ReprocessRequested
+    from runstream_common.settings import KafkaSettings
+    from runstream_ingest.adapters.publisher import publish_once
+
+    kafka = KafkaSettings(bootstrap_servers="127.0.0.1:1", max_message_bytes=10_000)
+    request = ReprocessRequested(proposal=1, runs=tuple(range(5000)))
+    with pytest.raises(MessageTooLarge, match="message for t.reprocess"):
+        await publish_once(kafka, [("t.reprocess", b"1", request)])
