@@ -185,5 +185,5 @@ async def test_the_clis_one_shot_publisher_refuses_an_oversized_message_before_c
 
     kafka = KafkaSettings(bootstrap_servers="127.0.0.1:1", max_message_bytes=10_000)
     request = ReprocessRequested(proposal=1, runs=tuple(range(5000)))
-    with pytest.raises(MessageTooLarge, match="message for t.reprocess"):
+    with pytest.raises(MessageTooLarge, match=r"message for t\.reprocess"):
         await publish_once(kafka, [("t.reprocess", b"1", request)])
