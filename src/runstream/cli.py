@@ -9,12 +9,14 @@ service directly.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 app = typer.Typer(
     name="runstream",
@@ -39,7 +41,8 @@ def serve(
         Path | None,
         typer.Option(
             envvar="RUNSTREAM_HEARTBEAT_FILE",
-            help="Touch this file every few seconds while the service runs (liveness probes)",
+            help="Write the state of the service's consumers to this file every few seconds "
+            "(read by `runstream health`, the liveness and readiness probes)",
         ),
     ] = None,
 ) -> None:
@@ -62,60 +65,53 @@ def serve(
     factory = available[service].load()
     faststream_app = factory()
     if heartbeat_file is not None:
-        _add_heartbeat(faststream_app, heartbeat_file)
+        from runstream_common.health import add_heartbeat
+
+        add_heartbeat(faststream_app, heartbeat_file)
     anyio.run(faststream_app.run)
-
-
-def _add_heartbeat(faststream_app: Any, path: Path, interval_s: float = 5.0) -> None:
-    import asyncio
-
-    tasks: list[asyncio.Task[None]] = []
-
-    async def beat() -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        while True:
-            await asyncio.to_thread(path.touch)
-            await asyncio.sleep(interval_s)
-
-    async def start() -> None:
-        tasks.append(asyncio.create_task(beat()))
-
-    async def stop() -> None:
-        for task in tasks:
-            task.cancel()
-        await asyncio.to_thread(path.unlink, missing_ok=True)
-
-    faststream_app.after_startup(start)
-    faststream_app.on_shutdown(stop)
 
 
 @app.command()
 def health(
     heartbeat_file: Annotated[Path, typer.Option(envvar="RUNSTREAM_HEARTBEAT_FILE")],
     max_age: Annotated[
-        float, typer.Option(help="Seconds after which the heartbeat is stale")
+        float, typer.Option(min=1, help="Seconds after which the heartbeat is stale")
     ] = 30.0,
+    ready: Annotated[
+        bool,
+        typer.Option(
+            "--ready",
+            help="Readiness: also every consumer joined its group, hears from Kafka, and its "
+            "lag moves (default: liveness: the event loop turns and no consumer is stuck)",
+        ),
+    ] = False,
 ) -> None:
-    """Exit 0 if the service behind HEARTBEAT_FILE beat within MAX_AGE seconds (liveness probe)."""
-    import time
+    """Exit 0 if the service behind HEARTBEAT_FILE is live (or, with --ready, ready).
 
-    try:
-        age = time.time() - heartbeat_file.stat().st_mtime
-    except FileNotFoundError:
-        err.print(f"[red]no heartbeat[/]: {heartbeat_file} does not exist (service not started?)")
-        raise typer.Exit(1) from None
-    if age > max_age:
-        err.print(f"[red]stale heartbeat[/]: last beat {age:.0f} s ago (limit {max_age:.0f} s)")
+    The service (``runstream serve`` with a heartbeat file) rewrites the file every
+    few seconds with the state of each of its Kafka consumers.
+    """
+    from runstream_common.health import judge
+
+    ok, line = judge(heartbeat_file, max_age_s=max_age, ready=ready)
+    if not ok:
+        err.print(f"[red]{line}[/]")
         raise typer.Exit(1)
-    typer.echo(f"alive: last beat {age:.1f} s ago")
+    typer.echo(line)
+
+
+_registered: list[bool] = []
 
 
 def _register_plugins() -> None:
     from importlib.metadata import entry_points
 
+    if _registered:  # main() may run more than once in one process (tests)
+        return
     for ep in entry_points(group="runstream.cli"):
         register = ep.load()
         register(app)
+    _registered.append(True)
 
 
 # Commands defined here need no service's CLI: skip importing them (numpy, h5py, ...),
@@ -124,12 +120,49 @@ _CORE_COMMANDS = frozenset({"serve", "health"})
 
 
 def main() -> None:
+    """The ``runstream`` command. Any error becomes a message and an exit status, never a
+    traceback (``RUNSTREAM_DEBUG=1`` shows it): 2 bad input, 1 anything else."""
     from .lazy_rich import defer
 
     defer()  # help renders without importing Markdown and traceback support
-    if not (len(sys.argv) > 1 and sys.argv[1] in _CORE_COMMANDS):
-        _register_plugins()
-    app()
+    try:
+        if not (len(sys.argv) > 1 and sys.argv[1] in _CORE_COMMANDS):
+            _register_plugins()
+        app()
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted[/]")
+        sys.exit(130)
+    except Exception as exc:
+        if os.environ.get("RUNSTREAM_DEBUG"):
+            raise
+        code, text = describe_error(exc)
+        err.print(f"[red]error:[/] {escape(text)}")
+        sys.exit(code)
+
+
+def describe_error(exc: BaseException) -> tuple[int, str]:
+    """(exit status, one readable line) for an error that reached the command line."""
+    kind = type(exc)
+    module = kind.__module__
+    if kind.__name__ == "ValidationError" and module.startswith("pydantic"):
+        errors = exc.errors(include_url=False)  # type: ignore[attr-defined]
+        parts = [f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}" for e in errors[:5]]
+        return 2, f"invalid value ({exc.title}): " + "; ".join(parts)  # type: ignore[attr-defined]
+    if module.startswith("asyncpg"):
+        if kind.__name__ == "UndefinedTableError":
+            return 1, f"the database has no runstream schema ({exc}); run `runstream db upgrade`"
+        if kind.__name__ == "ClientConfigurationError":
+            return 2, f"bad PostgreSQL DSN: {exc}"
+        return 1, f"PostgreSQL: {kind.__name__}: {exc}"
+    if module.startswith("aiokafka"):
+        return 1, f"Kafka: {kind.__name__}: {exc}"
+    if isinstance(exc, ConnectionError | TimeoutError):
+        return 1, f"cannot connect: {exc or kind.__name__}"
+    if isinstance(exc, OSError):
+        return 1, str(exc)
+    if isinstance(exc, ValueError):
+        return 2, f"invalid value: {exc}"
+    return 1, f"unexpected {kind.__name__}: {exc} (RUNSTREAM_DEBUG=1 shows where)"
 
 
 if __name__ == "__main__":

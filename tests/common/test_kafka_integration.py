@@ -196,3 +196,72 @@ async def test_a_consumer_killed_before_committing_loses_nothing(
         await wait_for(committed, timeout=30)
     finally:
         await survivor.stop()
+
+
+async def test_a_record_whose_dead_letter_cannot_be_published_is_not_committed(
+    kafka_settings: KafkaSettings,
+) -> None:
+    """Broken JSON, then a good record; the dead-letter publish fails for a while (a broker
+    blip, longer than the retry window). The bad record must not be committed past: it comes
+    again, is dead-lettered once the broker takes it, and the good record follows."""
+    topic = kafka_settings.topics.runs
+    group = f"{kafka_settings.topic_prefix}-g"
+    await ensure_topics(kafka_settings, [topic], partitions=1)
+    settings = ServiceSettings(kafka=kafka_settings)
+    handled: list[int] = []
+    window = RetryPolicy(max_attempts=1, backoff_s=0.05, backoff_max_s=0.1, transient_window_s=0.5)
+
+    async def handler(message: RunRequested, delivery: Delivery) -> None:
+        handled.append(message.run)
+
+    consumer = make_broker(kafka_settings, client_id="consumer")
+    subscribe(
+        consumer,
+        topic,
+        group_id=group,
+        parser=parsers.RUNS,
+        handler=handler,
+        settings=settings,
+        retry=window,
+    )
+    blip = {"until": 0.0, "refused": 0}
+    real_publish = consumer.publish
+
+    async def flaky_publish(*args: Any, **kw: Any) -> Any:
+        if (
+            kw.get("topic", "").endswith(".dlq")
+            and asyncio.get_running_loop().time() < blip["until"]
+        ):
+            blip["refused"] += 1
+            from aiokafka.errors import KafkaConnectionError
+
+            raise KafkaConnectionError("broker blip")
+        return await real_publish(*args, **kw)
+
+    consumer.publish = flaky_publish  # type: ignore[method-assign]
+    producer = make_broker(kafka_settings, client_id="producer")
+    await producer.connect()
+    blip["until"] = asyncio.get_running_loop().time() + 3.0  # several retry windows long
+    await producer.publish(b"{broken", topic=topic, key=b"k")
+    await producer.publish(parsers.encode(_run(7)), topic=topic, key=b"k")
+    await consumer.start()
+    try:
+        await asyncio.sleep(2.0)  # the blip is on: nothing may be committed or handled yet
+        assert handled == []
+        assert (topic, 0) not in await committed_offsets(kafka_settings, group)
+
+        async def through() -> bool:
+            return handled == [7]
+
+        await wait_for(through, timeout=30)
+        dead = await read_all(kafka_settings, dlq(topic), 1)
+        assert [r.value for r in dead] == [b"{broken"]
+
+        async def committed() -> bool:
+            return (await committed_offsets(kafka_settings, group)).get((topic, 0)) == 2
+
+        await wait_for(committed, timeout=30)
+        assert blip["refused"] >= 3  # the retry window ran out at least once: the record came again
+    finally:
+        await consumer.stop()
+        await producer.stop()

@@ -7,7 +7,8 @@ Nothing here needs a container engine, a cluster or the network:
   strict: unknown fields are errors);
 * compose and the manifests give every service what its Settings class needs
   (introspected), the values parse, and no RUNSTREAM_* variable is misspelt;
-* ``docker compose config`` runs in addition when the compose plugin exists.
+* ``docker compose config`` and ``kustomize build`` (installed by ``deploy/local/tools.sh``,
+  cached) must agree with the lite readers the checks above use.
 """
 
 from __future__ import annotations
@@ -401,7 +402,7 @@ def test_compose_services_have_healthchecks(compose: dict[str, Any]) -> None:
             assert test[1:4] == HEALTH, f"{name}: {test}"
             heartbeat = environment_of(svc)["RUNSTREAM_HEARTBEAT_FILE"]
             assert test[4] == heartbeat, f"{name} probes {test[4]}, beats {heartbeat}"
-            assert test[5:] == ["--max-age", "30"]
+            assert test[5:] == ["--max-age", "30", "--ready"], f"{name}: consuming, not just up"
 
 
 def test_compose_depends_on_conditions(compose: dict[str, Any]) -> None:
@@ -512,29 +513,40 @@ def test_compose_migration_gets_the_database(
         )
 
 
-def compose_command() -> list[str] | None:
-    """``docker compose`` (plugin), else a standalone ``docker-compose`` ($DOCKER_COMPOSE or PATH)."""
+def install_tool(name: str) -> str:
+    """``deploy/local/tools.sh NAME``: installs the tool once (cached), prints where it is."""
+    done = subprocess.run(
+        ["bash", str(REPO / "deploy" / "local" / "tools.sh"), name],
+        capture_output=True, text=True, timeout=900, check=False,
+    )  # fmt: skip
+    if done.returncode != 0:
+        pytest.fail(f"deploy/local/tools.sh {name} failed:\n{done.stderr[-4000:]}", pytrace=False)
+    return done.stdout.strip().splitlines()[-1]
+
+
+def compose_command() -> tuple[list[str], dict[str, str]]:
+    """``docker compose`` with the plugin from tools.sh (or ``$DOCKER_COMPOSE``), and its env."""
+    if standalone := os.environ.get("DOCKER_COMPOSE"):
+        return [standalone], {}
+    config = Path(install_tool("compose"))
     docker = shutil.which("docker")
-    if docker:
-        probe = subprocess.run([docker, "compose", "version"], capture_output=True, check=False)
-        if probe.returncode == 0:
-            return [docker, "compose"]
-    standalone = os.environ.get("DOCKER_COMPOSE") or shutil.which("docker-compose")
-    return [standalone] if standalone else None
+    if docker:  # the real CLI finds the plugin in $DOCKER_CONFIG/cli-plugins
+        return [docker, "compose"], {"DOCKER_CONFIG": str(config)}
+    return [str(config / "cli-plugins" / "docker-compose")], {}
 
 
-def test_docker_compose_config_when_available(compose: dict[str, Any], tmp_path: Path) -> None:
-    """Extra: docker compose's own parser, schema and interpolation, where it is installed.
+@pytest.mark.integration
+def test_docker_compose_config(compose: dict[str, Any], tmp_path: Path) -> None:
+    """docker compose's own parser, schema and interpolation (installed by tools.sh).
 
     It must accept the file with .env.example, refuse it without the secrets, and
     resolve every service as compose_lite does (so the checks above saw the truth)."""
-    command = compose_command()
-    if command is None:
-        pytest.skip("docker compose not installed; the structural checks above still ran")
+    command, tool_env = compose_command()
     env_file = tmp_path / ".env"
     env_file.write_text(ENV_EXAMPLE.read_text(encoding="utf-8"), encoding="utf-8")
     base = [*command, "--project-directory", str(COMPOSE_DIR), "-f", str(COMPOSE_FILE)]
     clean_env = {k: v for k, v in os.environ.items() if k not in read_env_file(ENV_EXAMPLE)}
+    clean_env.update(tool_env)
     result = subprocess.run(
         [*base, "--env-file", str(env_file), "config", "--format", "json"],
         capture_output=True, text=True, check=False, env=clean_env,
@@ -681,11 +693,12 @@ def test_deployments_run_each_service_with_probes_and_resources(name: str) -> No
         service = served_service(container.get("args", []))
         assert service in SERVICES, f"{deployment['metadata']['name']}: {container.get('args')}"
         served.append(service)
-        for probe in ("livenessProbe", "startupProbe"):
+        for probe in ("livenessProbe", "startupProbe", "readinessProbe"):
             command = container[probe]["exec"]["command"]
             assert command[:3] == HEALTH, f"{service} {probe}: {command}"
             assert command[3] == heartbeat, f"{service} {probe}: {command}"
-            assert command[4:] == ["--max-age", "30"]
+            ready = ["--ready"] if probe == "readinessProbe" else []
+            assert command[4:] == ["--max-age", "30", *ready], f"{service} {probe}: {command}"
             # the probe imports the CLI: give it time
             assert container[probe]["timeoutSeconds"] >= 10
         limits, requests = container["resources"]["limits"], container["resources"]["requests"]
@@ -851,11 +864,10 @@ def test_namespace_is_consistent() -> None:
         }
 
 
-def test_kustomize_lite_matches_kustomize_when_available() -> None:
-    """Extra: where a real kustomize exists (PATH or $KUSTOMIZE), its output must equal ours."""
-    binary = os.environ.get("KUSTOMIZE") or shutil.which("kustomize")
-    if not binary:
-        pytest.skip("kustomize not installed; kustomize-lite rendered and validated the overlays")
+@pytest.mark.integration
+def test_kustomize_lite_matches_kustomize() -> None:
+    """The real kustomize ($KUSTOMIZE, else built by tools.sh) renders exactly what ours does."""
+    binary = os.environ.get("KUSTOMIZE") or install_tool("kustomize")
     for name, directory in KUSTOMIZATIONS.items():
         result = subprocess.run(
             [binary, "build", str(directory)], capture_output=True, text=True, check=False

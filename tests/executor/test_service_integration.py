@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient
 from runstream_common import parsers
 from runstream_common.kafka import make_broker, publish
 from runstream_common.messages import (
@@ -270,6 +271,14 @@ async def test_context_python_from_proposal_settings(
             while processor.context_python(1234) is None and time.monotonic() < deadline:  # noqa: ASYNC110
                 await asyncio.sleep(0.2)
             assert processor.context_python(1234) == str(interpreter)
+            # the settings are read without a consumer group: none is left behind per process
+            admin = AIOKafkaAdminClient(bootstrap_servers=kafka_settings.bootstrap_servers)
+            await admin.start()
+            try:
+                groups = {g[0] for g in await admin.list_consumer_groups()}
+            finally:
+                await admin.close()
+            assert not [g for g in groups if g.startswith(settings.consumer_group + "-settings")]
 
             await publish(producer, topics.runs, request("after"), key=run_key(1234, 2))
             await out.until(finished("after"))

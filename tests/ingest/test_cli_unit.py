@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -117,6 +120,33 @@ def test_folder_state_settles(tmp_path: Path) -> None:
     assert folder_state(folder, 5, mtime + 6).state is Completeness.COMPLETE
 
 
+def test_a_dangling_link_does_not_keep_a_folder_incomplete(tmp_path: Path) -> None:
+    folder = tmp_path / "r0001"
+    folder.mkdir()
+    (folder / "a.h5").write_bytes(b"1")
+    (folder / "b.h5").symlink_to(tmp_path / "gone.h5")
+    state = folder_state(folder, 5, time.time() + 6)
+    assert state.state is Completeness.COMPLETE
+    assert state.files == 2
+
+
+def test_a_copy_with_old_mtimes_is_new(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "a.h5").write_bytes(b"1")
+    month_ago = time.time() - 30 * 86400
+    os.utime(source / "a.h5", (month_ago, month_ago))
+    os.utime(source, (month_ago, month_ago))
+    copied = tmp_path / "r0002"
+    shutil.copytree(source, copied)  # copy2 keeps the month-old mtime
+    assert (copied / "a.h5").stat().st_mtime == pytest.approx(month_ago)
+    now = time.time()
+    state = folder_state(copied, 5, now)
+    assert state.state is Completeness.COMPLETE  # cp -a sets the old times once a file is done
+    assert state.newest_mtime == pytest.approx(month_ago)
+    assert state.newest_change >= now - 60  # but it got here now: new, not history
+
+
 def test_report_prints_summary_and_sets_exit_status(capsys: pytest.CaptureFixture[str]) -> None:
     from runstream_ingest.cli import _report
 
@@ -145,3 +175,15 @@ def test_raw_in_flight_entries_expire() -> None:
     table.add(1, 3)
     table.finish(1, 3)
     assert (1, 3) not in table
+
+
+async def test_the_clis_one_shot_publisher_refuses_an_oversized_message_before_connecting() -> None:
+    from runstream_common.errors import MessageTooLarge
+    from runstream_common.messages import ReprocessRequested
+    from runstream_common.settings import KafkaSettings
+    from runstream_ingest.adapters.publisher import publish_once
+
+    kafka = KafkaSettings(bootstrap_servers="127.0.0.1:1", max_message_bytes=10_000)
+    request = ReprocessRequested(proposal=1, runs=tuple(range(5000)))
+    with pytest.raises(MessageTooLarge, match=r"message for t\.reprocess"):
+        await publish_once(kafka, [("t.reprocess", b"1", request)])

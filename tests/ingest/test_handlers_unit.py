@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from pathlib import Path
@@ -101,6 +102,17 @@ def test_numeric_strings_are_accepted(tmp_path: Path, settings: Settings) -> Non
         (b'{"proposal": 2212, "run": 1}', "event"),
         (facility_event("migration_complete", 2212, -1), "run"),
         (None, "tombstone"),
+        # beyond PostgreSQL's integer columns
+        (facility_event("migration_complete", 2212, 2**31), "run: Input should be less than"),
+        (facility_event("migration_complete", 10**20, 1), "proposal: Input should be less than"),
+        (facility_event("migration_complete", 2212, "99999999999"), "run"),
+        # wrong types
+        (b'{"event": "migration_complete", "proposal": 2212, "run": true}', "true/false"),
+        (b'{"event": "migration_complete", "proposal": 2212, "run": 1.5}', "run"),
+        (b'{"event": "migration_complete", "proposal": [2212], "run": 1}', "proposal"),
+        (b'{"event": 7, "proposal": 2212, "run": 1}', "event"),
+        (b'["migration_complete", 2212, 1]', "facility event"),
+        (b"\xff\xfe\x00", "facility event"),
     ],
 )
 def test_malformed_events_are_dead_lettered_with_reason(
@@ -112,8 +124,40 @@ def test_malformed_events_are_dead_lettered_with_reason(
     assert effect.error_class == "MessageFormatError"
 
 
-def test_unknown_event_name_is_ignored(tmp_path: Path, settings: Settings) -> None:
+def test_an_event_over_the_size_cap_is_dead_lettered_unread(
+    tmp_path: Path, settings: Settings
+) -> None:
+    big = json.dumps(
+        {"event": "migration_complete", "proposal": 2212, "run": 1, "note": "x" * 70_000}
+    ).encode()
+    [effect] = _facility(big, settings, tmp_path, RunCatalog())
+    assert isinstance(effect, DeadLetter)
+    assert effect.error_class == "MessageTooLarge"
+    assert f"{len(big)} bytes, more than the limit of 65536 bytes" in effect.reason
+    smaller = settings.model_copy(update={"max_event_bytes": 1000})
+    [effect] = _facility(
+        facility_event("migration_complete", 2212, 1, note="y" * 1000),
+        smaller,
+        tmp_path,
+        RunCatalog(),
+    )
+    assert isinstance(effect, DeadLetter)
+    assert effect.error_class == "MessageTooLarge"
+
+
+def test_unknown_event_name_is_dead_lettered_with_the_known_names(
+    tmp_path: Path, settings: Settings
+) -> None:
     [effect] = _facility(facility_event("run_started", 2212, 1), settings, tmp_path, RunCatalog())
+    assert isinstance(effect, DeadLetter)
+    assert effect.error_class == "UnknownEvent"
+    assert "'run_started'" in effect.reason
+    assert "migration_complete" in effect.reason
+
+
+def test_ignored_event_names_are_skipped_quietly(tmp_path: Path, settings: Settings) -> None:
+    quiet = settings.model_copy(update={"ignored_events": ["run_started"]})
+    [effect] = _facility(facility_event("run_started", 2212, 1), quiet, tmp_path, RunCatalog())
     assert effect == Ignore(Outcome.UNKNOWN_EVENT, "run_started")
 
 

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
+from aiokafka.errors import KafkaConnectionError
 from runstream_common import parsers
-from runstream_common.kafka import DLQ_ERROR_CLASS, DLQ_REASON, DLQ_SOURCE_TOPIC
+from runstream_common.kafka import (
+    DLQ_ERROR_CLASS,
+    DLQ_REASON,
+    DLQ_SOURCE_OFFSET,
+    DLQ_SOURCE_TOPIC,
+)
 from runstream_common.messages import (
     ProcessingStateChanged,
     ProcessingStatus,
@@ -128,18 +135,56 @@ async def test_malformed_events_go_to_the_dead_letter_topic(
         )
         produce(kafka_settings.bootstrap_servers, raw_topic, [event("migration_complete", 2212, 1)])
         await read_topic(kafka_settings, kafka_settings.topics.runs, until=_has_run(1))
-        dead = await read_topic(kafka_settings, dlq(raw_topic), until=lambda recs: len(recs) >= 3)
+        dead = await read_topic(kafka_settings, dlq(raw_topic), until=lambda recs: len(recs) >= 4)
         stats = dict(service.loop.stats)
-    assert [r.value for r in dead] == bad
-    assert all(r.key == b"k1" for r in dead)
+    dead.sort(key=lambda r: int(dict(r.headers)[DLQ_SOURCE_OFFSET]))
+    assert [r.value for r in dead[:3]] == bad
+    assert all(r.key == b"k1" for r in dead[:3])
     headers = [dict(r.headers) for r in dead]
     assert all(h[DLQ_SOURCE_TOPIC] == raw_topic.encode() for h in headers)
-    assert all(h[DLQ_ERROR_CLASS] == b"MessageFormatError" for h in headers)
+    assert all(h[DLQ_ERROR_CLASS] == b"MessageFormatError" for h in headers[:3])
     assert b"run" in headers[1][DLQ_REASON]
     assert b"proposal" in headers[2][DLQ_REASON]
-    assert stats["unknown_event"] == 1
+    assert headers[3][DLQ_ERROR_CLASS] == b"UnknownEvent"  # run_started: not an event we map
+    assert b"'run_started'" in headers[3][DLQ_REASON]
     assert stats["unregistered"] == 1
-    assert stats["dead_lettered"] == 3
+    assert stats["dead_lettered"] == 4
+
+
+async def test_a_failing_dead_letter_write_is_retried_and_nothing_is_skipped(
+    kafka_settings: KafkaSettings, tmp_path: Path
+) -> None:
+    """The dead letter travels in the batch's transaction: while it cannot be written, the
+    batch is rolled back and decided again; the offsets never move past the bad record."""
+    settings, _ = await _setup(kafka_settings, tmp_path, retry_backoff_s=0.05)
+    raw_topic = settings.facility_topics[0]
+    async with running(settings) as service:
+        failures = {"left": 3, "dlq_sends": 0}
+        for producer in service.loop.producers:
+            send = producer.send
+
+            async def flaky_send(topic: str, *args: Any, _send: Any = send, **kw: Any) -> Any:
+                if topic.endswith(".dlq"):
+                    failures["dlq_sends"] += 1
+                    if failures["left"]:
+                        failures["left"] -= 1
+                        raise KafkaConnectionError("broker blip")
+                return await _send(topic, *args, **kw)
+
+            producer.send = flaky_send  # type: ignore[method-assign]
+        values = [
+            event("migration_complete", 2212, 1),
+            b"{oops",
+            event("migration_complete", 2212, 2),
+        ]
+        produce(kafka_settings.bootstrap_servers, raw_topic, values, key=b"k")
+        runs = await read_topic(
+            kafka_settings, kafka_settings.topics.runs, until=lambda r: _has_run(2)(r)
+        )
+        dead = await read_topic(kafka_settings, dlq(raw_topic), until=lambda recs: len(recs) >= 1)
+    assert failures == {"left": 0, "dlq_sends": 4}
+    assert [r.value for r in dead] == [b"{oops"]  # once: the failed tries were rolled back
+    assert sorted(m.run for m in _runs(runs)) == [1, 2]
 
 
 async def test_proc_event_waits_for_its_folder_and_says_why(

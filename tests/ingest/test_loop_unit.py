@@ -297,8 +297,11 @@ async def test_only_batches_whose_repeat_writes_nothing_are_replay_safe(
     first = plan_of(
         emit, facility_event("nonsense", 2212, 2), facility_event("migration_complete", 9999, 1)
     )
-    assert [o.value for _, o in first.outcomes] == ["emitted", "unknown_event", "unregistered"]
-    assert first.replay_safe
+    assert [o.value for _, o in first.outcomes] == ["emitted", "dead_lettered", "unregistered"]
+    assert not first.replay_safe  # the unknown event's dead letter
+    quiet = plan_of(facility_event("migration_complete", 9999, 2))
+    assert [o.value for _, o in quiet.outcomes] == ["unregistered"]
+    assert quiet.replay_safe
     again = plan_of(emit)  # the replay after a crash: a duplicate, nothing written
     assert again.records == []
     assert again.replay_safe

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 from pathlib import Path
 
 import pytest
@@ -91,3 +92,35 @@ async def test_watcher_emits_complete_new_folders_once(
     msgs = [parsers.RUNS.parse(r.value) for r in records]
     assert sorted(m.run for m in msgs) == [1, 2, 50]
     assert {m.run: m.reason for m in msgs} == {1: "watcher", 2: "watcher", 50: "facility"}
+
+
+async def test_watcher_sees_copied_folders_and_dangling_links(
+    kafka_settings: KafkaSettings, tmp_path: Path
+) -> None:
+    """A run copied in with its original (old) mtimes, and a run holding a dangling link."""
+    pdir = tmp_path / "exp" / "p002212"
+    (pdir / "raw").mkdir(parents=True)
+    archive = tmp_path / "archive" / "r0007"
+    make_run_folder(tmp_path / "archive-root", 7, age_s=30 * 86400)  # a month old
+    shutil.move(tmp_path / "archive-root" / "raw" / "r0007", archive)
+    settings = ingest_settings(
+        kafka_settings, tmp_path / "exp", watch=True, watch_interval_s=0.2, settle_s=1.0
+    )
+    create_topics(kafka_settings.bootstrap_servers, settings.facility_topics)
+    await register(kafka_settings, 2212, tmp_path / "ctx", pdir)
+    await asyncio.sleep(1.1)  # registered_at is in whole seconds at worst
+
+    async with running(settings):
+        shutil.copytree(archive, pdir / "raw" / "r0007")  # copy2: the mtimes stay a month old
+        linked = pdir / "raw" / "r0008"
+        linked.mkdir()
+        (linked / "RAW-R0008-DA01-S00000.h5").write_bytes(b"data")
+        (linked / "RAW-R0008-DA02-S00000.h5").symlink_to(tmp_path / "moved-away.h5")
+
+        def both(recs: list) -> bool:
+            return {parsers.RUNS.parse(r.value).run for r in recs} >= {7, 8}
+
+        records = await read_topic(
+            kafka_settings, kafka_settings.topics.runs, until=both, timeout=30
+        )
+    assert sorted(parsers.RUNS.parse(r.value).run for r in records) == [7, 8]

@@ -28,6 +28,10 @@ class MessageFormatError(PermanentError, ValueError):
     """A message could not be decoded or validated against its topic's models."""
 
 
+class MessageTooLarge(MessageFormatError):
+    """A message bigger than the limit of where it goes (or comes from)."""
+
+
 class UnknownProposal(PermanentError, KeyError):
     """A proposal that is not registered."""
 

@@ -11,6 +11,12 @@ FastStream's defaults are not at-least-once (``ACK_FIRST`` auto-commits;
 - the handler raises anything else        -> retry up to ``max_attempts``, then DLQ
 - the handler returns                     -> commit (its effects are durable)
 
+A record is committed past only once its dead letter is on the broker: if the
+dead-letter publish fails, it is tried again with backoff, and when the retry
+window is used up the record is sought back (it comes again) instead of being
+committed. A dead letter never exceeds the producer's size limit: the value is
+cut (``x-dlq-truncated`` says so), the reason is kept.
+
 The subscriber consumes one record at a time (``getone``), so a commit after a
 record covers only records whose handler already returned.
 """
@@ -27,6 +33,7 @@ from typing import Any, Literal, TypeVar
 
 from aiokafka import ConsumerRecord
 from aiokafka import TopicPartition as AioTopicPartition
+from aiokafka.errors import MessageSizeTooLargeError, RecordTooLargeError
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker, TopicPartition
 from faststream.kafka.annotations import KafkaMessage
@@ -35,6 +42,8 @@ from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLS
 from opentelemetry.metrics import MeterProvider
 
 from .errors import MessageFormatError, PermanentError, TransientError
+from .health import ConsumerProbe, health_of
+from .limits import DLQ_REASON_MAX_CHARS, check_size, fit_dead_letter
 from .metrics import DeliveryMetrics
 from .parsers import Parser
 from .settings import KafkaSettings, ServiceSettings
@@ -112,7 +121,19 @@ def make_broker(
     )
     # subscribe() records delivery metrics with the same provider as the middleware.
     broker._runstream_meter_provider = telemetry.meter_provider if telemetry else None  # type: ignore[attr-defined]
+    broker._runstream_limits = _Limits(settings.max_message_bytes, settings.max_request_size)  # type: ignore[attr-defined]
     return broker
+
+
+@dataclass(frozen=True, slots=True)
+class _Limits:
+    message_bytes: int
+    request_bytes: int
+
+
+def _limits(broker: KafkaBroker) -> _Limits:
+    limits = getattr(broker, "_runstream_limits", None)
+    return limits if isinstance(limits, _Limits) else _Limits(1_000_000, 1_048_576)
 
 
 def _headers(record: ConsumerRecord[Any, Any]) -> tuple[tuple[str, bytes], ...]:
@@ -135,7 +156,7 @@ def dead_letter_headers(
     }
     headers.update(
         {
-            DLQ_REASON: reason[:4000] or error_class,
+            DLQ_REASON: reason[:DLQ_REASON_MAX_CHARS] or error_class,
             DLQ_ERROR_CLASS: error_class,
             DLQ_SOURCE_TOPIC: record.topic,
             DLQ_SOURCE_PARTITION: str(record.partition),
@@ -148,6 +169,10 @@ def dead_letter_headers(
     return headers
 
 
+SMALL_DEAD_LETTER_BYTES = 16_384
+"""A dead letter the broker refused for its size is sent again cut to this."""
+
+
 async def dead_letter(
     broker: KafkaBroker,
     record: ConsumerRecord[Any, Any],
@@ -156,7 +181,10 @@ async def dead_letter(
     error: BaseException,
     attempts: int,
 ) -> None:
-    """Publish the original bytes, headers and key of ``record`` to ``<topic>.dlq`` with the reason."""
+    """Publish the original bytes, headers and key of ``record`` to ``<topic>.dlq`` with the reason.
+
+    Raises if the broker did not take it (the caller must not commit the record then).
+    """
     headers = dead_letter_headers(
         record,
         reason=str(error),
@@ -165,7 +193,13 @@ async def dead_letter(
         attempts=attempts,
     )
     value = record.value if record.value is not None else b""
-    await broker.publish(value, topic=dlq(record.topic), key=record.key, headers=headers)
+    limit = _limits(broker).request_bytes
+    try:
+        await _publish_dead_letter(broker, record, value, headers, limit)
+    except (MessageSizeTooLargeError, RecordTooLargeError) as exc:
+        # the topic (or broker) takes less than our producer may send: cut it further
+        log.warning("dead letter refused for its size (%s); sending it cut short", exc)
+        await _publish_dead_letter(broker, record, value, headers, SMALL_DEAD_LETTER_BYTES)
     log.warning(
         "dead-lettered %s[%d]@%d: %s: %s",
         record.topic,
@@ -173,6 +207,35 @@ async def dead_letter(
         record.offset,
         type(error).__name__,
         error,
+    )
+
+
+async def _publish_dead_letter(
+    broker: KafkaBroker,
+    record: ConsumerRecord[Any, Any],
+    value: bytes,
+    headers: dict[str, str],
+    limit: int,
+) -> None:
+    key = record.key if isinstance(record.key, bytes) or record.key is None else None
+    fitted, fitted_headers = fit_dead_letter(
+        key, value, [(k, v.encode()) for k, v in headers.items()], limit
+    )
+    if len(fitted) < len(value):
+        log.warning(
+            "dead letter of %s[%d]@%d cut from %d to %d bytes to fit %d",
+            record.topic,
+            record.partition,
+            record.offset,
+            len(value),
+            len(fitted),
+            limit,
+        )
+    await broker.publish(
+        fitted,
+        topic=dlq(record.topic),
+        key=record.key,
+        headers={k: v.decode(errors="replace") for k, v in fitted_headers},
     )
 
 
@@ -210,9 +273,8 @@ async def deliver(
     try:
         parsed = parser.parse(record.value)
     except MessageFormatError as exc:
-        await dead_letter(broker, record, group_id=group_id, error=exc, attempts=0)
-        await message.ack()
-        if metrics is not None:
+        dead = await _dead_letter_then_ack(broker, message, group_id, exc, 0, retry)
+        if dead and metrics is not None:
             metrics.dead_lettered.add(1, labels)
         return
 
@@ -240,11 +302,11 @@ async def deliver(
             log.info("transient failure (attempt %d), retrying: %s", attempt, exc)
             await asyncio.sleep(retry.delay(attempt))
         except PermanentError as exc:
-            await dead_letter(broker, record, group_id=group_id, error=exc, attempts=attempt)
-            await message.ack()
+            dead = await _dead_letter_then_ack(broker, message, group_id, exc, attempt, retry)
             if metrics is not None:
                 metrics.failed.add(1, {**labels, "kind": "permanent"})
-                metrics.dead_lettered.add(1, labels)
+                if dead:
+                    metrics.dead_lettered.add(1, labels)
                 metrics.handler_seconds.record(time.monotonic() - started, labels)
             return
         except Exception as exc:
@@ -252,10 +314,10 @@ async def deliver(
                 metrics.failed.add(1, {**labels, "kind": "unexpected"})
             if attempt >= retry.max_attempts:
                 log.error("giving up after %d attempts:\n%s", attempt, traceback.format_exc())
-                await dead_letter(broker, record, group_id=group_id, error=exc, attempts=attempt)
-                await message.ack()
+                dead = await _dead_letter_then_ack(broker, message, group_id, exc, attempt, retry)
                 if metrics is not None:
-                    metrics.dead_lettered.add(1, labels)
+                    if dead:
+                        metrics.dead_lettered.add(1, labels)
                     metrics.handler_seconds.record(time.monotonic() - started, labels)
                 return
             log.warning("unexpected failure (attempt %d), retrying: %r", attempt, exc)
@@ -266,6 +328,54 @@ async def deliver(
                 metrics.processed.add(1, labels)
                 metrics.handler_seconds.record(time.monotonic() - started, labels)
             return
+
+
+async def _dead_letter_then_ack(
+    broker: KafkaBroker,
+    message: Any,
+    group_id: str,
+    error: BaseException,
+    attempts: int,
+    retry: RetryPolicy,
+) -> bool:
+    """Dead-letter the record, then commit it. True if done.
+
+    A failed dead-letter publish is tried again with backoff; once the retry
+    window is used up the record is sought back (nack) and comes again, never
+    committed without its dead letter.
+    """
+    record: ConsumerRecord[Any, Any] = message.raw_message
+    started = time.monotonic()
+    tries = 0
+    while True:
+        tries += 1
+        try:
+            await dead_letter(broker, record, group_id=group_id, error=error, attempts=attempts)
+        except Exception as exc:
+            if time.monotonic() - started > retry.transient_window_s:
+                log.error(
+                    "dead letter of %s[%d]@%d still not published after %d tries (%r); "
+                    "the record is not committed and comes again",
+                    record.topic,
+                    record.partition,
+                    record.offset,
+                    tries,
+                    exc,
+                )
+                await message.nack()
+                return False
+            log.warning(
+                "dead letter of %s[%d]@%d not published (try %d), retrying: %r",
+                record.topic,
+                record.partition,
+                record.offset,
+                tries,
+                exc,
+            )
+            await asyncio.sleep(retry.delay(tries))
+        else:
+            await message.ack()
+            return True
 
 
 def _observe_lag(
@@ -289,7 +399,7 @@ def subscribe(
     broker: KafkaBroker,
     topic: str,
     *,
-    group_id: str,
+    group_id: str | None,
     parser: Parser[T],
     handler: Handler[T],
     settings: ServiceSettings,
@@ -303,6 +413,9 @@ def subscribe(
     max_poll_interval_ms: int | None = None,
 ) -> Any:
     """Register ``handler`` for ``topic`` with at-least-once delivery and a DLQ.
+
+    ``group_id=None``: every partition, read from ``auto_offset_reset`` at each start,
+    nothing committed (a table every instance needs whole, such as a compacted topic).
 
     Returns the FastStream subscriber (useful for tests and AsyncAPI docs).
     """
@@ -319,7 +432,8 @@ def subscribe(
     subscriber = broker.subscriber(
         topic,
         group_id=group_id,
-        ack_policy=AckPolicy.MANUAL,
+        # without a group there is nothing to commit: acks are no-ops
+        ack_policy=AckPolicy.MANUAL if group_id else AckPolicy.ACK_FIRST,
         auto_offset_reset=auto_offset_reset,
         isolation_level=isolation_level,
         session_timeout_ms=kafka.session_timeout_ms,
@@ -335,7 +449,7 @@ def subscribe(
             message,
             parser=parser,
             handler=handler,
-            group_id=group_id,
+            group_id=group_id or "(no group)",
             retry=policy,
             metrics=metrics,
         )
@@ -343,6 +457,15 @@ def subscribe(
     consume.__name__ = getattr(handler, "__name__", "consume")
     subscriber(consume)
     _document_payload(subscriber, parser)
+    health_of(broker).watch(
+        ConsumerProbe(
+            name=f"{topic} ({group_id or 'no group'})",
+            consumer=lambda: subscriber.consumer,
+            # aiokafka leaves the group after this long without a poll: stuck
+            stuck_after_s=(max_poll_interval_ms or 300_000) / 1000,
+            grouped=group_id is not None,
+        )
+    )
     return subscriber
 
 
@@ -389,10 +512,21 @@ async def publish(
     key: bytes | None = None,
     headers: dict[str, str] | None = None,
 ) -> None:
-    """Publish one message model as JSON and wait until the broker has it (acks=all)."""
+    """Publish one message model as JSON and wait until the broker has it (acks=all).
+
+    A message longer than ``KafkaSettings.max_message_bytes`` is refused with
+    :class:`~runstream_common.errors.MessageTooLarge` (a permanent error) before
+    it is sent.
+    """
     correlation_id = getattr(message, "correlation_id", None)
+    data = message.model_dump_json().encode()
+    check_size(
+        f"{getattr(message, 'type', type(message).__name__)} message for {topic}",
+        data,
+        _limits(broker).message_bytes,
+    )
     await broker.publish(
-        message.model_dump_json().encode(),
+        data,
         topic=topic,
         key=key,
         headers={"content-type": "application/json", **(headers or {})},

@@ -13,6 +13,7 @@ from typing import Any, Generic, TypeVar
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from .errors import MessageFormatError
+from .limits import DEFAULT_MAX_EVENT_BYTES, check_size
 from .messages.commands import StoreCommand
 from .messages.facility import FacilityEvent
 from .messages.jobs import JobControlEvent, JobRequestEvent, JobStateEvent
@@ -28,9 +29,10 @@ T = TypeVar("T")
 class Parser(Generic[T]):
     """Validate raw record values against one topic's union of message types."""
 
-    def __init__(self, name: str, schema: Any) -> None:
+    def __init__(self, name: str, schema: Any, *, max_bytes: int | None = None) -> None:
         self.name = name
         self.schema = schema
+        self.max_bytes = max_bytes
         self._adapter: TypeAdapter[T] = TypeAdapter(schema)
 
     def json_schema(self) -> dict[str, Any]:
@@ -46,12 +48,19 @@ class Parser(Generic[T]):
             "".join(part.capitalize() for part in re.split(r"[^A-Za-z0-9]+", self.name)) + "Message"
         )
 
-    def parse(self, raw: bytes | str | None) -> T:
-        """Decode one record value. Raises MessageFormatError with a readable reason."""
+    def parse(self, raw: bytes | str | None, *, max_bytes: int | None = None) -> T:
+        """Decode one record value. Raises MessageFormatError with a readable reason.
+
+        ``max_bytes`` (else the parser's own cap, if any): a longer value is
+        refused with :class:`~runstream_common.errors.MessageTooLarge` unread.
+        """
         if raw is None:
             raise MessageFormatError(
                 f"{self.name}: empty record (tombstone) where a message was expected"
             )
+        limit = max_bytes if max_bytes is not None else self.max_bytes
+        if limit is not None:
+            check_size(self.name, raw.encode() if isinstance(raw, str) else raw, limit)
         try:
             return self._adapter.validate_json(raw)
         except ValidationError as exc:
@@ -75,7 +84,9 @@ def encode(message: BaseModel) -> bytes:
     return message.model_dump_json().encode()
 
 
-FACILITY: Parser[FacilityEvent] = Parser("facility event", FacilityEvent)
+FACILITY: Parser[FacilityEvent] = Parser(
+    "facility event", FacilityEvent, max_bytes=DEFAULT_MAX_EVENT_BYTES
+)
 PROPOSALS: Parser[Any] = Parser("proposals", ProposalEvent)
 PROPOSAL_SETTINGS: Parser[ProposalSettingsSet] = Parser("proposal-settings", ProposalSettingsSet)
 REPROCESS: Parser[Any] = Parser("reprocess", ReprocessEvent)

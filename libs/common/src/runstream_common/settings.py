@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .topics import Topics
@@ -36,7 +36,28 @@ class KafkaSettings(BaseSettings):
     replication_factor: int = Field(default=1, ge=1, description="Replicas of topics we create")
     session_timeout_ms: int = 10_000
     heartbeat_interval_ms: int = 1_000
-    max_request_size: int = 1_048_576
+    max_request_size: int = Field(
+        default=1_048_576,
+        ge=65_536,
+        description="Largest produce request (keep it at or below the broker's message.max.bytes)",
+    )
+    max_message_bytes: int = Field(
+        default=1_000_000,
+        ge=4096,
+        description=(
+            "Largest message value runstream publishes; a bigger one is refused with the reason "
+            "(leaves room below max_request_size for headers)"
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _room_for_headers(self) -> KafkaSettings:
+        if self.max_message_bytes > self.max_request_size - 4096:
+            raise ValueError(
+                f"max_message_bytes ({self.max_message_bytes}) must leave at least 4096 bytes "
+                f"below max_request_size ({self.max_request_size}) for headers"
+            )
+        return self
 
     @property
     def topics(self) -> Topics:

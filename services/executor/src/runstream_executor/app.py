@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import socket
-
 from faststream import FastStream
 from faststream.specification import AsyncAPI
 from runstream_common import parsers
@@ -47,11 +44,11 @@ def build_app(settings: Settings, *, telemetry: Telemetry | None = None) -> Fast
             (settings.variable_timeout_s + settings.context_load_timeout_s + 600) * 1000
         ),
     )
-    # Every instance needs the whole compacted table: a group of its own, from the start.
+    # Every instance needs the whole compacted table: no group (no offsets), from the start.
     subscribe(
         broker,
         topics.proposal_settings,
-        group_id=f"{settings.consumer_group}-settings-{socket.gethostname()}-{os.getpid()}",
+        group_id=None,
         parser=parsers.PROPOSAL_SETTINGS,
         handler=handle_proposal_settings,
         settings=settings,

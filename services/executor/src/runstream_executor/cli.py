@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from runstream_common.limits import MAX_INT32
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -194,8 +195,8 @@ def _json_entry(ctx: LoadedContext, outcome: Outcome, max_inline: int) -> dict[s
 @context_app.command("eval")
 def eval_context(
     context: Annotated[Path, typer.Argument(help="The context file (context.py)")],
-    proposal: Annotated[int, typer.Option(help="Proposal number", min=0)],
-    run: Annotated[int, typer.Option(help="Run number", min=0)],
+    proposal: Annotated[int, typer.Option(help="Proposal number", min=0, max=MAX_INT32)],
+    run: Annotated[int, typer.Option(help="Run number", min=0, max=MAX_INT32)],
     proposal_dir: Annotated[
         Path | None,
         typer.Option(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from faststream import FastStream
 from faststream.specification import AsyncAPI
 from runstream_common import parsers
+from runstream_common.health import ConsumerProbe, health_of
 from runstream_common.kafka import document_publication, make_broker
 from runstream_common.telemetry import Telemetry, setup_telemetry
 
@@ -41,6 +42,15 @@ def build_app(settings: Settings, *, telemetry: Telemetry | None = None) -> Fast
     async def _prepare() -> None:
         service = IngestService(settings, telemetry, on_fatal=fatal)
         holder.append(service)
+        loop = service.loop
+        health_of(broker).watch(
+            ConsumerProbe(
+                name=f"ingest loop ({settings.group_id})",
+                consumer=lambda: loop.consumer if loop.consumer_started else None,
+                stuck_after_s=settings.stuck_after_s,
+                busy_since=lambda: loop.busy_since,
+            )
+        )
         await service.prepare()
 
     @app.after_startup

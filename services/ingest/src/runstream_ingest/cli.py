@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from runstream_common.limits import MAX_INT32
 
 if TYPE_CHECKING:  # the commands import what they use: `runstream --help` stays quick
     from runstream_common.messages import RunKnown, Selection, Trigger
@@ -87,7 +88,7 @@ async def _catalog(settings: Settings) -> RunCatalog:
 
 @proposal_app.command("add")
 def proposal_add(
-    proposal: Annotated[int, typer.Argument(min=0, help="Proposal number")],
+    proposal: Annotated[int, typer.Argument(min=0, max=MAX_INT32, help="Proposal number")],
     context_dir: Annotated[
         Path, typer.Option("--context-dir", help="Folder for context.py and the outputs (created)")
     ],
@@ -189,7 +190,7 @@ def proposal_list(
 
 
 @proposal_app.command("remove")
-def proposal_remove(proposal: Annotated[int, typer.Argument(min=0)]) -> None:
+def proposal_remove(proposal: Annotated[int, typer.Argument(min=0, max=MAX_INT32)]) -> None:
     """Stop processing a proposal (its data and results are kept)."""
     from runstream_common.messages import ProposalRemoved
     from runstream_common.topics import proposal_key
@@ -216,7 +217,7 @@ def proposal_remove(proposal: Annotated[int, typer.Argument(min=0)]) -> None:
 
 @proposal_app.command("runs")
 def proposal_runs(
-    proposal: Annotated[int, typer.Argument(min=0)],
+    proposal: Annotated[int, typer.Argument(min=0, max=MAX_INT32)],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts")] = False,
 ) -> None:
     """The runs of a proposal that ingest knows (the run catalog; no database needed)."""
@@ -271,19 +272,22 @@ def proposal_runs(
 
 
 def _parse_runs(runs: list[str]) -> list[int] | None:
-    if [r.lower() for r in runs] == ["all"]:
-        return None
-    parsed = []
-    for r in runs:
-        if not r.isdigit():
-            raise _fail(f"runs must be run numbers or the single word 'all', not {r!r}", 2)
-        parsed.append(int(r))
-    return sorted(set(parsed))
+    from runstream_common.runranges import parse_runs
+
+    try:
+        return parse_runs(runs)
+    except ValueError as exc:
+        raise _fail(f"bad RUNS: {exc}", 2) from exc
 
 
 def reprocess(
-    proposal: Annotated[int, typer.Argument(min=0, help="Proposal number")],
-    runs: Annotated[list[str], typer.Argument(help="Run numbers, or 'all' (every known run)")],
+    proposal: Annotated[int, typer.Argument(min=0, max=MAX_INT32, help="Proposal number")],
+    runs: Annotated[
+        list[str],
+        typer.Argument(
+            help="Runs: numbers, ranges and lists (42 10-20 1,3,5-7), or 'all' (every known run)"
+        ),
+    ],
     match: Annotated[
         list[str] | None,
         typer.Option(
@@ -301,7 +305,7 @@ def reprocess(
         bool, typer.Option("--wait", help="Follow the processing until every run is finished")
     ] = False,
     timeout: Annotated[
-        float | None, typer.Option(help="With --wait: give up after this many seconds")
+        float | None, typer.Option(min=0, help="With --wait: give up after this many seconds")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts")] = False,
 ) -> None:

@@ -128,12 +128,14 @@ def handle_facility(
     of them waits (see ``proc_waits_for_raw``).
     """
     try:
-        event = parsers.FACILITY.parse(value)
+        event = parsers.FACILITY.parse(value, max_bytes=settings.max_event_bytes)
     except MessageFormatError as exc:
         return [DeadLetter(str(exc), type(exc).__name__)]
     trigger = settings.event_triggers.get(event.event)
     if trigger is None:
-        return [Ignore(Outcome.UNKNOWN_EVENT, event.event)]
+        if event.event in settings.ignored_events:
+            return [Ignore(Outcome.UNKNOWN_EVENT, event.event)]
+        return [DeadLetter(_unknown_event(event.event, settings), "UnknownEvent")]
     registration = proposals.get(event.proposal)
     if registration is None:
         return [Ignore(Outcome.UNREGISTERED, f"p{event.proposal}")]
@@ -172,6 +174,15 @@ def handle_facility(
     )
     entry = catalog.put(_catalog_entry(event.proposal, event.run, trigger, source))
     return [EmitRun(run_msg, entry, note)]
+
+
+def _unknown_event(name: str, settings: Settings) -> str:
+    known = ", ".join(sorted(settings.event_triggers)) or "none"
+    return (
+        f"unknown facility event {name[:200]!r}: ingest maps only {known} "
+        "(RUNSTREAM_INGEST_EVENT_TRIGGERS); list events to skip quietly in "
+        "RUNSTREAM_INGEST_IGNORED_EVENTS"
+    )
 
 
 def _proc_not_ready(

@@ -79,6 +79,7 @@ class FolderState:
     files: int = 0
     newest_mtime: float = 0.0
     quiet_s: float = 0.0
+    newest_change: float = 0.0  # also inode change times: when the entries got here
 
     @property
     def complete(self) -> bool:
@@ -95,26 +96,42 @@ class FolderState:
 
 
 def folder_state(path: Path, settle_s: float, now: float) -> FolderState:
-    """Complete = exists, holds at least one file, and nothing in it changed for ``settle_s``."""
+    """Complete = exists, holds at least one file, and nothing in it changed for ``settle_s``.
+
+    A symbolic link counts as a file whether or not its target exists (a dangling
+    link to data that was moved elsewhere must not keep the run incomplete).
+    ``newest_change`` also takes the inode change times: a copy that keeps the
+    original mtimes (``cp -a``, ``rsync -a``) still sets them to the time of the copy.
+    """
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return FolderState(Completeness.MISSING)
     if not path.is_dir():
         return FolderState(Completeness.MISSING)
     files = 0
-    newest = path.stat().st_mtime
+    newest, changed = st.st_mtime, st.st_ctime
     for dirpath, _dirnames, filenames in os.walk(path):
         try:
-            newest = max(newest, os.stat(dirpath).st_mtime)
+            st = os.stat(dirpath)
         except FileNotFoundError:
             continue
+        newest, changed = max(newest, st.st_mtime), max(changed, st.st_ctime)
         for name in filenames:
+            entry = os.path.join(dirpath, name)
             try:
-                st = os.stat(os.path.join(dirpath, name))
-            except FileNotFoundError:  # renamed while we looked: still busy
-                return FolderState(Completeness.BUSY, files, now, 0.0)
+                st = os.stat(entry)
+            except FileNotFoundError:
+                try:
+                    st = os.lstat(entry)  # a dangling link: its own times
+                except FileNotFoundError:  # renamed while we looked: still busy
+                    return FolderState(Completeness.BUSY, files, now, 0.0, now)
             files += 1
-            newest = max(newest, st.st_mtime)
+            newest, changed = max(newest, st.st_mtime), max(changed, st.st_ctime)
+    changed = max(changed, newest)
     quiet = max(0.0, now - newest)
     if files == 0:
-        return FolderState(Completeness.EMPTY, 0, newest, quiet)
+        return FolderState(Completeness.EMPTY, 0, newest, quiet, changed)
     if quiet < settle_s:
-        return FolderState(Completeness.BUSY, files, newest, quiet)
-    return FolderState(Completeness.COMPLETE, files, newest, quiet)
+        return FolderState(Completeness.BUSY, files, newest, quiet, changed)
+    return FolderState(Completeness.COMPLETE, files, newest, quiet, changed)

@@ -6,6 +6,7 @@ import os
 import socket
 
 from pydantic import Field, field_validator
+from runstream_common.limits import DEFAULT_MAX_EVENT_BYTES
 from runstream_common.messages import Trigger
 from runstream_common.settings import ServiceSettings, service_config
 
@@ -38,6 +39,18 @@ class Settings(ServiceSettings):
     event_triggers: dict[str, Trigger] = Field(
         default_factory=lambda: dict(DEFAULT_EVENT_TRIGGERS),
         description="Facility event name -> which data it makes available (raw or proc)",
+    )
+    ignored_events: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Facility event names to skip quietly (counted). Any other event name not in "
+            "event_triggers is dead-lettered with the reason, so a renamed event is seen at once"
+        ),
+    )
+    max_event_bytes: int = Field(
+        default=DEFAULT_MAX_EVENT_BYTES,
+        ge=256,
+        description="A facility event longer than this is dead-lettered unread",
     )
     group_id: str = Field(default="runstream-ingest", description="Consumer group of the loop")
     transactional_id: str = Field(
@@ -122,6 +135,14 @@ class Settings(ServiceSettings):
             "gc.freeze() after start-up and then every this many seconds: the run catalog's "
             "objects leave the collector's view, so a full collection no longer stops the loop "
             "(measured: 40-60 ms pauses with a few thousand runs). Unset: Python's default"
+        ),
+    )
+    stuck_after_s: float = Field(
+        default=120.0,
+        gt=0,
+        description=(
+            "A batch under way this long, or a consumer not polled this long, fails the "
+            "liveness probe (runstream health)"
         ),
     )
     stats_interval_s: float = Field(

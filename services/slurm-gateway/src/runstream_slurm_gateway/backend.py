@@ -4,16 +4,28 @@ from __future__ import annotations
 
 from typing import Literal, Protocol
 
+from runstream_common.errors import ServiceUnavailable
+
 from .jobspec import JobInfo, JobSpec
 
 BackendName = Literal["slurm", "local"]
+
+
+class SubmitOutcomeUnclear(ServiceUnavailable):
+    """A submit the backend may have carried out (no answer, or an unreadable one).
+
+    The job may exist: look it up by its request id before submitting again.
+    """
 
 
 class Backend(Protocol):
     name: BackendName
 
     async def submit(self, spec: JobSpec, *, hold: bool) -> int:
-        """Start (or, with ``hold``, queue without starting) a job; its id once durable."""
+        """Start (or, with ``hold``, queue without starting) a job; its id once durable.
+
+        Raises :class:`SubmitOutcomeUnclear` when the job may exist without an id known.
+        """
         ...
 
     async def release(self, job_id: int) -> None:

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+from runstream_common.limits import MAX_INT32
 
 if TYPE_CHECKING:  # the commands import what they use: `runstream --help` stays quick
     from runstream_common.messages import JobCancelRequested
@@ -32,8 +33,8 @@ async def send_cancel(settings: Settings, message: JobCancelRequested) -> None:
 
 
 def cancel(
-    proposal: Annotated[int, typer.Argument(min=0, help="Proposal number")],
-    run: Annotated[int, typer.Argument(min=0, help="Run number")],
+    proposal: Annotated[int, typer.Argument(min=0, max=MAX_INT32, help="Proposal number")],
+    run: Annotated[int, typer.Argument(min=0, max=MAX_INT32, help="Run number")],
     reason: Annotated[str, typer.Option(help="Written into the run's log")] = "cancelled by user",
     as_json: Annotated[bool, typer.Option("--json", help="Print the request as JSON")] = False,
 ) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 
@@ -28,7 +29,7 @@ from runstream_common.messages import (
     JobStateChanged,
 )
 
-from .backend import Backend
+from .backend import Backend, SubmitOutcomeUnclear
 from .job_request import ProposalSettings, build_spec, concurrent_jobs, with_trace_context
 from .jobspec import JobInfo, JobTag
 from .settings import Settings
@@ -85,6 +86,8 @@ class Gateway:
         self._lock = asyncio.Lock()
         self._synced = False
         self._waiting: dict[str, str] = {}  # job_request_id -> reason last published
+        # job_request_id -> when a submit of it had an unclear outcome (its job may exist)
+        self._unclear: dict[str, float] = {}
 
     # ------------------------------------------------------------------ views
     def by_request(self, job_request_id: str) -> Tracked | None:
@@ -200,16 +203,10 @@ class Gateway:
             async with self._lock:
                 if not self._synced:
                     await self._sync_locked(full=True)
-                existing = self.by_request(req.job_request_id)
-                if existing is not None and existing.info.state is not JobState.VANISHED:
-                    log.info(
-                        "request %s already has %s job %d (%s): adopted, not submitted again",
-                        req.job_request_id,
-                        self.backend.name,
-                        existing.info.job_id,
-                        existing.info.state.value,
-                    )
-                else:
+                if req.job_request_id in self._unclear:
+                    await self._sync_locked(full=True)  # is the job there after all?
+                if not self._adopt(req):
+                    self._check_unclear(req)
                     await self._submit(req)
                 await self._release_ready(req.proposal)
                 await self._publish_changes()
@@ -218,6 +215,40 @@ class Gateway:
             raise
         self._waiting.pop(req.job_request_id, None)
 
+    def _adopt(self, req: JobRequested) -> bool:
+        """True if the backend already has a (live) job for ``req``."""
+        existing = self.by_request(req.job_request_id)
+        if existing is None or existing.info.state is JobState.VANISHED:
+            return False
+        log.info(
+            "request %s already has %s job %d (%s): adopted, not submitted again",
+            req.job_request_id,
+            self.backend.name,
+            existing.info.job_id,
+            existing.info.state.value,
+        )
+        self._unclear.pop(req.job_request_id, None)
+        return True
+
+    def _check_unclear(self, req: JobRequested) -> None:
+        """After an unclear submit: wait for its job to show before submitting again."""
+        since = self._unclear.get(req.job_request_id)
+        if since is None:
+            return
+        waited = time.monotonic() - since
+        if waited < self.settings.slurm.unclear_submit_wait_s:
+            raise TransientError(
+                f"the outcome of submitting request {req.job_request_id} is unclear and "
+                f"{self.backend.name} does not list its job (looked for {waited:.0f} s of "
+                f"{self.settings.slurm.unclear_submit_wait_s:g}); looking again before any new submit"
+            )
+        log.warning(
+            "request %s: no job after an unclear submit %.0f s ago; submitting it again",
+            req.job_request_id,
+            waited,
+        )
+        del self._unclear[req.job_request_id]
+
     async def _submit(self, req: JobRequested) -> None:
         try:
             spec = build_spec(
@@ -225,6 +256,13 @@ class Gateway:
             )
             spec = with_trace_context(spec)
             job_id = await self.backend.submit(spec, hold=True)
+        except SubmitOutcomeUnclear as exc:
+            log.warning("request %s: %s; looking its job up", req.job_request_id, exc)
+            self._unclear[req.job_request_id] = time.monotonic()
+            await self._sync_locked(full=True)
+            if self._adopt(req):
+                return
+            raise
         except PermanentError as exc:
             log.warning("request %s cannot be submitted: %s", req.job_request_id, exc)
             await self.publish(

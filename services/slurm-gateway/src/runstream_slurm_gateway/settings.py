@@ -20,6 +20,14 @@ class SlurmRestSettings(BaseModel):
     )
     timeout_s: float = Field(default=10.0, gt=0)
     poll_interval_s: float = Field(default=1.0, gt=0, description="Job list polling period")
+    unclear_submit_wait_s: float = Field(
+        default=30.0,
+        ge=0,
+        description=(
+            "After a submit whose outcome is unclear (no answer, or an unreadable one), look for "
+            "the job by its request id this long before submitting it again"
+        ),
+    )
 
 
 class TokenSettings(BaseModel):

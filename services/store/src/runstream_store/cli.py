@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from runstream_common.limits import MAX_INT32
 
 if TYPE_CHECKING:  # the commands import what they use: `runstream --help` stays quick
     from .settings import Settings
@@ -25,7 +26,8 @@ DsnOption = Annotated[
     ),
 ]
 WaitOption = Annotated[
-    float, typer.Option("--wait", help="Seconds to wait for the store's answer (0: do not wait)")
+    float,
+    typer.Option("--wait", min=0, help="Seconds to wait for the store's answer (0: do not wait)"),
 ]
 
 
@@ -180,7 +182,7 @@ def _rows(data: Any, last: int | None) -> tuple[list[str], list[dict[str, Any]]]
 
 
 def table(
-    proposal: Annotated[int, typer.Argument(help="Proposal number")],
+    proposal: Annotated[int, typer.Argument(min=0, max=MAX_INT32, help="Proposal number")],
     as_json: Annotated[
         bool, typer.Option("--json", help="Print JSON records (names as keys)")
     ] = False,
@@ -360,8 +362,8 @@ def _run_command(command: Any, wait_s: float, accept: set[str]) -> Any:
 
 
 def comment(
-    proposal: Annotated[int, typer.Argument(help="Proposal number")],
-    run: Annotated[int, typer.Argument(help="Run number")],
+    proposal: Annotated[int, typer.Argument(min=0, max=MAX_INT32, help="Proposal number")],
+    run: Annotated[int, typer.Argument(min=0, max=MAX_INT32, help="Run number")],
     text: Annotated[str, typer.Argument(help="The comment (replaces the old one)")],
     wait: WaitOption = 10.0,
 ) -> None:
@@ -379,7 +381,7 @@ def comment(
 
 
 def config(
-    proposal: Annotated[int, typer.Argument(help="Proposal number")],
+    proposal: Annotated[int, typer.Argument(min=0, max=MAX_INT32, help="Proposal number")],
     key: Annotated[str | None, typer.Argument(help="Setting name")] = None,
     value: Annotated[str | None, typer.Argument(help="New value")] = None,
     delete: Annotated[bool, typer.Option("--delete", "-d", help="Delete KEY")] = False,

@@ -3,12 +3,30 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-ProposalNo = Annotated[int, Field(ge=0, description="Proposal number")]
-RunNo = Annotated[int, Field(ge=0, description="Run number")]
+from ..limits import MAX_INT32
+
+
+def _not_a_bool(value: Any) -> Any:
+    # pydantic would take true/false as 1/0: a proposal or run number is never a flag
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not true/false")
+    return value
+
+
+ProposalNo = Annotated[
+    int,
+    BeforeValidator(_not_a_bool),
+    Field(ge=0, le=MAX_INT32, description="Proposal number (0 .. 2^31-1)"),
+]
+RunNo = Annotated[
+    int,
+    BeforeValidator(_not_a_bool),
+    Field(ge=0, le=MAX_INT32, description="Run number (0 .. 2^31-1)"),
+]
 
 
 class Trigger(StrEnum):

@@ -6,6 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
+from ..limits import MAX_RUNS_PER_REQUEST
 from .common import ProposalNo, RunNo, Selection, Trigger
 from .envelope import Message
 
@@ -47,7 +48,7 @@ class ReprocessRequested(Message):
 
     type: Literal["reprocess_requested"] = "reprocess_requested"
     proposal: ProposalNo
-    runs: tuple[RunNo, ...] | Literal["all"]
+    runs: Annotated[tuple[RunNo, ...], Field(max_length=MAX_RUNS_PER_REQUEST)] | Literal["all"]
     trigger: Trigger = Trigger.ALL
     selection: Selection = Selection()
 

@@ -132,6 +132,8 @@ class IngestLoop:
         self._on_outcome = on_outcome
         self._paused: dict[TopicPartition, float] = {}
         self._stopping = False
+        self.busy_since: float | None = None  # monotonic start of the batch under way (health)
+        self.consumer_started = False
         # next offset to decide / last offset a committed transaction carried, per partition
         self._positions: dict[TopicPartition, int] = {}
         self._committed: dict[TopicPartition, int] = {}
@@ -185,6 +187,7 @@ class IngestLoop:
 
     async def start_consumer(self) -> None:
         await self.consumer.start()
+        self.consumer_started = True
 
     async def stop(self) -> None:
         await self.inbox.halt()
@@ -222,10 +225,14 @@ class IngestLoop:
         """What the inbox holds -> one transaction. Returns the number of inputs decided."""
         self._resume_due()
         await self.inbox.wait(self.settings.poll_timeout_ms / 1000)
-        batch = await self._decide()
-        if batch is None:
-            return 0
-        await self._carry_out(batch)
+        self.busy_since = time.monotonic()
+        try:
+            batch = await self._decide()
+            if batch is None:
+                return 0
+            await self._carry_out(batch)
+        finally:
+            self.busy_since = None
         return len(batch.plan.outcomes)
 
     async def flush(self) -> None:

@@ -18,6 +18,7 @@ from opentelemetry.trace import SpanKind, Tracer
 from runstream_common import parsers
 from runstream_common.errors import MessageFormatError
 from runstream_common.kafka import dead_letter_headers as common_dead_letter_headers
+from runstream_common.limits import fit_dead_letter
 from runstream_common.messages import RunRequested, Trigger
 from runstream_common.topics import dlq, run_key
 
@@ -126,7 +127,9 @@ class Planner:
                 return True
             for record in records:
                 try:
-                    event = parsers.FACILITY.parse(record.value)
+                    event = parsers.FACILITY.parse(
+                        record.value, max_bytes=self.settings.max_event_bytes
+                    )
                 except MessageFormatError:
                     continue
                 trigger = self.settings.event_triggers.get(event.event)
@@ -248,16 +251,16 @@ class Planner:
         elif isinstance(effect, DeadLetter):
             assert record is not None
             plan.replay_safe = False
-            plan.records.append(
-                Out(
-                    dlq(record.topic),
-                    record.key,
-                    record.value if record.value is not None else b"",
-                    dead_letter_headers(
-                        record, effect.reason, effect.error_class, self.settings.group_id
-                    ),
-                )
+            # never bigger than a produce request: the transaction would fail again and again
+            value, headers = fit_dead_letter(
+                record.key,
+                record.value if record.value is not None else b"",
+                dead_letter_headers(
+                    record, effect.reason, effect.error_class, self.settings.group_id
+                ),
+                self.settings.kafka.max_request_size,
             )
+            plan.records.append(Out(dlq(record.topic), record.key, value, headers))
             log.warning(
                 "dead-lettered %s[%d]@%d: %s",
                 record.topic,

@@ -6,13 +6,20 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError, KafkaError
 from pydantic import BaseModel
 from runstream_common.errors import ServiceUnavailable
+from runstream_common.limits import check_size
 from runstream_common.settings import KafkaSettings
 
 
 async def publish_once(
     kafka: KafkaSettings, messages: list[tuple[str, bytes | None, BaseModel]]
 ) -> None:
-    """Publish ``(topic, key, message)`` tuples as JSON; raise ServiceUnavailable if Kafka is down."""
+    """Publish ``(topic, key, message)`` tuples as JSON; raise ServiceUnavailable if Kafka is down.
+
+    A message over ``max_message_bytes`` raises MessageTooLarge before anything is sent.
+    """
+    encoded = [(topic, key, message.model_dump_json().encode()) for topic, key, message in messages]
+    for topic, _key, data in encoded:
+        check_size(f"message for {topic}", data, kafka.max_message_bytes)
     producer = AIOKafkaProducer(
         bootstrap_servers=kafka.bootstrap_servers,
         client_id=f"{kafka.client_id}-cli",
@@ -29,10 +36,10 @@ async def publish_once(
             f"Kafka at {kafka.bootstrap_servers} is not answering: {exc}"
         ) from exc
     try:
-        for topic, key, message in messages:
+        for topic, key, data in encoded:
             await producer.send_and_wait(
                 topic,
-                message.model_dump_json().encode(),
+                data,
                 key=key,
                 headers=[("content-type", b"application/json")],
             )

@@ -4,6 +4,9 @@ Every ``watch_interval_s`` it lists ``raw/`` of each registered proposal. A run
 folder is reported once it is *new* (something in it changed after the
 proposal's registration, so registering an old proposal does not reprocess its
 history) and *complete* (at least one file, nothing changed for ``settle_s``).
+"New" takes the inode change times too, so a folder copied in with its
+original modification times (``cp -a``, ``rsync -a``) is new; a dangling
+symbolic link counts as a file.
 Reports go to the transactional loop, which de-duplicates them against the run
 catalog exactly like facility events; a restart simply reports again.
 """
@@ -58,7 +61,7 @@ class FolderWatcher:
                     self._reported.add(key)
                     continue
                 state = folder_state(path, self.settings.settle_s, now)
-                if not state.complete or state.newest_mtime < since:
+                if not state.complete or state.newest_change < since:
                     continue
                 self._reported.add(key)
                 found.append(Watched(registration.proposal, run, path))

@@ -5,6 +5,12 @@ slurmrestd forwards the token to slurmctld, which rejects a bad or expired one;
 slurmrestd then answers **HTTP 500 with error number -1 or 5005**, not 401. A 401
 (headers missing or refused) and those 500s are treated alike: get a new token
 and try once more. Connection failures and other 5xx become ``ServiceUnavailable``.
+
+A submit whose request may have reached slurmrestd without a readable answer
+(the reply timed out or the connection dropped after sending, or the reply is
+not JSON or has no job id) raises :class:`SubmitOutcomeUnclear`: the job may
+exist, so the caller looks it up (by the request id in its comment) before it
+submits again.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from typing import Any
 import httpx
 from runstream_common.errors import PermanentError, ServiceUnavailable
 
+from ..backend import SubmitOutcomeUnclear
 from ..jobspec import JobInfo, JobSpec
 from ..slurm_api import SlurmApi
 from ..tokens import TokenManager
@@ -26,6 +33,14 @@ log = logging.getLogger("runstream.slurm_gateway.rest")
 AUTH_ERROR_NUMBERS = frozenset({-1, 5005})
 HELD_NOTICE = 2042  # "Job is in held state, pending scheduler release": not a failure
 INVALID_JOB_ID = 2017
+
+
+class NoAnswer(ServiceUnavailable):
+    """The request was sent, but no answer came back: it may have been carried out."""
+
+
+# Failures before slurmrestd could have read the request: it certainly did nothing.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
 
 
 class SlurmRejected(PermanentError):
@@ -118,9 +133,14 @@ class SlurmRestClient:
         headers = {"X-SLURM-USER-NAME": self.user, "X-SLURM-USER-TOKEN": token}
         try:
             return await self._http.request(method, path, json=json, params=params, headers=headers)
-        except httpx.HTTPError as exc:
+        except _NOT_SENT as exc:
             raise ServiceUnavailable(
                 f"slurmrestd at {self._http.base_url} is not answering: {type(exc).__name__}: {exc}"
+            ) from exc
+        except httpx.HTTPError as exc:
+            raise NoAnswer(
+                f"slurmrestd at {self._http.base_url} took {method} {path} but gave no answer: "
+                f"{type(exc).__name__}: {exc}"
             ) from exc
 
     @staticmethod
@@ -166,15 +186,34 @@ class SlurmRestClient:
         return [p for p in pings if isinstance(p, dict)]
 
     async def submit(self, spec: JobSpec, script: str, *, hold: bool) -> int:
+        """The new job's id. :class:`SubmitOutcomeUnclear` if the job may exist all the same."""
         path = self.api.submit_path
-        response = await self._send(
-            "POST", path, json=self.api.submit_body(spec, script, hold=hold)
-        )
+        try:
+            response = await self._send(
+                "POST", path, json=self.api.submit_body(spec, script, hold=hold)
+            )
+        except NoAnswer as exc:
+            raise SubmitOutcomeUnclear(str(exc)) from exc
+        if response.content and not self._is_json(response):
+            raise SubmitOutcomeUnclear(
+                f"slurmrestd POST {path}: HTTP {response.status_code} with a reply that is not "
+                f"JSON ({response.text[:200]!r}); the job may have been submitted"
+            )
         body = self._raise_for("POST", path, response)
         job_id = self.api.submitted_job_id(body)
         if job_id is None:
-            raise ServiceUnavailable(f"slurmrestd POST {path}: no job_id in the answer")
+            raise SubmitOutcomeUnclear(
+                f"slurmrestd POST {path}: no job_id in the answer; the job may have been submitted"
+            )
         return job_id
+
+    @staticmethod
+    def _is_json(response: httpx.Response) -> bool:
+        try:
+            response.json()
+        except ValueError:
+            return False
+        return True
 
     async def get(self, job_id: int) -> JobInfo | None:
         """One job, or None when Slurm does not know it (never existed or purged)."""
