@@ -120,7 +120,12 @@ async def test_cap_holds_and_order_is_kept(tmp_path: Path) -> None:
         await h.backend.aclose()
     peak, order = replay_trace((tmp_path / "trace.txt").read_text())
     assert peak == 2
-    assert order == [1, 2, 3, 4, 5, 6]
+    assert sorted(order) == [1, 2, 3, 4, 5, 6]
+    # Released in request order: the gateway reports each job running in turn. (Two jobs
+    # released together may write their trace lines in either order, so the scripts'
+    # own start order is not the gateway's to keep.)
+    running = [e.run for e in h.events if e.state is JobState.RUNNING]
+    assert list(dict.fromkeys(running)) == [1, 2, 3, 4, 5, 6]
     assert never_more_than(h.events, 2, 901) <= 2
     assert {e.state for e in final_states(h.events).values()} == {JobState.COMPLETED}
     held = [
