@@ -18,9 +18,11 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 from runstream_common.admin import ensure_topics
@@ -40,12 +42,23 @@ def note(run):
     """A string that looks like markup: the page must show it as text."""
     return {MARKUP!r}
 '''
-# name -> predicate on a run_values row: the demo's values plus the markup string
+# the demo's values (raw pass and cluster job) plus the markup string; camera_peak is proc
 EXPECTED = (
     "xgm_intensity", "n_trains", "energy_per_train", "camera_image", "label", "broken",
     "column_profile", "note",
 )  # fmt: skip
 URL_LINE = re.compile(r"runstream web serving (http://\S+)")
+T = TypeVar("T")
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to its end from synchronous code.
+
+    In a thread of its own: Playwright's synchronous API keeps an event loop
+    running in the test's thread, where asyncio.run() is refused.
+    """
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 
 @dataclass
@@ -57,6 +70,7 @@ class WebSystem:
     proposal_dir: Path
     context_dir: Path
     raw_topic: str
+    proc_topic: str
     url: str = ""
 
     # ------------------------------------------------------------- facility
@@ -68,19 +82,23 @@ class WebSystem:
             make_fxe_da_file(str(template))
         old = time.time() - 3600
         for run in runs:
-            dest = self.proposal_dir / "raw" / f"r{run:04d}" / f"RAW-R{run:04d}-DA01-S00000.h5"
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(template, dest)
-            os.utime(dest, (old, old))
+            for kind, prefix in (("raw", "RAW"), ("proc", "CORR")):
+                dest = (
+                    self.proposal_dir / kind / f"r{run:04d}" / f"{prefix}-R{run:04d}-DA01-S00000.h5"
+                )
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(template, dest)
+                os.utime(dest, (old, old))
 
-    def send_events(self, runs: range) -> None:
-        """migration_complete events from an independent client, as the facility sends them."""
+    def send_events(self, runs: range, event: str = "migration_complete") -> None:
+        """Facility events from an independent client, as the facility sends them."""
         from confluent_kafka import Producer
 
+        topic = self.raw_topic if event == "migration_complete" else self.proc_topic
         producer = Producer({"bootstrap.servers": self.kafka.bootstrap_servers, "acks": "all"})
         for run in runs:
-            body = {"event": "migration_complete", "proposal": PROPOSAL, "run": run}
-            producer.produce(self.raw_topic, json.dumps(body).encode(), key=f"{PROPOSAL}/{run}")
+            body = {"event": event, "proposal": PROPOSAL, "run": run}
+            producer.produce(topic, json.dumps(body).encode(), key=f"{PROPOSAL}/{run}")
         assert producer.flush(30) == 0
 
     # ------------------------------------------------------------- database
@@ -92,7 +110,7 @@ class WebSystem:
             finally:
                 await conn.close()
 
-        return asyncio.run(go())
+        return run(go())
 
     def values(self) -> dict[tuple[int, str], asyncpg.Record]:
         rows = self.query("SELECT * FROM run_values WHERE proposal = $1", PROPOSAL)
@@ -118,7 +136,7 @@ class WebSystem:
             finally:
                 await broker.stop()
 
-        asyncio.run(go())
+        run(go())
 
     def command(self, message: Any) -> None:
         self.publish(self.kafka.topics.commands, message)
@@ -127,11 +145,11 @@ class WebSystem:
         self.command(
             DefineUserVariable(
                 proposal=PROPOSAL, name=name, title=title, variable_type=variable_type
-            )  # type: ignore[arg-type]
+            )
         )
 
 
-def _env(kafka: KafkaSettings, dsn: str, raw_topic: str, logs: Path) -> dict[str, str]:
+def _env(kafka: KafkaSettings, dsn: str, topics: list[str], logs: Path) -> dict[str, str]:
     prefix = kafka.topic_prefix
     env = {k: v for k, v in os.environ.items() if not k.startswith("RUNSTREAM_")}
     env.update(
@@ -141,7 +159,8 @@ def _env(kafka: KafkaSettings, dsn: str, raw_topic: str, logs: Path) -> dict[str
             "RUNSTREAM_KAFKA_SESSION_TIMEOUT_MS": "6000",
             "RUNSTREAM_KAFKA_HEARTBEAT_INTERVAL_MS": "500",
             "RUNSTREAM_POSTGRES_DSN": dsn,
-            "RUNSTREAM_INGEST_FACILITY_TOPICS": json.dumps([raw_topic]),
+            "RUNSTREAM_INGEST_FACILITY_TOPICS": json.dumps(topics),
+            "RUNSTREAM_INGEST_PROC_RETRY_DELAY_S": "1",
             "RUNSTREAM_INGEST_GROUP_ID": f"{prefix}-ingest",
             "RUNSTREAM_INGEST_TRANSACTIONAL_ID": f"{prefix}-ingest",
             "RUNSTREAM_INGEST_SETTLE_S": "0",
@@ -188,13 +207,13 @@ def start_system(bootstrap: str, admin_dsn: str, root: Path) -> WebSystem:
     """Database, topics, folders, the five services and the registered proposal."""
     prefix = f"t{uuid.uuid4().hex[:12]}"
     kafka = KafkaSettings(bootstrap_servers=bootstrap, topic_prefix=prefix, client_id=prefix)
-    dsn = asyncio.run(_database(admin_dsn))
+    dsn = run(_database(admin_dsn))
     upgrade = subprocess.run(
         [sys.executable, "-m", "runstream.cli", "db", "upgrade", "--dsn", dsn],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert upgrade.returncode == 0, upgrade.stdout + upgrade.stderr
-    raw_topic = f"{prefix}.facility.daq"
+    raw_topic, proc_topic = f"{prefix}.facility.daq", f"{prefix}.facility.cal"
     proposal_dir = root / "data" / f"p{PROPOSAL:06d}"
     context_dir = root / "usr"
     context_dir.mkdir(parents=True)
@@ -202,15 +221,15 @@ def start_system(bootstrap: str, admin_dsn: str, root: Path) -> WebSystem:
     (context_dir / "context.py").write_text(context)
     logs = root / "logs"
     logs.mkdir()
-    asyncio.run(ensure_topics(kafka, [raw_topic]))
-    system = System(env=_env(kafka, dsn, raw_topic, logs), log_dir=logs)
-    harness = WebSystem(system, kafka, dsn, root, proposal_dir, context_dir, raw_topic)
-    asyncio.run(system.start("store", "executor", "ingest", "slurm-gateway", "web"))
+    run(ensure_topics(kafka, [raw_topic, proc_topic]))
+    system = System(env=_env(kafka, dsn, [raw_topic, proc_topic], logs), log_dir=logs)
+    harness = WebSystem(system, kafka, dsn, root, proposal_dir, context_dir, raw_topic, proc_topic)
+    run(system.start("store", "executor", "ingest", "slurm-gateway", "web"))
     harness.url = web_url(system.procs["web"].log)
     harness.publish(
         kafka.topics.proposals,
         ProposalRegistered(
             proposal=PROPOSAL, context_dir=str(context_dir), data_root=str(proposal_dir)
-        )
+        ),
     )
     return harness

@@ -10,12 +10,14 @@ false/no/0 in any case, integers go through ``int()``, numbers through
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from runstream_common.messages import (
     DefineUserVariable,
+    Message,
     ReprocessRequested,
     Selection,
     SetComment,
@@ -23,6 +25,7 @@ from runstream_common.messages import (
     Trigger,
 )
 
+M = TypeVar("M", bound=Message)
 _BOOLEANS = {"true", "yes", "1", "false", "no", "0"}
 NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 RESERVED = frozenset({"comment", "start_time", "proposal", "run", "added_at"})
@@ -153,7 +156,9 @@ def reprocess_command(
             raise EditRejected("'runs' must be run numbers or \"all\"")
         unknown = sorted(set(runs) - set(known_runs))
         if unknown:
-            raise EditRejected(f"proposal {proposal} has no run {', '.join(map(str, unknown[:10]))}")
+            raise EditRejected(
+                f"proposal {proposal} has no run {', '.join(map(str, unknown[:10]))}"
+            )
         chosen = tuple(sorted(set(runs)))
     else:
         raise EditRejected("choose runs to reprocess")
@@ -177,9 +182,7 @@ def reprocess_command(
     return Reprocess(request, chosen)
 
 
-def _with_correlation(cls: Any, **fields: Any) -> Any:
+def _with_correlation(cls: type[M], **fields: Any) -> M:
     """A command whose correlation id is its own event id (the store's answer carries it)."""
-    import uuid
-
     event_id = uuid.uuid4()
     return cls(event_id=event_id, correlation_id=str(event_id), **fields)

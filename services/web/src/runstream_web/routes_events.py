@@ -62,9 +62,10 @@ async def events(request: Request) -> Response:
     try:
         sub = web.hub.subscribe(proposal, since)
     except Gap as exc:
+        frame_ = b"retry: 2000\n\n" + reset_frame(str(exc))
 
         async def reset() -> AsyncIterator[bytes]:
-            yield b"retry: 2000\n\n" + reset_frame(str(exc))
+            yield frame_
 
         return StreamingResponse(reset(), media_type="text/event-stream", headers=HEADERS)
     return StreamingResponse(

@@ -68,7 +68,11 @@ async def table(request: Request) -> Response:
 
 async def _run_file(request: Request) -> tuple[Path, str] | Response:
     web = web_of(request)
-    proposal, run, name = path_int(request, "proposal"), path_int(request, "run"), path_name(request)
+    proposal, run, name = (
+        path_int(request, "proposal"),
+        path_int(request, "run"),
+        path_name(request),
+    )
     if proposal is None or run is None or name is None:
         return error(404, "no such value")
     context_dir = await web.db.context_dir(proposal)
@@ -104,7 +108,11 @@ async def summary(request: Request) -> Response:
 async def value(request: Request) -> Response:
     """The current value of one variable of one run, and its history."""
     web = web_of(request)
-    proposal, run, name = path_int(request, "proposal"), path_int(request, "run"), path_name(request)
+    proposal, run, name = (
+        path_int(request, "proposal"),
+        path_int(request, "run"),
+        path_name(request),
+    )
     if proposal is None or run is None or name is None:
         return error(404, "no such value")
     current, history, variable = await asyncio.gather(

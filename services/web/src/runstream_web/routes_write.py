@@ -75,7 +75,11 @@ async def set_comment(request: Request, web: Web, caller: Caller, body: dict[str
 
 @guarded
 async def set_value(request: Request, web: Web, caller: Caller, body: dict[str, Any]) -> Response:
-    proposal, run, name = path_int(request, "proposal"), path_int(request, "run"), path_name(request)
+    proposal, run, name = (
+        path_int(request, "proposal"),
+        path_int(request, "run"),
+        path_name(request),
+    )
     if proposal is None or run is None or name is None:
         return error(404, "no such value")
     variable = await web.db.variable(proposal, name)

@@ -223,21 +223,12 @@ class Database:
             "cursor": cursor,
             "context_dir": context_dir,
             "variables": [{**dict(v), "tags": sorted(v["tags"])} for v in variables],
-            "decor": [
-                [d["run"], d["name"], d["error"], d["error_cls"], d["bold"],
-                 _background(d["background"]), d["units"]]
-                for d in decor
-            ],  # fmt: skip
+            "decor": [[*tuple(d)[:5], _background(d["background"]), d["units"]] for d in decor],
             "processing": [
-                [p["run"], p["status"], p["trigger"], p["variable"], p["reason"],
-                 orjson.loads(p["counts"]), p["request_id"], float(p["at"])]
+                [*tuple(p)[:5], orjson.loads(p["counts"]), p["request_id"], float(p["at"])]
                 for p in processing
-            ],  # fmt: skip
-            "jobs": [
-                [j["run"], j["state"], j["backend"], j["job_id"], j["exit_status"], j["reason"],
-                 float(j["at"])]
-                for j in jobs
-            ],  # fmt: skip
+            ],
+            "jobs": [[*tuple(j)[:6], float(j["at"])] for j in jobs],
         }
         rows = b",".join(
             b"[%d,%s,%s,%s]"
@@ -312,7 +303,8 @@ def _value_dict(row: Any) -> dict[str, Any]:
         "kind": row["kind"],
         "summary_type": row["summary_type"],
         "units": row["units"],
-        "max_diff": row["max_diff"] if row["max_diff"] is None or math.isfinite(row["max_diff"])
+        "max_diff": row["max_diff"]
+        if row["max_diff"] is None or math.isfinite(row["max_diff"])
         else None,
         "bold": row["bold"],
         "background": _background(row["background"]),

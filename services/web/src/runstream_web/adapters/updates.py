@@ -23,7 +23,7 @@ from runstream_common.settings import KafkaSettings
 
 log = logging.getLogger("runstream.web.updates")
 
-OnUpdate = Callable[[int | None, bytes], None]
+OnUpdate = Callable[[int | None, bytes], object]
 
 
 def proposal_of(update: Any) -> int | None:

@@ -117,7 +117,10 @@ export class Grid {
         slot.node.style.transform = `translateY(${y}px)`;
         slot.y = y;
       }
-      if (slot.row === row && slot.node.querySelector(".editor")) continue; // being edited
+      if (Number(slot.node.dataset.run) === row.run && slot.node.querySelector(".editor")) {
+        slot.row = row; // being edited: left alone until the editor closes
+        continue;
+      }
       const stamp = this.stampOf(row);
       if (slot.row !== row || slot.rev !== row.rev || slot.cv !== this.model.colsVersion || slot.stamp !== stamp) {
         this.fill(slot.node, row, cols, slot.cv !== this.model.colsVersion);
@@ -210,7 +213,7 @@ export class Grid {
     if (decor && decor.bg) cell.style.background = `rgb(${decor.bg.map(Number).join(",")})`;
     const units = text && typeof value !== "string" ? this.model.unitsOf(row, col) : "";
     cell.replaceChildren(text);
-    if (units) cell.append(el("span", { class: "units", text: units }));
+    if (units) cell.append(el("span", { class: "units", text: ` ${units}` }));
     if (text.length > 12) cell.title = text;
   }
 

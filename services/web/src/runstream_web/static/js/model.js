@@ -265,7 +265,6 @@ export function statusOf(row) {
     if (s === "running" && p.variable) text = `running (${p.variable})`;
     if (s === "done" && p.counts && p.counts.failed) text = `done, ${p.counts.failed} failed`;
     if ((s === "failed" || s === "waiting") && p.reason) text = `${s}: ${p.reason}`;
-    if (p.trigger && p.trigger !== "all") text = `${p.trigger} ${text}`;
   }
   if (j) {
     const job = `job${j.job_id ? " " + j.job_id : ""} ${j.state}`;

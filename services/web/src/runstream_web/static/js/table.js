@@ -76,6 +76,7 @@ export class TablePage {
   }
 
   async load() {
+    this.probe.loads = (this.probe.loads || 0) + 1;
     let snapshot;
     try {
       snapshot = await getJSON(paths.table(this.proposal));
@@ -173,11 +174,15 @@ export class TablePage {
     this.grid.touch();
   }
 
+  // A click: the cell becomes the active one; a value opens in the side panel
+  // (an editable cell does not: a double click edits it, and the panel would move it).
   openDetail(run, key) {
     if (["run", "__status", "start_time"].includes(key)) return;
     this.grid.active = [run, key];
     this.grid.touch();
-    this.detail.show(run, key);
+    const column = this.model.columns.find((c) => c.key === key);
+    const editable = this.grid.canWrite && column && (column.kind === "comment" || column.userType);
+    if (!editable || !this.detail.root.hidden) this.detail.show(run, key);
   }
 
   onKey(event) {

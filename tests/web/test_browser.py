@@ -1,0 +1,356 @@
+"""The web run table in Debian's chromium against the real stack (five services as processes).
+
+One system for the module (services start in ~20 s): runs 1 and 2 are processed
+(raw, proc and the cluster job) before the first test; later tests add run 3.
+Screenshots land in .artifacts/web/.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import screenshot
+from .harness import EXPECTED, MARKUP, PROPOSAL, WebSystem
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+
+RUNS = range(1, 3)
+WAIT_MS = 30_000
+
+
+@pytest.fixture(scope="module")
+def system(live: WebSystem) -> WebSystem:
+    live.make_runs(range(1, 4))
+    live.send_events(RUNS)
+    live.send_events(RUNS, event="run_corrections_complete")
+    live.wait_values(RUNS, (*EXPECTED, "camera_peak"))
+    return live
+
+
+def cell(page: Any, run: int, key: str) -> Any:
+    return page.locator(f'#grid .row[data-run="{run}"] > div[data-key="{key}"]')
+
+
+def open_table(page: Any, system: WebSystem) -> None:
+    page.goto(f"{system.url}#/p/{PROPOSAL}")
+    page.wait_for_function("() => window.__runstream && window.__runstream.ready", timeout=WAIT_MS)
+    page.wait_for_selector('#live[data-state="live"]', timeout=WAIT_MS)
+
+
+def text_of(page: Any, run: int, key: str) -> str:
+    return str(cell(page, run, key).text_content(timeout=WAIT_MS))
+
+
+def http(system: WebSystem, method: str, path: str, body: Any = None,
+         headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:  # fmt: skip
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(
+        system.url.rstrip("/") + path, data=data, method=method, headers=headers or {}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+def test_proposal_list_links_to_the_table(page: Any, system: WebSystem) -> None:
+    page.goto(system.url)
+    row = page.locator(f'.plist tr[data-proposal="{PROPOSAL}"]')
+    row.wait_for(timeout=WAIT_MS)
+    assert row.locator("td").nth(1).text_content() == "2"
+    row.click()
+    page.wait_for_function("() => window.__runstream.ready", timeout=WAIT_MS)
+    assert page.url.endswith(f"#/p/{PROPOSAL}")
+
+
+def test_table_shows_the_stored_values_and_thumbnails(page: Any, system: WebSystem) -> None:
+    open_table(page, system)
+    values = system.values()
+    for run in RUNS:
+        assert text_of(page, run, "n_trains") == "400"
+        assert text_of(page, run, "label") == f"p{PROPOSAL} r{run}"
+        stored = values[(run, "energy_per_train")]["value_float"]
+        assert text_of(page, run, "energy_per_train") == f"{stored:g} uJ"
+        # the error cell shows the class and the message
+        broken = cell(page, run, "broken")
+        assert "err" in str(broken.get_attribute("class"))
+        assert broken.locator(".cls").text_content() == "ZeroDivisionError"
+        assert "division by zero" in str(broken.text_content())
+        # Cell(bold=True) from the proc pass
+        assert "bold" in str(cell(page, run, "camera_peak").get_attribute("class"))
+        # a thumbnail (PNG from the run file) and a trendline (SVG) as images, loaded
+        for key, kind in (("camera_image", "image/png"), ("column_profile", "image/svg+xml")):
+            img = cell(page, run, key).locator("img")
+            img.wait_for(timeout=WAIT_MS)
+            page.wait_for_function(
+                "img => img.complete && img.naturalWidth > 0", arg=img.element_handle(),
+                timeout=WAIT_MS,
+            )  # fmt: skip
+            src = str(img.get_attribute("src"))
+            status, headers, _ = http(system, "GET", src)
+            assert (status, headers["content-type"]) == (200, kind), src
+        status_text = text_of(page, run, "__status")
+        assert "done" in status_text
+        assert "failed" not in status_text
+    # "A/B" titles are grouped headers; units are shown in the header
+    groups = page.locator("#grid .hrow.groups > div").all_text_contents()
+    assert "Camera" in groups
+    assert "XGM" in groups
+    leaves = page.locator("#grid .hrow.leaves > div").all_text_contents()
+    assert "Intensity[uJ]" in leaves
+    assert "Image" in leaves
+    assert "Trains" in leaves
+    assert page.page_errors == []
+    screenshot(page, "table")
+
+
+def test_markup_values_are_shown_as_text(page: Any, system: WebSystem) -> None:
+    open_table(page, system)
+    note = cell(page, 1, "note")
+    assert note.text_content() == MARKUP
+    assert note.locator("script, b").count() == 0
+    assert page.evaluate("window.__pwned") is None
+    assert page.page_errors == []
+
+
+def test_new_run_appears_and_fills_without_reload(page: Any, system: WebSystem) -> None:
+    open_table(page, system)
+    page.evaluate("window.__sameDocument = true")
+    assert cell(page, 3, "run").count() == 0
+    system.send_events(range(3, 4))
+    cell(page, 3, "run").wait_for(timeout=60_000)  # the row appears ...
+    page.wait_for_function(  # ... and fills as the values arrive
+        """() => {
+            const row = document.querySelector('#grid .row[data-run="3"]');
+            const trains = row && row.querySelector('div[data-key="n_trains"]');
+            const image = row && row.querySelector('div[data-key="camera_image"] img');
+            const label = row && row.querySelector('div[data-key="label"]');
+            return trains && trains.textContent === "400" && image && label
+                && label.textContent === "p9999 r3";
+        }""",
+        timeout=120_000,
+    )
+    assert page.evaluate("window.__sameDocument") is True, "the page was reloaded"
+    assert page.evaluate("window.__runstream.updates") > 0
+    screenshot(page, "new-run-live")
+
+
+def test_comment_lands_in_postgres_and_in_a_second_browser(
+    browser: Any, page: Any, system: WebSystem
+) -> None:
+    open_table(page, system)
+    other_context = browser.new_context(viewport={"width": 1400, "height": 700})
+    other = other_context.new_page()
+    try:
+        open_table(other, system)
+        cell(page, 1, "comment").dblclick()
+        editor = cell(page, 1, "comment").locator("input.editor")
+        editor.fill("sample changed: <i>Fe</i> foil")
+        editor.press("Enter")
+        deadline = time.monotonic() + 30
+        stored = None
+        while time.monotonic() < deadline:
+            row = system.values().get((1, "comment"))
+            if row is not None:
+                stored = row["value_text"]
+                break
+            time.sleep(0.2)
+        assert stored == "sample changed: <i>Fe</i> foil"
+        other.wait_for_function(
+            """() => {
+                const c = document.querySelector('#grid .row[data-run="1"] > div[data-key="comment"]');
+                return c && c.textContent === "sample changed: <i>Fe</i> foil";
+            }""",
+            timeout=WAIT_MS,
+        )
+        assert cell(other, 1, "comment").locator("i").count() == 0
+        # the editing page got the store's answer: no longer pending
+        page.wait_for_function(
+            """() => !document.querySelector('#grid .row[data-run="1"] > div.pending')""",
+            timeout=WAIT_MS,
+        )
+        screenshot(other, "comment-second-browser")
+    finally:
+        other_context.close()
+
+
+def test_bad_value_for_a_typed_user_variable_is_refused(page: Any, system: WebSystem) -> None:
+    open_table(page, system)
+    page.click("#addvar")
+    dialog = page.locator("#addvar-dialog")
+    dialog.locator('input[name="title"]').fill("Sample/Temperature")
+    dialog.locator('select[name="type"]').select_option("number")
+    dialog.locator("button.primary").click()
+    cell(page, 1, "sample_temperature").wait_for(timeout=WAIT_MS)  # the new column, live
+    assert "Sample" in page.locator("#grid .hrow.groups > div").all_text_contents()
+
+    cell(page, 1, "sample_temperature").dblclick()
+    editor = cell(page, 1, "sample_temperature").locator("input.editor")
+    editor.fill("warm")
+    editor.press("Enter")
+    message = page.locator(".toast.error").filter(has_text="is not a valid number")
+    message.wait_for(timeout=WAIT_MS)
+    assert "'warm' is not a valid number" in str(message.text_content())
+    assert "rejected" in str(cell(page, 1, "sample_temperature").get_attribute("class"))
+    screenshot(page, "user-variable-refused")
+    time.sleep(1.0)
+    assert (1, "sample_temperature") not in system.values(), "a refused value reached the database"
+
+    cell(page, 1, "sample_temperature").dblclick()
+    editor = cell(page, 1, "sample_temperature").locator("input.editor")
+    editor.fill("21.5")
+    editor.press("Enter")
+    page.wait_for_function(
+        """() => {
+            const c = document.querySelector('#grid .row[data-run="1"] > div[data-key="sample_temperature"]');
+            return c && c.textContent === "21.5" && !c.classList.contains("pending");
+        }""",
+        timeout=WAIT_MS,
+    )
+    assert system.values()[(1, "sample_temperature")]["value_float"] == 21.5
+
+
+def test_plot_view_renders_image_line_and_trend(page: Any, system: WebSystem) -> None:
+    open_table(page, system)
+    cell(page, 1, "camera_image").click()
+    page.wait_for_selector('#detail .plot-area[data-kind="image"] .main-svg', timeout=WAIT_MS)
+    assert page.locator("#detail .history tbody tr").count() >= 1
+    screenshot(page, "plot-image")
+    cell(page, 2, "column_profile").click()
+    page.wait_for_selector('#detail .plot-area[data-kind="line"] .main-svg', timeout=WAIT_MS)
+    assert page.locator("#detail h2").text_content() == "Camera/Column profile · run 2"
+    cell(page, 2, "n_trains").click()
+    page.wait_for_selector('#detail .plot-area[data-kind="trend"] .main-svg', timeout=WAIT_MS)
+    # the trend has one point per run with a value
+    points = page.evaluate(
+        "document.querySelector('#detail .plot-area[data-kind=\"trend\"]').data[0].x.length"
+    )
+    assert points >= 2
+    screenshot(page, "plot-trend")
+    cell(page, 1, "broken").click()
+    meta = page.locator("#detail .meta")
+    meta.get_by_text("ZeroDivisionError").wait_for(timeout=WAIT_MS)
+    assert page.page_errors == []
+
+
+def test_sort_filter_columns_and_csv(page: Any, system: WebSystem) -> None:
+    open_table(page, system)
+    page.fill("#filter", f"p{PROPOSAL} r2")
+    page.wait_for_function(
+        "() => document.querySelectorAll('#grid .row:not([style*=\"display: none\"])').length === 1"
+    )
+    assert page.locator("#grid .row[data-run]").first.get_attribute("data-run") == "2"
+    page.fill("#filter", "")
+    page.wait_for_function(
+        "() => window.__runstream.page.grid.rows.length === window.__runstream.page.model.rows.size"
+    )
+    page.locator('#grid .hrow.leaves > div[data-key="run"]').click()
+    page.locator('#grid .hrow.leaves > div[data-key="run"]').click()  # descending
+    page.wait_for_function(
+        "() => document.querySelector('#grid .hrow.leaves > div[data-key=\"run\"]')"
+        ".dataset.sort === 'desc'"
+    )
+    runs = page.evaluate("window.__runstream.page.grid.rows.map(r => r.run)")
+    assert runs == sorted(runs, reverse=True)
+    assert len(runs) >= 2
+    page.click("#columns summary")
+    page.locator('#columns input[data-key="label"]').uncheck()
+    page.locator('#grid .hrow.leaves > div[data-key="label"]').wait_for(state="detached")
+    shown = '#grid .row:not([style*="display: none"])'
+    assert page.locator(f'{shown} > div[data-key="label"]').count() == 0
+    assert page.locator(f'{shown} > div[data-key="n_trains"]').count() == len(runs)
+    with page.expect_download() as download:
+        page.click("#export")
+    text = Path(download.value.path()).read_text(encoding="utf-8")
+    header, *lines = text.strip().splitlines()
+    assert header.startswith("Run,Status,Timestamp,Comment")
+    assert "Run label" not in header
+    assert "Camera/Image" in header
+    assert len(lines) == len(runs)
+    page.locator('#columns input[data-key="label"]').check()
+
+
+def test_reconnecting_browser_catches_up(page: Any, system: WebSystem) -> None:
+    """Updates published while the event stream is down arrive when it reconnects."""
+    open_table(page, system)
+    cursor = page.evaluate("window.__runstream.page.live.cursor")
+    page.evaluate("window.__runstream.page.live.stop()")
+    from runstream_common.messages import SetComment
+
+    system.command(SetComment(proposal=PROPOSAL, run=2, text="written while offline"))
+    deadline = time.monotonic() + 30
+    while (2, "comment") not in system.values() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(0.5)  # the service has read the store's answer
+    assert text_of(page, 2, "comment") != "written while offline"
+    page.evaluate("c => window.__runstream.page.live.start(c)", cursor)
+    page.wait_for_function(
+        """() => document.querySelector('#grid .row[data-run="2"] > div[data-key="comment"]')
+                  .textContent === "written while offline" """,
+        timeout=WAIT_MS,
+    )
+    # a cursor from another server instance (or too old) makes the page reload the table
+    loads = page.evaluate("window.__runstream.loads")
+    page.evaluate("window.__runstream.page.live.start('feedbeef0000:1')")
+    page.wait_for_function(f"() => window.__runstream.loads > {loads}", timeout=WAIT_MS)
+    page.wait_for_selector('#live[data-state="live"]', timeout=WAIT_MS)
+    assert text_of(page, 2, "comment") == "written while offline"
+
+
+def test_reprocess_selected_runs_with_progress(page: Any, system: WebSystem) -> None:
+    open_table(page, system)
+    cell(page, 1, "__sel").locator("input").check()
+    page.click("#reprocess")
+    dialog = page.locator("#reprocess-dialog")
+    dialog.locator('input[name="vars"][value="chosen"]').check()
+    dialog.locator('input[name="var"][value="n_trains"]').check()
+    dialog.locator("button.primary").click()
+    page.wait_for_function(
+        "() => document.querySelector('#progress').dataset.done === '1'"
+        " && document.querySelector('#progress').dataset.total === '1'",
+        timeout=120_000,
+    )
+    assert re.match(
+        r"reprocessed 1/1 runs", str(page.locator("#progress .progress-text").text_content())
+    )
+    history = system.query(
+        "SELECT count(*) AS n FROM run_value_history WHERE proposal = $1 AND run = 1 "
+        "AND name = 'n_trains'",
+        PROPOSAL,
+    )
+    assert history[0]["n"] == 2, "n_trains of run 1 was evaluated again"
+
+
+def test_http_api_refuses_unsafe_requests(system: WebSystem) -> None:
+    base = f"/api/proposals/{PROPOSAL}/runs/1"
+    # no X-Requested-With: a page of another site could have sent it
+    status, _, body = http(system, "POST", f"{base}/comment", {"text": "x"},
+                           {"Content-Type": "application/json"})  # fmt: skip
+    assert status == 403
+    assert b"X-Requested-With" in body
+    ours = {"Content-Type": "application/json", "X-Requested-With": "runstream"}
+    status, _, body = http(system, "POST", f"{base}/values/n_trains", {"value": "3"}, ours)
+    assert status == 400
+    assert b"computed by the context file" in body
+    status, _, body = http(system, "POST", f"{base}/values/nope", {"value": "3"}, ours)
+    assert status == 404
+    status, _, body = http(system, "POST", f"{base}/comment", {"text": 5}, ours)
+    assert status == 400
+    assert b"must be text" in body
+    status, _, _ = http(system, "GET", "/api/proposals/4/table")
+    assert status == 404
+    status, headers, _ = http(system, "GET", "/")
+    assert status == 200
+    assert "script-src 'self'" in headers["content-security-policy"]
+    status, headers, _ = http(system, "GET", "/vendor/plotly.min.js")
+    assert status == 200
+    assert int(headers["content-length"]) > 1_000_000
