@@ -253,15 +253,16 @@ def test_sort_filter_columns_and_csv(page: Any, system: WebSystem) -> None:
     page.wait_for_function(
         "() => window.__runstream.page.grid.rows.length === window.__runstream.page.model.rows.size"
     )
-    page.locator('#grid .hrow.leaves > div[data-key="run"]').click()
-    page.locator('#grid .hrow.leaves > div[data-key="run"]').click()  # descending
+    runs = page.evaluate("window.__runstream.page.grid.rows.map(r => r.run)")
+    assert runs == sorted(runs, reverse=True), "newest run first by default"
+    assert len(runs) >= 2
+    page.locator('#grid .hrow.leaves > div[data-key="run"]').click()  # ascending
     page.wait_for_function(
         "() => document.querySelector('#grid .hrow.leaves > div[data-key=\"run\"]')"
-        ".dataset.sort === 'desc'"
+        ".dataset.sort === 'asc'"
     )
     runs = page.evaluate("window.__runstream.page.grid.rows.map(r => r.run)")
-    assert runs == sorted(runs, reverse=True)
-    assert len(runs) >= 2
+    assert runs == sorted(runs)
     page.click("#columns summary")
     page.locator('#columns input[data-key="label"]').uncheck()
     page.locator('#grid .hrow.leaves > div[data-key="label"]').wait_for(state="detached")

@@ -10,6 +10,7 @@ run.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from importlib import resources
 from pathlib import Path
@@ -22,8 +23,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
-from starlette.routing import Mount, Route
-from starlette.staticfiles import StaticFiles
+from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import routes_events, routes_read, routes_write
@@ -72,20 +72,44 @@ def plotly_js() -> Path:
     return path
 
 
-class NoCacheStatic(StaticFiles):
-    """The page's own modules: always revalidated (ETag), so an upgrade shows at once."""
+class StaticFiles:
+    """The page's own files, read once into memory (tiny; no thread per request).
 
-    async def get_response(self, path: str, scope: Scope) -> Response:
-        response = await super().get_response(path, scope)
-        response.headers["Cache-Control"] = "no-cache"
-        return response
+    Always revalidated (``no-cache`` with an ETag), so an upgrade shows at once.
+    """
+
+    TYPES = {".js": "text/javascript", ".css": "text/css", ".html": "text/html"}
+
+    def __init__(self, directory: Path) -> None:
+        self.files: dict[str, tuple[bytes, str, str]] = {}
+        for path in sorted(directory.rglob("*")):
+            if path.is_file() and path.suffix in self.TYPES:
+                body = path.read_bytes()
+                etag = '"' + hashlib.sha256(body).hexdigest()[:20] + '"'
+                media = self.TYPES[path.suffix] + "; charset=utf-8"
+                self.files[path.relative_to(directory).as_posix()] = (body, media, etag)
+
+    def response(self, name: str, request: Request) -> Response:
+        found = self.files.get(name)
+        if found is None:
+            return error(404, "not found")
+        body, media, etag = found
+        headers = {"ETag": etag, "Cache-Control": "no-cache"}
+        if request.headers.get("if-none-match") == etag:
+            return Response(status_code=304, headers=headers)
+        return Response(body, media_type=media, headers=headers)
 
 
 def build_http(web: Web) -> Starlette:
     plotly_path = plotly_js()
 
+    static = StaticFiles(STATIC)
+
     async def index(request: Request) -> Response:
-        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+        return static.response("index.html", request)
+
+    async def static_file(request: Request) -> Response:
+        return static.response(str(request.path_params["path"]), request)
 
     async def vendor_plotly(request: Request) -> Response:
         return FileResponse(
@@ -98,7 +122,7 @@ def build_http(web: Web) -> Starlette:
     routes: list[Any] = [
         Route("/", index),
         Route("/vendor/plotly.min.js", vendor_plotly),
-        Mount("/static", NoCacheStatic(directory=STATIC), name="static"),
+        Route("/static/{path:path}", static_file),
         Route("/api/session", routes_read.session),
         Route("/api/health", routes_read.health),
         Route("/api/proposals", routes_read.proposals),
@@ -117,7 +141,7 @@ def build_http(web: Web) -> Starlette:
         routes=routes,
         middleware=[
             Middleware(SecurityHeaders),
-            Middleware(GZipMiddleware, minimum_size=2048, compresslevel=3),
+            Middleware(GZipMiddleware, minimum_size=2048, compresslevel=1),
         ],
         exception_handlers={
             ServiceUnavailable: _unavailable,

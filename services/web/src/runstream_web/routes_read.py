@@ -26,6 +26,11 @@ def path_name(request: Request) -> str | None:
     return name if isinstance(name, str) and NAME.match(name) else None
 
 
+def _query_int(request: Request, key: str) -> int | None:
+    text = request.query_params.get(key, "")
+    return int(text) if text.isdigit() and len(text) < 10 else None
+
+
 async def session(request: Request) -> Response:
     web = web_of(request)
     caller = web.caller(request)
@@ -59,8 +64,9 @@ async def table(request: Request) -> Response:
     proposal = path_int(request, "proposal")
     if proposal is None:
         return error(404, "not a proposal number")
+    newest, before = _query_int(request, "newest"), _query_int(request, "before")
     cursor = web.hub.cursor()  # before reading: every later change comes after it
-    body = await web.db.table_json(proposal, cursor)
+    body = await web.db.table_json(proposal, cursor, newest=newest, before=before)
     if body is None:
         return error(404, f"proposal {proposal} is not known to runstream")
     return Response(body, media_type="application/json", headers={"Cache-Control": "no-store"})

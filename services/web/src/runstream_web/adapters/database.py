@@ -35,20 +35,24 @@ _DECOR = """
 SELECT r.run, r.name, r.error, r.error_cls, r.bold, r.background,
        CASE WHEN r.units IS DISTINCT FROM v.units THEN r.units END AS units
 FROM run_values r LEFT JOIN variables v ON v.proposal = r.proposal AND v.name = r.name
-WHERE r.proposal = $1
+WHERE r.proposal = $1 AND r.run >= $2 AND r.run < $3
   AND (r.error IS NOT NULL OR r.bold OR r.background IS NOT NULL
        OR (r.units IS NOT NULL AND r.units IS DISTINCT FROM v.units))
 """
 _PROCESSING = """
 SELECT DISTINCT ON (run) run, status, trigger, variable, reason, counts::text AS counts,
        request_id, extract(epoch FROM event_time) AS at
-FROM processing_state WHERE proposal = $1 ORDER BY run, event_time DESC
+FROM processing_state WHERE proposal = $1 AND run >= $2 AND run < $3
+ORDER BY run, event_time DESC
 """
 _JOBS = """
 SELECT DISTINCT ON (run) run, state, backend, job_id, exit_status, reason,
        extract(epoch FROM event_time) AS at
-FROM slurm_jobs WHERE proposal = $1 ORDER BY run, event_time DESC
+FROM slurm_jobs WHERE proposal = $1 AND run >= $2 AND run < $3
+ORDER BY run, event_time DESC
 """
+_RUNS = "SELECT run, start_time, added_at, cells FROM runs WHERE proposal = $1"
+NO_RUN = 2**31 - 1  # above every run number (runs are PostgreSQL integers)
 _VALUE_COLUMNS = """kind, value_int, value_float, value_imag, value_bool, value_text, summary_type,
        units, max_diff, bold, background, error, error_cls, cleared, provenance, context_hash,
        revision"""
@@ -196,8 +200,16 @@ class Database:
         return found is not None
 
     # ------------------------------------------------------------------ the table
-    async def table_json(self, proposal: int, cursor: str) -> bytes | None:
-        """The whole run table of ``proposal`` as JSON bytes (None: unknown proposal)."""
+    async def table_json(
+        self, proposal: int, cursor: str, *, newest: int | None = None, before: int | None = None
+    ) -> bytes | None:
+        """The run table of ``proposal`` as JSON bytes (None: unknown proposal).
+
+        All runs, or the ``newest`` N (a page paints them at once, then asks for
+        the runs ``before`` the oldest of them). ``complete`` says whether runs
+        older than those sent exist; ``oldest`` is the oldest run sent.
+        """
+        hi = NO_RUN if before is None else before
         async with (
             self.pool.acquire() as conn,
             conn.transaction(isolation="repeatable_read", readonly=True),
@@ -205,22 +217,29 @@ class Database:
             context_dir = await conn.fetchval(
                 "SELECT context_dir FROM proposals WHERE proposal = $1", proposal
             )
-            runs = await conn.fetch(
-                "SELECT run, start_time, added_at, cells FROM runs WHERE proposal = $1 "
-                "ORDER BY run",
-                proposal,
-            )
+            if newest is None:
+                runs = await conn.fetch(_RUNS + " AND run < $2 ORDER BY run DESC", proposal, hi)
+            else:
+                runs = await conn.fetch(
+                    _RUNS + " AND run < $2 ORDER BY run DESC LIMIT $3", proposal, hi, newest
+                )
             if context_dir is None and not runs:
                 known = await conn.fetchval("SELECT 1 FROM proposals WHERE proposal = $1", proposal)
                 if known is None:
                     return None
+            lo = runs[-1]["run"] if runs else hi
+            older = await conn.fetchval(
+                "SELECT 1 FROM runs WHERE proposal = $1 AND run < $2 LIMIT 1", proposal, lo
+            )
             variables = await conn.fetch(_VARIABLES, proposal)
-            decor = await conn.fetch(_DECOR, proposal)
-            processing = await conn.fetch(_PROCESSING, proposal)
-            jobs = await conn.fetch(_JOBS, proposal)
+            decor = await conn.fetch(_DECOR, proposal, lo, hi)
+            processing = await conn.fetch(_PROCESSING, proposal, lo, hi)
+            jobs = await conn.fetch(_JOBS, proposal, lo, hi)
         head = {
             "proposal": proposal,
             "cursor": cursor,
+            "complete": older is None,
+            "oldest": lo if runs else None,
             "context_dir": context_dir,
             "variables": [{**dict(v), "tags": sorted(v["tags"])} for v in variables],
             "decor": [[*tuple(d)[:5], _background(d["background"]), d["units"]] for d in decor],

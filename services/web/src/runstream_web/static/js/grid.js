@@ -69,6 +69,7 @@ export class Grid {
   renderHeader() {
     const cols = this.columns();
     this.root.style.setProperty("--cols", cols.map((c) => `${c.width}px`).join(" "));
+    this.root.style.setProperty("--grid-w", `${cols.reduce((sum, c) => sum + c.width, 0)}px`);
     const groups = el("div", { class: "hrow groups" });
     for (let i = 0; i < cols.length;) {
       let j = i + 1;
@@ -83,7 +84,8 @@ export class Grid {
       const cell = el("div", { dataset: { key: c.key }, title: c.description ? `${c.title}\n${c.description}` : c.title });
       cell.append(c.leaf);
       if (c.units) cell.append(el("span", { class: "units", text: `[${c.units}]` }));
-      if (this.sort && this.sort.key === c.key) cell.dataset.sort = this.sort.dir;
+      const sort = this.sort || { key: "run", dir: "desc" };
+      if (sort.key === c.key) cell.dataset.sort = sort.dir;
       leaves.append(cell);
     }
     this.head.replaceChildren(groups, leaves);
@@ -96,41 +98,54 @@ export class Grid {
     const height = this.root.clientHeight || 600;
     const first = Math.max(0, Math.floor(top / this.rowH) - OVERSCAN);
     const last = Math.min(this.rows.length, Math.ceil((top + height) / this.rowH) + OVERSCAN);
+    if (this.pool.length < last - first) this.grow(last - first);
+    // Row i always goes to slot i % n: scrolling by a row refills one slot, not all.
+    const n = this.pool.length;
+    const shown = new Uint8Array(n);
     const cols = this.columns();
-    while (this.pool.length < last - first) {
+    for (let index = first; index < last; index += 1) {
+      const k = index % n;
+      shown[k] = 1;
+      this.place(this.pool[k], this.rows[index], index, cols);
+    }
+    for (let k = 0; k < n; k += 1) {
+      const slot = this.pool[k];
+      if (!shown[k] && slot.node.style.display !== "none") {
+        slot.node.style.display = "none";
+        slot.row = null;
+      }
+    }
+    if (this.handlers.onRendered) this.handlers.onRendered();
+  }
+
+  grow(count) {
+    for (const slot of this.pool) slot.row = null; // the row-to-slot mapping changes
+    while (this.pool.length < count + 4) {
       const node = el("div", { class: "row" });
       this.body.append(node);
       this.pool.push({ node, row: null, rev: -1, cv: -1, y: -1, stamp: "" });
     }
-    for (let i = 0; i < this.pool.length; i += 1) {
-      const slot = this.pool[i];
-      const index = first + i;
-      if (index >= last) {
-        if (slot.node.style.display !== "none") slot.node.style.display = "none";
-        slot.row = null;
-        continue;
-      }
-      const row = this.rows[index];
-      const y = index * this.rowH;
-      if (slot.y !== y || slot.node.style.display === "none") {
-        slot.node.style.display = "";
-        slot.node.style.transform = `translateY(${y}px)`;
-        slot.y = y;
-      }
-      if (Number(slot.node.dataset.run) === row.run && slot.node.querySelector(".editor")) {
-        slot.row = row; // being edited: left alone until the editor closes
-        continue;
-      }
-      const stamp = this.stampOf(row);
-      if (slot.row !== row || slot.rev !== row.rev || slot.cv !== this.model.colsVersion || slot.stamp !== stamp) {
-        this.fill(slot.node, row, cols, slot.cv !== this.model.colsVersion);
-        slot.row = row;
-        slot.rev = row.rev;
-        slot.cv = this.model.colsVersion;
-        slot.stamp = stamp;
-      }
+  }
+
+  place(slot, row, index, cols) {
+    const y = index * this.rowH;
+    if (slot.y !== y || slot.node.style.display === "none") {
+      slot.node.style.display = "";
+      slot.node.style.transform = `translateY(${y}px)`;
+      slot.y = y;
     }
-    if (this.handlers.onRendered) this.handlers.onRendered();
+    if (Number(slot.node.dataset.run) === row.run && slot.node.querySelector(".editor")) {
+      slot.row = row; // being edited: left alone until the editor closes
+      return;
+    }
+    const stamp = this.stampOf(row);
+    if (slot.row !== row || slot.rev !== row.rev || slot.cv !== this.model.colsVersion || slot.stamp !== stamp) {
+      this.fill(slot.node, row, cols, slot.cv !== this.model.colsVersion);
+      slot.row = row;
+      slot.rev = row.rev;
+      slot.cv = this.model.colsVersion;
+      slot.stamp = stamp;
+    }
   }
 
   // What else decides a row's look: selection, edit marks, the active cell, write access.

@@ -91,4 +91,5 @@ function route() {
 }
 
 window.addEventListener("hashchange", route);
-loadSession().then(route);
+route(); // the table loads while the session is asked for: writing is enabled when it answers
+loadSession();

@@ -49,13 +49,18 @@ export class Model {
 
   load(snapshot) {
     this.rows = new Map();
+    this.merge(snapshot);
+  }
+
+  // Add a snapshot's runs (the table comes in two parts: the newest runs first).
+  merge(snapshot) {
     this.variables = new Map(snapshot.variables.map((v) => [v.name, v]));
     for (const [run, start, added, cells] of snapshot.runs) {
-      const row = newRow(run);
+      const row = this.ensureRow(run);
       row.start = start;
       row.added = added;
       Object.assign(row.cells, cells);
-      this.rows.set(run, row);
+      row.rev += 1;
     }
     for (const [run, name, error, errorCls, bold, bg, units] of snapshot.decor) {
       const row = this.rows.get(run);
@@ -249,7 +254,7 @@ export class Model {
       });
       rows = keyed.map(([, row]) => row);
     } else {
-      rows.sort((a, b) => a.run - b.run);
+      rows.sort((a, b) => b.run - a.run); // newest first: new runs appear at the top
     }
     return rows;
   }

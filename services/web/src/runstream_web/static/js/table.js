@@ -12,6 +12,7 @@ import { Model } from "./model.js";
 import { Reprocessing } from "./reprocess.js";
 
 const $ = (id) => document.getElementById(id);
+const FIRST_RUNS = 200; // painted before the rest of the table arrives
 
 export class TablePage {
   constructor(proposal, probe, canWrite) {
@@ -75,24 +76,46 @@ export class TablePage {
     await this.load();
   }
 
+  // The newest runs first (painted at once), then the rest; updates that come
+  // meanwhile wait, so that the older snapshot never overwrites them.
   async load() {
     this.probe.loads = (this.probe.loads || 0) + 1;
-    let snapshot;
+    this.holding = [];
+    let first;
     try {
-      snapshot = await getJSON(paths.table(this.proposal));
+      first = await getJSON(`${paths.table(this.proposal)}?newest=${FIRST_RUNS}`);
     } catch (err) {
-      toast(`cannot load proposal ${this.proposal}: ${err.message}`, "error");
-      if (!(err instanceof ApiError) || err.status >= 500) setTimeout(() => this.load(), 3000);
+      this.loadFailed(err);
       return;
     }
     if (this.abort.signal.aborted) return;
-    this.model.load(snapshot);
+    this.model.load(first);
+    this.loaded = true;
     this.refreshView(true);
-    this.live.start(snapshot.cursor);
+    this.live.start(first.cursor);
+    if (!first.complete) {
+      try {
+        this.model.merge(await getJSON(`${paths.table(this.proposal)}?before=${first.oldest}`));
+      } catch (err) {
+        this.loadFailed(err);
+        return;
+      }
+      if (this.abort.signal.aborted) return;
+    }
+    const held = this.holding;
+    this.holding = null;
+    if (held.length) this.apply(held);
+    this.refreshView(true);
+  }
+
+  loadFailed(err) {
+    this.live.stop();
+    toast(`cannot load proposal ${this.proposal}: ${err.message}`, "error");
+    if (!(err instanceof ApiError) || err.status >= 500) setTimeout(() => this.load(), 3000);
   }
 
   rendered() {
-    if (this.probe.firstPaintMs === null && this.model.rows.size >= 0 && this.grid.rows) {
+    if (this.probe.firstPaintMs === null && this.loaded) { // the first frame with the table
       this.probe.firstPaintMs = performance.now() - this.started;
       this.probe.navigationToPaintMs = performance.now();
       this.probe.ready = true;
@@ -119,6 +142,11 @@ export class TablePage {
   }
 
   onUpdates(batch) {
+    if (this.holding) this.holding.push(...batch);
+    else this.apply(batch);
+  }
+
+  apply(batch) {
     let structure = false;
     for (const u of batch) {
       this.probe.updates += 1;
@@ -154,6 +182,7 @@ export class TablePage {
     else this.grid.marks.delete(edit.where);
   }
 
+  // asc -> desc -> the default order (newest run first)
   toggleSort(key) {
     if (!this.sort || this.sort.key !== key) this.sort = { key, dir: "asc" };
     else if (this.sort.dir === "asc") this.sort = { key, dir: "desc" };
