@@ -52,6 +52,13 @@ from runstream_common.topics import run_key
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_DSN = "postgresql://runstream:runstream@127.0.0.1:25432/runstream"
 BIG, SMALL = 2001, 2002
+RUNS: dict[int, int] = {}
+
+
+def proposal_runs(proposal: int) -> int:
+    return RUNS[proposal]
+
+
 BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                 "--disable-background-networking", "--disable-component-update",
                 "--disable-sync"]  # fmt: skip
@@ -115,7 +122,8 @@ async def make_database(admin_dsn: str, runs: int, variables: int) -> str:
     finally:
         await admin.close()
     dsn = f"{admin_dsn.rpartition('/')[0]}/{name}"
-    upgrade = subprocess.run(
+    upgrade = await asyncio.to_thread(
+        subprocess.run,
         [sys.executable, "-m", "runstream.cli", "db", "upgrade", "--dsn", dsn],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
@@ -123,8 +131,9 @@ async def make_database(admin_dsn: str, runs: int, variables: int) -> str:
         raise SystemExit(upgrade.stdout + upgrade.stderr)
     conn = await asyncpg.connect(dsn)
     try:
+        RUNS.update({BIG: runs, SMALL: max(1, runs // 10)})
         await fill(conn, BIG, runs, variables)
-        await fill(conn, SMALL, max(1, runs // 10), variables)
+        await fill(conn, SMALL, RUNS[SMALL], variables)
         await conn.execute("ANALYZE")
     finally:
         await conn.close()
@@ -194,31 +203,41 @@ def first_paint(browser: Any, url: str, proposal: int, repeat: int = 5) -> list[
     return times
 
 
-SCROLL = """async () => {
+SCROLL = """async (step) => {
     const grid = document.getElementById("grid");
     const intervals = [];
+    grid.scrollTop = 0;
+    await new Promise(requestAnimationFrame);
     let last = performance.now();
-    while (grid.scrollTop + grid.clientHeight < grid.scrollHeight - 2) {
-        grid.scrollTop += grid.clientHeight;
+    while (grid.scrollTop + grid.clientHeight < grid.scrollHeight - 2 && intervals.length < 400) {
+        grid.scrollTop += step || grid.clientHeight;
         await new Promise(requestAnimationFrame);
         const now = performance.now();
         intervals.push(now - last);
         last = now;
     }
-    const rows = document.querySelectorAll('#grid .row:not([style*="display: none"])');
-    return { intervals, lastRun: Number(rows[rows.length - 1].dataset.run) };
+    const page = window.__runstream && window.__runstream.page;
+    const bottom = Math.floor((grid.scrollTop + grid.clientHeight) / 30) - 2;
+    const lastRun = page ? page.grid.rows[Math.min(page.grid.rows.length - 1, bottom)].run : 0;
+    return { intervals, lastRun };
 }"""
 
 
-def scrolling(browser: Any, url: str, proposal: int) -> dict[str, Any]:
+def scrolling(browser: Any, url: str, proposal: int, step: int = 0) -> dict[str, Any]:
+    """Scroll by ``step`` px (0: a screen) per animation frame; frame intervals."""
     context = browser.new_context(viewport={"width": 1600, "height": 900})
     page = context.new_page()
     page.goto(f"{url}#/p/{proposal}")
     page.wait_for_function("() => window.__runstream && window.__runstream.ready", timeout=60_000)
-    result = page.evaluate(SCROLL)
+    page.wait_for_function(
+        f"() => window.__runstream.page.grid.rows.length === {proposal_runs(proposal)}",
+        timeout=60_000,
+    )
+    result = page.evaluate(SCROLL, step)
     context.close()
     intervals = result["intervals"]
     return {
+        "step_px": step,
         "frames": len(intervals),
         "p50_ms": pct(intervals, 50),
         "p95_ms": pct(intervals, 95),
@@ -228,10 +247,38 @@ def scrolling(browser: Any, url: str, proposal: int) -> dict[str, Any]:
     }
 
 
+STATIC = """<style>td{white-space:nowrap;padding:0 6px;border:1px solid #eee;height:29px;
+font:13px system-ui} #grid{height:860px;overflow:auto}</style><div id=grid><table>%s</table></div>"""
+
+
+def static_scrolling(browser: Any) -> dict[str, Any]:
+    """The baseline: a plain static HTML table of the same size per screen, no script."""
+    rng = random.Random(3)
+    rows = "".join(
+        "<tr>" + "".join(f"<td>{rng.gauss(100, 20):.6g}</td>" for _ in range(55)) + "</tr>"
+        for _ in range(1000)
+    )
+    context = browser.new_context(viewport={"width": 1600, "height": 900})
+    page = context.new_page()
+    page.set_content(STATIC % rows)
+    intervals = page.evaluate(SCROLL, 0)["intervals"]
+    context.close()
+    return {
+        "frames": len(intervals),
+        "p50_ms": pct(intervals, 50),
+        "p95_ms": pct(intervals, 95),
+        "max_ms": max(intervals),
+        "over_50ms": sum(i > 50 for i in intervals),
+    }
+
+
 async def publish_updates(kafka: KafkaSettings, rate: float, seconds: float, runs: int) -> int:
     producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap_servers, acks=1, linger_ms=0)
     await producer.start()
     rng = random.Random(1)
+    # warm up (metadata, connection): an update of another proposal, which no page shows
+    warm = ValuesUpdated(proposal=BIG + 100, run=1, values={})
+    await producer.send_and_wait(kafka.topics.updates, warm.model_dump_json().encode())
     sent = 0
     started = time.monotonic()
     try:
@@ -321,6 +368,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 report["paint_small_ms"] = first_paint(browser, url, SMALL)
                 report["paint_big_ms"] = first_paint(browser, url, BIG)
                 report["scroll"] = scrolling(browser, url, BIG)
+                report["scroll_static"] = static_scrolling(browser)
+                report["scroll_smooth"] = scrolling(browser, url, BIG, step=120)
                 report["live_baseline"] = live(browser, url, kafka, args.rate / 10, args.seconds / 2,
                                                args.runs, args.browsers)  # fmt: skip
                 report["live"] = live(browser, url, kafka, args.rate, args.seconds, args.runs,
@@ -346,10 +395,15 @@ def show(r: dict[str, Any]) -> None:
     print(f"  first paint {r['runs']:>6} runs: {big:7.0f} ms (median of 5, navigation start to "
           f"rows drawn; all: {', '.join(f'{x:.0f}' for x in r['paint_big_ms'])})")  # fmt: skip
     print(f"  first paint {r['runs'] // 10:>6} runs: {small:7.0f} ms  -> ratio {big / small:.2f}")
-    s = r["scroll"]
-    print(f"  scrolling: {s['frames']} screens to run {s['reached_run']}, frame p50 "
-          f"{s['p50_ms']:.1f} ms, p95 {s['p95_ms']:.1f} ms, max {s['max_ms']:.0f} ms, "
-          f"{s['over_50ms']} over 50 ms")  # fmt: skip
+    for key, what in (("scroll", "a screen per frame"), ("scroll_smooth", "120 px per frame"),
+                      ("scroll_static", "static HTML table, a screen per frame (baseline)")):  # fmt: skip
+        s = r[key]
+        print(f"  scrolling, {what}: {s['frames']} frames, frame p50 {s['p50_ms']:.1f} ms, "
+              f"p95 {s['p95_ms']:.1f} ms, max {s['max_ms']:.0f} ms, {s['over_50ms']} over 50 ms")  # fmt: skip
+    print(
+        f"  scrolling p50 vs static table: ratio "
+        f"{r['scroll']['p50_ms'] / max(0.1, r['scroll_static']['p50_ms']):.2f}"
+    )
     for key in ("live_baseline", "live"):
         v = r[key]
         print(f"  live {v['rate']:5.0f}/s for {v['seconds']:.0f} s to {len(v['received_per_browser'])}"

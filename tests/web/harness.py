@@ -37,15 +37,34 @@ PROPOSAL = 9999
 MARKUP = "<script>window.__pwned = 1</script><b>not bold</b>"
 EXTRA_CONTEXT = f'''
 
+import xarray as xr
+
+
 @Variable(title="Run note")
 def note(run):
     """A string that looks like markup: the page must show it as text."""
     return {MARKUP!r}
+
+
+@Variable(title="Detector/Rings")
+def rings(run, number: "meta#run_number"):
+    """A 2-D pattern that changes with the run: a thumbnail and an image."""
+    y, x = np.mgrid[-64:64, -96:96]
+    r = np.hypot(x, y)
+    return np.cos(r / (2 + number)) * np.exp(-r / 70)
+
+
+@Variable(title="Detector/Spectrum", summary="max", units="counts")
+def spectrum(run, number: "meta#run_number"):
+    """A 1-D xarray with an energy axis: the table shows its maximum."""
+    energy = np.linspace(7000.0, 7100.0, 400)
+    counts = 100 * np.exp(-(((energy - 7030 - 10 * number) / 6) ** 2)) + 5 * np.sin(energy / 3)
+    return xr.DataArray(counts, dims=["energy"], coords={{"energy": energy}})
 '''
 # the demo's values (raw pass and cluster job) plus the markup string; camera_peak is proc
 EXPECTED = (
     "xgm_intensity", "n_trains", "energy_per_train", "camera_image", "label", "broken",
-    "column_profile", "note",
+    "column_profile", "note", "rings", "spectrum",
 )  # fmt: skip
 URL_LINE = re.compile(r"runstream web serving (http://\S+)")
 T = TypeVar("T")

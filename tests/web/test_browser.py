@@ -88,7 +88,9 @@ def test_table_shows_the_stored_values_and_thumbnails(page: Any, system: WebSyst
         # Cell(bold=True) from the proc pass
         assert "bold" in str(cell(page, run, "camera_peak").get_attribute("class"))
         # a thumbnail (PNG from the run file) and a trendline (SVG) as images, loaded
-        for key, kind in (("camera_image", "image/png"), ("column_profile", "image/svg+xml")):
+        thumbnails = (("camera_image", "image/png"), ("rings", "image/png"),
+                      ("column_profile", "image/svg+xml"))  # fmt: skip
+        for key, kind in thumbnails:
             img = cell(page, run, key).locator("img")
             img.wait_for(timeout=WAIT_MS)
             page.wait_for_function(
@@ -142,6 +144,14 @@ def test_new_run_appears_and_fills_without_reload(page: Any, system: WebSystem) 
     assert page.evaluate("window.__sameDocument") is True, "the page was reloaded"
     assert page.evaluate("window.__runstream.updates") > 0
     screenshot(page, "new-run-live")
+    # the same table with large thumbnails, wide (the picture in docs/web.md)
+    page.set_viewport_size({"width": 2200, "height": 400})
+    page.check("#tall")
+    page.wait_for_function(
+        """() => document.querySelector('#grid .row[data-run="3"]').offsetHeight > 60"""
+    )
+    time.sleep(0.5)  # thumbnails drawn
+    screenshot(page, "table-large-thumbnails")
 
 
 def test_comment_lands_in_postgres_and_in_a_second_browser(
@@ -221,16 +231,24 @@ def test_bad_value_for_a_typed_user_variable_is_refused(page: Any, system: WebSy
 
 def test_plot_view_renders_image_line_and_trend(page: Any, system: WebSystem) -> None:
     open_table(page, system)
-    cell(page, 1, "camera_image").click()
+    cell(page, 2, "rings").click()
     page.wait_for_selector('#detail .plot-area[data-kind="image"] .main-svg', timeout=WAIT_MS)
     assert page.locator("#detail .history tbody tr").count() >= 1
+    assert page.locator("#detail h2").text_content() == "Detector/Rings · run 2"
     screenshot(page, "plot-image")
-    cell(page, 2, "column_profile").click()
+    # a 1-D xarray: a line over its energy coordinate
+    cell(page, 2, "spectrum").click()
     page.wait_for_selector('#detail .plot-area[data-kind="line"] .main-svg', timeout=WAIT_MS)
-    assert page.locator("#detail h2").text_content() == "Camera/Column profile · run 2"
+    x = page.evaluate("document.querySelector('#detail .plot-area').data[0].x")
+    assert x[0] == 7000.0
+    assert x[-1] == 7100.0
+    screenshot(page, "plot-line")
+    cell(page, 1, "column_profile").click()
+    page.wait_for_selector('#detail .plot-area[data-kind="line"] .main-svg', timeout=WAIT_MS)
+    assert page.locator("#detail h2").text_content() == "Camera/Column profile · run 1"
+    # a scalar: its trend over every run with a value
     cell(page, 2, "n_trains").click()
     page.wait_for_selector('#detail .plot-area[data-kind="trend"] .main-svg', timeout=WAIT_MS)
-    # the trend has one point per run with a value
     points = page.evaluate(
         "document.querySelector('#detail .plot-area[data-kind=\"trend\"]').data[0].x.length"
     )

@@ -4,7 +4,7 @@
 
 import { getJSON, paths } from "./api.js";
 import { clear, el } from "./dom.js";
-import { blobType, formatTime, formatValue, numeric } from "./format.js";
+import { formatTime, formatValue, numeric } from "./format.js";
 
 let plotlyLoading = null;
 
@@ -68,11 +68,10 @@ export class Detail {
     this.renderMeta(meta, info);
     this.renderHistory(history, info.history);
     const value = info.value || {};
-    if (value.error) return;
-    const blob = blobType(value.summary);
-    if (blob || (value.summary === null && value.kind !== "none")) {
-      await this.plotData(plot, p, run, key, token);
-    } else if (numeric(value.summary) !== null && typeof value.summary !== "boolean" && key !== "comment") {
+    if (value.error || key === "comment" || info.user_type) return;
+    // the stored data if it is an array, a figure or text; else a number's trend over runs
+    const plotted = await this.plotData(plot, p, run, key, token, value.units);
+    if (!plotted && token === this.token && numeric(value.summary) !== null && typeof value.summary !== "boolean") {
       await this.plotTrend(plot, p, run, key, column, token);
     }
   }
@@ -122,30 +121,37 @@ export class Detail {
     box.append(table);
   }
 
-  async plotData(box, p, run, key, token) {
+  // Plot the stored data; false when there is nothing more to show than the value.
+  async plotData(box, p, run, key, token, units) {
     let data;
     try {
       data = await getJSON(paths.plot(p, run, key));
     } catch (err) {
-      if (token === this.token) box.append(el("p", { text: `no data to plot: ${err.message}` }));
-      return;
+      if (err.status !== 404 && token === this.token) box.append(el("p", { text: `cannot plot: ${err.message}` }));
+      return false;
     }
-    if (token !== this.token) return;
+    if (token !== this.token || data.kind === "scalar") return false;
     if (data.kind === "text") {
       box.append(el("pre", { text: data.text }));
-      return;
-    }
-    if (data.kind === "scalar") {
-      box.append(el("p", { text: `value: ${formatValue(data.value)}` }));
-      return;
+      return true;
     }
     if (data.note) box.append(el("p", { class: "note", text: data.note }));
     const area = el("div", { class: "plot-area", dataset: { kind: data.kind } });
     box.append(area);
     const Plotly = await loadPlotly();
-    if (token !== this.token) return;
-    let traces;
+    if (token !== this.token) return true;
+    const figure = this.figure({ ...data, units: data.units || units });
+    if (!figure) {
+      area.replaceWith(el("p", { text: `cannot plot ${data.kind}` }));
+      return true;
+    }
+    await Plotly.newPlot(area, figure.traces, figure.layout, CONFIG);
+    return true;
+  }
+
+  figure(data) {
     let layout = { ...LAYOUT };
+    let traces;
     if (data.kind === "line") {
       const x = data.x || data.y.map((_, i) => i * data.step);
       traces = [{ x, y: data.y, type: "scatter", mode: "lines", line: { width: 1.2 } }];
@@ -163,11 +169,10 @@ export class Detail {
       traces = figure.data || [];
       layout = { ...(figure.layout || {}), height: LAYOUT.height };
     } else {
-      box.append(el("p", { text: `cannot plot ${data.kind}` }));
-      return;
+      return null;
     }
     if (data.step > 1) layout.title = { text: `shape ${data.shape.join("×")}, shown decimated ×${data.step}`, font: { size: 11 } };
-    await Plotly.newPlot(area, traces, layout, CONFIG);
+    return { traces, layout };
   }
 
   async plotTrend(box, p, run, key, column, token) {

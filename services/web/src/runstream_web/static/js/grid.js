@@ -25,7 +25,7 @@ export class Grid {
     this.canWrite = false;
     this.headVersion = -1;
     this.frame = 0;
-    this.rowH = parseFloat(getComputedStyle(document.documentElement).getPropertyValue("--row-h")) || 30;
+    this.measure();
     root.addEventListener("scroll", () => this.schedule(), { passive: true });
     window.addEventListener("resize", () => this.schedule());
     this.body.addEventListener("click", (e) => this.onClick(e));
@@ -34,6 +34,11 @@ export class Grid {
       const cell = e.target.closest(".leaves > div");
       if (cell && cell.dataset.key && cell.dataset.key !== "__sel") handlers.onSort(cell.dataset.key);
     });
+  }
+
+  // The row height comes from the style sheet (--row-h): read again when it changes.
+  measure() {
+    this.rowH = parseFloat(getComputedStyle(document.body).getPropertyValue("--row-h")) || 30;
   }
 
   setRows(rows) {

@@ -58,6 +58,17 @@ export class TablePage {
       clearTimeout(timer);
       timer = setTimeout(() => { this.filter = filter.value; this.refreshView(); }, 120);
     });
+    const tall = $("tall");
+    tall.checked = localStorage.getItem("runstream.tall") === "1";
+    const applyTall = () => {
+      document.body.classList.toggle("tall", tall.checked);
+      localStorage.setItem("runstream.tall", tall.checked ? "1" : "0");
+      this.grid.measure();
+      this.refreshView(true);
+    };
+    document.body.classList.toggle("tall", tall.checked);
+    this.grid.measure();
+    this.on(tall, "change", applyTall);
     this.on($("export"), "click", () => {
       download(`p${this.proposal}_runs.csv`, toCsv(this.model, this.grid.rows));
     });
