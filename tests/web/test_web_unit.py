@@ -222,7 +222,7 @@ def test_write_access_modes() -> None:
 
 
 def _run_file(tmp_path: Path) -> Path:
-    path = run_files.run_file(tmp_path, 1, 2)
+    path: Path = run_files.run_file(tmp_path, 1, 2)
     path.parent.mkdir(parents=True)
     png = np.frombuffer(b"\x89PNG\r\n\x1a\nfake", dtype=np.uint8)
     with h5py.File(path, "w") as f:

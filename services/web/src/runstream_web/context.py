@@ -3,25 +3,33 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from runstream_common.errors import ServiceUnavailable
+from runstream_common.messages import ReprocessRequested
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .adapters.commands import CommandSender
 from .adapters.database import Database
 from .auth import Caller, authorize
 from .hub import Hub
 from .settings import Settings
 
 
+class Sender(Protocol):
+    """Where edits go (adapters.commands.CommandSender: Kafka)."""
+
+    async def command(self, message: Any, user: str | None) -> None: ...
+
+    async def reprocess(self, request: ReprocessRequested, user: str | None) -> None: ...
+
+
 @dataclass
 class Web:
     settings: Settings
     hub: Hub
-    sender: CommandSender | None = None
+    sender: Sender | None = None
     db_: Database | None = field(default=None)
     url: str = ""
 

@@ -26,6 +26,18 @@ def path_name(request: Request) -> str | None:
     return name if isinstance(name, str) and NAME.match(name) else None
 
 
+def value_path(request: Request) -> tuple[int, int, str] | None:
+    """(proposal, run, variable name) of a ``.../runs/{run}/.../{name}`` URL, if valid."""
+    proposal, run, name = (
+        path_int(request, "proposal"),
+        path_int(request, "run"),
+        path_name(request),
+    )
+    if proposal is None or run is None or name is None:
+        return None
+    return proposal, run, name
+
+
 def _query_int(request: Request, key: str) -> int | None:
     text = request.query_params.get(key, "")
     return int(text) if text.isdigit() and len(text) < 10 else None
@@ -74,13 +86,10 @@ async def table(request: Request) -> Response:
 
 async def _run_file(request: Request) -> tuple[Path, str] | Response:
     web = web_of(request)
-    proposal, run, name = (
-        path_int(request, "proposal"),
-        path_int(request, "run"),
-        path_name(request),
-    )
-    if proposal is None or run is None or name is None:
+    where = value_path(request)
+    if where is None:
         return error(404, "no such value")
+    proposal, run, name = where
     context_dir = await web.db.context_dir(proposal)
     if context_dir is None:
         return error(404, f"proposal {proposal} has no context folder")
@@ -114,13 +123,10 @@ async def summary(request: Request) -> Response:
 async def value(request: Request) -> Response:
     """The current value of one variable of one run, and its history."""
     web = web_of(request)
-    proposal, run, name = (
-        path_int(request, "proposal"),
-        path_int(request, "run"),
-        path_name(request),
-    )
-    if proposal is None or run is None or name is None:
+    where = value_path(request)
+    if where is None:
         return error(404, "no such value")
+    proposal, run, name = where
     current, history, variable = await asyncio.gather(
         web.db.value(proposal, run, name),
         web.db.history(proposal, run, name),

@@ -21,7 +21,7 @@ from . import edits
 from .adapters.commands import reprocess_request_id
 from .auth import Caller
 from .context import Web, error, json_response, web_of
-from .routes_read import path_int, path_name
+from .routes_read import path_int, value_path
 
 log = logging.getLogger("runstream.web.edits")
 MAX_BODY = 256 * 1024
@@ -75,13 +75,10 @@ async def set_comment(request: Request, web: Web, caller: Caller, body: dict[str
 
 @guarded
 async def set_value(request: Request, web: Web, caller: Caller, body: dict[str, Any]) -> Response:
-    proposal, run, name = (
-        path_int(request, "proposal"),
-        path_int(request, "run"),
-        path_name(request),
-    )
-    if proposal is None or run is None or name is None:
+    where = value_path(request)
+    if where is None:
         return error(404, "no such value")
+    proposal, run, name = where
     variable = await web.db.variable(proposal, name)
     if variable is None:
         return error(404, f"proposal {proposal} has no variable {name!r}")
