@@ -315,6 +315,8 @@ def live(browser: Any, url: str, kafka: KafkaSettings, rate: float, seconds: flo
             "() => window.__runstream && window.__runstream.ready", timeout=60_000
         )
         page.wait_for_selector('#live[data-state="live"]', timeout=60_000)
+        # the whole table is there (updates wait while the older runs load)
+        page.wait_for_function("() => window.__runstream.page.holding === null", timeout=60_000)
         page.evaluate("window.__runstream.lags = []; window.__runstream.updates = 0")
     with __import__("concurrent.futures").futures.ThreadPoolExecutor(1) as pool:
         sent = pool.submit(asyncio.run, publish_updates(kafka, rate, seconds, runs)).result()

@@ -243,12 +243,16 @@ def start_system(bootstrap: str, admin_dsn: str, root: Path) -> WebSystem:
     run(ensure_topics(kafka, [raw_topic, proc_topic]))
     system = System(env=_env(kafka, dsn, [raw_topic, proc_topic], logs), log_dir=logs)
     harness = WebSystem(system, kafka, dsn, root, proposal_dir, context_dir, raw_topic, proc_topic)
-    run(system.start("store", "executor", "ingest", "slurm-gateway", "web"))
-    harness.url = web_url(system.procs["web"].log)
-    harness.publish(
-        kafka.topics.proposals,
-        ProposalRegistered(
-            proposal=PROPOSAL, context_dir=str(context_dir), data_root=str(proposal_dir)
-        ),
-    )
+    try:
+        run(system.start("store", "executor", "ingest", "slurm-gateway", "web"))
+        harness.url = web_url(system.procs["web"].log)
+        harness.publish(
+            kafka.topics.proposals,
+            ProposalRegistered(
+                proposal=PROPOSAL, context_dir=str(context_dir), data_root=str(proposal_dir)
+            ),
+        )
+    except BaseException:
+        system.stop()  # the services that did start
+        raise
     return harness

@@ -33,7 +33,12 @@ export class Live {
     source.addEventListener("update", (event) => {
       this.cursor = event.lastEventId || this.cursor;
       this.queue.push(JSON.parse(event.data));
-      if (!this.flushing) this.flushing = requestAnimationFrame(() => this.flush());
+      if (!this.flushing) {
+        // with the next frame; a hidden page gets no frames, so a timer there
+        this.flushing = document.hidden
+          ? setTimeout(() => this.flush(), 250)
+          : requestAnimationFrame(() => this.flush());
+      }
     });
     source.addEventListener("reset", () => {
       this.stop();
