@@ -36,10 +36,11 @@ check_name() {
 }
 
 start_one() {
-    local name="$1" pidf="$DIR/$1.pid" log="$DIR/$1.log" pid deadline url
+    local name="$1" pidf="$DIR/$1.pid" log="$DIR/$1.log" pid deadline
     pid="$(read_pid_file "$pidf")"
     if pid_alive "$pid"; then
         log "$name already running (pid $pid)"
+        [[ "$name" != web ]] || print_url "$log"
         return 0
     fi
     [[ -x "$RUNSTREAM" ]] || die "$RUNSTREAM not found: run ./task setup first"
@@ -61,10 +62,14 @@ start_one() {
         sleep 0.2
     done
     log "$name started (pid $pid, log $log)"
-    if [[ "$name" == web ]]; then
-        url="$(sed -n 's/.*runstream web serving \(http[^ ]*\).*/\1/p' "$log" | tail -n 1)"
-        [[ -n "$url" ]] && log "web: open $url in a browser"
-    fi
+    [[ "$name" != web ]] || print_url "$log"
+}
+
+# print_url LOG: the URL the web service logged when it started.
+print_url() {
+    local url
+    url="$(sed -n 's/.*runstream web serving \(http[^ ]*\).*/\1/p' "$1" | tail -n 1)"
+    if [[ -n "$url" ]]; then log "web: open $url in a browser"; fi
 }
 
 stop_one() {
