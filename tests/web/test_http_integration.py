@@ -170,3 +170,15 @@ async def test_read_only_mode_and_missing_csrf_header(db: Database) -> None:
         assert value["value"]["error"] == "no beam"
         assert value["title"] == "A/X"
     assert sent.sent == []
+
+
+async def test_a_database_without_the_schema_gets_a_clear_answer(pg_dsn: str) -> None:
+    database = await Database.connect(pg_dsn, min_size=1, max_size=1)
+    try:
+        http, _ = client(Settings(), database)
+        async with http:
+            response = await http.get("/api/proposals")
+        assert response.status_code == 503
+        assert "runstream db upgrade" in response.json()["error"]
+    finally:
+        await database.close()

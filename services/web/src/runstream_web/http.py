@@ -148,6 +148,7 @@ def build_http(web: Web) -> Starlette:
             OSError: _unavailable,
             asyncpg.PostgresConnectionError: _unavailable,
             asyncpg.InterfaceError: _unavailable,
+            asyncpg.UndefinedTableError: _no_schema,
         },
     )
     app.state.web = web
@@ -158,3 +159,8 @@ async def _unavailable(request: Request, exc: Exception) -> Response:
     """The database (or Kafka) is not answering: 503, and the browser retries."""
     log.warning("%s %s: %s", request.method, request.url.path, exc)
     return error(503, f"temporarily unavailable: {exc}")
+
+
+async def _no_schema(request: Request, exc: Exception) -> Response:
+    log.warning("%s %s: %s", request.method, request.url.path, exc)
+    return error(503, "the database has no runstream schema yet: run `runstream db upgrade`")
