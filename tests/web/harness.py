@@ -46,6 +46,12 @@ def note(run):
     return {MARKUP!r}
 
 
+@Variable(title="Detector/Flag")
+def flag(run, number: "meta#run_number"):
+    """A cell with a background colour, as the context asks."""
+    return Cell("ok" if number % 2 else "check", background="#ffd966" if number % 2 else None)
+
+
 @Variable(title="Detector/Rings")
 def rings(run, number: "meta#run_number"):
     """A 2-D pattern that changes with the run: a thumbnail and an image."""
@@ -64,7 +70,7 @@ def spectrum(run, number: "meta#run_number"):
 # the demo's values (raw pass and cluster job) plus the markup string; camera_peak is proc
 EXPECTED = (
     "xgm_intensity", "n_trains", "energy_per_train", "camera_image", "label", "broken",
-    "column_profile", "note", "rings", "spectrum",
+    "column_profile", "note", "rings", "spectrum", "flag",
 )  # fmt: skip
 URL_LINE = re.compile(r"runstream web serving (http://\S+)")
 T = TypeVar("T")

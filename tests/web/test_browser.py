@@ -85,8 +85,10 @@ def test_table_shows_the_stored_values_and_thumbnails(page: Any, system: WebSyst
         assert "err" in str(broken.get_attribute("class"))
         assert broken.locator(".cls").text_content() == "ZeroDivisionError"
         assert "division by zero" in str(broken.text_content())
-        # Cell(bold=True) from the proc pass
+        # Cell(bold=True) from the proc pass, Cell(background=...) for odd runs
         assert "bold" in str(cell(page, run, "camera_peak").get_attribute("class"))
+        background = cell(page, run, "flag").evaluate("c => c.style.background")
+        assert background == ("rgb(255, 217, 102)" if run % 2 else "")
         # a thumbnail (PNG from the run file) and a trendline (SVG) as images, loaded
         thumbnails = (("camera_image", "image/png"), ("rings", "image/png"),
                       ("column_profile", "image/svg+xml"))  # fmt: skip
