@@ -12,6 +12,7 @@ import re
 import time
 import urllib.error
 import urllib.request
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -212,7 +213,10 @@ def test_bad_value_for_a_typed_user_variable_is_refused(page: Any, system: WebSy
     message = page.locator(".toast.error").filter(has_text="is not a valid number")
     message.wait_for(timeout=WAIT_MS)
     assert "'warm' is not a valid number" in str(message.text_content())
-    assert "rejected" in str(cell(page, 1, "sample_temperature").get_attribute("class"))
+    page.wait_for_function(
+        """() => document.querySelector('#grid .row[data-run="1"] > div[data-key="sample_temperature"]')
+                 .classList.contains("rejected")"""
+    )
     screenshot(page, "user-variable-refused")
     time.sleep(1.0)
     assert (1, "sample_temperature") not in system.values(), "a refused value reached the database"
@@ -229,6 +233,47 @@ def test_bad_value_for_a_typed_user_variable_is_refused(page: Any, system: WebSy
         timeout=WAIT_MS,
     )
     assert system.values()[(1, "sample_temperature")]["value_float"] == 21.5
+
+
+def test_a_rejection_by_the_store_reaches_the_editing_browser(page: Any, system: WebSystem) -> None:
+    """The store's command_rejected (on the real feed) is shown and the old value comes back.
+
+    The web service checks values as the store does, so a value the store refuses
+    does not get through it; the page's POST is answered here with the id of a
+    command that the store then "rejects" on the updates topic.
+    """
+    from runstream_common.messages import CommandRejected
+
+    open_table(page, system)
+    command_id = str(uuid.uuid4())
+    page.route(
+        "**/api/proposals/*/runs/2/comment",
+        lambda route: route.fulfill(status=202, json={"command": command_id}),
+    )
+    before = text_of(page, 2, "comment")
+    cell(page, 2, "comment").dblclick()
+    editor = cell(page, 2, "comment").locator("input.editor")
+    editor.fill("never stored")
+    editor.press("Enter")
+    page.wait_for_function(
+        """() => document.querySelector('#grid .row[data-run="2"] > div.pending')"""
+    )
+    system.publish(
+        system.kafka.topics.updates,
+        CommandRejected(
+            proposal=PROPOSAL, command_event_id=command_id, command_type="set_comment",
+            reason="the proposal is closed",
+        ),
+    )  # fmt: skip
+    page.locator(".toast.error").filter(has_text="the proposal is closed").wait_for(timeout=WAIT_MS)
+    page.wait_for_function(  # drawn at the next frame: marked, and the old text back
+        """before => {
+            const c = document.querySelector('#grid .row[data-run="2"] > div[data-key="comment"]');
+            return c.classList.contains("rejected") && c.textContent === before;
+        }""",
+        arg=before,
+        timeout=WAIT_MS,
+    )
 
 
 def test_plot_view_renders_image_line_and_trend(page: Any, system: WebSystem) -> None:
