@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.services import System
 
 from .conftest import screenshot
-from .harness import EXPECTED, MARKUP, PROPOSAL, WebSystem
+from .harness import EXPECTED, MARKUP, PROPOSAL, WebSystem, web_url
+from .harness import run as run_async
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -420,3 +422,41 @@ def test_http_api_refuses_unsafe_requests(system: WebSystem) -> None:
     status, headers, _ = http(system, "GET", "/vendor/plotly.min.js")
     assert status == 200
     assert int(headers["content-length"]) > 1_000_000
+
+
+def test_with_a_write_token_only_a_signed_in_browser_edits(
+    page: Any, system: WebSystem, tmp_path: Path
+) -> None:
+    """A second web service with write_access=token: read-only until the user signs in."""
+    env = {**system.system.env, "RUNSTREAM_WEB_WRITE_ACCESS": "token",
+           "RUNSTREAM_WEB_WRITE_TOKEN": "s3cret-token"}  # fmt: skip
+    guarded = System(env=env, log_dir=tmp_path)
+    run_async(guarded.start("web"))
+    try:
+        url = web_url(guarded.procs["web"].log)
+        page.goto(f"{url}#/p/{PROPOSAL}")
+        page.wait_for_function("() => window.__runstream && window.__runstream.ready")
+        page.wait_for_function("() => document.getElementById('who').textContent === 'read-only'")
+        assert not page.locator("#reprocess").is_visible()
+        cell(page, 3, "comment").dblclick()
+        assert cell(page, 3, "comment").locator("input.editor").count() == 0
+        page.once("dialog", lambda dialog: dialog.accept("wrong"))
+        page.click("#signin")
+        page.locator(".toast.error").filter(has_text="does not allow writes").wait_for()
+        page.once("dialog", lambda dialog: dialog.accept("s3cret-token"))
+        page.click("#signin")
+        page.wait_for_function("() => document.body.classList.contains('can-write')")
+        assert page.locator("#reprocess").is_visible()
+        cell(page, 3, "comment").dblclick()
+        editor = cell(page, 3, "comment").locator("input.editor")
+        editor.fill("signed in")
+        editor.press("Enter")
+        deadline = time.monotonic() + 30
+        while (3, "comment") not in system.values() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert system.values()[(3, "comment")]["value_text"] == "signed in"
+        log = guarded.procs["web"].log.read_text()
+        assert "set_comment" in log
+        assert "by token" in log
+    finally:
+        guarded.stop()
