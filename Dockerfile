@@ -1,5 +1,5 @@
 # One image for every runstream service:
-#   docker run IMAGE serve executor        (ingest | executor | store | slurm-gateway)
+#   docker run IMAGE serve executor        (ingest | executor | store | slurm-gateway | web)
 #   docker run IMAGE db upgrade            (schema migrations, run once per release)
 #   docker run IMAGE health --heartbeat-file /tmp/heartbeat --max-age 30
 #
@@ -32,6 +32,7 @@ COPY services/ingest/pyproject.toml services/ingest/pyproject.toml
 COPY services/executor/pyproject.toml services/executor/pyproject.toml
 COPY services/store/pyproject.toml services/store/pyproject.toml
 COPY services/slurm-gateway/pyproject.toml services/slurm-gateway/pyproject.toml
+COPY services/web/pyproject.toml services/web/pyproject.toml
 RUN uv sync --frozen --no-dev --all-packages --no-install-workspace
 
 # 2) The workspace itself (runstream CLI, common library, the four services).
@@ -45,7 +46,7 @@ RUN uv sync --frozen --no-dev --all-packages --no-editable \
 FROM ${PYTHON_IMAGE} AS runtime
 
 LABEL org.opencontainers.image.title="runstream" \
-      org.opencontainers.image.description="Kafka-native per-run processing: ingest, executor, store, slurm-gateway"
+      org.opencontainers.image.description="Kafka-native per-run processing: ingest, executor, store, slurm-gateway, web"
 
 # chromium: kaleido renders plotly figures' PNG thumbnails with it.
 RUN apt-get update \

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -211,6 +212,16 @@ class Feed:
         await self.consumer.stop()
 
 
+def web_url() -> str | None:
+    """The URL the web service logged when it started (deploy/local/services.sh)."""
+    log = STATE / "services" / "web.log"
+    try:
+        found = re.findall(r"runstream web serving (http://\S+)", log.read_text(errors="replace"))
+    except OSError:
+        return None
+    return found[-1] if found else None
+
+
 async def main() -> int:
     kafka = KafkaSettings()
     started = time.time()
@@ -274,6 +285,9 @@ async def main() -> int:
             "no processing this time: the facility events were already processed (de-duplicated)"
         )
     console.print(f"total {done - started:.1f} s")
+    url = web_url()
+    if url:
+        console.print(f"the live run table in a browser: [bold]{url}#/p/{PROPOSAL}[/]")
     if missing:
         console.print(
             f"[red]FAILED[/]: {len(missing)} expected values missing: {', '.join(missing)}"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The four runstream services as local background processes.
+# The runstream services as local background processes (web: the browser table).
 #
 #   services.sh start [SERVICE...]   start (default: all) and wait until each says it started
 #   services.sh stop  [SERVICE...]   SIGTERM, then SIGKILL after RUNSTREAM_STOP_TIMEOUT (by pid file)
@@ -10,14 +10,15 @@
 # stopping it by pid also stops its worker processes. Logs and pid files:
 # $RUNSTREAM_STATE_DIR/services/<name>.{log,pid}. Settings come from the
 # environment (see docs/runbook.md); the Kafka and PostgreSQL addresses default
-# to the local stack's.
+# to the local stack's. The web service's URL is printed when it has started
+# (RUNSTREAM_WEB_PORT, default 28080; RUNSTREAM_WEB_HOST, default 127.0.0.1).
 set -euo pipefail
 
 RS_TAG=services
 # shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-ALL=(store executor ingest slurm-gateway)
+ALL=(store executor ingest slurm-gateway web)
 DIR="$RS_STATE_DIR/services"
 RUNSTREAM="${RUNSTREAM_BIN:-$RS_REPO_ROOT/.venv/bin/runstream}"
 
@@ -39,6 +40,7 @@ start_one() {
     pid="$(read_pid_file "$pidf")"
     if pid_alive "$pid"; then
         log "$name already running (pid $pid)"
+        [[ "$name" != web ]] || print_url "$log"
         return 0
     fi
     [[ -x "$RUNSTREAM" ]] || die "$RUNSTREAM not found: run ./task setup first"
@@ -60,6 +62,14 @@ start_one() {
         sleep 0.2
     done
     log "$name started (pid $pid, log $log)"
+    [[ "$name" != web ]] || print_url "$log"
+}
+
+# print_url LOG: the URL the web service logged when it started.
+print_url() {
+    local url
+    url="$(sed -n 's/.*runstream web serving \(http[^ ]*\).*/\1/p' "$1" | tail -n 1)"
+    if [[ -n "$url" ]]; then log "web: open $url in a browser"; fi
 }
 
 stop_one() {

@@ -35,7 +35,7 @@ def _services() -> dict[str, Any]:
 
 @app.command()
 def serve(
-    service: Annotated[str, typer.Argument(help="ingest | executor | store | slurm-gateway")],
+    service: Annotated[str, typer.Argument(help="ingest | executor | store | slurm-gateway | web")],
     log_level: Annotated[str, typer.Option(help="Python log level")] = "INFO",
     heartbeat_file: Annotated[
         Path | None,

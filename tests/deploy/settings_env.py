@@ -167,6 +167,7 @@ def lookup(settings: BaseModel, path: tuple[str, ...]) -> Any:
 CONDITIONAL_SECRETS: dict[tuple[str, ...], Callable[[Any], bool]] = {
     ("kafka", "sasl_password"): lambda s: s.kafka.security_protocol.startswith("SASL"),
     ("token", "key"): lambda s: s.token.source == "hs256" and s.token.key_file is None,
+    ("write_token",): lambda s: s.write_access == "token",
 }
 
 
