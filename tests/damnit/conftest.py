@@ -215,7 +215,9 @@ async def register(kafka: KafkaSettings, proposal: int, context_dir: Path, data:
         await publish(
             broker,
             kafka.topics.proposals,
-            ProposalRegistered(proposal=proposal, context_dir=str(context_dir), data_root=str(data)),
+            ProposalRegistered(
+                proposal=proposal, context_dir=str(context_dir), data_root=str(data)
+            ),
             key=proposal_key(proposal),
         )
     finally:
@@ -252,7 +254,9 @@ async def make_stack(
         logs.mkdir(exist_ok=True)
         (tmp_path / "home").mkdir(exist_ok=True)
         env = service_env(kafka_settings, pg_dsn, raw_topic, logs)
-        await ensure_topics(kafka_settings, [raw_topic, f"{kafka_settings.topic_prefix}.facility.cal"])
+        await ensure_topics(
+            kafka_settings, [raw_topic, f"{kafka_settings.topic_prefix}.facility.cal"]
+        )
         system = System(env=env, log_dir=logs)
         systems.append(system)
         stack = DamnitStack(

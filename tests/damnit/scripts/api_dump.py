@@ -1,6 +1,6 @@
 """Run in DAMNIT's venv: everything DAMNIT's Python API says about a folder, as JSON.
 
-    python api_dump.py FOLDER
+python api_dump.py FOLDER
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -73,6 +74,9 @@ class EditApplier:
         self.source = source
         self._db_ids: dict[str, int] = {}
         self._lock = asyncio.Lock()
+        # Commands sent already (an edit PostgreSQL refused stays in the file; it is
+        # answered once per store process, not at every look at the file).
+        self._sent: OrderedDict[uuid.UUID, None] = OrderedDict()
 
     # ------------------------------------------------------------------ from Kafka
     async def on_message(self, topic: str, value: bytes | None, timestamp_ms: int) -> None:
@@ -180,10 +184,15 @@ class EditApplier:
             await self._send(command)
 
     async def _send(self, command: Any) -> None:
+        if command.event_id in self._sent:
+            return
         delivery = Delivery(
             topic="damnit", partition=0, offset=0, key=None, timestamp_ms=0, headers=(), attempt=1
         )
-        await self.commands.on_command(command, delivery)
+        await self.commands.on_command(command, delivery)  # a refusal is answered on the feed
+        self._sent[command.event_id] = None
+        while len(self._sent) > 10_000:
+            self._sent.popitem(last=False)
 
     async def _reject(self, proposal: int, event_id: str, kind: str, reason: str) -> None:
         await self.commands.feed.update(
