@@ -34,7 +34,9 @@ REPO = Path(__file__).resolve().parents[2]
 SCRIPTS = Path(__file__).resolve().parent / "scripts"
 CLIENT = REPO / "deploy" / "local" / "damnit-client.sh"
 PROPOSAL = 3100
-ARTIFACTS = Path(os.environ.get("RUNSTREAM_ARTIFACTS_DIR", REPO / ".state" / "artifacts"))
+ARTIFACTS = (
+    Path(os.environ.get("RUNSTREAM_STATE_DIR", str(REPO / ".state"))) / "artifacts"
+)  # git-ignored; the GUI test's screenshot goes here
 
 
 @pytest.fixture(scope="session")
