@@ -1,0 +1,75 @@
+"""runs.sqlite on a read-only file system (a read-only bind mount of the file): runstream
+goes on ingesting into PostgreSQL, reports the failure (store log, ``runstream damnit
+status``, ``runstream damnit sync``), retries, and catches up once the file is writable."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import DamnitStack
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+
+CONTEXT = """
+from damnit_ctx import Variable
+
+@Variable(title="Trains")
+def n_trains(run):
+    return len(run.train_ids)
+"""
+
+
+def _mount_read_only(path: Path) -> None:
+    for args in (["--bind", str(path), str(path)], ["-o", "remount,bind,ro", str(path)]):
+        done = subprocess.run(["mount", *args], capture_output=True, text=True, check=False)
+        assert done.returncode == 0, f"mount {' '.join(args)}: {done.stderr}"
+
+
+def _unmount(path: Path) -> None:
+    subprocess.run(["umount", str(path)], capture_output=True, check=False)
+
+
+async def test_read_only_file_system_is_reported_and_retried(make_stack: Any) -> None:
+    stack: DamnitStack = await make_stack(CONTEXT)
+    stack.make_runs([1, 2, 3])
+    stack.send_events([1])
+    await stack.wait_projected([1], ("n_trains",))
+    _mount_read_only(stack.sqlite)
+    try:
+        stack.send_events([2, 3])
+
+        async def ingested() -> bool:
+            values = await stack.values()
+            return (2, "n_trains") in values and (3, "n_trains") in values
+
+        await stack.wait_for(ingested, "runs 2 and 3 in PostgreSQL despite the file")
+
+        async def reported() -> Any:
+            done = stack.runstream("damnit", "status", str(stack.proposal), "--json")
+            info = json.loads(done.stdout)
+            return info if info["last_error"] else None
+
+        info = await stack.wait_for(reported, "the failure in `runstream damnit status`", 60)
+        assert "readonly" in info["last_error"], info
+        assert info["runs_behind"] == 2
+        assert set(stack.sqlite_runs()) == {1}
+        sync = stack.runstream("damnit", "sync", str(stack.proposal), "--wait", "30")
+        assert sync.returncode == 1
+        assert "readonly" in sync.stderr.replace("\n", " "), sync.stderr
+        assert "DAMNIT projection of proposal" in stack.system.procs["store"].log.read_text()
+    finally:
+        _unmount(stack.sqlite)
+
+    await stack.wait_projected([1, 2, 3], ("n_trains",))
+
+    async def healed() -> bool:
+        done = stack.runstream("damnit", "status", str(stack.proposal), "--json")
+        info = json.loads(done.stdout)
+        return done.returncode == 0 and info["last_error"] is None and info["runs_behind"] == 0
+
+    await stack.wait_for(healed, "a clean status after the file system is writable", 60)
