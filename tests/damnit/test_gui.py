@@ -130,7 +130,8 @@ async def test_damnit_gui_shows_runs_live(make_stack: Any) -> None:
             stack.make_runs([2])  # processed while the GUI is open
             stack.send_events([2])
             final = await _line(gui.stdout, 240)
-            assert "final" in final and "error" not in final, final
+            assert "error" not in final, final
+            assert "final" in final, final
             assert final["final"]["runs"]["2"]["n_trains"] == 400
             assert final["final"]["runs"]["2"]["label"] == "run 2"
             assert await asyncio.wait_for(gui.wait(), 60) == 0

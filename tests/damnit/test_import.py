@@ -77,9 +77,8 @@ async def test_import_a_folder_damnit_made(make_stack: Any) -> None:
     )  # fmt: skip
     before = stack.damnit("api_dump.py", str(folder))
     assert before["runs"] == [1, 2]
-    assert (
-        before["table"]["1"]["n_trains"] == 400 and before["table"]["1"]["comment"] == "first light"
-    )
+    assert before["table"]["1"]["n_trains"] == 400
+    assert before["table"]["1"]["comment"] == "first light"
 
     done = stack.runstream(
         "damnit", "import", str(folder), "--data-root", str(proposal_dir), timeout=300

@@ -10,9 +10,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from describe import cell, describe  # noqa: E402
-
-from damnit import Damnit  # noqa: E402
+from damnit import Damnit
+from describe import cell, describe
 
 
 def main() -> None:
@@ -34,7 +33,7 @@ def main() -> None:
     for run in out["runs"]:
         rv = db[run]
         per: dict[str, object] = {}
-        for name in rv.keys():
+        for name in rv:
             vd = rv[name]
             entry: dict[str, object] = {"title": vd.title, "units": vd.units}
             for what, call in (

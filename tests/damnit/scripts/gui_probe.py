@@ -16,9 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-from PyQt6 import QtCore, QtWidgets
-
 from damnit.gui.main_window import MainWindow
+from PyQt6 import QtCore, QtWidgets
 
 TIMEOUT_S = 240
 
