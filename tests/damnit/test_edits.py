@@ -10,6 +10,7 @@ import sqlite3
 from typing import Any
 
 import asyncpg
+import h5py
 import pytest
 from aiokafka import AIOKafkaConsumer
 from runstream_common import parsers
@@ -113,10 +114,14 @@ async def test_gui_edits_reach_runstream(make_stack: Any) -> None:
     assert rows[1]["thickness"] == 1.5
     assert rows[2]["shots"] == 12
     assert rows[1]["n_trains"] == 400
+    # ... and the run files (DAMNIT's layout: /{name}/data and .reduced/{name}).
+    with h5py.File(stack.context_dir / "extracted_data" / f"p{stack.proposal}_r1.h5", "r") as f:
+        assert f["comment/data"][()].decode() == "sample changed"
+        assert f[".reduced/thickness"][()] == 1.5
 
     # Each edit is in the history once, and stays once: the store's own messages about
     # it (and the periodic check of the file) do not apply it again.
-    await asyncio.sleep(8)
+    await asyncio.sleep(4)
     follower.cancel()
     assert [h["value_text"] for h in await _history(stack.dsn, stack.proposal, "comment")] == [
         "sample changed"

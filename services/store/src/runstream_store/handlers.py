@@ -74,6 +74,7 @@ class Database(Protocol):
         self, proposal: int, run: int, names: Sequence[str] | None = None
     ) -> dict[str, StoredValue]: ...
     async def get_run(self, proposal: int, run: int) -> RunRow | None: ...
+    async def context_dir(self, proposal: int) -> str | None: ...
     async def record_run_known(self, message: RunKnown, added_at: float) -> RunRow: ...
     async def mark_announced(self, proposal: int, run: int) -> None: ...
     async def define_variables(
@@ -431,11 +432,44 @@ class Handlers:
             run_key(command.proposal, run),
         )
 
+    async def _write_manual(self, proposal: int, run: int, name: str, value: StoredValue) -> None:
+        """A comment or user value into the run file too (after PostgreSQL, which decides).
+
+        A file system that refuses is logged, not fatal: PostgreSQL has the value, and the
+        next edit of the cell writes the file again.
+        """
+        context_dir = await self.db.context_dir(proposal)
+        if context_dir is None:
+            return
+        target = self.files.run_file(context_dir, proposal, run)
+        cleared = value.kind == "none"
+        item = MergeItem(
+            name=name,
+            action="clear" if cleared else "inline",
+            summary=None if cleared else value.inline_summary,
+            units=value.units,
+        )
+        request = MergeRequest(
+            target=target,
+            fragment=None,
+            items=(item,),
+            provenance=value.provenance or PROVENANCE_MANUAL,
+            compress_min_bytes=self.compress_min_bytes,
+        )
+        try:
+            async with self.files.hold(str(target)):
+                await self.files.merge(request)
+        except Exception as exc:
+            log.warning(
+                "p%d r%d: %s is stored, but not in %s: %s", proposal, run, name, target, exc
+            )
+
     async def _set_comment(self, cmd: SetComment) -> None:
         value = StoredValue.from_summary(
             cmd.text, provenance=PROVENANCE_COMMENT, result_id=f"cmd:{cmd.event_id}"
         )
         await self.db.set_manual_value(cmd.proposal, cmd.run, COMMENT, value)
+        await self._write_manual(cmd.proposal, cmd.run, COMMENT, value)
         await self._publish_value(cmd, cmd.run, COMMENT, value)
 
     async def _set_user_variable(self, cmd: SetUserVariable) -> None:
@@ -457,6 +491,7 @@ class Handlers:
         else:
             value = StoredValue.from_summary(parsed, **fields)
         await self.db.set_manual_value(cmd.proposal, cmd.run, cmd.name, value)
+        await self._write_manual(cmd.proposal, cmd.run, cmd.name, value)
         await self._publish_value(cmd, cmd.run, cmd.name, value)
 
     async def _define_user_variable(self, cmd: DefineUserVariable) -> None:
