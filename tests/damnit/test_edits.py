@@ -136,6 +136,17 @@ async def test_gui_edits_reach_runstream(make_stack: Any) -> None:
     ]
     assert len(values_updated) == 1  # the feed told runstream's GUIs once
 
+    # An edit whose announcement never came (DAMNIT offline: AMORE_BROKER=none) is
+    # found by the store's periodic look at the file.
+    offline = [{"comment": [2, "offline note"]}]
+    stack.damnit("gui_edit.py", str(stack.context_dir), json.dumps(offline), AMORE_BROKER="none")
+
+    async def found() -> bool:
+        row = (await stack.values()).get((2, "comment"))
+        return row is not None and row["value_text"] == "offline note"
+
+    await stack.wait_for(found, "the unannounced edit in PostgreSQL", timeout=60)
+
     # The other way: a comment set with runstream's CLI reaches the file.
     done = stack.runstream("comment", str(stack.proposal), "2", "dark run")
     assert done.returncode == 0, done.stdout + done.stderr

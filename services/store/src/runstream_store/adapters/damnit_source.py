@@ -157,6 +157,17 @@ class ProjectionSource:
             settings={s["key"]: json.loads(s["value"]) for s in settings},
         )
 
+    async def manual_times(self, proposal: int) -> dict[tuple[int, str], float]:
+        """When PostgreSQL last wrote each comment and user value of the proposal."""
+        async with self.repo._conn() as conn:
+            rows = await conn.fetch(
+                "SELECT run, name, extract(epoch FROM updated_at) AS t FROM run_values "
+                "WHERE proposal = $1 AND provenance = ANY($2::text[])",
+                proposal,
+                ["comment", "manual-input"],
+            )
+        return {(r["run"], r["name"]): float(r["t"]) for r in rows}
+
     async def record_db(self, proposal: int, db_id: str, path: str) -> None:
         async with self.repo._conn() as conn:
             await conn.execute(

@@ -223,6 +223,12 @@ class Projector:
             runs |= {r for r, s in seqs.items() if have.get(r, -1) < s}
         meta_behind = state is None or target.meta_seq > state.meta_seq
         meta = await self.source.meta(proposal) if (work.meta or rebuild or meta_behind) else None
+        if not (runs or meta or rebuild or work.messages):
+            # Nothing behind: no write (no lock a GUI could wait for). Only look for GUI
+            # edits whose announcement never came (AMORE_BROKER=none, Kafka was down).
+            await self._remember(proposal, db_id, path)
+            await self._scan_edits(proposal, db_id, path)
+            return SyncResult(proposal=proposal, path=str(path), db_id=db_id, runs_written=0)
         ordered = sorted(runs)
         chunks = [ordered[i : i + CHUNK_RUNS] for i in range(0, len(ordered), CHUNK_RUNS)] or [[]]
         written, first = 0, True
@@ -274,6 +280,19 @@ class Projector:
         if self.on_new_db is not None:
             await self.on_new_db(db_id, proposal)
         self._known[proposal] = key
+
+    async def _scan_edits(self, proposal: int, db_id: str, path: Path) -> None:
+        if self.on_pending_edits is None:
+            return
+        in_file = await asyncio.to_thread(sqlite_file.manual_rows, path, proposal)
+        if not in_file:
+            return
+        in_pg = await self.source.manual_times(proposal)
+        outcome = sqlite_file.Outcome(db_id=db_id)
+        for (run, name), written in in_file.items():
+            if written > in_pg.get((run, name), float("-inf")):
+                outcome.pending.setdefault(run, []).append(name)
+        self._pending(proposal, db_id, path, outcome)
 
     def _messages(self, proposal: int, outcome: sqlite_file.Outcome) -> list[bytes]:
         out = [variable_set(v) for v in outcome.variables]

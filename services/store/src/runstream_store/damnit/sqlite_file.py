@@ -359,6 +359,17 @@ def read_values(
     return {r[0]: EditedValue(r[0], r[1], r[2], r[3]) for r in rows}
 
 
+def manual_rows(path: Path, proposal: int) -> dict[tuple[int, str], float]:
+    """Write times of the comments and user values in the file (rows a GUI may have edited)."""
+    with connect(path) as conn:
+        rows = conn.execute(
+            "SELECT run, name, timestamp FROM run_variables WHERE proposal = ? AND value IS NOT NULL "
+            "AND (name = 'comment' OR name IN (SELECT name FROM variables WHERE type IS NOT NULL))",
+            (proposal,),
+        ).fetchall()
+    return {(r[0], r[1]): float(r[2] or 0.0) for r in rows}
+
+
 def read_variables(path: Path) -> dict[str, EditedVariable]:
     with connect(path) as conn:
         rows = conn.execute("SELECT name, title, description, type FROM variables").fetchall()
