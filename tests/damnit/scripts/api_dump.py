@@ -33,7 +33,7 @@ def main() -> None:
     for run in out["runs"]:
         rv = db[run]
         per: dict[str, object] = {}
-        for name in rv:
+        for name in rv.keys():  # noqa: SIM118 (RunVariables has no __iter__)
             vd = rv[name]
             entry: dict[str, object] = {"title": vd.title, "units": vd.units}
             for what, call in (
