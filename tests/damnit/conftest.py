@@ -23,6 +23,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+import pytest_asyncio
 from runstream_common.admin import ensure_topics
 from runstream_common.kafka import make_broker, publish
 from runstream_common.messages import ProposalRegistered
@@ -276,3 +277,80 @@ async def make_stack(
     finally:
         for system in systems:
             system.stop()
+
+
+@dataclass
+class Shared:
+    """One set of services (store, executor, ingest) for several proposals of a session."""
+
+    system: System
+    kafka: KafkaSettings
+    dsn: str
+    env: dict[str, str]
+    raw_topic: str
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def shared(
+    stack: Any, damnit_python: Path, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Shared]:
+    """The services once for the tests that can share them (each has its own proposal):
+    starting them is a good part of each test's time."""
+    import uuid
+
+    prefix = f"t{uuid.uuid4().hex[:12]}"
+    kafka = KafkaSettings(
+        bootstrap_servers=stack.bootstrap_servers,
+        topic_prefix=prefix,
+        client_id=f"test-{prefix}",
+        session_timeout_ms=6000,
+        heartbeat_interval_ms=500,
+    )
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    admin = await asyncpg.connect(stack.postgres_dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    dsn = f"{stack.postgres_dsn.rpartition('/')[0]}/{name}"
+    await migrate(dsn)
+    logs = tmp_path_factory.mktemp("damnit-shared-logs")
+    raw_topic = f"{prefix}.facility.daq"
+    env = service_env(kafka, dsn, raw_topic, logs)
+    await ensure_topics(kafka, [raw_topic, f"{prefix}.facility.cal"])
+    system = System(env=env, log_dir=logs)
+    await system.start("store", "executor", "ingest")
+    try:
+        yield Shared(system, kafka, dsn, env, raw_topic)
+    finally:
+        system.stop()
+        admin = await asyncpg.connect(stack.postgres_dsn)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        except asyncpg.PostgresError:
+            pass
+        finally:
+            await admin.close()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def shared_stack(
+    shared: Shared, tmp_path: Path, damnit_python: Path
+) -> Callable[..., Awaitable[DamnitStack]]:
+    """A factory: ``await shared_stack(context, proposal)`` -> a proposal on the shared services."""
+
+    async def make(context: str, proposal: int) -> DamnitStack:
+        proposal_dir = tmp_path / "data" / f"p{proposal:06d}"
+        context_dir = tmp_path / "usr" / "Shared" / "amore"
+        context_dir.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "home").mkdir(exist_ok=True)
+        (tmp_path / "logs").mkdir(exist_ok=True)
+        if context:
+            (context_dir / "context.py").write_text(textwrap.dedent(context))
+            await register(shared.kafka, proposal, context_dir, proposal_dir)
+        return DamnitStack(
+            shared.system, shared.kafka, shared.dsn, tmp_path, proposal_dir, context_dir,
+            shared.raw_topic, damnit_python, shared.env, proposal,
+        )  # fmt: skip
+
+    return make

@@ -40,7 +40,7 @@ def mean(run, n: "meta#run_number"):
     return float(np.mean(np.arange(n + 1)))
 """
 NAMES = ("n_trains", "number", "square", "label", "mean")
-RUNS = list(range(1, 13))
+RUNS = list(range(1, 9))
 
 
 def _file_rows(stack: DamnitStack) -> tuple[dict[tuple[int, str], Any], dict[int, Any]]:

@@ -18,7 +18,11 @@ from runstream_common.messages import CommandRejected
 
 from .conftest import DamnitStack
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.timeout(600),
+    pytest.mark.asyncio(loop_scope="session"),
+]
 
 CONTEXT = """
 from damnit_ctx import Variable
@@ -29,12 +33,14 @@ def n_trains(run):
 """
 
 
-async def _history(dsn: str, proposal: int, name: str) -> list[asyncpg.Record]:
+async def _history(dsn: str, proposal: int, run: int, name: str) -> list[asyncpg.Record]:
     conn = await asyncpg.connect(dsn)
     try:
         return await conn.fetch(
-            "SELECT * FROM run_value_history WHERE proposal = $1 AND name = $2 ORDER BY id",
+            "SELECT * FROM run_value_history WHERE proposal = $1 AND run = $2 AND name = $3 "
+            "ORDER BY id",
             proposal,
+            run,
             name,
         )
     finally:
@@ -53,7 +59,10 @@ async def _feed(stack: DamnitStack, into: list[Any]) -> None:
         while True:
             batch = await consumer.getmany(timeout_ms=500)
             for records in batch.values():
-                into.extend(parsers.UPDATES.parse(r.value) for r in records)
+                for record in records:
+                    update = parsers.UPDATES.parse(record.value)
+                    if getattr(update, "proposal", None) == stack.proposal:
+                        into.append(update)
     finally:
         await consumer.stop()
 
@@ -69,8 +78,8 @@ def _sqlite_value(stack: DamnitStack, run: int, name: str) -> Any:
         conn.close()
 
 
-async def test_gui_edits_reach_runstream(make_stack: Any) -> None:
-    stack: DamnitStack = await make_stack(CONTEXT)
+async def test_gui_edits_reach_runstream(shared_stack: Any) -> None:
+    stack: DamnitStack = await shared_stack(CONTEXT, 3103)
     stack.make_runs([1, 2])
     stack.send_events([1, 2])
     await stack.wait_projected([1, 2], ("n_trains",))
@@ -83,8 +92,10 @@ async def test_gui_edits_reach_runstream(make_stack: Any) -> None:
         {"define": ["shots", "Shots", "integer"]},
         {"set": [2, "shots", "12"]},
         {"raw": [1, "shots", "thick"]},  # written behind the GUI's back: not an integer
+        # never announced (DAMNIT offline): found by the store's periodic look at the file
+        {"quiet_comment": [2, "offline note"]},
     ]
-    assert stack.damnit("gui_edit.py", str(stack.context_dir), json.dumps(steps))["done"] == 6
+    assert stack.damnit("gui_edit.py", str(stack.context_dir), json.dumps(steps))["done"] == 7
 
     async def applied() -> bool:
         values = await stack.values()
@@ -121,13 +132,13 @@ async def test_gui_edits_reach_runstream(make_stack: Any) -> None:
 
     # Each edit is in the history once, and stays once: the store's own messages about
     # it (and the periodic check of the file) do not apply it again.
-    await asyncio.sleep(4)
+    await asyncio.sleep(3.5)  # longer than the store's periodic check (3 s in tests)
     follower.cancel()
-    assert [h["value_text"] for h in await _history(stack.dsn, stack.proposal, "comment")] == [
+    assert [h["value_text"] for h in await _history(stack.dsn, stack.proposal, 1, "comment")] == [
         "sample changed"
     ]
-    assert len(await _history(stack.dsn, stack.proposal, "thickness")) == 1
-    assert len(await _history(stack.dsn, stack.proposal, "shots")) == 1
+    assert len(await _history(stack.dsn, stack.proposal, 1, "thickness")) == 1
+    assert len(await _history(stack.dsn, stack.proposal, 2, "shots")) == 1
     # The file keeps the edits (the projection wrote PostgreSQL's identical values back).
     assert _sqlite_value(stack, 1, "comment") == "sample changed"
     assert _sqlite_value(stack, 1, "thickness") == 1.5
@@ -135,11 +146,6 @@ async def test_gui_edits_reach_runstream(make_stack: Any) -> None:
         m for m in feed if m.type == "values_updated" and "comment" in m.values and m.run == 1
     ]
     assert len(values_updated) == 1  # the feed told runstream's GUIs once
-
-    # An edit whose announcement never came (DAMNIT offline: AMORE_BROKER=none) is
-    # found by the store's periodic look at the file.
-    offline = [{"comment": [2, "offline note"]}]
-    stack.damnit("gui_edit.py", str(stack.context_dir), json.dumps(offline), AMORE_BROKER="none")
 
     async def found() -> bool:
         row = (await stack.values()).get((2, "comment"))

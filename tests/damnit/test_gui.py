@@ -20,7 +20,11 @@ import pytest
 
 from .conftest import ARTIFACTS, SCRIPTS, DamnitStack
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.timeout(600),
+    pytest.mark.asyncio(loop_scope="session"),
+]
 
 CONTEXT = """
 from damnit_ctx import Variable
@@ -88,8 +92,8 @@ async def _line(stream: asyncio.StreamReader, timeout: float) -> dict[str, Any]:
             return json.loads(text)
 
 
-async def test_damnit_gui_shows_runs_live(make_stack: Any) -> None:
-    stack: DamnitStack = await make_stack(CONTEXT)
+async def test_damnit_gui_shows_runs_live(shared_stack: Any) -> None:
+    stack: DamnitStack = await shared_stack(CONTEXT, 3102)
     stack.make_runs([1])
     stack.send_events([1])
     await stack.wait_projected([1], ("n_trains", "label", "image", "line", "broken"))

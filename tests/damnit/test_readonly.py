@@ -13,7 +13,11 @@ import pytest
 
 from .conftest import DamnitStack
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.timeout(600),
+    pytest.mark.asyncio(loop_scope="session"),
+]
 
 CONTEXT = """
 from damnit_ctx import Variable
@@ -34,8 +38,8 @@ def _unmount(path: Path) -> None:
     subprocess.run(["umount", str(path)], capture_output=True, check=False)
 
 
-async def test_read_only_file_system_is_reported_and_retried(make_stack: Any) -> None:
-    stack: DamnitStack = await make_stack(CONTEXT)
+async def test_read_only_file_system_is_reported_and_retried(shared_stack: Any) -> None:
+    stack: DamnitStack = await shared_stack(CONTEXT, 3104)
     stack.make_runs([1, 2, 3])
     stack.send_events([1])
     await stack.wait_projected([1], ("n_trains",))

@@ -10,7 +10,7 @@ from runstream_store.damnit import sqlite_file
 from runstream_store.damnit.rows import MetaSnapshot, ProjectedValue, RunSnapshot, VariableSnapshot
 from runstream_store.values import StoredValue
 
-from .conftest import run_damnit
+from .conftest import SCRIPTS, run_damnit
 
 pytestmark = pytest.mark.integration
 
@@ -53,3 +53,14 @@ def test_schema_is_damnits_own(damnit_python: Path, tmp_path: Path) -> None:
     assert set(opened["after"]["views"]) == set(made["after"]["views"]) == {"runs", "max_diffs"}
     assert opened["after"]["views"]["runs"] == ["proposal", "run", "start_time", "added_at", "x"]
     assert opened["after"]["views"]["max_diffs"] == ["proposal", "run", "x"]
+
+
+def test_scripts_are_plain(tmp_path: Path) -> None:
+    """The helper scripts import nothing of runstream's (they run in DAMNIT's venv)."""
+    for script in SCRIPTS.glob("*.py"):
+        imports = [
+            line.split()[1]
+            for line in script.read_text().splitlines()
+            if line.startswith(("import ", "from "))
+        ]
+        assert not [m for m in imports if m.startswith("runstream")], script

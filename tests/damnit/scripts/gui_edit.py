@@ -4,8 +4,9 @@
 
 JSON is a list of steps: {"define": [name, title, type]}, {"set": [run, name, text]}
 (the text is parsed by DAMNIT's value types, as the table does), {"raw": [run, name,
-value]} (stored as given, unparsed) or {"comment": [run, text]}. Every change is written
-with DamnitDB and announced with the GUI's UpdateAgent, as MainWindow.save_value and
+value]} (stored as given, unparsed), {"comment": [run, text]} or {"quiet_comment": [run,
+text]} (written, never announced: DAMNIT offline). Every other change is written with
+DamnitDB and announced with the GUI's UpdateAgent, as MainWindow.save_value and
 MainWindow.add_variable do.
 """
 
@@ -41,6 +42,9 @@ def main() -> None:
             run, name, value = step["raw"]
             db.set_variable(proposal, run, name, ReducedData(value), provenance="manual-input")
             agent.run_values_updated(proposal, run, name)
+        elif "quiet_comment" in step:
+            run, text = step["quiet_comment"]
+            db.set_variable(proposal, run, "comment", ReducedData(text), provenance="manual-input")
         elif "comment" in step:
             run, text = step["comment"]
             db.set_variable(proposal, run, "comment", ReducedData(text), provenance="manual-input")
