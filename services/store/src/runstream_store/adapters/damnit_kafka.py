@@ -103,17 +103,23 @@ class EditFollower:
         consumer = self._consumer
         assert consumer is not None
         while True:
-            if self._changed.is_set():
-                self._changed.clear()
-                consumer.subscribe(topics=sorted(self._topics))
-            if not self._topics:
-                await self._changed.wait()
-                continue
-            batch = await consumer.getmany(timeout_ms=500, max_records=50)
-            for tp, records in batch.items():
-                for record in records:
-                    if not await self._handle(consumer, tp, record):
-                        break  # seeked back: the record comes again
+            try:
+                if self._changed.is_set():
+                    self._changed.clear()
+                    consumer.subscribe(topics=sorted(self._topics))
+                if not self._topics:
+                    await self._changed.wait()
+                    continue
+                batch = await consumer.getmany(timeout_ms=500, max_records=50)
+                for tp, records in batch.items():
+                    for record in records:
+                        if not await self._handle(consumer, tp, record):
+                            break  # seeked back: the record comes again
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # Kafka trouble (commit during a rebalance, ...): go on
+                log.exception("following GUI edits failed; trying again")
+                await asyncio.sleep(self.retry_s)
 
     async def _handle(self, consumer: AIOKafkaConsumer, tp: TopicPartition, record: object) -> bool:
         headers = dict(getattr(record, "headers", ()) or ())

@@ -268,23 +268,21 @@ async def import_damnit(repo: Repository, proposal: int, folder: str, data: Any)
                         tag,
                         source,
                     )
-        touched: set[int] = set()
-        for run, name, value in data.values:
-            seen = await conn.fetchval(
-                "SELECT 1 FROM run_value_history WHERE proposal = $1 AND run = $2 "
-                "AND name = $3 AND result_id = $4",
+        seen = {
+            r["result_id"]
+            for r in await conn.fetch(
+                "SELECT result_id FROM run_value_history WHERE proposal = $1 "
+                "AND context_hash = 'damnit-import'",
                 proposal,
-                run,
-                name,
-                value.result_id,
             )
-            if seen:
-                continue
-            await conn.execute(_INSERT_HISTORY, proposal, run, name, *_row(value), False)
-            await conn.execute(_SET_CURRENT_IF_NEWER, proposal, run, name, *_row(value))
-            touched.add(run)
-            counts["values"] += 1
-        for run in sorted(touched):
+        }
+        fresh = [(r, n, v) for r, n, v in data.values if v.result_id not in seen]
+        rows = [(proposal, r, n, *_row(v)) for r, n, v in fresh]
+        if rows:
+            await conn.executemany(_INSERT_HISTORY, [(*row, False) for row in rows])
+            await conn.executemany(_SET_CURRENT_IF_NEWER, rows)
+        counts["values"] = len(fresh)
+        for run in sorted({r for r, _, _ in fresh}):
             await conn.execute(_REFRESH_CELLS, proposal, run)
         for key, value in data.settings.items():
             done = await conn.fetchval(
