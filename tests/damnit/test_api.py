@@ -135,6 +135,27 @@ async def _collect(
         await consumer.stop()
 
 
+async def _read_all(topic: str, bootstrap: str) -> list[dict[str, Any]]:
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    out: list[dict[str, Any]] = []
+    try:
+        while not consumer.assignment():
+            await consumer.getmany(timeout_ms=50)
+        end = await consumer.end_offsets(list(consumer.assignment()))
+        for tp in consumer.assignment():
+            consumer.seek(tp, 0)
+        while [tp for tp in end if await consumer.position(tp) < end[tp]]:
+            batch = await consumer.getmany(timeout_ms=500)
+            for records in batch.values():
+                out.extend(json.loads(r.value) for r in records)
+    finally:
+        await consumer.stop()
+    return out
+
+
 async def test_damnit_api_reads_what_runstream_stored(shared_stack: Any) -> None:
     stack: DamnitStack = await shared_stack(CONTEXT, 3101)
     stack.make_runs(RUNS[:1])
@@ -175,6 +196,15 @@ async def test_damnit_api_reads_what_runstream_stored(shared_stack: Any) -> None
     finished = [m["data"]["processing_id"] for m in seen if m["msg_kind"] == "processing_finished"]
     assert running["processing_id"] in finished
     assert kinds.index("processing_state_set") < kinds.index("processing_finished")
+    # From the topic's beginning: the variables were announced (variable_set, as the
+    # context revision was loaded) before the first values.
+    history = await _read_all(f"test.damnit.db-{stack.db_id()}", stack.kafka.bootstrap_servers)
+    kinds = [m["msg_kind"] for m in history]
+    defined = {m["data"]["name"]: m["data"] for m in history if m["msg_kind"] == "variable_set"}
+    assert set(NAMES) <= set(defined)
+    assert defined["n_trains"]["title"] == "Trains"
+    assert defined["n_trains"]["type"] is None
+    assert kinds.index("variable_set") < kinds.index("run_values_updated")
 
     # DAMNIT's own API on the folder.
     dump = stack.damnit("api_dump.py", str(stack.context_dir))
