@@ -135,76 +135,60 @@ async def _collect(
         await consumer.stop()
 
 
-async def _read_all(topic: str, bootstrap: str) -> list[dict[str, Any]]:
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest"
-    )
-    await consumer.start()
-    out: list[dict[str, Any]] = []
-    try:
-        while not consumer.assignment():
-            await consumer.getmany(timeout_ms=50)
-        end = await consumer.end_offsets(list(consumer.assignment()))
-        for tp in consumer.assignment():
-            consumer.seek(tp, 0)
-        while [tp for tp in end if await consumer.position(tp) < end[tp]]:
-            batch = await consumer.getmany(timeout_ms=500)
-            for records in batch.values():
-                out.extend(json.loads(r.value) for r in records)
-    finally:
-        await consumer.stop()
-    return out
-
-
 async def test_damnit_api_reads_what_runstream_stored(shared_stack: Any) -> None:
     stack: DamnitStack = await shared_stack(CONTEXT, 3101)
-    stack.make_runs(RUNS[:1])
-    stack.send_events(RUNS[:1])
 
-    async def stored() -> bool:
-        values = await stack.values()
-        return all((r, n) in values for r in RUNS[:1] for n in NAMES)
+    async def created() -> bool:  # at registration, before any run: GUIs can open it
+        return stack.sqlite.exists() and bool(stack.sqlite_runs() == {})
 
-    await stack.wait_for(stored, "run 1 in PostgreSQL")
-    await stack.wait_projected(RUNS[:1], NAMES)
-
-    # A group-less subscriber on DAMNIT's topic sees DAMNIT's messages for the next run.
+    await stack.wait_for(created, "runs.sqlite created at registration", timeout=60)
+    # A group-less subscriber on DAMNIT's topic, as the GUI subscribes.
     seen: list[dict[str, Any]] = []
     ready = asyncio.Event()
     follower = asyncio.create_task(
         _collect(f"test.damnit.db-{stack.db_id()}", stack.kafka.bootstrap_servers, seen, ready)
     )
-    await asyncio.wait_for(ready.wait(), 30)  # the consumer has its position before the run
-    stack.make_runs(RUNS[1:])
-    stack.send_events(RUNS[1:])
+    await asyncio.wait_for(ready.wait(), 30)  # the consumer has its position before the runs
+    stack.make_runs(RUNS)
+    stack.send_events(RUNS)
+
+    async def stored() -> bool:
+        values = await stack.values()
+        return all((r, n) in values for r in RUNS for n in NAMES)
+
+    await stack.wait_for(stored, "the runs in PostgreSQL")
     await stack.wait_projected(RUNS, NAMES)
 
     async def announced() -> bool:
-        kinds = [m["msg_kind"] for m in seen if m["data"].get("run") in (2, None)]
-        return "run_values_updated" in kinds and "processing_finished" in kinds
+        finished = {
+            m["data"]["processing_id"] for m in seen if m["msg_kind"] == "processing_finished"
+        }
+        updated = {m["data"]["run"] for m in seen if m["msg_kind"] == "run_values_updated"}
+        return len(finished) >= len(RUNS) and updated >= set(RUNS)
 
-    await stack.wait_for(announced, "DAMNIT's messages for run 2", timeout=60)
+    await stack.wait_for(announced, "DAMNIT's messages for the runs", timeout=60)
     follower.cancel()
     kinds = [m["msg_kind"] for m in seen]
-    updates = [m["data"] for m in seen if m["msg_kind"] == "run_values_updated"]
-    assert any(u["proposal"] == stack.proposal and u["run"] == 2 for u in updates)
-    names_announced = set().union(*(u["values"] for u in updates if u["run"] == 2))
-    assert set(NAMES) | {"start_time"} <= names_announced
-    states = [m["data"] for m in seen if m["msg_kind"] == "processing_state_set"]
-    assert any(s["run"] == 2 and s["status"] == "RUNNING" for s in states)
-    running = next(s for s in states if s["run"] == 2 and s["status"] == "RUNNING")
-    finished = [m["data"]["processing_id"] for m in seen if m["msg_kind"] == "processing_finished"]
-    assert running["processing_id"] in finished
-    assert kinds.index("processing_state_set") < kinds.index("processing_finished")
-    # From the topic's beginning: the variables were announced (variable_set, as the
-    # context revision was loaded) before the first values.
-    history = await _read_all(f"test.damnit.db-{stack.db_id()}", stack.kafka.bootstrap_servers)
-    kinds = [m["msg_kind"] for m in history]
-    defined = {m["data"]["name"]: m["data"] for m in history if m["msg_kind"] == "variable_set"}
-    assert set(NAMES) <= set(defined)
+    defined = {m["data"]["name"]: m["data"] for m in seen if m["msg_kind"] == "variable_set"}
+    assert set(NAMES) <= set(defined)  # announced as the context revision was loaded
     assert defined["n_trains"]["title"] == "Trains"
     assert defined["n_trains"]["type"] is None
     assert kinds.index("variable_set") < kinds.index("run_values_updated")
+    for run in RUNS:
+        updates = [m["data"] for m in seen if m["msg_kind"] == "run_values_updated"]
+        names_announced = set().union(*(u["values"] for u in updates if u["run"] == run))
+        assert set(NAMES) | {"start_time"} <= names_announced
+        states = [m["data"] for m in seen if m["msg_kind"] == "processing_state_set"]
+        running = next(s for s in states if s["run"] == run and s["status"] == "RUNNING")
+        assert running["proposal"] == stack.proposal
+        assert running["hostname"]
+        finished = [
+            i for i, m in enumerate(seen)
+            if m["msg_kind"] == "processing_finished"
+            and m["data"]["processing_id"] == running["processing_id"]
+        ]  # fmt: skip
+        assert finished
+        assert seen.index(next(m for m in seen if m["data"] == running)) < finished[0]
 
     # DAMNIT's own API on the folder.
     dump = stack.damnit("api_dump.py", str(stack.context_dir))

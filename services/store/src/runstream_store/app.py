@@ -72,6 +72,10 @@ def build_app(settings: Settings, *, telemetry: Telemetry | None = None) -> Fast
         """Slurm job state, passed on as JobStateSet."""
         await runtime.get().on_job_state(message, delivery)
 
+    async def handle_proposal(message: Any, delivery: Delivery) -> None:
+        """Registrations: the proposal's context folder (where runs.sqlite goes)."""
+        await runtime.get().on_proposal(message, delivery)
+
     async def handle_command(message: Any, delivery: Delivery) -> None:
         """User commands; bad ones are rejected on the feed (CommandRejected)."""
         await runtime.get().on_command(message, delivery)
@@ -87,6 +91,8 @@ def build_app(settings: Settings, *, telemetry: Telemetry | None = None) -> Fast
               handler=handle_job_state, settings=settings)  # fmt: skip
     subscribe(broker, topics.commands, group_id=group, parser=parsers.COMMANDS,
               handler=handle_command, settings=settings)  # fmt: skip
+    subscribe(broker, topics.proposals, group_id=group, parser=parsers.PROPOSALS,
+              handler=handle_proposal, settings=settings)  # fmt: skip
 
     document_publication(broker, topics.updates, parsers.UPDATES, "The change feed for GUIs")
     document_publication(
@@ -116,7 +122,7 @@ def build_app(settings: Settings, *, telemetry: Telemetry | None = None) -> Fast
         await ensure_topics(
             settings.kafka,
             [topics.results, topics.run_catalog, topics.processing, topics.job_state,
-             topics.commands, topics.updates, topics.proposal_settings],
+             topics.commands, topics.updates, topics.proposal_settings, topics.proposals],
             compacted=set(topics.compacted()),
         )  # fmt: skip
         files = RunFiles(

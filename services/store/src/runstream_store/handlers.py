@@ -32,6 +32,7 @@ from runstream_common.messages import (
     JobStateSet,
     ProcessingStateChanged,
     ProcessingStateSet,
+    ProposalRegistered,
     ProposalSettingsSet,
     ResultsReady,
     RunAdded,
@@ -75,6 +76,7 @@ class Database(Protocol):
     ) -> dict[str, StoredValue]: ...
     async def get_run(self, proposal: int, run: int) -> RunRow | None: ...
     async def context_dir(self, proposal: int) -> str | None: ...
+    async def register_context_dir(self, proposal: int, context_dir: str) -> None: ...
     async def record_run_known(self, message: RunKnown, added_at: float) -> RunRow: ...
     async def mark_announced(self, proposal: int, run: int) -> None: ...
     async def define_variables(
@@ -343,6 +345,14 @@ class Handlers:
             ),
             proposal_key(message.proposal),
         )
+
+    # ------------------------------------------------------------------ registrations
+    async def on_proposal(self, message: Any, delivery: Delivery) -> None:
+        """A registration names the proposal's context folder: its DAMNIT database is
+        created there at once (GUIs can open the folder before the first run)."""
+        if isinstance(message, ProposalRegistered):
+            await self.db.register_context_dir(message.proposal, message.context_dir)
+            self._touch(message.proposal, meta=True, full=True)
 
     # ------------------------------------------------------------------ run catalog
     async def on_run_known(self, message: RunKnown, delivery: Delivery) -> None:

@@ -331,6 +331,11 @@ class Repository:
             )
         return [_run_row(r) for r in rows]
 
+    async def register_context_dir(self, proposal: int, context_dir: str) -> None:
+        """The registered context folder (``runstream proposal add``) of a proposal."""
+        async with self._conn() as conn:
+            await _ensure_proposal(conn, proposal, context_dir)
+
     async def context_dir(self, proposal: int) -> str | None:
         async with self._conn() as conn:
             value = await conn.fetchval(

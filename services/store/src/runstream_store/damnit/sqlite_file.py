@@ -265,7 +265,8 @@ def _write_run(
             "INSERT INTO run_info (proposal, run, start_time, added_at) VALUES (?, ?, ?, ?)",
             (p, r, snap.start_time, snap.added_at),
         )
-        changed.append("start_time")
+        if snap.start_time is not None:  # a run only announced (no data yet) stays quiet
+            changed.append("start_time")
     elif snap.start_time is not None and info[0] != snap.start_time:
         conn.execute(
             "UPDATE run_info SET start_time = ? WHERE proposal = ? AND run = ?",
