@@ -77,3 +77,44 @@ async def test_read_only_file_system_is_reported_and_retried(shared_stack: Any) 
         return done.returncode == 0 and info["last_error"] is None and info["runs_behind"] == 0
 
     await stack.wait_for(healed, "a clean status after the file system is writable", 60)
+
+
+async def test_switched_off_deleted_and_rebuilt(shared_stack: Any) -> None:
+    stack: DamnitStack = await shared_stack(CONTEXT, 3105)
+    stack.make_runs([1, 2, 3])
+    stack.send_events([1])
+    await stack.wait_projected([1], ("n_trains",))
+    db_id = stack.db_id()
+
+    # Switched off for this proposal: runstream goes on, the file is left alone.
+    off = stack.runstream("config", str(stack.proposal), "damnit_projection", "off")
+    assert off.returncode == 0, off.stdout + off.stderr
+    stack.send_events([2])
+
+    async def ingested() -> bool:
+        return (2, "n_trains") in await stack.values()
+
+    await stack.wait_for(ingested, "run 2 in PostgreSQL")
+    sync = stack.runstream("damnit", "sync", str(stack.proposal), "--wait", "30")
+    assert sync.returncode == 1
+    assert "switched off" in sync.stderr
+    assert set(stack.sqlite_runs()) == {1}
+
+    # Back on: it catches up.
+    on = stack.runstream("config", str(stack.proposal), "damnit_projection", "on")
+    assert on.returncode == 0, on.stdout + on.stderr
+    await stack.wait_projected([1, 2], ("n_trains",))
+
+    # A deleted file comes back, with the same db_id (GUIs keep their topic).
+    stack.sqlite.unlink()
+    stack.send_events([3])
+    await stack.wait_projected([1, 2, 3], ("n_trains",))
+    assert stack.db_id() == db_id
+
+    rebuilt = stack.runstream("damnit", "sync", str(stack.proposal), "--rebuild", "--wait", "60")
+    assert rebuilt.returncode == 0, rebuilt.stdout + rebuilt.stderr
+    assert "3 runs written" in rebuilt.stdout
+    assert stack.db_id() == db_id
+    status = stack.runstream("damnit", "status", str(stack.proposal), "--json")
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert json.loads(status.stdout)["topic"] == f"test.damnit.db-{db_id}"
