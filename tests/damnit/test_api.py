@@ -83,6 +83,15 @@ def styled(run):
 def previewed(run):
     return Cell(np.zeros((3, 3, 3)), preview=np.arange(5.0))
 
+@Variable(title="Figure")
+def figure(run):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(4, 3))
+    ax.plot([1, 3, 2])
+    return fig
+
 @Variable(title="Broken")
 def broken(run):
     raise ValueError("always fails")
@@ -92,7 +101,7 @@ def nothing(run):
     return None
 """
 NAMES = ("n_trains", "ratio", "flag", "label", "line", "image", "cube", "curve", "frame",
-         "dataset", "cplx", "styled", "previewed", "broken")  # fmt: skip
+         "dataset", "cplx", "styled", "previewed", "figure", "broken")  # fmt: skip
 RUNS = [1, 2]
 
 
@@ -217,7 +226,7 @@ async def test_damnit_api_reads_what_runstream_stored(shared_stack: Any) -> None
             assert set(NAMES) - {"broken"} <= set(damnit_vars), sorted(damnit_vars)
             for name in NAMES:
                 if name == "broken":
-                    continue
+                    continue  # no data: checked below
                 theirs_v = damnit_vars[name]
                 mine_v = ours[run][name]
                 for what, call in (("read", mine_v.read), ("preview", mine_v.preview_data)):
@@ -234,3 +243,13 @@ async def test_damnit_api_reads_what_runstream_stored(shared_stack: Any) -> None
             assert damnit_vars["label"]["read"] == f"run {run}"
             assert damnit_vars["dataset"]["read"]["type"] == "Dataset"
             assert damnit_vars["curve"]["read"]["type"] == "DataArray"
+            figure = damnit_vars["figure"]
+            assert figure["read"]["dtype"] == "uint8"
+            assert figure["read"]["shape"][2] == 4  # RGBA
+            assert figure["summary"]["png"] is True
+            assert figure["preview"]["shape"] == figure["read"]["shape"]
+            # An error and a None result have no data: DAMNIT's API says so (KeyError), as
+            # it does on its own folders; their cells are None; runstream keeps the error.
+            assert damnit_vars["broken"] == {"indexable": "KeyError"}
+            assert damnit_vars["nothing"] == {"indexable": "KeyError"}
+            assert ours[run]["broken"].error == ("always fails", "ValueError")

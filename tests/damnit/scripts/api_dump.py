@@ -46,6 +46,13 @@ def main() -> None:
                 except Exception as exc:  # recorded, the test decides
                     entry[what] = {"error": f"{type(exc).__name__}: {exc}"}
             per[name] = entry
+        for name in table.columns:  # columns without data for this run (errors, None)
+            if name not in per and name not in ("proposal", "run", "start_time", "comment"):
+                try:
+                    db[run, name]
+                    per[name] = {"indexable": True}
+                except Exception as exc:
+                    per[name] = {"indexable": type(exc).__name__}
         out["values"][str(run)] = per
     print(json.dumps(out))
 
