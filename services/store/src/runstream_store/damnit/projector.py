@@ -176,6 +176,7 @@ class Projector:
             try:
                 result = await self._project(proposal, work)
             except ProjectionDisabled as exc:
+                log.debug("DAMNIT projection of proposal %d: %s", proposal, exc)
                 self._failures.pop(proposal, None)
                 for waiter in work.waiters:
                     if not waiter.done():
@@ -210,7 +211,12 @@ class Projector:
             raise ProjectionDisabled(f"proposal {proposal} has no context folder yet")
         if not target.enabled:
             raise ProjectionDisabled(f"the DAMNIT database of proposal {proposal} is switched off")
-        path = Path(target.context_dir) / sqlite_file.DB_NAME
+        folder = Path(target.context_dir)
+        if not await asyncio.to_thread(folder.is_dir):  # removed, or not mounted here
+            raise ProjectionDisabled(
+                f"the context folder {folder} of proposal {proposal} is missing"
+            )
+        path = folder / sqlite_file.DB_NAME
         state = await asyncio.to_thread(sqlite_file.read_state, path, proposal)
         if state is not None and state.proposal not in (None, proposal):
             raise RuntimeError(f"{path} belongs to proposal {state.proposal}, not {proposal}")
