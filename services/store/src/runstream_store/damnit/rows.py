@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import orjson
 
 from ..values import COMMENT, PROVENANCE_COMMENT, PROVENANCE_MANUAL, StoredValue
 
@@ -131,7 +132,7 @@ def blob_value(reduced: Any) -> bytes | None:
 
 def _attributes(value: StoredValue) -> str | None:
     if value.error is not None:
-        return json.dumps({"error": value.error, "error_cls": value.error_cls or ""})
+        return orjson.dumps({"error": value.error, "error_cls": value.error_cls or ""}).decode()
     attrs: dict[str, Any] = {}
     if value.bold is not None:
         attrs["bold"] = value.bold
@@ -139,7 +140,7 @@ def _attributes(value: StoredValue) -> str | None:
         attrs["background"] = list(value.background)
     if value.units is not None:
         attrs["units"] = value.units
-    return json.dumps(attrs) if attrs else None
+    return orjson.dumps(attrs).decode() if attrs else None
 
 
 def _provenance(value: StoredValue, name: str) -> str | None:

@@ -281,6 +281,7 @@ def _write_run(
             (p, r),
         )
     }
+    upserts: list[tuple[Any, ...]] = []
     for pv in snap.values:
         if pv.name == "start_time":
             continue  # DAMNIT keeps it in run_info
@@ -296,8 +297,10 @@ def _write_run(
         ):
             pending.append(pv.name)  # edited in the file after our last write: not ours to undo
             continue
-        _upsert(conn, p, r, pv.name, row)
+        upserts.append(_params(p, r, pv.name, row))
         changed.append(pv.name)
+    if upserts:
+        conn.executemany(_UPSERT, upserts)
     in_pg = {pv.name for pv in snap.values}
     for name, before in old.items():
         if name not in in_pg and (name == COMMENT or name in user_vars) and before[0] is not None:
@@ -305,28 +308,22 @@ def _write_run(
     return changed, pending
 
 
-def _upsert(conn: sqlite3.Connection, p: int, r: int, name: str, row: Row) -> None:
-    conn.execute(
-        "INSERT INTO run_variables (proposal, run, name, version, value, timestamp, max_diff, "
-        "provenance, summary_type, summary_method, attributes) "
-        "VALUES (?, ?, ?, 1, ?, ?, ?, ?, ?, ?, ?) "
-        "ON CONFLICT (proposal, run, name, version) DO UPDATE SET value = excluded.value, "
-        "timestamp = excluded.timestamp, max_diff = excluded.max_diff, "
-        "provenance = excluded.provenance, summary_type = excluded.summary_type, "
-        "summary_method = excluded.summary_method, attributes = excluded.attributes",
-        (
-            p,
-            r,
-            name,
-            row.value,
-            row.timestamp,
-            row.max_diff,
-            row.provenance,
-            row.summary_type,
-            row.summary_method,
-            row.attributes,
-        ),
-    )
+_UPSERT = (
+    "INSERT INTO run_variables (proposal, run, name, version, value, timestamp, max_diff, "
+    "provenance, summary_type, summary_method, attributes) "
+    "VALUES (?, ?, ?, 1, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (proposal, run, name, version) DO UPDATE SET value = excluded.value, "
+    "timestamp = excluded.timestamp, max_diff = excluded.max_diff, "
+    "provenance = excluded.provenance, summary_type = excluded.summary_type, "
+    "summary_method = excluded.summary_method, attributes = excluded.attributes"
+)
+
+
+def _params(p: int, r: int, name: str, row: Row) -> tuple[Any, ...]:
+    return (
+        p, r, name, row.value, row.timestamp, row.max_diff, row.provenance, row.summary_type,
+        row.summary_method, row.attributes,
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------------- edits made by GUIs
