@@ -119,6 +119,38 @@ class DamnitStack:
             producer.produce(self.raw_topic, body.encode(), key=f"{self.proposal}/{run}".encode())
         assert producer.flush(30) == 0
 
+    async def process(self, runs: range | list[int], timeout: float = 90) -> None:
+        """Send the runs' facility events until runstream knows the runs.
+
+        Ingest ignores events of a proposal whose registration it has not read yet (a
+        registration moments ago, on services that already run): such events are sent
+        again; ingest de-duplicates the ones it took.
+        """
+        wanted = set(runs)
+        deadline = time.monotonic() + timeout
+        while True:
+            known = await self._known_runs()
+            missing = sorted(wanted - known)
+            if not missing:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"runs {missing} never reached runstream\n{self.system.logs()}"
+                )
+            self.send_events(missing)
+            for _ in range(12):
+                await asyncio.sleep(0.25)
+                if wanted <= await self._known_runs():
+                    return
+
+    async def _known_runs(self) -> set[int]:
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            rows = await conn.fetch("SELECT run FROM runs WHERE proposal = $1", self.proposal)
+        finally:
+            await conn.close()
+        return {r["run"] for r in rows}
+
     def damnit(self, script: str, *args: str, timeout: float = 180, **env: str) -> Any:
         base = {"AMORE_BROKER": self.kafka.bootstrap_servers, "HOME": str(self.root / "home")}
         return run_damnit(self.python, script, *args, env={**base, **env}, timeout=timeout)

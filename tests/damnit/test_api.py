@@ -159,7 +159,7 @@ async def test_damnit_api_reads_what_runstream_stored(shared_stack: Any) -> None
     )
     await asyncio.wait_for(ready.wait(), 30)  # the consumer has its position before the runs
     stack.make_runs(RUNS)
-    stack.send_events(RUNS)
+    await stack.process(RUNS)
 
     async def stored() -> bool:
         values = await stack.values()

@@ -81,7 +81,7 @@ def _sqlite_value(stack: DamnitStack, run: int, name: str) -> Any:
 async def test_gui_edits_reach_runstream(shared_stack: Any) -> None:
     stack: DamnitStack = await shared_stack(CONTEXT, 3103)
     stack.make_runs([1, 2])
-    stack.send_events([1, 2])
+    await stack.process([1, 2])
     await stack.wait_projected([1, 2], ("n_trains",))
     feed: list[Any] = []
     follower = asyncio.create_task(_feed(stack, feed))

@@ -95,7 +95,7 @@ async def _line(stream: asyncio.StreamReader, timeout: float) -> dict[str, Any]:
 async def test_damnit_gui_shows_runs_live(shared_stack: Any) -> None:
     stack: DamnitStack = await shared_stack(CONTEXT, 3102)
     stack.make_runs([1])
-    stack.send_events([1])
+    await stack.process([1])
     await stack.wait_projected([1], ("n_trains", "label", "image", "line", "broken"))
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shot = ARTIFACTS / "damnit-gui.png"
@@ -132,7 +132,7 @@ async def test_damnit_gui_shows_runs_live(shared_stack: Any) -> None:
             assert "2" not in model["runs"]
 
             stack.make_runs([2])  # processed while the GUI is open
-            stack.send_events([2])
+            await stack.process([2])
             final = await _line(gui.stdout, 240)
             assert "error" not in final, final
             assert "final" in final, final

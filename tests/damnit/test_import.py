@@ -142,7 +142,7 @@ async def test_import_a_folder_damnit_made(shared_stack: Any) -> None:
     # runstream processes the proposal from now on, into the same runs.sqlite.
     stack.context_dir = folder
     make_run_files(stack.root, proposal_dir, [2])
-    stack.send_events([2])
+    await stack.process([2])
     await stack.wait_projected([2], ("n_trains", "label", "image", "broken"))
     after = stack.damnit("api_dump.py", str(folder))
     assert after["runs"] == [1, 2]

@@ -41,11 +41,11 @@ def _unmount(path: Path) -> None:
 async def test_read_only_file_system_is_reported_and_retried(shared_stack: Any) -> None:
     stack: DamnitStack = await shared_stack(CONTEXT, 3104)
     stack.make_runs([1, 2, 3])
-    stack.send_events([1])
+    await stack.process([1])
     await stack.wait_projected([1], ("n_trains",))
     _mount_read_only(stack.sqlite)
     try:
-        stack.send_events([2, 3])
+        await stack.process([2, 3])
 
         async def ingested() -> bool:
             values = await stack.values()
@@ -82,14 +82,14 @@ async def test_read_only_file_system_is_reported_and_retried(shared_stack: Any) 
 async def test_switched_off_deleted_and_rebuilt(shared_stack: Any) -> None:
     stack: DamnitStack = await shared_stack(CONTEXT, 3105)
     stack.make_runs([1, 2, 3])
-    stack.send_events([1])
+    await stack.process([1])
     await stack.wait_projected([1], ("n_trains",))
     db_id = stack.db_id()
 
     # Switched off for this proposal: runstream goes on, the file is left alone.
     off = stack.runstream("config", str(stack.proposal), "damnit_projection", "off")
     assert off.returncode == 0, off.stdout + off.stderr
-    stack.send_events([2])
+    await stack.process([2])
 
     async def ingested() -> bool:
         return (2, "n_trains") in await stack.values()
@@ -107,7 +107,7 @@ async def test_switched_off_deleted_and_rebuilt(shared_stack: Any) -> None:
 
     # A deleted file comes back, with the same db_id (GUIs keep their topic).
     stack.sqlite.unlink()
-    stack.send_events([3])
+    await stack.process([3])
     await stack.wait_projected([1, 2, 3], ("n_trains",))
     assert stack.db_id() == db_id
 
