@@ -42,10 +42,11 @@ def test_db_upgrade_applies_each_migration_once(pg_dsn: str) -> None:
     assert first.exit_code == 0, first.output
     assert "applied 001_initial" in first.output
     assert "applied 002_run_cells" in first.output
+    assert "applied 003_damnit_projection" in first.output
     again = runner.invoke(_app(), ["db", "upgrade", "--dsn", pg_dsn])
     assert again.exit_code == 0
     assert "applied" not in again.output
-    assert "schema at version 2 (was 2)" in again.output
+    assert "schema at version 3 (was 3)" in again.output
     assert runner.invoke(_app(), ["db", "status", "--dsn", pg_dsn]).exit_code == 0
 
 

@@ -174,6 +174,6 @@ def test_serving_on_an_outdated_schema_exits_with_one_clear_line(pg_dsn: str) ->
     )
     assert done.returncode == 2
     assert done.stderr.strip() == (
-        "runstream store: the database schema is at version 0, this store needs version 2: "
+        "runstream store: the database schema is at version 0, this store needs version 3: "
         "run `runstream db upgrade` (or `runstream db upgrade --dsn DSN`)"
     )

@@ -15,6 +15,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from .errors import MessageFormatError
 from .limits import DEFAULT_MAX_EVENT_BYTES, check_size
 from .messages.commands import StoreCommand
+from .messages.damnit import DamnitMessage
 from .messages.facility import FacilityEvent
 from .messages.jobs import JobControlEvent, JobRequestEvent, JobStateEvent
 from .messages.processing import ProcessingEvent
@@ -99,3 +100,5 @@ JOB_CONTROL: Parser[Any] = Parser("jobs.control", JobControlEvent)
 JOB_STATE: Parser[Any] = Parser("jobs.state", JobStateEvent)
 COMMANDS: Parser[Any] = Parser("commands", StoreCommand)
 UPDATES: Parser[Any] = Parser("updates", Update)
+DAMNIT: Parser[Any] = Parser("damnit", DamnitMessage)
+"""DAMNIT's own messages on ``test.damnit.db-{db_id}`` (see messages/damnit.py)."""

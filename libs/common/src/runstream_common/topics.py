@@ -115,6 +115,15 @@ class Topics:
         return [self.proposals, self.proposal_settings, self.run_catalog]
 
 
+DAMNIT_TOPIC_PREFIX = "test"
+"""DAMNIT's GUIs listen on ``test.damnit.db-{db_id}`` (the prefix is fixed in DAMNIT 0.4)."""
+
+
+def damnit_db_topic(db_id: str, prefix: str = DAMNIT_TOPIC_PREFIX) -> str:
+    """The topic of one DAMNIT database (``runs.sqlite`` with metameta ``db_id``)."""
+    return f"{prefix}.damnit.db-{db_id}"
+
+
 def run_key(proposal: int, run: int) -> bytes:
     """Kafka key that keeps one run's messages on one partition, in order."""
     return f"{proposal}/{run}".encode()

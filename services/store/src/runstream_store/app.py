@@ -20,11 +20,17 @@ from runstream_common.admin import ensure_topics
 from runstream_common.errors import SchemaOutdated, ServiceUnavailable
 from runstream_common.kafka import Delivery, document_publication, make_broker, subscribe
 from runstream_common.telemetry import Telemetry, setup_telemetry
+from runstream_common.topics import damnit_db_topic
 
 from . import __version__
+from .adapters.damnit_kafka import EditFollower, KafkaDamnitPublisher
+from .adapters.damnit_source import ProjectionSource
 from .adapters.feed import KafkaFeed
 from .adapters.postgres import Repository, create_pool
 from .adapters.run_files import RunFiles
+from .damnit.edits import EditApplier
+from .damnit.importer import Importer
+from .damnit.projector import Projector
 from .handlers import Handlers
 from .settings import Settings
 
@@ -48,6 +54,7 @@ def build_app(settings: Settings, *, telemetry: Telemetry | None = None) -> Fast
     topics = settings.kafka.topics
     runtime = _Runtime()
     pools: list[Any] = []
+    closers: list[Any] = []
 
     async def handle_results(message: Any, delivery: Delivery) -> None:
         """Executor results (ResultsReady) and variable definitions (VariablesDefined)."""
@@ -65,6 +72,10 @@ def build_app(settings: Settings, *, telemetry: Telemetry | None = None) -> Fast
         """Slurm job state, passed on as JobStateSet."""
         await runtime.get().on_job_state(message, delivery)
 
+    async def handle_proposal(message: Any, delivery: Delivery) -> None:
+        """Registrations: the proposal's context folder (where runs.sqlite goes)."""
+        await runtime.get().on_proposal(message, delivery)
+
     async def handle_command(message: Any, delivery: Delivery) -> None:
         """User commands; bad ones are rejected on the feed (CommandRejected)."""
         await runtime.get().on_command(message, delivery)
@@ -80,6 +91,8 @@ def build_app(settings: Settings, *, telemetry: Telemetry | None = None) -> Fast
               handler=handle_job_state, settings=settings)  # fmt: skip
     subscribe(broker, topics.commands, group_id=group, parser=parsers.COMMANDS,
               handler=handle_command, settings=settings)  # fmt: skip
+    subscribe(broker, topics.proposals, group_id=group, parser=parsers.PROPOSALS,
+              handler=handle_proposal, settings=settings)  # fmt: skip
 
     document_publication(broker, topics.updates, parsers.UPDATES, "The change feed for GUIs")
     document_publication(
@@ -109,21 +122,33 @@ def build_app(settings: Settings, *, telemetry: Telemetry | None = None) -> Fast
         await ensure_topics(
             settings.kafka,
             [topics.results, topics.run_catalog, topics.processing, topics.job_state,
-             topics.commands, topics.updates, topics.proposal_settings],
+             topics.commands, topics.updates, topics.proposal_settings, topics.proposals],
             compacted=set(topics.compacted()),
         )  # fmt: skip
         files = RunFiles(
             compress_min_bytes=settings.compress_min_bytes,
             before_replace=_die if settings.crash_point == "before_replace" else None,
         )
-        runtime.handlers = Handlers(
+        projector = _projector(settings, repo, broker) if settings.damnit.enabled else None
+        handlers = Handlers(
             repo,
             files,
             KafkaFeed(broker, topics),
             fragment_wait_s=settings.fragment_wait_s,
             compress_min_bytes=settings.compress_min_bytes,
             crash_point=settings.crash_point,
+            projection=projector,
+            importer=Importer(repo, files) if projector is not None else None,
+            slurm_cluster=settings.damnit.slurm_cluster,
         )
+        if projector is not None:
+            await _start_damnit(settings, projector, handlers, ProjectionSource(repo), closers)
+        runtime.handlers = handlers
+
+    @app.on_shutdown
+    async def _stop_damnit() -> None:
+        for closer in reversed(closers):
+            await closer()
 
     @app.after_shutdown
     async def _stop() -> None:
@@ -132,6 +157,49 @@ def build_app(settings: Settings, *, telemetry: Telemetry | None = None) -> Fast
         telemetry.shutdown()
 
     return app
+
+
+def _projector(settings: Settings, repo: Repository, broker: Any) -> Projector:
+    return Projector(
+        ProjectionSource(repo),
+        KafkaDamnitPublisher(broker, settings.kafka),
+        topic_prefix=settings.damnit.topic_prefix,
+        retry_max_s=settings.damnit.retry_max_s,
+        reconcile_interval_s=settings.damnit.reconcile_interval_s,
+        before_commit=_die_projecting if settings.crash_point == "during_projection" else None,
+    )
+
+
+async def _start_damnit(
+    settings: Settings,
+    projector: Projector,
+    handlers: Handlers,
+    source: ProjectionSource,
+    closers: list[Any],
+) -> None:
+    """GUI edits in, then the projection's catch-up of every proposal (in the background)."""
+    edits = EditApplier(handlers, source)
+    follower = EditFollower(
+        settings.kafka, settings.damnit.group_id or f"{settings.group_id}-damnit", edits.on_message
+    )
+    await follower.start()
+    closers.append(follower.stop)
+
+    async def follow(db_id: str, proposal: int) -> None:
+        follower.follow(damnit_db_topic(db_id, settings.damnit.topic_prefix))
+
+    projector.on_new_db = follow
+    projector.on_pending_edits = edits.apply_values
+    projector.on_pending_variables = edits.apply_variables
+    for db_id in await source.db_ids():
+        follower.follow(damnit_db_topic(db_id, settings.damnit.topic_prefix))
+    await projector.start()
+    closers.append(projector.stop)
+
+
+def _die_projecting() -> None:
+    log.critical("fault injection: dying inside the DAMNIT database's transaction")
+    os._exit(137)
 
 
 def _die(_: object) -> None:

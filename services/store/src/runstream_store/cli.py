@@ -462,3 +462,6 @@ def register(app: typer.Typer) -> None:
     app.command("table")(table)
     app.command("comment")(comment)
     app.command("config")(config)
+    from .damnit_cli import damnit_app
+
+    app.add_typer(damnit_app, name="damnit")

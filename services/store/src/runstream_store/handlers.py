@@ -25,11 +25,14 @@ from runstream_common.errors import InvalidCommand, PermanentError
 from runstream_common.kafka import Delivery
 from runstream_common.messages import (
     CommandRejected,
+    DamnitSynced,
     DefineUserVariable,
+    ImportDamnit,
     JobStateChanged,
     JobStateSet,
     ProcessingStateChanged,
     ProcessingStateSet,
+    ProposalRegistered,
     ProposalSettingsSet,
     ResultsReady,
     RunAdded,
@@ -38,6 +41,7 @@ from runstream_common.messages import (
     SetProposalSetting,
     SetTags,
     SetUserVariable,
+    SyncDamnit,
     ValuesUpdated,
     ValueView,
     VariableDefinition,
@@ -49,13 +53,14 @@ from runstream_common.topics import proposal_key, run_key
 
 from .adapters.hdf5_merge import MergeItem, MergeOutcome, MergeRequest
 from .adapters.postgres import RunRow, VariableRow
+from .damnit import announce
 from .proposal_settings import PARSERS, parse_setting
 from .user_input import check_user_variable_name, parse_user_value
 from .values import COMMENT, PROVENANCE_COMMENT, PROVENANCE_MANUAL, StoredValue
 
 log = logging.getLogger("runstream.store")
 
-CrashPoint = Literal["before_replace", "after_merge", "after_commit"]
+CrashPoint = Literal["before_replace", "after_merge", "after_commit", "during_projection"]
 
 
 class Database(Protocol):
@@ -70,6 +75,8 @@ class Database(Protocol):
         self, proposal: int, run: int, names: Sequence[str] | None = None
     ) -> dict[str, StoredValue]: ...
     async def get_run(self, proposal: int, run: int) -> RunRow | None: ...
+    async def context_dir(self, proposal: int) -> str | None: ...
+    async def register_context_dir(self, proposal: int, context_dir: str) -> None: ...
     async def record_run_known(self, message: RunKnown, added_at: float) -> RunRow: ...
     async def mark_announced(self, proposal: int, run: int) -> None: ...
     async def define_variables(
@@ -107,6 +114,26 @@ class Files(Protocol):
 class Feed(Protocol):
     async def update(self, message: BaseModel, key: bytes) -> None: ...
     async def settings(self, message: ProposalSettingsSet) -> None: ...
+
+
+class Projection(Protocol):
+    """The DAMNIT projection (damnit/projector.py); told about every committed change."""
+
+    def touch(
+        self,
+        proposal: int,
+        runs: Sequence[int] = (),
+        *,
+        meta: bool = False,
+        full: bool = False,
+        messages: Sequence[bytes] = (),
+    ) -> None: ...
+
+    async def sync(self, proposal: int, *, rebuild: bool = False) -> Any: ...
+
+
+class Importer(Protocol):
+    async def import_folder(self, command: ImportDamnit) -> dict[str, int]: ...
 
 
 def needs_fragment(result: VariableResult) -> bool:
@@ -154,10 +181,16 @@ class Handlers:
         fragment_wait_s: float = 30.0,
         compress_min_bytes: int = 1024,
         crash_point: CrashPoint | None = None,
+        projection: Projection | None = None,
+        importer: Importer | None = None,
+        slurm_cluster: str | None = None,
     ) -> None:
         self.db = db
         self.files = files
         self.feed = feed
+        self.projection = projection
+        self.importer = importer
+        self.slurm_cluster = slurm_cluster
         self.fragment_wait_s = fragment_wait_s
         self.compress_min_bytes = compress_min_bytes
         self.crash_point = crash_point
@@ -249,6 +282,7 @@ class Handlers:
                 await self._finish_duplicate(message, fragment)
                 return
             await self._announce(run)  # a new run's row first, then its values
+            self._touch(p, [r])
             changed = {n: values[n].view() for n in results if n in winners}
             if message.start_time is not None:
                 changed.setdefault("start_time", _start_time_view(message.start_time, message))
@@ -300,6 +334,7 @@ class Handlers:
         )
         if not applied:
             return
+        self._touch(message.proposal, meta=True)
         names = {v.name for v in applied}
         rows = [row for row in await self.db.variables(message.proposal) if row.name in names]
         await self.feed.update(
@@ -311,11 +346,20 @@ class Handlers:
             proposal_key(message.proposal),
         )
 
+    # ------------------------------------------------------------------ registrations
+    async def on_proposal(self, message: Any, delivery: Delivery) -> None:
+        """A registration names the proposal's context folder: its DAMNIT database is
+        created there at once (GUIs can open the folder before the first run)."""
+        if isinstance(message, ProposalRegistered):
+            await self.db.register_context_dir(message.proposal, message.context_dir)
+            self._touch(message.proposal, meta=True, full=True)
+
     # ------------------------------------------------------------------ run catalog
     async def on_run_known(self, message: RunKnown, delivery: Delivery) -> None:
         """A run the catalog knows: record it; announce it (RunAdded) the first time."""
         run = await self.db.record_run_known(message, added_at=message.time.timestamp())
         await self._announce(run)
+        self._touch(message.proposal, [message.run])
 
     # ------------------------------------------------------------------ processing and jobs
     async def on_processing(self, message: ProcessingStateChanged, delivery: Delivery) -> None:
@@ -325,6 +369,9 @@ class Handlers:
                 ProcessingStateSet(state=message, correlation_id=message.correlation_id),
                 run_key(message.proposal, message.run),
             )
+            damnit = announce.processing(message, self.slurm_cluster)
+            if damnit is not None:
+                self._touch(message.proposal, [message.run], messages=[damnit])
 
     async def on_job_state(self, message: JobStateChanged, delivery: Delivery) -> None:
         """Slurm job state: keep the latest per job request and pass it on to GUIs."""
@@ -333,6 +380,9 @@ class Handlers:
                 JobStateSet(state=message, correlation_id=message.correlation_id),
                 run_key(message.proposal, message.run),
             )
+            damnit = announce.job(message, self.slurm_cluster)
+            if damnit is not None:
+                self._touch(message.proposal, [message.run], messages=[damnit])
 
     # ------------------------------------------------------------------ commands
     async def on_command(self, message: Any, delivery: Delivery) -> None:
@@ -348,6 +398,10 @@ class Handlers:
                 await self._set_tags(message)
             elif isinstance(message, SetProposalSetting):
                 await self._set_setting(message)
+            elif isinstance(message, SyncDamnit):
+                await self._sync_damnit(message)
+            elif isinstance(message, ImportDamnit):
+                await self._import_damnit(message)
             else:  # pragma: no cover - the parser admits only the types above
                 raise InvalidCommand(f"unknown command {type(message).__name__}")
         except InvalidCommand as exc:
@@ -363,7 +417,21 @@ class Handlers:
                 proposal_key(message.proposal),
             )
 
+    def _touch(
+        self,
+        proposal: int,
+        runs: Sequence[int] = (),
+        *,
+        meta: bool = False,
+        full: bool = False,
+        messages: Sequence[bytes] = (),
+    ) -> None:
+        """Tell the DAMNIT projection about a committed change (it never raises)."""
+        if self.projection is not None:
+            self.projection.touch(proposal, runs, meta=meta, full=full, messages=messages)
+
     async def _publish_value(self, command: Any, run: int, name: str, value: StoredValue) -> None:
+        self._touch(command.proposal, [run])
         await self.feed.update(
             ValuesUpdated(
                 proposal=command.proposal,
@@ -374,11 +442,44 @@ class Handlers:
             run_key(command.proposal, run),
         )
 
+    async def _write_manual(self, proposal: int, run: int, name: str, value: StoredValue) -> None:
+        """A comment or user value into the run file too (after PostgreSQL, which decides).
+
+        A file system that refuses is logged, not fatal: PostgreSQL has the value, and the
+        next edit of the cell writes the file again.
+        """
+        context_dir = await self.db.context_dir(proposal)
+        if context_dir is None:
+            return
+        target = self.files.run_file(context_dir, proposal, run)
+        cleared = value.kind == "none"
+        item = MergeItem(
+            name=name,
+            action="clear" if cleared else "inline",
+            summary=None if cleared else value.inline_summary,
+            units=value.units,
+        )
+        request = MergeRequest(
+            target=target,
+            fragment=None,
+            items=(item,),
+            provenance=value.provenance or PROVENANCE_MANUAL,
+            compress_min_bytes=self.compress_min_bytes,
+        )
+        try:
+            async with self.files.hold(str(target)):
+                await self.files.merge(request)
+        except Exception as exc:
+            log.warning(
+                "p%d r%d: %s is stored, but not in %s: %s", proposal, run, name, target, exc
+            )
+
     async def _set_comment(self, cmd: SetComment) -> None:
         value = StoredValue.from_summary(
             cmd.text, provenance=PROVENANCE_COMMENT, result_id=f"cmd:{cmd.event_id}"
         )
         await self.db.set_manual_value(cmd.proposal, cmd.run, COMMENT, value)
+        await self._write_manual(cmd.proposal, cmd.run, COMMENT, value)
         await self._publish_value(cmd, cmd.run, COMMENT, value)
 
     async def _set_user_variable(self, cmd: SetUserVariable) -> None:
@@ -400,6 +501,7 @@ class Handlers:
         else:
             value = StoredValue.from_summary(parsed, **fields)
         await self.db.set_manual_value(cmd.proposal, cmd.run, cmd.name, value)
+        await self._write_manual(cmd.proposal, cmd.run, cmd.name, value)
         await self._publish_value(cmd, cmd.run, cmd.name, value)
 
     async def _define_user_variable(self, cmd: DefineUserVariable) -> None:
@@ -410,6 +512,7 @@ class Handlers:
         row = await self.db.define_user_variable(
             cmd.proposal, cmd.name, title, cmd.variable_type, cmd.description
         )
+        self._touch(cmd.proposal, meta=True)
         await self._variables_set(cmd, [row])
 
     async def _set_tags(self, cmd: SetTags) -> None:
@@ -422,6 +525,7 @@ class Handlers:
             [t.strip() for t in cmd.add],
             [t.strip() for t in cmd.remove],
         )
+        self._touch(cmd.proposal, meta=True)
         await self._variables_set(cmd, [row])
 
     async def _variables_set(self, cmd: Any, rows: list[VariableRow]) -> None:
@@ -449,6 +553,58 @@ class Handlers:
             proposal=cmd.proposal, settings=settings, correlation_id=_correlation(cmd)
         )
         await self.feed.settings(update)
+        self._touch(cmd.proposal, meta=True, full=True)
+
+    async def _sync_damnit(self, cmd: SyncDamnit) -> None:
+        if self.projection is None:
+            raise InvalidCommand(
+                "this store keeps no DAMNIT databases (RUNSTREAM_STORE_DAMNIT__ENABLED)"
+            )
+        try:
+            result = await self.projection.sync(cmd.proposal, rebuild=cmd.rebuild)
+        except InvalidCommand:
+            raise
+        except Exception as exc:  # the file system said no: the answer says why
+            raise InvalidCommand(f"{type(exc).__name__}: {exc}") from exc
+        await self.feed.update(
+            DamnitSynced(
+                proposal=cmd.proposal,
+                path=result.path,
+                db_id=result.db_id,
+                runs_written=result.runs_written,
+                correlation_id=_correlation(cmd),
+            ),
+            proposal_key(cmd.proposal),
+        )
+
+    async def _import_damnit(self, cmd: ImportDamnit) -> None:
+        if self.importer is None or self.projection is None:
+            raise InvalidCommand(
+                "this store keeps no DAMNIT databases (RUNSTREAM_STORE_DAMNIT__ENABLED)"
+            )
+        counts = await self.importer.import_folder(cmd)
+        if counts.get("settings"):
+            settings = await self.db.settings(cmd.proposal)
+            await self.feed.settings(
+                ProposalSettingsSet(
+                    proposal=cmd.proposal, settings=settings, correlation_id=_correlation(cmd)
+                )
+            )
+        try:
+            result = await self.projection.sync(cmd.proposal)
+        except Exception as exc:
+            raise InvalidCommand(f"imported, but runs.sqlite is not written yet: {exc}") from exc
+        await self.feed.update(
+            DamnitSynced(
+                proposal=cmd.proposal,
+                path=result.path,
+                db_id=result.db_id,
+                runs_written=result.runs_written,
+                imported=counts,
+                correlation_id=_correlation(cmd),
+            ),
+            proposal_key(cmd.proposal),
+        )
 
 
 def _correlation(message: Any) -> str:

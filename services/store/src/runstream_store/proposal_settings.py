@@ -64,6 +64,19 @@ def _python(key: str, text: str) -> str:
     return value
 
 
+_BOOLEANS = {"true": True, "on": True, "yes": True, "1": True,
+             "false": False, "off": False, "no": False, "0": False}  # fmt: skip
+
+
+def _boolean(key: str, text: str) -> bool:
+    try:
+        return _BOOLEANS[text.strip().lower()]
+    except KeyError:
+        raise InvalidCommand(
+            f"{key} must be true or false (on/off, yes/no, 1/0), got {text!r}"
+        ) from None
+
+
 PARSERS: dict[str, Callable[[str, str], SettingValue]] = {
     "slurm_partition": _slurm_name,
     "slurm_reservation": _slurm_name,
@@ -72,8 +85,11 @@ PARSERS: dict[str, Callable[[str, str], SettingValue]] = {
     "noncluster_cpus": _positive_int,
     "noncluster_mem": _slurm_mem,
     "context_python": _python,
+    "damnit_projection": _boolean,
 }
-"""Known settings. DAMNIT's ``metameta`` keys that configure processing."""
+"""Known settings: DAMNIT's ``metameta`` keys that configure processing, and
+``damnit_projection`` (default true): whether the store keeps DAMNIT's ``runs.sqlite``
+in the proposal's context folder and publishes DAMNIT's messages for it."""
 
 
 def parse_setting(key: str, text: str) -> SettingValue:

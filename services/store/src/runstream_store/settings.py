@@ -8,8 +8,34 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 from runstream_common.settings import PostgresSettings, ServiceSettings, service_config
+from runstream_common.topics import DAMNIT_TOPIC_PREFIX
+
+
+class DamnitSettings(BaseModel):
+    """DAMNIT compatibility: ``runs.sqlite`` in each context folder and DAMNIT's messages."""
+
+    enabled: bool = Field(
+        default=True, description="Keep DAMNIT databases at all (per proposal: damnit_projection)"
+    )
+    topic_prefix: str = Field(
+        default=DAMNIT_TOPIC_PREFIX,
+        pattern=r"^[A-Za-z0-9._-]+$",
+        description="DAMNIT's topics are <prefix>.damnit.db-<db_id>; DAMNIT 0.4's GUI uses 'test'",
+    )
+    group_id: str | None = Field(
+        default=None, description="Consumer group for GUI edits (default <group_id>-damnit)"
+    )
+    reconcile_interval_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="How often every proposal's file is compared with PostgreSQL",
+    )
+    retry_max_s: float = Field(default=60.0, gt=0, description="Longest wait between retries")
+    slurm_cluster: str | None = Field(
+        default=None, description="Slurm cluster name DAMNIT's GUI passes to squeue/scancel"
+    )
 
 
 class Settings(ServiceSettings):
@@ -29,7 +55,10 @@ class Settings(ServiceSettings):
         ge=0,
         description="Plain (non-NetCDF) arrays at least this large are stored gzip-compressed",
     )
-    crash_point: Literal["before_replace", "after_merge", "after_commit"] | None = Field(
+    damnit: DamnitSettings = Field(default_factory=DamnitSettings)
+    crash_point: (
+        Literal["before_replace", "after_merge", "after_commit", "during_projection"] | None
+    ) = Field(
         default=None,
         description="Fault injection for crash tests only: the process exits at this point",
     )

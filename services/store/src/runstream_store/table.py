@@ -91,8 +91,10 @@ class RunTable:
             ).dt.tz_convert(timezone),
         }
         rows = [self.cells.get(run, {}) for run in run_numbers]
-        na = pd.NA
         for name in [COMMENT, *names]:
+            # As DAMNIT: a missing value is pd.NA, but a column no run has a value in
+            # (a variable not computed yet, no comments at all) is None throughout.
+            na = pd.NA if any(name in row for row in rows) else None
             data[name] = pd.Series([row.get(name, na) for row in rows], dtype=object)
         frame = pd.DataFrame(data)
         if with_titles:

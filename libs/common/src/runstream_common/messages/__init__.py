@@ -2,11 +2,13 @@
 
 from .commands import (
     DefineUserVariable,
+    ImportDamnit,
     SetComment,
     SetProposalSetting,
     SetTags,
     SetUserVariable,
     StoreCommand,
+    SyncDamnit,
     UserVariableType,
 )
 from .common import ProposalNo, RunNo, Selection, Trigger
@@ -26,6 +28,7 @@ from .results import (
 from .runs import ReprocessRequested, RunKnown, RunRequested
 from .updates import (
     CommandRejected,
+    DamnitSynced,
     JobStateSet,
     ProcessingStateSet,
     RunAdded,
@@ -38,8 +41,10 @@ from .updates import (
 __all__ = [
     "TERMINAL_STATUSES",
     "CommandRejected",
+    "DamnitSynced",
     "DefineUserVariable",
     "FacilityEvent",
+    "ImportDamnit",
     "InlineSummary",
     "JobCancelRequested",
     "JobRequested",
@@ -67,6 +72,7 @@ __all__ = [
     "SetUserVariable",
     "StoreCommand",
     "SummaryType",
+    "SyncDamnit",
     "Trigger",
     "Update",
     "UserVariableType",

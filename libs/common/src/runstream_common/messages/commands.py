@@ -57,7 +57,32 @@ class SetProposalSetting(Message):
     value: str | None
 
 
+class SyncDamnit(Message):
+    """Bring the proposal's DAMNIT database (runs.sqlite) up to date with PostgreSQL.
+
+    ``rebuild`` rewrites every row (a missing or unreadable file is always rebuilt).
+    """
+
+    type: Literal["sync_damnit"] = "sync_damnit"
+    proposal: ProposalNo
+    rebuild: bool = False
+
+
+class ImportDamnit(Message):
+    """Adopt an existing DAMNIT folder (runs.sqlite, extracted_data/, context.py)."""
+
+    type: Literal["import_damnit"] = "import_damnit"
+    proposal: ProposalNo
+    folder: str = Field(description="Absolute path of the DAMNIT folder")
+
+
 StoreCommand = Annotated[
-    SetComment | DefineUserVariable | SetUserVariable | SetTags | SetProposalSetting,
+    SetComment
+    | DefineUserVariable
+    | SetUserVariable
+    | SetTags
+    | SetProposalSetting
+    | SyncDamnit
+    | ImportDamnit,
     Field(discriminator="type"),
 ]

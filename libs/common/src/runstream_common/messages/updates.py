@@ -80,6 +80,17 @@ class CommandRejected(Message):
     reason: str
 
 
+class DamnitSynced(Message):
+    """The answer to SyncDamnit / ImportDamnit: the proposal's DAMNIT database is current."""
+
+    type: Literal["damnit_synced"] = "damnit_synced"
+    proposal: ProposalNo
+    path: str
+    db_id: str
+    runs_written: int = 0
+    imported: dict[str, int] = Field(default_factory=dict, description="ImportDamnit: counts")
+
+
 Update = Annotated[
     ValuesUpdated
     | VariablesSet
@@ -87,6 +98,7 @@ Update = Annotated[
     | ProcessingStateSet
     | JobStateSet
     | CommandRejected
-    | ProposalSettingsSet,
+    | ProposalSettingsSet
+    | DamnitSynced,
     Field(discriminator="type"),
 ]

@@ -95,8 +95,11 @@ SELECT proposal, run, name, {_COLS}, now() FROM h WHERE NOT superseded
 ON CONFLICT (proposal, run, name) DO UPDATE SET {_UPDATES}, updated_at = now()
 WHERE run_values.revision <= EXCLUDED.revision
 """
+# Every change of a run's current values also takes a new change number (migration 003),
+# which the DAMNIT projection uses to find the runs it has not written yet.
 _REFRESH_CELLS = (
-    "UPDATE runs SET cells = runstream_run_cells($1, $2) WHERE proposal = $1 AND run = $2"
+    "UPDATE runs SET cells = runstream_run_cells($1, $2), "
+    "changed_seq = nextval('runstream_change_seq') WHERE proposal = $1 AND run = $2"
 )
 
 
@@ -327,6 +330,11 @@ class Repository:
                 proposal,
             )
         return [_run_row(r) for r in rows]
+
+    async def register_context_dir(self, proposal: int, context_dir: str) -> None:
+        """The registered context folder (``runstream proposal add``) of a proposal."""
+        async with self._conn() as conn:
+            await _ensure_proposal(conn, proposal, context_dir)
 
     async def context_dir(self, proposal: int) -> str | None:
         async with self._conn() as conn:
@@ -654,7 +662,10 @@ async def _ensure_run(
     row = await conn.fetchrow(
         """INSERT INTO runs (proposal, run, start_time, added_at) VALUES ($1, $2, $3, $4)
            ON CONFLICT (proposal, run) DO UPDATE SET
-               start_time = coalesce(EXCLUDED.start_time, runs.start_time)
+               start_time = coalesce(EXCLUDED.start_time, runs.start_time),
+               changed_seq = CASE WHEN EXCLUDED.start_time IS DISTINCT FROM runs.start_time
+                                   AND EXCLUDED.start_time IS NOT NULL
+                             THEN nextval('runstream_change_seq') ELSE runs.changed_seq END
            RETURNING proposal, run, start_time, added_at, announced""",
         proposal,
         run,
