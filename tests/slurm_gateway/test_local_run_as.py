@@ -9,7 +9,6 @@ local Slurm cluster's JWT key twice: as its key file and in its environment. A
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import os
