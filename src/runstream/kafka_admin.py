@@ -118,10 +118,37 @@ def _binding(grant: Grant) -> Any:
     )
 
 
-def apply_grants(settings: KafkaSettings, grants: list[Grant]) -> list[str]:
+def apply_grants(settings: KafkaSettings, grants: list[Grant], wait_s: float = 30.0) -> list[str]:
+    """Create the ACLs; return once the broker enforces them (or the failures)."""
+    import time
+
     admin = _admin(settings)
     bindings = [_binding(g) for g in grants]
-    return _wait(admin.create_acls(bindings), "ACL")
+    failures = _wait(admin.create_acls(bindings), "ACL")
+    if failures:
+        return failures
+    # The controller has them; wait until the broker's authorizer does too, so clients
+    # started right after this command are not refused for a moment.
+    deadline = time.monotonic() + wait_s
+    while (missing := set(bindings) - _described(admin)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return [f"ACL {b}: created but not in effect after {wait_s:g} s" for b in missing]
+
+
+def _described(admin: Any) -> set[Any]:
+    from confluent_kafka.admin import (
+        AclBindingFilter,
+        AclOperation,
+        AclPermissionType,
+        ResourcePatternType,
+        ResourceType,
+    )
+
+    every = AclBindingFilter(
+        ResourceType.ANY, None, ResourcePatternType.ANY, None, None,
+        AclOperation.ANY, AclPermissionType.ANY,
+    )  # fmt: skip
+    return set(admin.describe_acls(every).result(timeout=30))
 
 
 def _print_grants(grants: list[Grant]) -> None:
