@@ -34,7 +34,6 @@ import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import GroupAuthorizationFailedError, TopicAuthorizationFailedError
-from runstream.kafka_admin import apply_grants, create_topics
 from runstream_common import acls, parsers
 from runstream_common.admin import ensure_topics
 from runstream_common.errors import ConfigurationError
@@ -43,6 +42,8 @@ from runstream_common.messages import ProposalRegistered, ValuesUpdated
 from runstream_common.settings import KafkaSettings
 from runstream_common.topics import proposal_key
 from support.services import System
+
+from runstream.kafka_admin import apply_grants, create_topics
 
 pytestmark = pytest.mark.e2e
 
@@ -192,7 +193,9 @@ def refusals(log: Path, since: int) -> str:
 # ------------------------------------------------------------------ the pipeline
 
 
-def service_env(kafka: SecureKafka, inst: acls.Installation, dsn: str, logs: Path) -> dict[str, str]:
+def service_env(
+    kafka: SecureKafka, inst: acls.Installation, dsn: str, logs: Path
+) -> dict[str, str]:
     prefix = inst.prefix
     env = {k: v for k, v in os.environ.items() if not k.startswith("RUNSTREAM_")}
     env.update(kafka.env)  # every service its own SCRAM user; the job user for cluster jobs
