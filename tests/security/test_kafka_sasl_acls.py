@@ -26,7 +26,7 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -162,14 +162,14 @@ def installation(prefix: str, facility: str) -> acls.Installation:
 
 
 @pytest.fixture
-async def secured(secure_kafka: SecureKafka, topic_prefix: str) -> AsyncIterator[acls.Installation]:
+async def secured(secure_kafka: SecureKafka, topic_prefix: str) -> acls.Installation:
     """This test's topics and ACLs, created as the admin user (runstream kafka acls --apply)."""
     inst = installation(topic_prefix, f"{topic_prefix}.facility.daq")
     admin = secure_kafka.settings(topic_prefix, "admin")
     failures = await asyncio.to_thread(create_topics, admin, inst)
     failures += await asyncio.to_thread(apply_grants, admin, acls.grants(inst))
     assert failures == []
-    yield inst
+    return inst
 
 
 async def produce(settings: KafkaSettings, topic: str, value: bytes = b"{}") -> None:
@@ -407,10 +407,14 @@ async def test_principals_are_refused_topics_and_groups_outside_their_acls(
         t.commands, bootstrap_servers=executor.bootstrap_servers, group_id=secured.store_group,
         auto_offset_reset="earliest", enable_auto_commit=False, **executor.security_kwargs(),
     )  # fmt: skip
+
+    async def read_commands() -> None:
+        await asyncio.wait_for(consumer.start(), 30)
+        await asyncio.wait_for(consumer.getmany(timeout_ms=5000), 30)
+
     try:
         with pytest.raises((TopicAuthorizationFailedError, GroupAuthorizationFailedError)):
-            await asyncio.wait_for(consumer.start(), 30)
-            await asyncio.wait_for(consumer.getmany(timeout_ms=5000), 30)
+            await read_commands()
     finally:
         await consumer.stop()
 
