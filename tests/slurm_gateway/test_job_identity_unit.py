@@ -51,7 +51,7 @@ def test_without_a_job_user_the_gateways_password_stays_home() -> None:
 
 
 def test_a_placeholder_job_password_is_refused() -> None:
-    with pytest.raises(ValidationError, match="job.kafka_password is not set to a real secret"):
+    with pytest.raises(ValidationError, match=r"job\.kafka_password is not set to a real secret"):
         JobSettings(kafka_username="job", kafka_password="change-me")  # type: ignore[arg-type]
 
 
@@ -59,7 +59,7 @@ def test_run_as_refuses_what_cannot_protect_the_gateway() -> None:
     with pytest.raises(ConfigurationError, match="no user 'no-such-user-x'"):
         privilege_drop("no-such-user-x")
     own = pwd.getpwuid(os.geteuid()).pw_name
-    with pytest.raises(ConfigurationError, match="gateway's own user|cannot start jobs"):
+    with pytest.raises(ConfigurationError, match=r"gateway's own user|cannot start jobs"):
         privilege_drop(own)
 
 
