@@ -37,7 +37,7 @@ def test_jobs_publish_as_their_own_kafka_user() -> None:
             k.removeprefix("RUNSTREAM_KAFKA_").lower(): v
             for k, v in env.items()
             if k.startswith("RUNSTREAM_KAFKA_")
-        }  # fmt: skip
+        }
     )
     assert settings.sasl_username == "job"
 
