@@ -81,7 +81,7 @@ def _wait(futures: dict[Any, Any], what: str, ignore: tuple[str, ...] = ()) -> l
 
 def create_topics(settings: KafkaSettings, inst: Installation) -> list[str]:
     """Create every topic of ``inst`` (with dead-letter twins) that does not exist yet."""
-    from confluent_kafka.admin import NewTopic
+    from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
     from runstream_common.acls import topics_to_create
 
     names, compacted = topics_to_create(inst)
@@ -99,7 +99,7 @@ def create_topics(settings: KafkaSettings, inst: Installation) -> list[str]:
 
 
 def _binding(grant: Grant) -> Any:
-    from confluent_kafka.admin import (
+    from confluent_kafka.admin import (  # type: ignore[attr-defined]
         AclBinding,
         AclOperation,
         AclPermissionType,
@@ -136,7 +136,7 @@ def apply_grants(settings: KafkaSettings, grants: list[Grant], wait_s: float = 3
 
 
 def _described(admin: Any) -> set[Any]:
-    from confluent_kafka.admin import (
+    from confluent_kafka.admin import (  # type: ignore[attr-defined]
         AclBindingFilter,
         AclOperation,
         AclPermissionType,
@@ -144,8 +144,8 @@ def _described(admin: Any) -> set[Any]:
         ResourceType,
     )
 
-    every = AclBindingFilter(
-        ResourceType.ANY, None, ResourcePatternType.ANY, None, None,
+    every = AclBindingFilter(  # None: any name, principal and host
+        ResourceType.ANY, None, ResourcePatternType.ANY, None, None,  # type: ignore[arg-type]
         AclOperation.ANY, AclPermissionType.ANY,
     )  # fmt: skip
     return set(admin.describe_acls(every).result(timeout=30))
@@ -213,7 +213,7 @@ def password(
     ] = "SCRAM-SHA-512",
 ) -> None:
     """Create a SCRAM user or rotate its password; the password is read from standard input."""
-    from confluent_kafka.admin import (
+    from confluent_kafka.admin import (  # type: ignore[attr-defined]
         ScramCredentialInfo,
         ScramMechanism,
         UserScramCredentialUpsertion,
