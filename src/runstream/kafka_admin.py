@@ -156,7 +156,7 @@ def _print_grants(grants: list[Grant]) -> None:
 
     table = Table(title="Kafka ACLs (ALLOW, any host)")
     for column in ("principal", "operation", "resource", "name", "pattern"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for g in grants:
         table.add_row(f"User:{g.principal}", g.operation, g.resource, g.name, g.pattern)
     out.print(table)

@@ -37,13 +37,9 @@ from aiokafka.errors import GroupAuthorizationFailedError, TopicAuthorizationFai
 from runstream_common import acls, parsers
 from runstream_common.admin import ensure_topics
 from runstream_common.errors import ConfigurationError
-from runstream_common.kafka import make_broker, publish
-from runstream_common.messages import ProposalRegistered, ValuesUpdated
+from runstream_common.messages import ValuesUpdated
 from runstream_common.settings import KafkaSettings
-from runstream_common.topics import proposal_key
 from support.services import System
-
-from runstream.kafka_admin import apply_grants, create_topics
 
 pytestmark = pytest.mark.e2e
 
@@ -161,14 +157,39 @@ def installation(prefix: str, facility: str) -> acls.Installation:
     )
 
 
+def client_env(kafka: SecureKafka, inst: acls.Installation, user: str) -> dict[str, str]:
+    """The environment of a `runstream` command run as ``user`` against this test's topics."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNSTREAM_")}
+    env.update({k: v for k, v in kafka.env.items() if k.startswith("RUNSTREAM_KAFKA_")})
+    env.update(
+        {
+            "RUNSTREAM_KAFKA_SASL_USERNAME": user,
+            "RUNSTREAM_KAFKA_SASL_PASSWORD": kafka.password(user),
+            "RUNSTREAM_KAFKA_TOPIC_PREFIX": inst.prefix,
+            "RUNSTREAM_INGEST_FACILITY_TOPICS": json.dumps(list(inst.facility_topics)),
+            "RUNSTREAM_INGEST_GROUP_ID": inst.ingest_group,
+            "RUNSTREAM_INGEST_TRANSACTIONAL_ID": inst.ingest_transactional_id,
+            "RUNSTREAM_STORE_GROUP_ID": inst.store_group,
+        }
+    )
+    return env
+
+
+async def runstream(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "runstream.cli", *args],
+        env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+
+
 @pytest.fixture
 async def secured(secure_kafka: SecureKafka, topic_prefix: str) -> acls.Installation:
-    """This test's topics and ACLs, created as the admin user (runstream kafka acls --apply)."""
+    """This test's topics and ACLs, created by `runstream kafka acls --apply` as admin."""
     inst = installation(topic_prefix, f"{topic_prefix}.facility.daq")
-    admin = secure_kafka.settings(topic_prefix, "admin")
-    failures = await asyncio.to_thread(create_topics, admin, inst)
-    failures += await asyncio.to_thread(apply_grants, admin, acls.grants(inst))
-    assert failures == []
+    done = await runstream(client_env(secure_kafka, inst, acls.ADMIN), "kafka", "acls", "--apply")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"applied {len(acls.grants(inst))} ACLs for prefix {topic_prefix!r}" in done.stdout
     return inst
 
 
@@ -293,19 +314,14 @@ async def test_pipeline_runs_over_sasl_ssl_with_each_service_as_its_own_user(
     system = System(env=service_env(secure_kafka, secured, pg_dsn, logs), log_dir=logs)
 
     prefix = secured.prefix
-    operator = make_broker(secure_kafka.settings(prefix, acls.OPERATOR), client_id="operator")
-    await operator.connect()
-    try:
-        await publish(
-            operator,
-            secured.topics.proposals,
-            ProposalRegistered(
-                proposal=PROPOSAL, context_dir=str(context_dir), data_root=str(proposal_dir)
-            ),
-            key=proposal_key(PROPOSAL),
-        )
-    finally:
-        await operator.stop()
+    register = ("proposal", "add", str(PROPOSAL), "--context-dir", str(context_dir),
+                "--data-root", str(proposal_dir))  # fmt: skip
+    # A scientist may not register a proposal (it decides which code runs); the operator may.
+    refused = await runstream(client_env(secure_kafka, secured, acls.USER), *register)
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert "TopicAuthorizationFailed" in refused.stderr
+    added = await runstream(client_env(secure_kafka, secured, acls.OPERATOR), *register)
+    assert added.returncode == 0, added.stdout + added.stderr
     await system.start()
     try:
         event = {"event": "migration_complete", "proposal": PROPOSAL, "run": 1}
@@ -325,8 +341,10 @@ async def test_pipeline_runs_over_sasl_ssl_with_each_service_as_its_own_user(
     # Every service ran as itself: the broker's log names each principal it authenticated.
     for name in ("ingest", "executor", "store", "slurm-gateway"):
         assert system.procs[name].starts == 1
+    working = [f"User:{p} " for p in acls.PRINCIPALS if p != acls.USER]  # user was refused above
     denied = [line for line in secure_kafka.log.read_text(errors="replace").splitlines()
-              if "is Denied operation" in line and prefix in line]  # fmt: skip
+              if "is Denied operation" in line and prefix in line
+              and any(p in line for p in working)]  # fmt: skip
     assert denied == [], "the services needed more than their ACLs:\n" + "\n".join(denied[:10])
 
 
