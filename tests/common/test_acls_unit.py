@@ -78,3 +78,18 @@ def test_topics_to_create_have_dead_letter_twins_and_compaction() -> None:
         t for topic in [*T.all(), *INST.facility_topics] for t in (topic, dlq(topic))
     }
     assert compacted == set(T.compacted())
+
+
+def test_topics_that_appear_at_run_time_are_owned_by_prefix() -> None:
+    role = acls.Role("store", owns_prefixes=("test.damnit.db-",))
+    inst = Installation(prefix="rs")
+    import dataclasses
+
+    extended = [dataclasses.replace(r, owns_prefixes=role.owns_prefixes) if r.principal == "store"
+                else r for r in roles(inst)]  # fmt: skip
+    owned = {
+        (g.operation, g.name)
+        for g in acls.grants_of(extended, inst)
+        if g.principal == "store" and g.pattern == "prefixed" and g.name.startswith("test.")
+    }
+    assert owned == {(op, "test.damnit.db-") for op in ("CREATE", "READ", "WRITE", "DESCRIBE")}

@@ -23,7 +23,7 @@ from .topics import Topics, dlq
 
 ResourceType = Literal["topic", "group", "transactional_id"]
 PatternType = Literal["literal", "prefixed"]
-Operation = Literal["READ", "WRITE", "DESCRIBE"]
+Operation = Literal["READ", "WRITE", "DESCRIBE", "CREATE"]
 
 # The SCRAM users of an installation, one per role.
 INGEST = "ingest"
@@ -95,6 +95,9 @@ class Role:
     groups: tuple[str, ...] = ()
     transactional_id_prefix: str | None = None
     sees_prefix: bool = True  # DESCRIBE on every topic of the installation
+    # Topics that appear while the service runs (named by a prefix): it may create,
+    # read and write every topic under each of these prefixes.
+    owns_prefixes: tuple[str, ...] = ()
 
 
 def roles(inst: Installation) -> list[Role]:
@@ -146,8 +149,13 @@ def roles(inst: Installation) -> list[Role]:
 
 def grants(inst: Installation) -> list[Grant]:
     """The ACL bindings of ``inst``, sorted and without duplicates."""
+    return grants_of(roles(inst), inst)
+
+
+def grants_of(all_roles: list[Role], inst: Installation) -> list[Grant]:
+    """The ACL bindings that give each of ``all_roles`` what it does, and nothing more."""
     out: set[Grant] = set()
-    for role in roles(inst):
+    for role in all_roles:
         p = role.principal
         if role.sees_prefix:
             out.add(Grant(p, "topic", f"{inst.prefix}.", "DESCRIBE", "prefixed"))
@@ -158,6 +166,9 @@ def grants(inst: Installation) -> list[Grant]:
             out.add(Grant(p, "topic", topic, "READ"))
         for topic in role.writes:
             out.add(Grant(p, "topic", topic, "WRITE"))
+        for owned in role.owns_prefixes:
+            for operation in ("CREATE", "READ", "WRITE", "DESCRIBE"):
+                out.add(Grant(p, "topic", owned, operation, "prefixed"))
         for group in role.groups:
             out.add(Grant(p, "group", group, "READ"))
         if role.transactional_id_prefix:
