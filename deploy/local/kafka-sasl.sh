@@ -35,13 +35,15 @@ sasl_prepare() {
     chmod 755 "$K_TLS" # ca.pem is public; every secret file below is 600
     chmod 700 "$K_USERS"
     local user file
-    (
-        umask 077
-        for user in "${RS_KAFKA_USERS[@]}"; do
-            file="$(sasl_password_file "$user")"
-            [[ -s "$file" ]] || openssl rand -hex 24 >"$file"
-        done
-    )
+    for user in "${RS_KAFKA_USERS[@]}"; do
+        file="$(sasl_password_file "$user")"
+        [[ -s "$file" ]] && continue
+        # The SCRAM users are created when the storage is formatted: a new password now
+        # would not match the broker's (the admin's would even lock the broker out).
+        [[ -f "$K_DATA/meta.properties" ]] &&
+            die "$file is missing but the storage already holds user '$user': restore the file, or start from a new RUNSTREAM_STATE_DIR"
+        (umask 077 && openssl rand -hex 24 >"$file")
+    done
     [[ -s "$K_TLS/broker.p12" && -s "$K_TLS/ca.pem" ]] && return 0
     log "creating a throw-away CA and the broker certificate in $K_TLS"
     local work
