@@ -336,6 +336,11 @@ async def test_pipeline_runs_over_sasl_ssl_with_each_service_as_its_own_user(
         assert values == {"n_trains": 400, "heavy": 4000}, system.logs()
         gui = secure_kafka.settings(prefix, acls.GUI)
         assert {"n_trains", "heavy"} <= await feed_values(gui, {"n_trains", "heavy"}, 60)
+        # A scientist's command goes to the store and its answer comes back on the feed.
+        user = client_env(secure_kafka, secured, acls.USER)
+        commented = await runstream(user, "comment", str(PROPOSAL), "1", "over TLS", "--wait", "30")
+        assert commented.returncode == 0, commented.stdout + commented.stderr
+        assert "comment of p4343 r1 set" in commented.stdout
     finally:
         system.stop()
     # Every service ran as itself: the broker's log names each principal it authenticated.
