@@ -156,7 +156,9 @@ def _satisfies(var: Any, kind: str) -> bool:
 
 
 async def send_events(kafka: KafkaSettings, topic: str, event: str) -> float:
-    producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap_servers, acks="all")
+    producer = AIOKafkaProducer(
+        bootstrap_servers=kafka.bootstrap_servers, acks="all", **kafka.security_kwargs()
+    )
     await producer.start()
     try:
         sent = time.time()
@@ -189,6 +191,7 @@ class Feed:
             self.kafka.topics.updates,
             bootstrap_servers=self.kafka.bootstrap_servers,
             auto_offset_reset="latest",
+            **self.kafka.security_kwargs(),
         )
         await self.consumer.start()
         self._task = asyncio.create_task(self._run())

@@ -1,13 +1,18 @@
 #!/usr/bin/env python3
 """Readiness probe for a Kafka broker, standard library only.
 
-Usage: kafka_probe.py [--timeout SECONDS] [--quiet] [HOST:PORT]
+Usage: kafka_probe.py [--timeout SECONDS] [--quiet]
+                      [--cafile CA --user NAME --password-file FILE] [HOST:PORT]
 
 Connects to HOST:PORT (default: $RUNSTREAM_KAFKA_BOOTSTRAP_SERVERS, first entry,
 or 127.0.0.1:29092), sends an ApiVersions request (v3, falling back to v0) and,
 when the broker supports it, a Metadata v12 request with an empty topic list.
 Exits 0 when the responses are well-formed, carry no error and the Metadata
 response lists at least one broker; prints a one-line summary.
+
+With --cafile the connection is TLS (the broker's certificate checked against CA
+and 127.0.0.1/localhost); with --user it authenticates with SASL SCRAM-SHA-512
+(SaslHandshake v1, SaslAuthenticate v1) before the Metadata request.
 
 Exit codes: 0 healthy, 1 not healthy (refused, timeout, bad or error response),
 2 usage error.
@@ -16,13 +21,20 @@ Exit codes: 0 healthy, 1 not healthy (refused, timeout, bad or error response),
 from __future__ import annotations
 
 import argparse
+import base64
+import hashlib
+import hmac
 import os
+import secrets
 import socket
+import ssl
 import struct
 import sys
 
 API_METADATA = 3
+API_SASL_HANDSHAKE = 17
 API_API_VERSIONS = 18
+API_SASL_AUTHENTICATE = 36
 ERR_UNSUPPORTED_VERSION = 35
 CLIENT_ID = "runstream-kafka-probe"
 
@@ -186,15 +198,84 @@ def metadata_v12(sock: socket.socket) -> tuple[list[str], str | None, int]:
     return brokers, cluster_id, controller_id
 
 
-def probe(host: str, port: int, timeout: float) -> str:
+# --------------------------------------------------------------- SASL SCRAM-SHA-512
+def sasl_request(sock: socket.socket, api_key: int, body: bytes, correlation_id: int) -> Reader:
+    """A non-flexible request (header v1, response header v0)."""
+    return round_trip(
+        sock, request_header(api_key, 1, correlation_id, False) + body, correlation_id, False
+    )
+
+
+def sasl_bytes(value: bytes) -> bytes:
+    return struct.pack(">i", len(value)) + value
+
+
+def sasl_authenticate(sock: socket.socket, payload: bytes, correlation_id: int) -> bytes:
+    reader = sasl_request(sock, API_SASL_AUTHENTICATE, sasl_bytes(payload), correlation_id)
+    error = reader.int16()
+    length = reader.int16()
+    message = reader.take(length).decode("utf-8", "replace") if length >= 0 else ""
+    if error:
+        raise ProbeError(f"SASL authentication failed (error {error}): {message}")
+    return reader.take(reader.int32())
+
+
+def scram_sha512(sock: socket.socket, user: str, password: str) -> None:
+    reader = sasl_request(sock, API_SASL_HANDSHAKE, nullable_string("SCRAM-SHA-512"), 11)
+    error = reader.int16()
+    if error:
+        raise ProbeError(f"the broker does not offer SCRAM-SHA-512 (SaslHandshake error {error})")
+    nonce = base64.b64encode(secrets.token_bytes(18)).decode()
+    name = user.replace("=", "=3D").replace(",", "=2C")
+    first_bare = f"n={name},r={nonce}"
+    server_first = sasl_authenticate(sock, f"n,,{first_bare}".encode(), 12).decode()
+    fields = dict(item.split("=", 1) for item in server_first.split(","))
+    if not fields.get("r", "").startswith(nonce):
+        raise ProbeError("SCRAM: the server's nonce does not extend ours")
+    salted = hashlib.pbkdf2_hmac(
+        "sha512", password.encode(), base64.b64decode(fields["s"]), int(fields["i"])
+    )
+    client_key = hmac.digest(salted, b"Client Key", "sha512")
+    without_proof = f"c={base64.b64encode(b'n,,').decode()},r={fields['r']}"
+    auth_message = f"{first_bare},{server_first},{without_proof}".encode()
+    signature = hmac.digest(hashlib.sha512(client_key).digest(), auth_message, "sha512")
+    proof = bytes(a ^ b for a, b in zip(client_key, signature, strict=True))
+    final = f"{without_proof},p={base64.b64encode(proof).decode()}"
+    server_final = sasl_authenticate(sock, final.encode(), 13).decode()
+    expected = hmac.digest(hmac.digest(salted, b"Server Key", "sha512"), auth_message, "sha512")
+    if server_final != f"v={base64.b64encode(expected).decode()}":
+        raise ProbeError("SCRAM: the server's signature is wrong")
+
+
+def connect(host: str, port: int, timeout: float, cafile: str | None) -> socket.socket:
     try:
         sock = socket.create_connection((host, port), timeout=timeout)
     except OSError as exc:
         raise ProbeError(f"cannot connect to {host}:{port}: {exc}") from exc
+    if cafile is None:
+        return sock
+    context = ssl.create_default_context(cafile=cafile)
+    try:
+        return context.wrap_socket(sock, server_hostname=host)
+    except (ssl.SSLError, OSError) as exc:
+        sock.close()
+        raise ProbeError(f"TLS with {host}:{port} failed: {exc}") from exc
+
+
+def probe(
+    host: str,
+    port: int,
+    timeout: float,
+    cafile: str | None = None,
+    credentials: tuple[str, str] | None = None,
+) -> str:
+    sock = connect(host, port, timeout, cafile)
     with sock:
         sock.settimeout(timeout)
         try:
             apis = api_versions(sock)
+            if credentials is not None:
+                scram_sha512(sock, *credentials)
             lo, hi = apis.get(API_METADATA, (-1, -1))
             if lo <= 12 <= hi:
                 brokers, cluster_id, controller_id = metadata_v12(sock)
@@ -235,13 +316,22 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--quiet", action="store_true", help="print nothing, only set the exit code"
     )
+    parser.add_argument("--cafile", help="speak TLS; trust this CA (PEM)")
+    parser.add_argument("--user", help="authenticate with SASL SCRAM-SHA-512 as this user")
+    parser.add_argument("--password-file", help="the user's password (first line)")
     args = parser.parse_args(argv)
     try:
         host, port = parse_address(args.address)
     except ValueError as exc:
         parser.error(str(exc))
+    credentials = None
+    if args.user:
+        if not args.password_file:
+            parser.error("--user needs --password-file")
+        with open(args.password_file, encoding="utf-8") as handle:
+            credentials = (args.user, handle.readline().rstrip("\n"))
     try:
-        summary = probe(host, port, args.timeout)
+        summary = probe(host, port, args.timeout, args.cafile, credentials)
     except ProbeError as exc:
         if not args.quiet:
             print(f"kafka probe failed: {exc}", file=sys.stderr)

@@ -14,6 +14,8 @@
 #   RUNSTREAM_KAFKA_HEAP_OPTS        JVM heap flags (default "-Xms256m -Xmx768m")
 #   RUNSTREAM_KAFKA_GC_OPTS          JVM GC flags (default Kafka's own: G1, 20 ms pause goal)
 #   RUNSTREAM_PYTHON                 python3 for kafka_probe.py (default /usr/bin/python3)
+#   RUNSTREAM_KAFKA_SECURITY         plaintext (default) or sasl_ssl: TLS with a throw-away CA,
+#                                    SCRAM users per service and ACLs (kafka-sasl.sh)
 
 if [[ -n "${_RUNSTREAM_LIB_LOADED:-}" ]]; then
     return 0
@@ -74,6 +76,9 @@ RS_START_TIMEOUT="${RUNSTREAM_START_TIMEOUT:-120}"
 RS_STOP_TIMEOUT="${RUNSTREAM_STOP_TIMEOUT:-30}"
 RS_LOCK_TIMEOUT="${RUNSTREAM_LOCK_TIMEOUT:-900}"
 RS_HOST=127.0.0.1
+RS_KAFKA_SECURITY="${RUNSTREAM_KAFKA_SECURITY:-plaintext}"
+[[ "$RS_KAFKA_SECURITY" == plaintext || "$RS_KAFKA_SECURITY" == sasl_ssl ]] ||
+    die "RUNSTREAM_KAFKA_SECURITY must be plaintext or sasl_ssl, got '$RS_KAFKA_SECURITY'"
 
 _rs_require_port RUNSTREAM_KAFKA_PORT "$RS_KAFKA_PORT"
 _rs_require_port RUNSTREAM_KAFKA_CONTROLLER_PORT "$RS_KAFKA_CONTROLLER_PORT"

@@ -22,8 +22,13 @@ ALL=(store executor ingest slurm-gateway web)
 DIR="$RS_STATE_DIR/services"
 RUNSTREAM="${RUNSTREAM_BIN:-$RS_REPO_ROOT/.venv/bin/runstream}"
 
-export RUNSTREAM_KAFKA_BOOTSTRAP_SERVERS="${RUNSTREAM_KAFKA_BOOTSTRAP_SERVERS:-$RS_KAFKA_BOOTSTRAP}"
-export RUNSTREAM_POSTGRES_DSN="${RUNSTREAM_POSTGRES_DSN:-$RS_POSTGRES_DSN}"
+# The local stack's settings (stack.sh env), unless the caller set them: the Kafka address
+# (with sasl_ssl also each service's SCRAM user) and the development database's DSN.
+while IFS= read -r line; do
+    line="${line#export }"
+    name="${line%%=*}"
+    [[ -n "${!name:-}" ]] || export "${line?}"
+done < <("$RS_DEPLOY_DIR/stack.sh" env)
 
 names() {
     if (($# == 0)); then printf '%s\n' "${ALL[@]}"; else printf '%s\n' "$@"; fi

@@ -5,6 +5,13 @@
 #   stack.sh down     stop what these scripts started (by pid file) and wait until gone
 #   stack.sh status   one health line per service; exit 0 iff both are healthy
 #   stack.sh env      print the export lines the application and tests use
+#   stack.sh acls     (sasl_ssl only) create runstream's topics and Kafka ACLs as the admin user
+#
+# RUNSTREAM_KAFKA_SECURITY=sasl_ssl starts Kafka with TLS, a SCRAM user per service and
+# ACLs (kafka-sasl.sh); `up` then applies the ACLs of RUNSTREAM_KAFKA_TOPIC_PREFIX
+# (default runstream) and `env` prints each service's own user and password.
+# The PostgreSQL DSN (role runstream, password runstream) exists only here, for
+# the local development stack: the services have no default database password.
 #
 # Composes kafka.sh and postgres.sh; settings are described in lib.sh.
 set -euo pipefail
@@ -36,6 +43,7 @@ do_up() {
     both install || die "install failed"
     both start || die "start failed; 'stack.sh status' shows what is running, 'stack.sh down' stops it"
     do_status || die "a service is not healthy right after start"
+    if [[ "$RS_KAFKA_SECURITY" == sasl_ssl ]]; then do_acls; fi
     log "up: both services healthy ($((SECONDS - started))s)"
 }
 
@@ -51,12 +59,27 @@ do_status() {
 }
 
 do_env() {
-    printf 'export RUNSTREAM_KAFKA_BOOTSTRAP_SERVERS=%s\n' "$RS_KAFKA_BOOTSTRAP"
+    "$KAFKA_SH" env
     printf 'export RUNSTREAM_POSTGRES_DSN=%s\n' "$RS_POSTGRES_DSN"
 }
 
+# do_acls: the installation's topics and ACLs, applied as the Kafka admin user.
+do_acls() {
+    local runstream="${RUNSTREAM_BIN:-$RS_REPO_ROOT/.venv/bin/runstream}"
+    [[ "$RS_KAFKA_SECURITY" == sasl_ssl ]] || die "acls: only with RUNSTREAM_KAFKA_SECURITY=sasl_ssl"
+    [[ -x "$runstream" ]] || die "$runstream not found: run ./task setup first"
+    log "applying runstream's Kafka ACLs for prefix ${RUNSTREAM_KAFKA_TOPIC_PREFIX:-runstream}"
+    (
+        eval "$("$KAFKA_SH" env)"
+        export RUNSTREAM_KAFKA_SASL_USERNAME=admin
+        RUNSTREAM_KAFKA_SASL_PASSWORD="$("$KAFKA_SH" password admin)"
+        export RUNSTREAM_KAFKA_SASL_PASSWORD
+        "$runstream" kafka acls --apply
+    ) || die "applying the ACLs failed"
+}
+
 usage() {
-    echo "usage: $0 {up|down|status|env}" >&2
+    echo "usage: $0 {up|down|status|env|acls}" >&2
     exit 2
 }
 
@@ -66,5 +89,6 @@ up) do_up ;;
 down) do_down ;;
 status) do_status ;;
 env) do_env ;;
+acls) do_acls ;;
 *) usage ;;
 esac

@@ -111,6 +111,9 @@ def _register_plugins() -> None:
     for ep in entry_points(group="runstream.cli"):
         register = ep.load()
         register(app)
+    from . import kafka_admin
+
+    kafka_admin.register(app)
     _registered.append(True)
 
 

@@ -2,8 +2,9 @@
 
 It supports exactly the kustomization fields runstream's manifests use —
 ``resources``, ``patches`` (strategic-merge patch files), ``images``,
-``replicas`` and ``namespace`` — and refuses anything else, so a manifest that
-starts using another feature fails loudly instead of rendering wrongly.
+``replicas``, ``namespace`` and ``secretGenerator`` from files (with
+``generatorOptions.disableNameSuffixHash``) — and refuses anything else, so a
+manifest that starts using another feature fails loudly instead of rendering wrongly.
 
 Beyond rendering it checks what kustomize would reject (missing files,
 patches without a target, duplicate resources) and a few things it silently
@@ -12,6 +13,7 @@ accepts (an ``images`` or ``replicas`` entry that matches nothing).
 
 from __future__ import annotations
 
+import base64
 import copy
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,17 @@ import yaml
 Resource = dict[str, Any]
 Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
-SUPPORTED_FIELDS = {"apiVersion", "kind", "namespace", "resources", "patches", "images", "replicas"}
+SUPPORTED_FIELDS = {
+    "apiVersion",
+    "kind",
+    "namespace",
+    "resources",
+    "patches",
+    "images",
+    "replicas",
+    "secretGenerator",
+    "generatorOptions",
+}
 
 # patchMergeKey of the Kubernetes list fields our patches touch; other lists are replaced.
 MERGE_KEYS = {
@@ -90,6 +102,58 @@ def referenced_files(directory: Path) -> set[Path]:
     return found
 
 
+def kustomize_base64(value: bytes) -> str:
+    """Base64 as kustomize writes a generated Secret's data: 70-column lines, each ended
+    by a newline once there is more than one line."""
+    text = base64.b64encode(value).decode()
+    width = 70
+    if len(text) // width + 1 <= 1:
+        return text
+    return "".join(text[i : i + width] + "\n" for i in range(0, len(text), width))
+
+
+def generated_secrets(directory: Path, kustomization: Resource) -> list[Resource]:
+    """The Secrets of ``secretGenerator`` (``files`` only, names without a hash suffix).
+
+    Like kustomize, a missing file is an error: an overlay whose secrets are files
+    outside git does not render without them."""
+    generators = kustomization.get("secretGenerator", [])
+    options = kustomization.get("generatorOptions", {})
+    if set(options) - {"disableNameSuffixHash"}:
+        raise KustomizeError(f"{directory}: generatorOptions not supported: {sorted(options)}")
+    if generators and options.get("disableNameSuffixHash") is not True:
+        raise KustomizeError(
+            f"{directory}: secretGenerator needs generatorOptions.disableNameSuffixHash: true "
+            "(kustomize-lite does not compute name hashes)"
+        )
+    secrets: list[Resource] = []
+    for generator in generators:
+        unknown = set(generator) - {"name", "files", "type"}
+        if unknown:
+            raise KustomizeError(f"{directory}: secretGenerator fields not supported: {unknown}")
+        data: dict[str, str] = {}
+        for entry in generator.get("files", []):
+            key, sep, path = entry.partition("=")
+            if not sep:
+                key, path = Path(entry).name, entry
+            source = directory / path
+            if not source.is_file():
+                raise KustomizeError(
+                    f"{directory}: secretGenerator {generator['name']}: file {path!r} does not exist"
+                )
+            data[key] = kustomize_base64(source.read_bytes())
+        secrets.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": generator["name"]},
+                "type": generator.get("type", "Opaque"),
+                "data": data,
+            }
+        )
+    return secrets
+
+
 def strategic_merge(base: Any, patch: Any, field: str | None = None) -> Any:
     """Merge ``patch`` into a copy of ``base`` the way a strategic merge patch does
     for the fields we use: maps merge key by key, ``null`` removes a key, lists in
@@ -108,17 +172,22 @@ def strategic_merge(base: Any, patch: Any, field: str | None = None) -> Any:
                 merged[key] = copy.deepcopy(value)
         return merged
     if isinstance(base, list) and isinstance(patch, list) and field in MERGE_KEYS:
+        # As Kubernetes' strategic merge orders it: the patch's items first (merged with
+        # their base item), in the patch's order, then the base items the patch leaves alone.
         key = MERGE_KEYS[field]
-        merged_list = copy.deepcopy(base)
+        by_key = {item.get(key): item for item in base if isinstance(item, dict)}
+        merged_list = []
         for item in patch:
             if not isinstance(item, dict) or key not in item:
                 raise KustomizeError(f"an item of {field} in a patch has no {key!r}")
-            for index, existing in enumerate(merged_list):
-                if isinstance(existing, dict) and existing.get(key) == item[key]:
-                    merged_list[index] = strategic_merge(existing, item, None)
-                    break
-            else:
-                merged_list.append(copy.deepcopy(item))
+            existing = by_key.get(item[key])
+            merged_list.append(
+                copy.deepcopy(item) if existing is None else strategic_merge(existing, item, None)
+            )
+        patched = {item[key] for item in patch}
+        merged_list += [
+            copy.deepcopy(i) for i in base if not (isinstance(i, dict) and i.get(key) in patched)
+        ]
         return merged_list
     return copy.deepcopy(patch)
 
@@ -165,6 +234,7 @@ def build(directory: Path) -> list[Resource]:
             resources.extend(load_documents(target))
         else:
             raise KustomizeError(f"{directory}: resource {ref!r} does not exist")
+    resources.extend(generated_secrets(directory, kustomization))
     seen: set[tuple[str, str, str]] = set()
     for resource in resources:
         rid = resource_id(resource)

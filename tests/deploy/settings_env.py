@@ -166,7 +166,15 @@ def lookup(settings: BaseModel, path: tuple[str, ...]) -> Any:
 # a new secret setting cannot slip through without a rule for the deployments.
 CONDITIONAL_SECRETS: dict[tuple[str, ...], Callable[[Any], bool]] = {
     ("kafka", "sasl_password"): lambda s: s.kafka.security_protocol.startswith("SASL"),
-    ("token", "key"): lambda s: s.token.source == "hs256" and s.token.key_file is None,
+    # the local backend needs no Slurm key (and must not hold one its jobs could read)
+    ("token", "key"): lambda s: (
+        s.backend == "slurm" and s.token.source == "hs256" and s.token.key_file is None
+    ),
+    # cluster jobs publish as their own Kafka user
+    ("job", "kafka_password"): lambda s: (
+        s.kafka.security_protocol.startswith("SASL") and not s.job.pass_kafka_password
+    ),
+    # the web table's bearer token, when writes need one
     ("write_token",): lambda s: s.write_access == "token",
 }
 

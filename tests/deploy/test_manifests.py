@@ -13,6 +13,7 @@ Nothing here needs a container engine, a cluster or the network:
 
 from __future__ import annotations
 
+import atexit
 import base64
 import copy
 import functools
@@ -21,6 +22,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 import tomllib
 from collections.abc import Iterator
 from fnmatch import fnmatch
@@ -117,9 +119,50 @@ def quantity(value: str | int | float) -> float:
     return float(number) * units.get(unit, 1)
 
 
+def stand_in_secret(file_name: str) -> str:
+    """What an operator puts into a secret file of the production overlay (not a placeholder)."""
+    if file_name == "postgres-dsn":
+        return "postgresql://runstream:pg-9c1f27d4e8@postgres.example.org:5432/runstream"
+    if file_name.endswith(".crt"):
+        return "-----BEGIN CERTIFICATE-----\nc3RhbmQtaW4=\n-----END CERTIFICATE-----\n"
+    if file_name == "slurm-jwt-key":
+        return "base64:" + base64.b64encode(b"stand-in jwt key of 32 bytes....").decode()
+    return f"{file_name}-3b8e0c5a91d2"
+
+
+def generator_files(directory: Path) -> list[Path]:
+    """The files the secretGenerator of ``directory`` reads (relative to it)."""
+    kustomization = load_documents(directory / "kustomization.yaml")[0]
+    return [
+        Path(entry.partition("=")[2] or entry)
+        for generator in kustomization.get("secretGenerator", [])
+        for entry in generator.get("files", [])
+    ]
+
+
+@functools.cache
+def k8s_with_secrets() -> Path:
+    """A copy of deploy/k8s whose production secret files exist (stand-ins), as an
+    operator's checkout would have them; the real tree renders no production without them."""
+    root = Path(tempfile.mkdtemp(prefix="rs-k8s-"))
+    atexit.register(shutil.rmtree, root, True)
+    shutil.copytree(K8S, root / "k8s")
+    production = root / "k8s" / "overlays" / "production"
+    for relative in generator_files(production):
+        (production / relative).write_text(stand_in_secret(relative.name), encoding="utf-8")
+    return root / "k8s"
+
+
+def renderable(name: str) -> Path:
+    """The directory ``kustomize build`` renders for ``name`` (production: with its secrets)."""
+    if name == "production":
+        return k8s_with_secrets() / "overlays" / "production"
+    return KUSTOMIZATIONS[name]
+
+
 @functools.cache
 def _rendered(name: str) -> tuple[dict[str, Any], ...]:
-    return tuple(build(KUSTOMIZATIONS[name]))
+    return tuple(build(renderable(name)))
 
 
 def rendered(name: str) -> list[dict[str, Any]]:
@@ -155,7 +198,7 @@ def container_env(resources: list[dict[str, Any]], container: dict[str, Any]) ->
             ref = item["valueFrom"]["secretKeyRef"]
             secret = secrets.get(ref["name"])
             if secret is None:
-                env[item["name"]] = f"<{ref['name']}/{ref['key']} from kubectl>"
+                env[item["name"]] = f"{ref['name']}-{ref['key']}-from-kubectl"
             else:
                 data = secret.get("stringData", {}) | {
                     k: base64.b64decode(v).decode() for k, v in secret.get("data", {}).items()
@@ -308,9 +351,17 @@ def test_dockerignore_keeps_local_state_out_of_the_context() -> None:
 # --------------------------------------------------------------------- compose
 
 
+# .env.example ships no secret: the checks fill them in as an operator would.
+STAND_IN_SECRETS = {
+    "POSTGRES_PASSWORD": "pg-" + "7f3a" * 6,
+    "SLURM_JWT_KEY": "k-" + "c0de" * 8,
+    "RUNSTREAM_WEB_WRITE_TOKEN": "wt-" + "51ab" * 6,
+}
+
+
 @pytest.fixture(scope="module")
 def env_example() -> dict[str, str]:
-    return read_env_file(ENV_EXAMPLE)
+    return read_env_file(ENV_EXAMPLE) | STAND_IN_SECRETS
 
 
 @pytest.fixture(scope="module")
@@ -337,16 +388,20 @@ def test_compose_variables_are_documented_in_env_example(env_example: dict[str, 
     refs = references_in(data)
     required = {name for name, op in refs if op in (":?", "?")}
     used = {name for name, _ in refs}
-    assert {"POSTGRES_PASSWORD", "SLURM_JWT_KEY"} <= required, "secrets must be ${VAR:?}"
+    assert set(STAND_IN_SECRETS) <= required, "secrets must be ${VAR:?}"
     assert not used - set(env_example), (
         f"undocumented in .env.example: {sorted(used - set(env_example))}"
     )
     assert not set(env_example) - used, f"unused in compose.yaml: {sorted(set(env_example) - used)}"
+    shipped = read_env_file(ENV_EXAMPLE)
     for name in required:
-        assert env_example[name], f".env.example leaves {name} empty"
+        assert shipped[name] == "", f".env.example must not ship a value for the secret {name}"
         without = {k: v for k, v in env_example.items() if k != name}
         with pytest.raises(InterpolationError, match=name):
             interpolate(data, without)
+        as_shipped = env_example | {name: shipped[name]}
+        with pytest.raises(InterpolationError, match=name):
+            interpolate(data, as_shipped)  # left as .env.example has it: compose refuses
 
 
 def test_compose_env_file_stays_out_of_git() -> None:
@@ -539,11 +594,13 @@ def compose_command() -> tuple[list[str], dict[str, str]]:
 def test_docker_compose_config(compose: dict[str, Any], tmp_path: Path) -> None:
     """docker compose's own parser, schema and interpolation (installed by tools.sh).
 
-    It must accept the file with .env.example, refuse it without the secrets, and
-    resolve every service as compose_lite does (so the checks above saw the truth)."""
+    It must accept the file with .env.example and the secrets filled in, refuse it with
+    .env.example as shipped (no secrets), and resolve every service as compose_lite does
+    (so the checks above saw the truth)."""
     command, tool_env = compose_command()
     env_file = tmp_path / ".env"
-    env_file.write_text(ENV_EXAMPLE.read_text(encoding="utf-8"), encoding="utf-8")
+    filled = "".join(f"{k}={v}\n" for k, v in STAND_IN_SECRETS.items())
+    env_file.write_text(ENV_EXAMPLE.read_text(encoding="utf-8") + filled, encoding="utf-8")
     base = [*command, "--project-directory", str(COMPOSE_DIR), "-f", str(COMPOSE_FILE)]
     clean_env = {k: v for k, v in os.environ.items() if k not in read_env_file(ENV_EXAMPLE)}
     clean_env.update(tool_env)
@@ -562,12 +619,13 @@ def test_docker_compose_config(compose: dict[str, Any], tmp_path: Path) -> None:
         assert deps == {k: v["condition"] for k, v in (svc.get("depends_on") or {}).items()}, name
     empty = tmp_path / "empty.env"
     empty.write_text("", encoding="utf-8")
-    refused = subprocess.run(
-        [*base, "--env-file", str(empty), "config", "--quiet"],
-        capture_output=True, text=True, check=False, env=clean_env,
-    )  # fmt: skip
-    assert refused.returncode != 0, "compose must refuse to start without the secrets"
-    assert "POSTGRES_PASSWORD" in refused.stderr or "SLURM_JWT_KEY" in refused.stderr
+    for unset in (empty, ENV_EXAMPLE):
+        refused = subprocess.run(
+            [*base, "--env-file", str(unset), "config", "--quiet"],
+            capture_output=True, text=True, check=False, env=clean_env,
+        )  # fmt: skip
+        assert refused.returncode != 0, f"compose must refuse to start with {unset.name}"
+        assert "POSTGRES_PASSWORD" in refused.stderr or "SLURM_JWT_KEY" in refused.stderr
 
 
 # ------------------------------------------------------------------ Kubernetes
@@ -610,7 +668,7 @@ def test_rendered_kustomization_validates(name: str) -> None:
 def test_overlay_patches_target_the_base_and_are_applied(name: str) -> None:
     overlay = KUSTOMIZATIONS[name]
     kustomization = load_documents(overlay / "kustomization.yaml")[0]
-    assert kustomization["resources"] == ["../../base"]
+    assert kustomization["resources"][0] == "../../base"
     base_ids = {(r["kind"], r["metadata"]["name"]) for r in rendered("base")}
     output = rendered(name)
     index = {(r["kind"], r["metadata"]["name"]): r for r in output}
@@ -673,8 +731,10 @@ def test_strategic_merge_merges_named_lists() -> None:
                            {"name": "b", "image": "j"}], "args": ["x", "y"]}  # fmt: skip
     patch = {"containers": [{"name": "a", "env": [{"name": "Y", "value": "2"}]}], "args": ["z"]}
     merged = strategic_merge(base, patch)
+    # kustomize (and Kubernetes) put the patch's new items first (checked against the real
+    # kustomize by test_kustomize_lite_matches_kustomize: the production overlay adds env)
     assert merged["containers"][0] == {"name": "a", "image": "i",
-        "env": [{"name": "X", "value": "1"}, {"name": "Y", "value": "2"}]}  # fmt: skip
+        "env": [{"name": "Y", "value": "2"}, {"name": "X", "value": "1"}]}  # fmt: skip
     assert merged["containers"][1] == {"name": "b", "image": "j"}
     assert merged["args"] == ["z"], "lists without a merge key are replaced"
     assert base["containers"][0]["env"] == [{"name": "X", "value": "1"}], "base unchanged"
@@ -786,29 +846,63 @@ def test_secrets_stay_out_of_the_configmap(name: str) -> None:
     assert not leaked, f"secret settings in the ConfigMap: {leaked}"
 
 
+def secret_references(resources: list[dict[str, Any]]) -> set[tuple[str, str | None]]:
+    """(Secret, key) of every secretKeyRef, (Secret, None) of every secret volume."""
+    refs: set[tuple[str, str | None]] = {
+        (e["valueFrom"]["secretKeyRef"]["name"], e["valueFrom"]["secretKeyRef"]["key"])
+        for r in resources for c in containers(r) for e in c.get("env", []) if "valueFrom" in e
+    }  # fmt: skip
+    for resource in resources:
+        for pod in pod_specs(resource):
+            refs |= {
+                (v["secret"]["secretName"], None) for v in pod.get("volumes", []) if "secret" in v
+            }
+    return refs
+
+
 @pytest.mark.parametrize("name", list(KUSTOMIZATIONS))
 def test_secret_references_resolve(name: str) -> None:
     resources = rendered(name)
     secrets = by_kind(resources, "Secret")
-    doc = DEPLOYMENT_DOC.read_text(encoding="utf-8").replace("\\\n", " ")  # join continued lines
-    refs = {(e["valueFrom"]["secretKeyRef"]["name"], e["valueFrom"]["secretKeyRef"]["key"])
-            for r in resources for c in containers(r) for e in c.get("env", []) if "valueFrom" in e}  # fmt: skip
+    refs = secret_references(resources)
     assert refs, "no Secret is referenced"
-    for secret_name, key in refs:
-        # however it is created, docs/deployment.md says how
-        pattern = (
-            rf"kubectl[^\n]*create secret generic {re.escape(secret_name)}\b[^\n]*{re.escape(key)}="
-        )
-        assert re.search(pattern, doc), f"docs/deployment.md does not create {secret_name}/{key}"
-        if secret_name in secrets:
-            secret = secrets[secret_name]
-            assert key in secret.get("stringData", {}), f"{secret_name} has no {key}"
-            assert secret["metadata"]["annotations"]["runstream.dev/placeholder"] == "true"
-            assert all("REPLACE_ME" in v for v in secret["stringData"].values()), (
-                "placeholders only"
-            )
     if name == "production":
-        assert not secrets, "production must not render the placeholder Secrets"
+        # Every Secret is generated from a file kept out of git, none from a placeholder.
+        for secret_name, key in refs:
+            assert secret_name in secrets, f"{secret_name} is not generated"
+            assert key is None or key in secrets[secret_name]["data"], f"{secret_name}/{key}"
+        return
+    assert not secrets, f"{name} must render no Secret (not even a placeholder): {list(secrets)}"
+    doc = DEPLOYMENT_DOC.read_text(encoding="utf-8").replace("\\\n", " ")  # join continued lines
+    for secret_name, key in refs:
+        # created with kubectl, as docs/deployment.md says
+        pattern = rf"kubectl[^\n]*create secret generic {re.escape(secret_name)}\b[^\n]*{re.escape(key or '')}="
+        assert re.search(pattern, doc), f"docs/deployment.md does not create {secret_name}/{key}"
+
+
+def test_production_refuses_to_render_without_its_secret_files() -> None:
+    production = KUSTOMIZATIONS["production"]
+    files = generator_files(production)
+    assert {f.name for f in files} >= {"postgres-dsn", "slurm-jwt-key", "kafka-ca.crt"}
+    for relative in files:  # kept out of git
+        path = production / relative
+        ignored = subprocess.run(
+            ["git", "check-ignore", "--quiet", str(path)], cwd=REPO, check=False
+        )
+        assert ignored.returncode == 0, f"{relative} must be git-ignored"
+    if not all((production / f).exists() for f in files):  # a checkout without secrets
+        with pytest.raises(KustomizeError, match="does not exist"):
+            build(production)
+    # with all but one file it still refuses, naming the missing one
+    for missing in files:
+        partial = Path(tempfile.mkdtemp(prefix="rs-k8s-partial-"))
+        try:
+            shutil.copytree(k8s_with_secrets(), partial / "k8s")
+            (partial / "k8s" / "overlays" / "production" / missing).unlink()
+            with pytest.raises(KustomizeError, match=re.escape(str(missing))):
+                build(partial / "k8s" / "overlays" / "production")
+        finally:
+            shutil.rmtree(partial)
 
 
 @pytest.mark.parametrize("name", list(KUSTOMIZATIONS))
@@ -842,7 +936,8 @@ def test_executor_scales_and_fits(name: str) -> None:
 @pytest.mark.parametrize("name", list(KUSTOMIZATIONS))
 def test_migration_job(name: str, known: frozenset[str]) -> None:
     resources = rendered(name)
-    (job,) = by_kind(resources, "Job").values()
+    (job,) = [j for j in by_kind(resources, "Job").values()
+              if pod_specs(j)[0]["containers"][0]["args"] == ["db", "upgrade"]]  # fmt: skip
     pod = pod_specs(job)[0]
     (container,) = pod["containers"]
     assert container["args"] == ["db", "upgrade"]
@@ -854,7 +949,7 @@ def test_migration_job(name: str, known: frozenset[str]) -> None:
     secret_env = {e["name"] for e in container.get("env", []) if "valueFrom" in e}
     assert dsn.env_names & secret_env, "the migration needs the DSN from the Secret"
     images = {c["image"] for r in resources for c in containers(r)}
-    assert images == {container["image"]}, "one image for the services and the migration"
+    assert images == {container["image"]}, "one image for the services and the Jobs"
 
 
 def test_namespace_is_consistent() -> None:
@@ -872,7 +967,8 @@ def test_namespace_is_consistent() -> None:
 def test_kustomize_lite_matches_kustomize() -> None:
     """The real kustomize ($KUSTOMIZE, else built by tools.sh) renders exactly what ours does."""
     binary = os.environ.get("KUSTOMIZE") or install_tool("kustomize")
-    for name, directory in KUSTOMIZATIONS.items():
+    for name in KUSTOMIZATIONS:
+        directory = renderable(name)
         result = subprocess.run(
             [binary, "build", str(directory)], capture_output=True, text=True, check=False
         )

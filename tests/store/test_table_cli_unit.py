@@ -47,7 +47,15 @@ def test_table_dsn_is_the_settings_dsn(
             monkeypatch.delenv(key)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    assert _dsn(None) == Settings().postgres.dsn.get_secret_value()
+    if not env:  # no default database: both say which variable to set
+        from runstream_common.errors import ConfigurationError
+
+        with pytest.raises(ConfigurationError, match="RUNSTREAM_POSTGRES_DSN"):
+            _dsn(None)
+        with pytest.raises(ConfigurationError, match="RUNSTREAM_POSTGRES_DSN"):
+            Settings().postgres.dsn.get_secret_value()
+    else:
+        assert _dsn(None) == Settings().postgres.dsn.get_secret_value()
     assert _dsn("postgresql://flag@h:5/f") == "postgresql://flag@h:5/f"
     # the quick path is taken for the plain single variable only
     assert (dsn_from_environment() is not None) == (

@@ -3,6 +3,10 @@
 Idempotent: topics that exist are left alone. Compacted topics get
 ``cleanup.policy=compact``. Every service calls :func:`ensure_topics` for the
 topics it touches when it starts, so start-up order does not matter.
+
+With Kafka ACLs (docs/security.md) services may not create topics: the
+administrator creates them (``runstream kafka acls --apply``) and a service that
+finds one missing stops with a message saying so.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import logging
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 
-from .errors import ServiceUnavailable
+from .errors import ConfigurationError, ServiceUnavailable
 from .settings import KafkaSettings
 from .topics import dlq
 
@@ -60,10 +64,40 @@ async def ensure_topics(
             for name, is_compacted in wanted.items()
             if name not in existing
         ]
-        if missing:
-            with contextlib.suppress(TopicAlreadyExistsError):  # a concurrent starter won
-                await admin.create_topics(missing)
-            log.info("created topics %s", [t.name for t in missing])
-        return [t.name for t in missing]
+        if not missing:
+            return []
+        with contextlib.suppress(TopicAlreadyExistsError):  # a concurrent starter won
+            response = await admin.create_topics(missing)
+            created = _check_created(settings, response.topic_errors)
+            log.info("created topics %s", created)
+            return created
+        return []
     finally:
         await admin.close()
+
+
+_TOPIC_ALREADY_EXISTS = 36
+_AUTHORIZATION_FAILED = (29, 31)  # TOPIC_AUTHORIZATION_FAILED, CLUSTER_AUTHORIZATION_FAILED
+
+
+def _check_created(settings: KafkaSettings, topic_errors: list[tuple[object, ...]]) -> list[str]:
+    """The topics the broker created; raise for those it refused (not for "already exists")."""
+    created, refused, failed = [], [], []
+    for topic, code, *rest in topic_errors:
+        name = str(topic)
+        if code == 0:
+            created.append(name)
+        elif code in _AUTHORIZATION_FAILED:
+            refused.append(name)
+        elif code != _TOPIC_ALREADY_EXISTS:
+            failed.append(f"{name}: error {code} {rest[0] if rest else ''}".strip())
+    if refused:
+        who = settings.sasl_username or "this client"
+        raise ConfigurationError(
+            f"Kafka topics {sorted(refused)} do not exist (or are hidden from {who}) and "
+            f"{who} may not create them: the administrator creates the topics and ACLs "
+            "with `runstream kafka acls --apply` (docs/security.md)"
+        )
+    if failed:  # the first use of the topic will tell more
+        log.warning("Kafka did not create topics: %s", "; ".join(failed))
+    return created

@@ -115,6 +115,9 @@ def make_broker(
         enable_idempotence=True,
         max_request_size=settings.max_request_size,
         security=_security(settings),
+        # Topics are created by ensure_topics (or, with Kafka ACLs, by the administrator):
+        # FastStream's own attempt at start-up would be refused by the broker.
+        allow_auto_create_topics=False,
         middlewares=middlewares,
         graceful_timeout=30.0,
         logger=logging.getLogger(f"runstream.{client_id or settings.client_id}"),

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_serializer, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .secrets import MissingSecret, refuse_placeholder, refuse_placeholder_in_dsn
 from .topics import Topics
 
 
@@ -59,6 +60,43 @@ class KafkaSettings(BaseSettings):
             )
         return self
 
+    @field_validator("sasl_password")
+    @classmethod
+    def _real_password(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            refuse_placeholder(value.get_secret_value(), "the Kafka SASL password")
+        return value
+
+    @model_validator(mode="after")
+    def _sasl_complete(self) -> KafkaSettings:
+        """SASL needs a mechanism, a user and a password; say which variable is missing."""
+        sasl = self.security_protocol.startswith("SASL_")
+        if sasl and self.sasl_mechanism is None:
+            raise ValueError(
+                f"security_protocol {self.security_protocol} needs a SASL mechanism "
+                "(RUNSTREAM_KAFKA_SASL_MECHANISM, e.g. SCRAM-SHA-512)"
+            )
+        if self.sasl_mechanism is not None and not sasl:
+            raise ValueError(
+                f"sasl_mechanism {self.sasl_mechanism} is set but security_protocol is "
+                f"{self.security_protocol} (use SASL_SSL)"
+            )
+        if sasl and (not self.sasl_username or self.sasl_password is None):
+            missing = [
+                name
+                for name, value in (
+                    ("SASL_USERNAME", self.sasl_username),
+                    ("SASL_PASSWORD", self.sasl_password),
+                )
+                if not value
+            ]
+            raise ValueError(
+                f"Kafka {self.security_protocol} needs {' and '.join(missing)} "
+                f"(RUNSTREAM_KAFKA_{missing[0]}, or the service's own "
+                f"RUNSTREAM_<SERVICE>_KAFKA__{missing[0]})"
+            )
+        return self
+
     @property
     def topics(self) -> Topics:
         return Topics(self.topic_prefix)
@@ -80,15 +118,56 @@ class KafkaSettings(BaseSettings):
             )
         return kwargs
 
+    def librdkafka_config(self) -> dict[str, str]:
+        """The same connection for librdkafka clients (confluent-kafka: admin tools, tests)."""
+        config = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "security.protocol": self.security_protocol,
+        }
+        optional = {
+            "sasl.mechanism": self.sasl_mechanism,
+            "sasl.username": self.sasl_username,
+            "sasl.password": self.sasl_password.get_secret_value() if self.sasl_password else None,
+            "ssl.ca.location": self.ssl_cafile,
+            "ssl.certificate.location": self.ssl_certfile,
+            "ssl.key.location": self.ssl_keyfile,
+        }
+        config.update({k: v for k, v in optional.items() if v})
+        return config
+
+
+POSTGRES_DSN_MISSING = (
+    "no PostgreSQL DSN: set RUNSTREAM_POSTGRES_DSN (or the service's own "
+    "RUNSTREAM_STORE_POSTGRES__DSN, RUNSTREAM_WEB_POSTGRES__DSN), "
+    "e.g. postgresql://runstream:PASSWORD@HOST:5432/runstream; for the local development "
+    'stack: eval "$(deploy/local/stack.sh env)"'
+)
+
 
 class PostgresSettings(BaseSettings):
-    """The store's database. The DSN carries the password, so it is secret."""
+    """The store's database. The DSN carries the password, so it is secret.
+
+    There is no default: a deployment names its database. Reading an unset DSN raises
+    :class:`~runstream_common.errors.ConfigurationError` saying which variable to set
+    (commands that never touch the database still run without it).
+    """
 
     model_config = SettingsConfigDict(env_prefix="RUNSTREAM_POSTGRES_", extra="ignore")
 
-    dsn: SecretStr = SecretStr("postgresql://runstream:runstream@127.0.0.1:25432/runstream")
+    dsn: SecretStr = Field(default_factory=lambda: MissingSecret(POSTGRES_DSN_MISSING))
     min_pool: int = 1
     max_pool: int = 5
+
+    @field_validator("dsn")
+    @classmethod
+    def _real_password(cls, value: SecretStr) -> SecretStr:
+        if not isinstance(value, MissingSecret):
+            refuse_placeholder_in_dsn(value.get_secret_value(), "the PostgreSQL DSN")
+        return value
+
+    @field_serializer("dsn", when_used="json")
+    def _hidden(self, value: SecretStr) -> str:
+        return "**********"  # like any secret, and without asking an unset one for its value
 
 
 class TelemetrySettings(BaseSettings):

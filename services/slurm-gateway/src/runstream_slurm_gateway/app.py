@@ -72,9 +72,21 @@ def make_backend(settings: Settings) -> tuple[Backend, TokenManager | None]:
         if settings.local.journal_dir:
             folder = Path(settings.local.journal_dir).expanduser()
             journal = Journal(folder / f"local-jobs-{settings.kafka.topic_prefix}.jsonl")
-        return LocalBackend(kill_grace_s=settings.local.kill_grace_s, journal=journal), None
+        if settings.local.run_as is None and _holds_slurm_key(settings):
+            log.warning(
+                "local backend: jobs run as the gateway's own user and can read its Slurm JWT "
+                "key (file or environment); set RUNSTREAM_SLURM_GATEWAY_LOCAL__RUN_AS"
+            )
+        local = LocalBackend(
+            kill_grace_s=settings.local.kill_grace_s, journal=journal, run_as=settings.local.run_as
+        )
+        return local, None
     tokens = make_token_manager(settings)
     return SlurmBackend(make_slurm_client(settings, tokens)), tokens
+
+
+def _holds_slurm_key(settings: Settings) -> bool:
+    return settings.token.key is not None or settings.token.key_file is not None
 
 
 @dataclass

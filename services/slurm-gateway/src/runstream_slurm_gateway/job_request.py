@@ -68,17 +68,32 @@ def job_argv(req: JobRequested, prefix: list[str], settings: ProposalSettings) -
     return argv
 
 
-def kafka_env(kafka: KafkaSettings, *, with_password: bool) -> dict[str, str]:
-    """The Kafka settings the job's publisher needs, under the shared and executor prefixes."""
+def kafka_env(
+    kafka: KafkaSettings,
+    *,
+    with_password: bool,
+    username: str | None = None,
+    password: str | None = None,
+) -> dict[str, str]:
+    """The Kafka settings the job's publisher needs, under the shared and executor prefixes.
+
+    ``username``/``password``: the jobs' own SASL user (its ACLs let it publish results
+    and processing states only); without them the gateway's user name, and its password
+    only if ``with_password``.
+    """
     env: dict[str, str] = {}
     for name, value in kafka.model_dump().items():
-        if value is None or name in {"client_id"}:
+        if value is None or name in {"client_id", "sasl_username", "sasl_password"}:
             continue
-        if name == "sasl_password":
-            if not with_password or kafka.sasl_password is None:
-                continue
-            value = kafka.sasl_password.get_secret_value()
         env[f"RUNSTREAM_KAFKA_{name.upper()}"] = str(value)
+    if username:
+        env["RUNSTREAM_KAFKA_SASL_USERNAME"] = username
+        if password:
+            env["RUNSTREAM_KAFKA_SASL_PASSWORD"] = password
+    elif kafka.sasl_username:
+        env["RUNSTREAM_KAFKA_SASL_USERNAME"] = kafka.sasl_username
+        if with_password and kafka.sasl_password is not None:
+            env["RUNSTREAM_KAFKA_SASL_PASSWORD"] = kafka.sasl_password.get_secret_value()
     env["RUNSTREAM_EXECUTOR_KAFKA__BOOTSTRAP_SERVERS"] = kafka.bootstrap_servers
     env["RUNSTREAM_EXECUTOR_KAFKA__TOPIC_PREFIX"] = kafka.topic_prefix
     return env
@@ -88,7 +103,14 @@ def job_environment(job: JobSettings, kafka: KafkaSettings) -> dict[str, str]:
     """A clean environment: nothing inherited from the gateway (no SLURM_*, DISPLAY,
     LD_PRELOAD), only PATH, a locale, the Kafka settings and ``extra_env``."""
     env = {"PATH": job.path, "LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1"}
-    env.update(kafka_env(kafka, with_password=job.pass_kafka_password))
+    env.update(
+        kafka_env(
+            kafka,
+            with_password=job.pass_kafka_password,
+            username=job.kafka_username,
+            password=job.kafka_password.get_secret_value() if job.kafka_password else None,
+        )
+    )
     for key, value in job.extra_env.items():
         if key.startswith("SLURM_") or key in {"DISPLAY", "LD_PRELOAD"}:
             raise InvalidCommand(f"job.extra_env may not set {key}")

@@ -6,7 +6,8 @@ import sys
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, field_validator
+from runstream_common.secrets import refuse_placeholder
 from runstream_common.settings import ServiceSettings, service_config
 
 
@@ -52,6 +53,13 @@ class TokenSettings(BaseModel):
     retry_backoff_s: float = Field(default=1.0, gt=0)
     retry_backoff_max_s: float = Field(default=60.0, gt=0)
 
+    @field_validator("key")
+    @classmethod
+    def _real_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            refuse_placeholder(value.get_secret_value(), "token.key (the Slurm JWT key)")
+        return value
+
 
 class JobSettings(BaseModel):
     """How a job request becomes a batch job."""
@@ -72,14 +80,39 @@ class JobSettings(BaseModel):
         default_factory=dict, description="More variables for the job's (otherwise clean) env"
     )
     pass_kafka_password: bool = Field(
-        default=False, description="Put the SASL password into the job's environment"
+        default=False,
+        description="Put the gateway's own SASL password into the job's environment "
+        "(prefer kafka_username/kafka_password: a user that may only publish results)",
     )
+    kafka_username: str | None = Field(
+        default=None,
+        description="SASL user of the jobs (Kafka ACLs: write results and processing only); "
+        "default: the gateway's own user",
+    )
+    kafka_password: SecretStr | None = Field(
+        default=None, description="Its password (handed to the job in its environment)"
+    )
+
+    @field_validator("kafka_password")
+    @classmethod
+    def _real_password(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            refuse_placeholder(value.get_secret_value(), "job.kafka_password")
+        return value
 
 
 class LocalSettings(BaseModel):
     """The ``local`` backend: subprocesses on this machine."""
 
     kill_grace_s: float = Field(default=5.0, ge=0, description="SIGTERM to SIGKILL on cancel")
+    run_as: str | None = Field(
+        default=None,
+        description=(
+            "Run the jobs as this (unprivileged) user, not as the gateway's: they then cannot "
+            "read the gateway's files (its Slurm JWT key) or its process environment. The "
+            "gateway must be root or hold CAP_SETUID and CAP_SETGID; util-linux setpriv is used"
+        ),
+    )
     journal_dir: str | None = Field(
         default="~/.local/state/runstream",
         description=(

@@ -93,5 +93,10 @@ def build_app(settings: Settings, *, telemetry: Telemetry | None = None) -> Fast
 
 
 def create() -> FastStream:
-    """Entry point for ``runstream serve web``: settings from the environment."""
-    return build_app(Settings())
+    """Entry point for ``runstream serve web``: settings from the environment.
+
+    A missing database DSN stops here, before any connection, with the variable to set.
+    """
+    settings = Settings()
+    settings.postgres.dsn.get_secret_value()
+    return build_app(settings)

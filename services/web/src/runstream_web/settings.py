@@ -12,14 +12,16 @@ Who may write (comments, user variables, reprocess requests), ``write_access``:
   ``X-Forwarded-User``);
 - ``nobody``: read-only for everyone.
 
-Everyone else sees the table read-only.
+Everyone else sees the table read-only. A write token that is still a placeholder
+(``change-me``, ``REPLACE_ME``, ...) stops the service at start-up.
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
+from runstream_common.secrets import refuse_placeholder
 from runstream_common.settings import PostgresSettings, ServiceSettings, service_config
 
 WriteAccess = Literal["anyone", "token", "proxy", "nobody"]
@@ -70,3 +72,10 @@ class Settings(ServiceSettings):
     max_text_length: int = Field(
         default=10_000, ge=1, description="Longest comment or user string value accepted"
     )
+
+    @field_validator("write_token")
+    @classmethod
+    def _real_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            refuse_placeholder(value.get_secret_value(), "the web write token")
+        return value

@@ -12,12 +12,16 @@ import contextlib
 import itertools
 import logging
 import os
+import pwd
+import shutil
 import signal
 import time
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import IO
 
+from runstream_common.errors import ConfigurationError
 from runstream_common.messages import JobState
 
 from ..backend import BackendName
@@ -34,6 +38,52 @@ def append_restart_note(path: str, job_id: int) -> None:
         fh.write(
             f"runstream: local job {job_id} runs again at {stamp}: the gateway stopped while it ran\n"
         )
+
+
+def privilege_drop(user: str) -> tuple[str, ...]:
+    """The command prefix that runs a job as ``user`` (its groups, no new privileges).
+
+    Raises ConfigurationError when this process cannot switch users: it must be root or
+    hold CAP_SETUID and CAP_SETGID, ``user`` must exist and util-linux ``setpriv`` be there.
+    """
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        raise ConfigurationError(f"local.run_as: no user {user!r} on this machine") from None
+    setpriv = shutil.which("setpriv") or "/usr/bin/setpriv"
+    if not os.access(setpriv, os.X_OK):
+        raise ConfigurationError("local.run_as needs util-linux setpriv, which is not installed")
+    if not _can_switch_users():
+        raise ConfigurationError(
+            f"local.run_as={user!r}: the gateway runs as uid {os.geteuid()} without "
+            "CAP_SETUID/CAP_SETGID, so it cannot start jobs as another user"
+        )
+    if entry.pw_uid == os.geteuid():
+        raise ConfigurationError(
+            f"local.run_as={user!r} is the gateway's own user: jobs could read its secrets"
+        )
+    return (
+        setpriv,
+        f"--reuid={entry.pw_uid}",
+        f"--regid={entry.pw_gid}",
+        "--init-groups",
+        "--no-new-privs",
+        "--",
+    )
+
+
+def _can_switch_users() -> bool:
+    if os.geteuid() == 0:
+        return True
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return False
+    for line in status.splitlines():
+        if line.startswith("CapEff:"):
+            effective = int(line.split()[1], 16)
+            return bool(effective & (1 << 6)) and bool(effective & (1 << 7))  # SETGID, SETUID
+    return False
 
 
 def _open_log(path: str, header: str) -> IO[str]:
@@ -66,8 +116,11 @@ class LocalBackend:
         time_unit_s: float = 60.0,
         keep_finished_s: float = 300.0,
         journal: Journal | None = None,
+        run_as: str | None = None,
     ) -> None:
         self.journal = journal
+        # the job's command, under another user (the exit-recording shell stays ours)
+        self._as_user: tuple[str, ...] = privilege_drop(run_as) if run_as else ()
         self._closing = False  # jobs stopped by a shutdown stay unfinished in the journal
         self.kill_grace_s = kill_grace_s
         self.keep_finished_s = keep_finished_s  # like Slurm's MinJobAge
@@ -121,7 +174,7 @@ class LocalBackend:
         )
         try:
             fh = await asyncio.to_thread(_open_log, spec.log_path, header)
-            argv = spec.argv
+            argv = (*self._as_user, *spec.argv)
             if self.journal is not None:
                 argv = self.journal.wrap(job.info.job_id, argv)
             try:
