@@ -7,6 +7,8 @@
 #                              and install Xvfb and the X/GL/font libraries Qt needs
 #   damnit-client.sh python    print the venv's python (after install)
 #   damnit-client.sh gui DIR   run DAMNIT's GUI on DIR with AMORE_BROKER = our Kafka
+#                              (a SASL_SSL stack: AMORE_BROKER=none, as DAMNIT 0.4's GUI
+#                              cannot authenticate; docs/security.md)
 #
 # Settings: RUNSTREAM_CACHE_DIR (default <repo>/.cache), DAMNIT_VERSION (0.4.0),
 # RUNSTREAM_DAMNIT_APT=0 skips apt-get (e.g. without root).
@@ -72,7 +74,17 @@ python)
 gui)
     shift
     [[ -f "$STAMP" ]] || die "not installed: run $0 install"
-    export AMORE_BROKER="${AMORE_BROKER:-$RS_KAFKA_BOOTSTRAP}"
+    if [[ -z "${AMORE_BROKER:-}" ]]; then
+        security="$RS_KAFKA_SECURITY"
+        [[ -s "$RS_STATE_DIR/kafka/security" ]] && security="$(head -n1 "$RS_STATE_DIR/kafka/security")"
+        if [[ "$security" == sasl_ssl ]]; then
+            # kafka-python gets nothing but AMORE_BROKER from DAMNIT 0.4: no TLS, no SASL
+            warn "the local Kafka speaks SASL_SSL only, which DAMNIT 0.4's GUI cannot: no live updates (AMORE_BROKER=none); its edits reach runstream by the store's periodic check"
+            export AMORE_BROKER=none
+        else
+            export AMORE_BROKER="$RS_KAFKA_BOOTSTRAP"
+        fi
+    fi
     exec "$VENV/bin/python" -m damnit.cli gui "$@"
     ;;
 *)
