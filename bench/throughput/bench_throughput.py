@@ -49,6 +49,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
+import timeline  # noqa: E402
 import workload  # noqa: E402
 from memory import Sampler, tree  # noqa: E402
 from runstream_common import parsers  # noqa: E402
@@ -183,14 +184,16 @@ class Bench:
         await self.wait({(proposal, r) for r in runs}, 60 + 10 * len(runs))
         return len(runs) / (max(self.done.at[(proposal, r)] for r in runs) - first)
 
-    async def paced(self, proposal: int, runs: list[int]) -> list[float]:
-        """One run at a time: event -> values published, without queueing."""
-        latencies = []
+    async def paced(self, proposal: int, runs: list[int]) -> dict[int, float]:
+        """One run at a time: event -> values published, without queueing. Run -> sent at."""
+        sent = {}
         for run in runs:
-            sent = await self.send(proposal, run)
+            sent[run] = await self.send(proposal, run)
             await self.wait({(proposal, run)}, 120)
-            latencies.append(self.done.at[(proposal, run)] - sent)
-        return latencies
+        return sent
+
+    def latencies(self, proposal: int, sent: dict[int, float]) -> list[float]:
+        return [self.done.at[(proposal, run)] - at for run, at in sent.items()]
 
 
 async def prepare_services(
@@ -278,7 +281,7 @@ class Profiler:
                             "--format",
                             "raw",
                             "--rate",
-                            "250",
+                            "100",
                             "--nonblocking",
                             "-p",
                             str(pid),
@@ -332,7 +335,9 @@ async def run_services(
         out["runs_per_s"] = await bench.batch(workload.PROPOSAL, runs)
         profiler.stop()
         sampler.phase = "one at a time"
-        out["latencies"] = await bench.paced(workload.PROPOSAL, latency_runs)
+        sent = await bench.paced(workload.PROPOSAL, latency_runs)
+        out["latencies"] = bench.latencies(workload.PROPOSAL, sent)
+        out["stages"] = await timeline.stages(kafka, workload.PROPOSAL, sent)
         sampler.phase = "fixed cost"
         out["fixed_runs_per_s"] = await bench.batch(FIXED, runs)
     except BaseException:
@@ -372,14 +377,20 @@ def report(
         ratio = f"; floor/throughput {floor['runs_per_s'] / rate:.2f}x"
     print(f"batch throughput: {rate:.2f} runs/s{ratio}   [target >= 4.5 runs/s, <= 1.5x]")
     cpu = svc["peaks"].cpu_used("batch")
-    spent = sum(cpu.values()) / args.runs
-    cells = ", ".join(f"{k} {v / args.runs * 1000:.0f}" for k, v in sorted(cpu.items()))
+    spent = sum(a + b for a, b in cpu.values()) / args.runs
+    cells = ", ".join(
+        f"{k} {(a + b) / args.runs * 1000:.0f}"
+        + (f" (main {a / args.runs * 1000:.0f} + workers {b / args.runs * 1000:.0f})" if b else "")
+        for k, (a, b) in sorted(cpu.items())
+    )
     floor_cpu = f"; floor {floor['cpu_per_run'] * 1000:.0f} ms" if floor else ""
     print(f"CPU per run in the batch (ms): {cells}; all {spent * 1000:.0f}{floor_cpu}")
     print(
         f"single run, event -> values stored and published ({len(lat)} runs): "
         f"p50 {pct(lat, 0.5):.3f} s, p95 {pct(lat, 0.95):.3f} s   [target p50 <= 0.6 s]"
     )
+    for label, seconds in svc["stages"].items():
+        print(f"  {label:42} median {seconds * 1000:6.0f} ms")
     fixed_ms = 1000 / svc["fixed_runs_per_s"]
     print(
         f"fixed cost, one constant variable, batch of {args.runs}: {fixed_ms:.0f} ms per run "

@@ -57,11 +57,16 @@ class Peaks:
     processes: dict[str, int] = field(default_factory=dict)
     cpu: dict[str, dict[str, dict[int, tuple[float, float]]]] = field(default_factory=dict)
 
-    def cpu_used(self, phase: str) -> dict[str, float]:
-        return {
-            service: sum(last - first for first, last in pids.values())
-            for service, pids in self.cpu.get(phase, {}).items()
-        }
+    def cpu_used(self, phase: str) -> dict[str, tuple[float, float]]:
+        """Service -> (CPU seconds of its main process, of its other processes)."""
+        used = {}
+        for service, pids in self.cpu.get(phase, {}).items():
+            main, *others = pids  # the main process is sampled first
+            used[service] = (
+                pids[main][1] - pids[main][0],
+                sum(pids[p][1] - pids[p][0] for p in others),
+            )
+        return used
 
 
 class Sampler:

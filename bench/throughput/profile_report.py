@@ -1,11 +1,12 @@
 """Where the CPU time of the services goes: py-spy samples sorted into categories.
 
-    python bench/throughput/profile_report.py DIR [--rate 250] [--runs 20]
+    python bench/throughput/profile_report.py DIR [--rate 100] [--runs 20]
 
 Reads the raw (collapsed) stacks that ``bench_throughput.py --profile DIR``
 wrote (one file per process: ``<phase>-<service>-<pid>.txt``) and prints, per
 service, the CPU seconds per run in each category. Samples are on-CPU only
-(py-spy leaves idle threads out), so waiting (for Kafka acks, for a worker) is
+(py-spy leaves idle threads out, and leaf frames that wait in select/read/lock
+calls are dropped here), so waiting (for Kafka acks, for a worker) is
 not in these figures; the bench's latencies show it.
 """
 
@@ -40,6 +41,10 @@ RULES: tuple[tuple[str, str], ...] = (
 )
 
 
+# Leaf frames that are waiting, not working (py-spy's idle detection misses some).
+IDLE_LEAF = re.compile(r"(select|readinto|wait|acquire|_wait_for_tstate_lock) \(|zygote\.py:\d+\)$")
+
+
 def categorise(stack: str) -> str:
     for name, pattern in RULES:
         if re.search(pattern, stack):
@@ -53,7 +58,7 @@ def read(directory: Path) -> dict[str, Counter[str]]:
         service = path.stem.split("-")[-2]
         for line in path.read_text(errors="replace").splitlines():
             stack, _, count = line.rpartition(" ")
-            if stack and count.isdigit():
+            if stack and count.isdigit() and not IDLE_LEAF.search(stack.rsplit(";", 1)[-1]):
                 by_service[service][categorise(stack)] += int(count)
     return by_service
 
@@ -61,7 +66,7 @@ def read(directory: Path) -> dict[str, Counter[str]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("directory", type=Path)
-    parser.add_argument("--rate", type=float, default=250.0, help="py-spy samples per second")
+    parser.add_argument("--rate", type=float, default=100.0, help="py-spy samples per second")
     parser.add_argument("--runs", type=int, default=20, help="runs processed while sampling")
     args = parser.parse_args()
     for service, counts in sorted(read(args.directory).items()):

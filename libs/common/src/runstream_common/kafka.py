@@ -191,30 +191,30 @@ class RetryPolicy:
         return float(min(self.backoff_max_s, self.backoff_s * 2 ** (attempt - 1)))
 
 
-async def deliver(
+async def settle(
     broker: KafkaBroker,
-    message: Any,
+    record: ConsumerRecord[Any, Any],
     *,
     parser: Parser[T],
     handler: Handler[T],
     group_id: str,
     retry: RetryPolicy,
     metrics: DeliveryMetrics | None = None,
-) -> None:
-    """Decide the fate of one record (see the module docstring). Never raises."""
-    record: ConsumerRecord[Any, Any] = message.raw_message
+) -> bool:
+    """Take one record to a decision (see the module docstring). Never raises.
+
+    True: the record is finished (handled, or dead-lettered) and may be committed.
+    False: a transient failure outlasted the retry window; the record must come again.
+    """
     started = time.monotonic()
     labels = {"topic": record.topic, "group": group_id}
-    if metrics is not None:
-        _observe_lag(metrics, message, record, labels)
     try:
         parsed = parser.parse(record.value)
     except MessageFormatError as exc:
         await dead_letter(broker, record, group_id=group_id, error=exc, attempts=0)
-        await message.ack()
         if metrics is not None:
             metrics.dead_lettered.add(1, labels)
-        return
+        return True
 
     attempt = 0
     while True:
@@ -235,40 +235,65 @@ async def deliver(
                 metrics.failed.add(1, {**labels, "kind": "transient"})
             if time.monotonic() - started > retry.transient_window_s:
                 log.warning("transient failure persists, record comes again later: %s", exc)
-                await message.nack()
-                return
+                return False
             log.info("transient failure (attempt %d), retrying: %s", attempt, exc)
             await asyncio.sleep(retry.delay(attempt))
         except PermanentError as exc:
             await dead_letter(broker, record, group_id=group_id, error=exc, attempts=attempt)
-            await message.ack()
             if metrics is not None:
                 metrics.failed.add(1, {**labels, "kind": "permanent"})
                 metrics.dead_lettered.add(1, labels)
                 metrics.handler_seconds.record(time.monotonic() - started, labels)
-            return
+            return True
         except Exception as exc:
             if metrics is not None:
                 metrics.failed.add(1, {**labels, "kind": "unexpected"})
             if attempt >= retry.max_attempts:
                 log.error("giving up after %d attempts:\n%s", attempt, traceback.format_exc())
                 await dead_letter(broker, record, group_id=group_id, error=exc, attempts=attempt)
-                await message.ack()
                 if metrics is not None:
                     metrics.dead_lettered.add(1, labels)
                     metrics.handler_seconds.record(time.monotonic() - started, labels)
-                return
+                return True
             log.warning("unexpected failure (attempt %d), retrying: %r", attempt, exc)
             await asyncio.sleep(retry.delay(attempt))
         else:
-            await message.ack()
             if metrics is not None:
                 metrics.processed.add(1, labels)
                 metrics.handler_seconds.record(time.monotonic() - started, labels)
-            return
+            return True
 
 
-def _observe_lag(
+async def deliver(
+    broker: KafkaBroker,
+    message: Any,
+    *,
+    parser: Parser[T],
+    handler: Handler[T],
+    group_id: str,
+    retry: RetryPolicy,
+    metrics: DeliveryMetrics | None = None,
+) -> None:
+    """Decide the fate of one record and commit it, or seek back to it. Never raises."""
+    record: ConsumerRecord[Any, Any] = message.raw_message
+    if metrics is not None:
+        observe_lag(metrics, message, record, {"topic": record.topic, "group": group_id})
+    finished = await settle(
+        broker,
+        record,
+        parser=parser,
+        handler=handler,
+        group_id=group_id,
+        retry=retry,
+        metrics=metrics,
+    )
+    if finished:
+        await message.ack()
+    else:
+        await message.nack()
+
+
+def observe_lag(
     metrics: DeliveryMetrics, message: Any, record: ConsumerRecord[Any, Any], labels: dict[str, str]
 ) -> None:
     consumer = getattr(message, "consumer", None)
@@ -410,6 +435,8 @@ __all__ = [
     "deliver",
     "document_publication",
     "make_broker",
+    "observe_lag",
     "publish",
+    "settle",
     "subscribe",
 ]

@@ -12,6 +12,7 @@ import logging
 import socket
 import uuid
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -42,6 +43,9 @@ log = logging.getLogger("runstream.executor.processing")
 
 class Publisher(Protocol):
     async def publish(self, topic: str, message: BaseModel, key: bytes) -> None: ...
+
+
+Send = Callable[[str, BaseModel], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -90,7 +94,9 @@ class RunProcessor:
         self.topics = topics
         self.proposal_settings: dict[int, dict[str, str | int | float | bool]] = {}
         self._contexts: OrderedDict[tuple[str, str], LoadedContext] = OrderedDict()
+        self._loading: dict[tuple[str, str], asyncio.Future[LoadedContext]] = {}
         self._announced: set[tuple[str, str]] = set()
+        self._announcing: dict[tuple[str, str], asyncio.Future[None]] = {}
         self.hostname = socket.gethostname()
 
     def context_python(self, proposal: int) -> str | None:
@@ -98,17 +104,40 @@ class RunProcessor:
         return str(value) if value else None
 
     async def _loaded(self, python: str | None, source: ContextSource) -> LoadedContext:
+        """The checked context for this source; loaded once per revision, however many
+        runs ask for it at the same time."""
         key = (python or "", source.hash)
         ctx = self._contexts.get(key)
         if ctx is not None and ctx.source.path == source.path:
             self._contexts.move_to_end(key)
             return LoadedContext(source=source, variables=ctx.variables)
+        loading = self._loading.get(key)
+        if loading is None:
+            loading = asyncio.ensure_future(self._load(python, source))
+            self._loading[key] = loading
+            loading.add_done_callback(lambda _: self._loading.pop(key, None))
+        ctx = await asyncio.shield(loading)
+        return LoadedContext(source=source, variables=ctx.variables)
+
+    async def _load(self, python: str | None, source: ContextSource) -> LoadedContext:
         pool = await self.pools.get(python)
         ctx = await load_context(pool, source, time_limit_s=self.settings.context_load_timeout_s)
-        self._contexts[key] = ctx
+        self._contexts[(python or "", source.hash)] = ctx
         while len(self._contexts) > 32:
             self._contexts.popitem(last=False)
         return ctx
+
+    async def _announce(self, key: tuple[str, str], message: VariablesDefined, send: Send) -> None:
+        """Publish a revision's definitions once, before any of its results."""
+        if key in self._announced:
+            return
+        announcing = self._announcing.get(key)
+        if announcing is None:
+            announcing = asyncio.ensure_future(send(self.topics.results, message))
+            self._announcing[key] = announcing
+            announcing.add_done_callback(lambda _: self._announcing.pop(key, None))
+        await asyncio.shield(announcing)
+        self._announced.add(key)
 
     async def process(self, req: RunRequested, job: JobContext | None = None) -> PassReport:
         processing_id = uuid.uuid4().hex
@@ -156,19 +185,17 @@ class RunProcessor:
             return await fail(f"{type(exc).__name__}: {exc}")
         pool = await self.pools.get(python)
 
-        announce_key = (req.context_dir, source.hash)
-        if announce_key not in self._announced:
-            await send(
-                self.topics.results,
-                VariablesDefined(
-                    proposal=req.proposal,
-                    context_hash=source.hash,
-                    revision=source.revision,
-                    variables=ctx.definitions(),
-                    correlation_id=req.correlation_id,
-                ),
-            )
-            self._announced.add(announce_key)
+        await self._announce(
+            (req.context_dir, source.hash),
+            VariablesDefined(
+                proposal=req.proposal,
+                context_hash=source.hash,
+                revision=source.revision,
+                variables=ctx.definitions(),
+                correlation_id=req.correlation_id,
+            ),
+            send,
+        )
 
         trigger = req.trigger.value
         job_request: JobRequested | None = None

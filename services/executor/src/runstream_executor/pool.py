@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psutil
-
+from . import memory
 from .ctxsupport.rs_ctxrunner import protocol
+from .memory import MemoryGuard
 
 log = logging.getLogger("runstream.executor.pool")
 
@@ -53,6 +53,7 @@ class PoolConfig:
     start_timeout_s: float = 120.0
     poll_interval_s: float = 0.05
     recycle_rss_mb: int | None = None  # None: 75 % of memory_limit_mb; 0: never
+    memory_budget_mb: int = 0  # the whole executor's (PSS); 0: none
     fork: bool = True  # fork workers from a warm zygote (else: one interpreter each)
 
     @property
@@ -94,18 +95,20 @@ class Worker:
         writer: asyncio.StreamWriter,
         config: PoolConfig,
         wait_exit: ExitWaiter,
+        guard: MemoryGuard | None = None,
     ) -> None:
         self.pid = pid
         self.reader = reader
         self.writer = writer
         self.config = config
         self.wait_exit = wait_exit
+        self.guard = guard or MemoryGuard(poll_s=config.poll_interval_s)
         self.dead = False
         self.info: dict[str, Any] = {}
         self.pinned: set[str] = set()  # passes whose unpicklable values this worker holds
 
     @classmethod
-    async def start(cls, config: PoolConfig) -> Worker:
+    async def start(cls, config: PoolConfig, guard: MemoryGuard | None = None) -> Worker:
         """A worker as its own interpreter (slow start: imports everything)."""
         args = ["-m", "rs_ctxrunner.worker", "--preload", config.preload]
         if config.address_space_mb:
@@ -123,7 +126,7 @@ class Worker:
             raise WorkerLost(f"cannot start {config.python}: {exc}", "WorkerStartFailed") from exc
         assert proc.stdout is not None
         assert proc.stdin is not None
-        worker = cls(proc.pid, proc.stdout, proc.stdin, config, proc.wait)
+        worker = cls(proc.pid, proc.stdout, proc.stdin, config, proc.wait, guard)
         try:
             worker.info = await asyncio.wait_for(worker._read(), config.start_timeout_s)
         except Exception as exc:
@@ -141,23 +144,8 @@ class Worker:
         await self.writer.drain()
 
     def _rss_mb(self, *, children: bool = True) -> float:
-        """Resident memory of the worker (and its children: a scan of /proc, slower)."""
-        try:
-            proc = psutil.Process(self.pid)
-            rss = proc.memory_info().rss
-            for child in proc.children(recursive=True) if children else ():
-                with contextlib.suppress(psutil.Error):
-                    rss += child.memory_info().rss
-        except psutil.Error:
-            return 0.0
-        return float(rss) / (1024 * 1024)
-
-    async def _watch_memory(self, limit_mb: int) -> str:
-        while True:
-            await asyncio.sleep(self.config.poll_interval_s)
-            rss = self._rss_mb()
-            if rss > limit_mb:
-                return f"used {rss:.0f} MiB, more than the limit of {limit_mb} MiB"
+        """Resident memory of the worker (and its children)."""
+        return memory.tree_rss_mb(self.pid) if children else memory.rss_mb(self.pid)
 
     async def request(
         self,
@@ -166,24 +154,35 @@ class Worker:
         time_limit_s: float | None = None,
         memory_limit_mb: int | None = None,
     ) -> dict[str, Any]:
-        """Send one request and wait for its reply, within the limits."""
+        """Send one request and wait for its reply, within the limits.
+
+        Cancelled while waiting, the worker is killed (it would answer a request
+        nobody waits for) and replaced when released.
+        """
         if self.dead:
             raise WorkerLost("worker is dead", "WorkerCrashed")
         limit_s = time_limit_s if time_limit_s is not None else self.config.time_limit_s
         limit_mb = memory_limit_mb if memory_limit_mb is not None else self.config.memory_limit_mb
+        reply_task: asyncio.Future[Any] | None = None
         try:
-            await self._write(message)
-        except (ConnectionError, RuntimeError) as exc:
-            await self._reap()
-            raise WorkerLost(f"worker pipe broken: {exc}", "WorkerCrashed") from exc
-        reply_task = asyncio.ensure_future(self._read())
-        memory_task = asyncio.ensure_future(self._watch_memory(limit_mb))
-        try:
-            done, _ = await asyncio.wait(
-                {reply_task, memory_task}, timeout=limit_s, return_when=asyncio.FIRST_COMPLETED
-            )
-        finally:
-            memory_task.cancel()
+            try:
+                await self._write(message)
+            except (ConnectionError, RuntimeError) as exc:
+                await self._reap()
+                raise WorkerLost(f"worker pipe broken: {exc}", "WorkerCrashed") from exc
+            reply_task = asyncio.ensure_future(self._read())
+            breach = self.guard.watch(self.pid, limit_mb)
+            try:
+                done, _ = await asyncio.wait(
+                    {reply_task, breach}, timeout=limit_s, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                self.guard.unwatch(self.pid)
+        except asyncio.CancelledError:
+            if reply_task is not None:
+                reply_task.cancel()
+            self.kill()
+            raise
         if reply_task in done:
             try:
                 return reply_task.result()  # type: ignore[no-any-return]
@@ -191,8 +190,8 @@ class Worker:
                 code = await self._reap()
                 raise WorkerLost(_describe_exit(code), "WorkerCrashed") from None
         reply_task.cancel()
-        if memory_task in done and not memory_task.cancelled():
-            reason = memory_task.result()
+        if breach in done and not breach.cancelled():
+            reason = breach.result()
             self.kill()
             await self._reap()
             raise WorkerLost(f"Memory limit exceeded: {reason}", "MemoryLimitExceeded")
@@ -210,18 +209,18 @@ class Worker:
             return False
         except PermissionError:
             return True
-        with contextlib.suppress(psutil.Error):
-            if psutil.Process(self.pid).status() == psutil.STATUS_ZOMBIE:
-                return False
-        return True
+        try:
+            with open(f"/proc/{self.pid}/stat", "rb") as f:
+                state = f.read().rsplit(b")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return True
+        return state not in (b"Z", b"X")
 
     def kill(self) -> None:
         self.dead = True
-        for child in _children(self.pid):
-            with contextlib.suppress(psutil.Error):
-                child.kill()
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.pid, signal.SIGKILL)
+        for pid in reversed(list(memory.tree(self.pid))):  # children first, the worker last
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
 
     async def _reap(self) -> int | None:
         self.dead = True
@@ -243,14 +242,6 @@ class Worker:
             self.kill()
         with contextlib.suppress(Exception):
             self.writer.close()
-
-
-def _children(pid: int) -> list[psutil.Process]:
-    try:
-        children: list[psutil.Process] = psutil.Process(pid).children(recursive=True)
-        return children
-    except psutil.Error:
-        return []
 
 
 def _describe_exit(code: int | None) -> str:
@@ -369,7 +360,7 @@ class Zygote:
             return
         fut.set_result((reader, writer))
 
-    async def fork(self) -> Worker:
+    async def fork(self, guard: MemoryGuard | None = None) -> Worker:
         if not self.alive or self._proc is None or self._proc.stdin is None:
             raise WorkerLost("the zygote process is not running", "WorkerStartFailed")
         loop = asyncio.get_running_loop()
@@ -395,7 +386,7 @@ class Zygote:
         async def wait_exit() -> int | None:
             return await asyncio.shield(exit_future)
 
-        return Worker(pid, reader, writer, self.config, wait_exit)
+        return Worker(pid, reader, writer, self.config, wait_exit, guard)
 
     async def close(self) -> None:
         self.alive = False
@@ -420,8 +411,9 @@ class Zygote:
 class WorkerPool:
     """A fixed number of warm workers for one interpreter."""
 
-    def __init__(self, config: PoolConfig) -> None:
+    def __init__(self, config: PoolConfig, guard: MemoryGuard | None = None) -> None:
         self.config = config
+        self.guard = guard or MemoryGuard(config.memory_budget_mb, config.poll_interval_s)
         self._idle: list[Worker] = []
         self._all: set[Worker] = set()
         self._cond = asyncio.Condition()
@@ -435,7 +427,7 @@ class WorkerPool:
 
     async def _new_worker(self) -> Worker:
         if not self.config.fork:
-            return await Worker.start(self.config)
+            return await Worker.start(self.config, self.guard)
         async with self._zygote_lock:
             if self._zygote is None or not self._zygote.alive:
                 if self._zygote is not None:
@@ -445,7 +437,7 @@ class WorkerPool:
                 await zygote.start()
                 self._zygote = zygote
             zygote = self._zygote
-        return await zygote.fork()
+        return await zygote.fork(self.guard)
 
     async def start(self) -> None:
         """Start every worker and wait until they are warm."""

@@ -2,13 +2,32 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 from pydantic import Field
 from runstream_common.settings import ServiceSettings, service_config
 
+from .memory import default_budget_mb
 from .pool import DEFAULT_PRELOAD, PoolConfig
+
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+def default_workers() -> int:
+    """One warm worker per CPU (at least 2, so one variable cannot block a run; at most 16)."""
+    return min(16, max(2, _cpus()))
+
+
+def default_runs_in_flight() -> int:
+    """Twice the CPUs: while one run waits on files, the store or Kafka, another computes."""
+    return min(32, max(2, 2 * _cpus()))
 
 
 class Settings(ServiceSettings):
@@ -20,7 +39,23 @@ class Settings(ServiceSettings):
         "(<topic prefix>-executor under another topic prefix, so installations and "
         "tests sharing a cluster do not rebalance each other)",
     )
-    workers: int = Field(default=2, ge=1, description="Warm worker processes per interpreter")
+    workers: int = Field(
+        default_factory=default_workers,
+        ge=1,
+        description="Warm worker processes per interpreter (default: one per CPU, 2 to 16)",
+    )
+    runs_in_flight: int = Field(
+        default_factory=default_runs_in_flight,
+        ge=1,
+        description="Run messages processed at once (default: twice the CPUs, 2 to 32); "
+        "offsets are committed per partition only up to the oldest unfinished one",
+    )
+    drain_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="On shutdown, how long runs in flight may take to finish (the rest come "
+        "again after the restart)",
+    )
     fork_workers: bool = Field(
         default=True,
         description="Fork workers from a preloaded zygote (ms to replace) instead of "
@@ -38,6 +73,13 @@ class Settings(ServiceSettings):
         ge=0,
         description="Replace a worker whose memory grew above this after a variable "
         "(leaks); default 75 % of variable_memory_mb, 0 never",
+    )
+    memory_budget_mb: int | None = Field(
+        default=None,
+        ge=0,
+        description="Memory of the whole executor (service, zygotes, workers; PSS): above it "
+        "the busy worker holding the most is stopped and its variable fails with "
+        "MemoryLimitExceeded. Default 80 % of RAM or of the cgroup limit; 0: none",
     )
     address_space_mb: int = Field(
         default=0, ge=0, description="RLIMIT_AS for workers in MiB (0: not set)"
@@ -95,6 +137,10 @@ class Settings(ServiceSettings):
     )
 
     @property
+    def effective_memory_budget_mb(self) -> int:
+        return default_budget_mb() if self.memory_budget_mb is None else self.memory_budget_mb
+
+    @property
     def consumer_group(self) -> str:
         if self.group_id:
             return self.group_id
@@ -112,6 +158,7 @@ class Settings(ServiceSettings):
             fork=self.fork_workers,
             preload=self.preload,
             start_timeout_s=self.worker_start_timeout_s,
+            memory_budget_mb=self.effective_memory_budget_mb,
         )
 
     def find_proposal_dir(self, proposal: int) -> Path | None:
