@@ -420,11 +420,20 @@ async def main() -> None:
     parser.add_argument("--data-dir", type=Path, help="keep (and reuse) the mock runs here")
     parser.add_argument("--executor-env", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument(
+        "--pythonpath",
+        help="prepended to the services' PYTHONPATH: e.g. an older checkout's "
+        "services/executor/src:libs/common/src, to compare before/after in the same conditions",
+    )
+    parser.add_argument(
         "--profile", type=Path, help="py-spy the services during the batch, into DIR"
     )
     parser.add_argument("--no-floor", action="store_true", help="skip the floor (with --profile)")
     args = parser.parse_args()
     executor_env = dict(kv.split("=", 1) for kv in args.executor_env)
+    if args.pythonpath:
+        executor_env["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [args.pythonpath, os.environ.get("PYTHONPATH")])
+        )
     loads_before = load()
     with tempfile.TemporaryDirectory(prefix="bench-throughput-") as tmp:
         root = Path(tmp)

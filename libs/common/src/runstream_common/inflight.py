@@ -67,6 +67,8 @@ class Watermark:
     committed: int = -1  # the last position committed
 
     def take(self, offset: int) -> None:
+        if self.taken < 0:
+            self.committed = offset  # where this consumer started: nothing before it is ours
         self.pending.add(offset)
         self.taken = max(self.taken, offset + 1)
 
