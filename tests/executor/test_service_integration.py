@@ -55,7 +55,9 @@ def heavy(run, b: "var#base"):
 
 
 def executor_settings(kafka: KafkaSettings) -> Settings:
-    return Settings(kafka=kafka, workers=1, parallel_variables=1, preload="numpy,extra_data")
+    return Settings(
+        kafka=kafka, workers=1, parallel_variables=1, preload="numpy,extra_data", progress_after_s=0
+    )
 
 
 async def test_run_request_to_results_and_cluster_job(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -246,10 +247,13 @@ class RunProcessor:
             emit_names -= set(reused)
 
         await send(self.topics.processing, state(ProcessingStatus.RUNNING))
+        running_since = time.monotonic()
 
         async def on_outcome(outcome: Outcome) -> None:
             if outcome.transient or outcome.reused:
                 return
+            if time.monotonic() - running_since < self.settings.progress_after_s:
+                return  # a short pass: its durations and errors are in results_ready
             status = ProcessingStatus.VARIABLE_DONE
             reason = None
             if outcome.status == "error":

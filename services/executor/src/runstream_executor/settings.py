@@ -50,6 +50,13 @@ class Settings(ServiceSettings):
         description="Run messages processed at once (default: twice the CPUs, 2 to 32); "
         "offsets are committed per partition only up to the oldest unfinished one",
     )
+    progress_after_s: float = Field(
+        default=1.0,
+        ge=0,
+        description="Per-variable processing states (variable_done/failed) are published "
+        "once a pass has been running this long; shorter passes publish only queued, "
+        "running and finished (results_ready has every duration and error). 0: always",
+    )
     drain_timeout_s: float = Field(
         default=60.0,
         gt=0,
