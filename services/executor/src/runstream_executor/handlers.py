@@ -33,10 +33,10 @@ from runstream_common.topics import Topics, run_key
 
 from . import reuse
 from .context import ContextProblems, ContextSource, LoadedContext
-from .engine import RunTarget, evaluate, load_context, select, start_time
+from .engine import Pass, RunTarget, load_context, select
 from .outcome import Outcome
 from .pools import PoolSet
-from .results import build_results, fit_message, fragment_path, result_id
+from .results import fit_message, fragment_path, result_id, write_held_results
 from .settings import Settings
 
 log = logging.getLogger("runstream.executor.processing")
@@ -139,6 +139,20 @@ class RunProcessor:
             announcing.add_done_callback(lambda _: self._announcing.pop(key, None))
         await asyncio.shield(announcing)
         self._announced.add(key)
+
+    async def _keep_for_reuse(
+        self, path: Path, ctx: LoadedContext, outcomes: dict[str, Outcome]
+    ) -> None:
+        """Keep the raw outcomes that proc and cluster passes of this run depend on."""
+        keep = reuse.worth_keeping(ctx) & set(outcomes)
+        if not keep or self.settings.reuse_max_value_mb <= 0:
+            return
+        try:
+            await asyncio.to_thread(
+                reuse.save, path, outcomes, keep, self.settings.reuse_max_value_mb * 1024 * 1024
+            )
+        except OSError as exc:
+            log.warning("could not keep results for reuse: %s", exc)
 
     async def process(self, req: RunRequested, job: JobContext | None = None) -> PassReport:
         processing_id = uuid.uuid4().hex
@@ -273,35 +287,6 @@ class RunProcessor:
                 )
             )
 
-        start_task = asyncio.ensure_future(start_time(pool, target))
-        outcomes = await evaluate(
-            pool,
-            ctx,
-            target,
-            names,
-            reused=reused,
-            parallel=self.settings.parallel_variables,
-            keep=reuse.worth_keeping(ctx) if job is None else set(),
-            mymdc=self.settings.metadata_provider,
-            on_outcome=on_outcome,
-            log_file=self.settings.process_log(req.context_dir, req.proposal, req.run),
-        )
-        started = await start_task
-
-        if job is None and self.settings.reuse_max_value_mb > 0:
-            keep = reuse.worth_keeping(ctx) & set(outcomes)
-            if keep:
-                try:
-                    await asyncio.to_thread(
-                        reuse.save,
-                        reuse_file,
-                        outcomes,
-                        keep,
-                        self.settings.reuse_max_value_mb * 1024 * 1024,
-                    )
-                except OSError as exc:
-                    log.warning("could not keep results for reuse: %s", exc)
-
         emit = [n for n in names if n in emit_names and not ctx.variables[n].transient]
         rid = result_id(
             req.request_id,
@@ -309,17 +294,37 @@ class RunProcessor:
             emit,
             extra=f"{trigger}|{job.job_request_id if job else ''}",
         )
-        written = await asyncio.to_thread(
-            build_results,
-            outcomes,
-            emit,
-            fragment=fragment_path(
-                req.context_dir, self.settings.fragment_subdir, req.proposal, req.run, rid
-            ),
-            start_time=started,
+        # One worker evaluates the pass, keeps its values and data, and writes the fragment.
+        async with Pass(
+            pool,
+            ctx,
+            target,
+            parallel=self.settings.parallel_variables,
+            hold=True,
+            mymdc=self.settings.metadata_provider,
+            log_file=self.settings.process_log(req.context_dir, req.proposal, req.run),
             max_inline_chars=self.settings.max_inline_chars,
             inline_scalars=not self.settings.fragment_scalars,
-        )
+        ) as run_pass:
+            outcomes = await run_pass.run(
+                names,
+                reused=reused,
+                keep=reuse.worth_keeping(ctx) if job is None else set(),
+                on_outcome=on_outcome,
+            )
+            started = await run_pass.start_time()
+            written = await write_held_results(
+                run_pass,
+                outcomes,
+                emit,
+                fragment=fragment_path(
+                    req.context_dir, self.settings.fragment_subdir, req.proposal, req.run, rid
+                ),
+                start_time=started,
+                max_inline_chars=self.settings.max_inline_chars,
+            )
+        if job is None:
+            await self._keep_for_reuse(reuse_file, ctx, outcomes)
         await asyncio.gather(*pending)
         results_msg: ResultsReady | None = None
         if written.results:

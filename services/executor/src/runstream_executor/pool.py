@@ -465,6 +465,10 @@ class WorkerPool:
         await asyncio.wait_for(wait(), timeout_s or self.config.start_timeout_s)
 
     @property
+    def idle_count(self) -> int:
+        return len(self._idle)
+
+    @property
     def pids(self) -> list[int]:
         return sorted(w.pid for w in self._all if not w.dead)
 

@@ -5,8 +5,14 @@ It imports the scientific stack once, then answers requests read from stdin
 prints go to stderr, stdin is replaced by /dev/null. One request at a time.
 
 Requests (dicts with ``op``): ``load`` (check a context file, return variable
-definitions), ``eval`` (one variable of one run), ``start_time``, ``forget``
-(drop values kept for a processing pass), ``ping``.
+definitions), ``eval`` (one variable of one run), ``start_time``, ``write``
+(write the data held for a pass into its HDF5 fragment), ``take`` (hand held
+data over), ``forget`` (drop what is kept for a processing pass), ``ping``.
+
+A pass's values stay in the worker that computed them (``keep``: for the
+variables that depend on them) and, with ``hold``, so does the data to store:
+the reply carries only the summaries, and the fragment is written here, once,
+by ``write``; nothing large crosses the pipe.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from . import protocol
+from . import h5write, protocol
 from .api import Cell, Skip
 from .loader import ContextFile, ContextLoadError
 from .prepare import prepare
@@ -37,7 +43,8 @@ log = logging.getLogger("rs_ctxrunner")
 DEFAULT_PRELOAD = ("numpy", "h5py", "xarray", "extra_data", "matplotlib", "PIL.Image")
 
 _CONTEXTS: OrderedDict[str, ContextFile] = OrderedDict()
-_KEPT: dict[tuple[str, str], Any] = {}
+_KEPT: dict[tuple[str, str], Any] = {}  # (session, name) -> value, for dependents
+_HELD: dict[tuple[str, str], dict[str, Any]] = {}  # (session, name) -> prepared, for the fragment
 _PROVIDERS: dict[str, Any] = {}
 
 
@@ -209,15 +216,12 @@ def _eval(msg: dict[str, Any]) -> dict[str, Any]:
             dep_value = value.data if isinstance(value, Cell) else value
         else:
             cell = value if isinstance(value, Cell) else Cell(value)
-            reply["prepared"] = prepare(var, cell)
+            prepared = prepare(var, cell)
+            reply["prepared"] = _hold(msg, session, name, prepared) if msg.get("hold") else prepared
             reply["status"] = "ok"
             dep_value = cell.data
         if reply["status"] == "ok" and msg.get("keep"):
-            try:
-                reply["value"] = pickle.dumps(dep_value, protocol=protocol.PICKLE_PROTOCOL)
-            except Exception:
-                _KEPT[(session, name)] = dep_value
-                reply["pinned"] = True
+            _keep(msg, reply, session, name, dep_value)
     except Skip as exc:
         reply.update(status="error", error=str(exc), error_cls="Skip")
     except Exception as exc:
@@ -228,6 +232,32 @@ def _eval(msg: dict[str, Any]) -> dict[str, Any]:
         _close_figures()
     reply["duration"] = time.perf_counter() - started
     return reply
+
+
+def _keep(msg: dict[str, Any], reply: dict[str, Any], session: str, name: str, value: Any) -> None:
+    """Keep a value for dependents: here (``pin``), or as a pickle in the reply.
+
+    ``pickle`` also asks for the bytes (the service keeps them for later passes);
+    an unpicklable value stays here whatever was asked.
+    """
+    if msg.get("pickle"):
+        try:
+            reply["value"] = pickle.dumps(value, protocol=protocol.PICKLE_PROTOCOL)
+        except Exception:
+            reply["value"] = None
+    if msg.get("pin") or reply.get("value") is None:
+        _KEPT[(session, name)] = value
+        reply["pinned"] = True
+
+
+def _hold(msg: dict[str, Any], session: str, name: str, prepared: dict[str, Any]) -> dict[str, Any]:
+    """Keep ``prepared`` here for ``write``; return what the service needs of it."""
+    in_fragment = not msg.get("inline_scalars") or h5write.needs_fragment(
+        prepared, msg.get("max_inline_chars", 16384)
+    )
+    if in_fragment:
+        _HELD[(session, name)] = prepared
+    return h5write.summary_part(prepared, in_fragment=in_fragment)
 
 
 def _close_figures() -> None:
@@ -250,9 +280,50 @@ def op_start_time(msg: dict[str, Any]) -> dict[str, Any]:
 
 
 def op_forget(msg: dict[str, Any]) -> dict[str, Any]:
-    for key in [k for k in _KEPT if k[0] == msg["session"]]:
-        del _KEPT[key]
+    _forget(msg["session"])
     return {"ok": True}
+
+
+def _forget(session: str) -> None:
+    for store in (_KEPT, _HELD):
+        for key in [k for k in store if k[0] == session]:
+            del store[key]
+
+
+def op_take(msg: dict[str, Any]) -> dict[str, Any]:
+    """Hand the held data of ``names`` over (for a fragment another worker writes)."""
+    session = msg["session"]
+    return {
+        "ok": True,
+        "prepared": {n: _HELD.pop((session, n)) for n in msg["names"] if (session, n) in _HELD},
+    }
+
+
+def op_write(msg: dict[str, Any]) -> dict[str, Any]:
+    """Write the pass's held data for ``names`` (plus ``extra``) into the fragment ``path``.
+
+    Atomic (``*.writing``, fsync, rename). Replies ``failed``: name -> (message, class)
+    for data that could not be written or was not here; then forgets the pass.
+    """
+    session = msg["session"]
+    stored = {n: _HELD[(session, n)] for n in msg["names"] if (session, n) in _HELD}
+    stored.update(msg.get("extra") or {})
+    lost = {
+        n: ("its data was lost with the worker that computed it", "WorkerCrashed")
+        for n in msg["names"]
+        if n not in stored
+    }
+    try:
+        failed = h5write.write_atomically(
+            msg["path"],
+            stored,
+            {**dict(msg.get("errors") or {}), **lost},
+            start_time=msg.get("start_time"),
+            always=bool(msg.get("always")),
+        )
+    finally:
+        _forget(session)
+    return {"ok": True, "failed": {**lost, **failed}}
 
 
 def op_ping(msg: dict[str, Any]) -> dict[str, Any]:
@@ -264,6 +335,8 @@ OPS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "eval": op_eval,
     "start_time": op_start_time,
     "forget": op_forget,
+    "take": op_take,
+    "write": op_write,
     "ping": op_ping,
 }
 
