@@ -17,8 +17,6 @@ from typing import TYPE_CHECKING, Any
 
 from runstream_common.messages import VariableResult
 
-from .ctxsupport.rs_ctxrunner import h5write
-from .ctxsupport.rs_ctxrunner.h5write import needs_fragment
 from .outcome import Outcome
 
 if TYPE_CHECKING:
@@ -99,6 +97,14 @@ def fragment_path(
     return Path(context_dir) / fragment_subdir / f"p{proposal}_r{run}.{rid}.h5"
 
 
+def needs_fragment(prepared: dict[str, Any], max_inline_chars: int) -> bool:
+    """See :func:`rs_ctxrunner.h5write.needs_fragment` (imported here only when used: the
+    service itself never writes HDF5, so it does not load h5py and numpy)."""
+    from .ctxsupport.rs_ctxrunner import h5write
+
+    return h5write.needs_fragment(prepared, max_inline_chars)
+
+
 def write_atomically(
     path: Path,
     stored: dict[str, dict[str, Any]],
@@ -108,6 +114,8 @@ def write_atomically(
     provenance: str = "context.py",
 ) -> dict[str, tuple[str, str]]:
     """Write ``*.writing``, fsync, rename. Returns variables that failed to save. Blocking."""
+    from .ctxsupport.rs_ctxrunner import h5write
+
     return h5write.write_atomically(
         str(path), stored, errors, start_time=start_time, provenance=provenance
     )
