@@ -413,10 +413,13 @@ class Pass:
         start_time: float | None,
         errors: dict[str, tuple[str, str]] | None = None,
         always: bool = False,
+        sync: bool = True,
     ) -> dict[str, tuple[str, str]]:
         """Write the data held for ``names`` into the fragment ``path`` (hold mode).
 
         The home writes it; data held by other workers is handed to it first.
+        ``sync=False``: only ``path + '.writing'`` is written, for the caller to commit
+        (fsync and rename) after the worker went back to the pool.
         Returns the variables whose data could not be written: name -> (message, class).
         """
         try:
@@ -437,6 +440,7 @@ class Pass:
             "errors": errors or {},
             "start_time": start_time,
             "always": always,
+            "sync": sync,
         }
         try:
             reply = await writer.request(request)

@@ -36,7 +36,7 @@ from .context import ContextProblems, ContextSource, LoadedContext
 from .engine import Pass, RunTarget, load_context, select
 from .outcome import Outcome
 from .pools import PoolSet
-from .results import fit_message, fragment_path, result_id, write_held_results
+from .results import commit_fragment, fit_message, fragment_path, result_id, write_held_results
 from .settings import Settings
 
 log = logging.getLogger("runstream.executor.processing")
@@ -323,6 +323,8 @@ class RunProcessor:
                 start_time=started,
                 max_inline_chars=self.settings.max_inline_chars,
             )
+        if written.fragment is not None:  # the worker is free again: now wait for the disk
+            await asyncio.to_thread(commit_fragment, written.fragment)
         if job is None:
             await self._keep_for_reuse(reuse_file, ctx, outcomes)
         await asyncio.gather(*pending)

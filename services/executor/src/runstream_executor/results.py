@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from runstream_common.messages import VariableResult
 
+from .ctxsupport.rs_ctxrunner import durable
 from .outcome import Outcome
 
 if TYPE_CHECKING:
@@ -226,7 +227,11 @@ async def write_held_results(
     max_inline_chars: int = 16384,
 ) -> WrittenResults:
     """Like :func:`build_results` for a pass in hold mode: the workers keep the data,
-    and the pass's own worker writes the fragment (only if some result needs it)."""
+    and the pass's own worker writes the fragment (only if some result needs it).
+
+    The worker writes ``<fragment>.writing`` only: finish it with :func:`commit_fragment`
+    (fsync, rename) once the worker is back in the pool, before publishing.
+    """
     chosen = _chosen(outcomes, emit)
     stored = [
         o.name
@@ -236,6 +241,12 @@ async def write_held_results(
     failed: dict[str, tuple[str, str]] = {}
     written_path: str | None = None
     if stored:
-        failed = await run_pass.write(fragment, stored, start_time=start_time)
-        written_path = str(fragment)
+        failed = await run_pass.write(fragment, stored, start_time=start_time, sync=False)
+        if Path(str(fragment) + ".writing").exists():  # noqa: ASYNC240  # a stat, not I/O work
+            written_path = str(fragment)
     return _assemble(outcomes, chosen, set(stored), failed, written_path, max_inline_chars)
+
+
+def commit_fragment(path: str) -> None:
+    """Make a fragment a worker wrote durable and put it in place. Blocking."""
+    durable.commit(path)

@@ -23,6 +23,8 @@ from typing import Any
 import h5py
 import numpy as np
 
+from .durable import commit
+
 COMPRESS_MIN_BYTES = 4096
 
 
@@ -218,30 +220,25 @@ def write_atomically(
     start_time: float | None,
     provenance: str = "context.py",
     always: bool = True,
+    sync: bool = True,
 ) -> dict[str, tuple[str, str]]:
     """Write ``path + '.writing'``, fsync, rename, fsync the folder. Returns what failed.
 
     Nothing is written when there is nothing to store and ``always`` is false.
+    ``sync=False`` stops after writing ``path + '.writing'``: the caller finishes it with
+    :func:`commit` (the service does, so a worker does not wait for the disk).
     """
     if not stored and not always:
         return {}
-    folder = os.path.dirname(path) or "."
-    os.makedirs(folder, exist_ok=True)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = path + ".writing"
+    done = False
     try:
         failed = write_file(tmp, stored, errors, provenance=provenance, start_time=start_time)
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        dir_fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        if sync:
+            commit(path)
+        done = True
     finally:
-        if os.path.exists(tmp):
+        if not done and os.path.exists(tmp):
             os.unlink(tmp)
     return failed

@@ -302,8 +302,9 @@ def op_take(msg: dict[str, Any]) -> dict[str, Any]:
 def op_write(msg: dict[str, Any]) -> dict[str, Any]:
     """Write the pass's held data for ``names`` (plus ``extra``) into the fragment ``path``.
 
-    Atomic (``*.writing``, fsync, rename). Replies ``failed``: name -> (message, class)
-    for data that could not be written or was not here; then forgets the pass.
+    Atomic (``*.writing``, fsync, rename; with ``sync`` false only ``*.writing``, the
+    caller commits it). Replies ``failed``: name -> (message, class) for data that
+    could not be written or was not here; then forgets the pass.
     """
     session = msg["session"]
     stored = {n: _HELD[(session, n)] for n in msg["names"] if (session, n) in _HELD}
@@ -320,6 +321,7 @@ def op_write(msg: dict[str, Any]) -> dict[str, Any]:
             {**dict(msg.get("errors") or {}), **lost},
             start_time=msg.get("start_time"),
             always=bool(msg.get("always")),
+            sync=msg.get("sync", True),
         )
     finally:
         _forget(session)
