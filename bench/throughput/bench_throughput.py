@@ -402,6 +402,11 @@ def report(
         total_rss, total_pss = peaks.total[phase]
         cells = ", ".join(f"{k} {r:.0f}/{p:.0f}" for k, (r, p) in sorted(services.items()))
         print(f"  {phase:14} {cells}; all services {total_rss:.0f}/{total_pss:.0f}")
+    batch = peaks.per_process.get("batch", {})
+    print(
+        "  batch, each process (RSS/PSS MiB): "
+        + ", ".join(f"{pid} {r:.0f}/{p:.0f}" for pid, (r, p) in sorted(batch.items()))
+    )
     overall = max(r for r, _ in peaks.total.values()), max(p for _, p in peaks.total.values())
     print(
         f"peak of all services together: RSS {overall[0]:.0f} MiB, PSS {overall[1]:.0f} MiB"

@@ -56,6 +56,7 @@ class Peaks:
     total: dict[str, tuple[float, float]] = field(default_factory=dict)
     processes: dict[str, int] = field(default_factory=dict)
     cpu: dict[str, dict[str, dict[int, tuple[float, float]]]] = field(default_factory=dict)
+    per_process: dict[str, dict[int, tuple[float, float]]] = field(default_factory=dict)
 
     def cpu_used(self, phase: str) -> dict[str, tuple[float, float]]:
         """Service -> (CPU seconds of its main process, of its other processes)."""
@@ -90,6 +91,10 @@ class Sampler:
                 used = cpu_seconds(p)
                 cpu[p] = (cpu.get(p, (used, used))[0], used)
             rss, pss = sum(f[0] for f in figures), sum(f[1] for f in figures)
+            each = self.peaks.per_process.setdefault(self.phase, {})
+            for p, (r, q) in zip(pids, figures, strict=True):
+                old_each = each.get(p, (0.0, 0.0))
+                each[p] = (max(old_each[0], r), max(old_each[1], q))
             old = services.get(name, (0.0, 0.0))
             services[name] = (max(old[0], rss), max(old[1], pss))
             self.peaks.processes[name] = max(self.peaks.processes.get(name, 0), len(pids))

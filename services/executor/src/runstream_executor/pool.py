@@ -19,6 +19,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +55,8 @@ class PoolConfig:
     poll_interval_s: float = 0.05
     recycle_rss_mb: int | None = None  # None: 75 % of memory_limit_mb; 0: never
     memory_budget_mb: int = 0  # the whole executor's (PSS); 0: none
+    idle_s: float = 0.0  # retire workers idle this long, down to min_size (0: never)
+    min_size: int = 1
     fork: bool = True  # fork workers from a warm zygote (else: one interpreter each)
 
     @property
@@ -105,7 +108,8 @@ class Worker:
         self.guard = guard or MemoryGuard(poll_s=config.poll_interval_s)
         self.dead = False
         self.info: dict[str, Any] = {}
-        self.pinned: set[str] = set()  # passes whose unpicklable values this worker holds
+        self.pinned: set[str] = set()  # passes whose values or data this worker keeps
+        self.idle_since = time.monotonic()
 
     @classmethod
     async def start(cls, config: PoolConfig, guard: MemoryGuard | None = None) -> Worker:
@@ -409,7 +413,11 @@ class Zygote:
 
 
 class WorkerPool:
-    """A fixed number of warm workers for one interpreter."""
+    """Up to ``size`` warm workers for one interpreter.
+
+    All of them are started at once; workers idle for ``idle_s`` are retired down
+    to ``min_size`` and forked again (milliseconds) when work comes back.
+    """
 
     def __init__(self, config: PoolConfig, guard: MemoryGuard | None = None) -> None:
         self.config = config
@@ -422,6 +430,7 @@ class WorkerPool:
         self._start_error: WorkerLost | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.recycled = 0
+        self.retired = 0
         self._zygote: Zygote | None = None
         self._zygote_lock = asyncio.Lock()
 
@@ -453,6 +462,31 @@ class WorkerPool:
             raise errors[0]
         for _ in errors:
             self._spawn_replacement()
+        if self.config.idle_s > 0:
+            task = asyncio.ensure_future(self._retire_idle())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def _alive(self) -> int:
+        return sum(1 for w in self._all if not w.dead)
+
+    async def _retire_idle(self) -> None:
+        """Close workers nobody needed for ``idle_s`` (their memory goes back to the system)."""
+        every = max(1.0, min(30.0, self.config.idle_s / 4))
+        while not self._closed:
+            await asyncio.sleep(every)
+            cutoff = time.monotonic() - self.config.idle_s
+            async with self._cond:
+                spare = self._alive() - max(1, self.config.min_size)
+                old = [w for w in self._idle if w.idle_since < cutoff and not w.pinned]
+                old = old[: max(0, spare)]
+                for worker in old:
+                    self._idle.remove(worker)
+                    self._all.discard(worker)
+            for worker in old:
+                log.info("retiring worker %d: idle for %g s", worker.pid, self.config.idle_s)
+                self.retired += 1
+                await worker.close()
 
     async def settle(self, timeout_s: float | None = None) -> None:
         """Wait until no replacement worker is still starting."""
@@ -519,6 +553,8 @@ class WorkerPool:
                         return prefer
                 elif self._idle:
                     return self._idle.pop(0)
+                elif self._alive() + self._starting < self.config.size:
+                    self._spawn_replacement()  # idle ones were retired: grow again
                 if not self._idle and not self._starting and not any(not w.dead for w in self._all):
                     err = self._start_error or WorkerLost("no workers", "WorkerStartFailed")
                     raise err
@@ -544,6 +580,7 @@ class WorkerPool:
                 self._all.discard(worker)
                 self._spawn_replacement()
             elif not self._closed:
+                worker.idle_since = time.monotonic()
                 self._idle.append(worker)
             self._cond.notify_all()
 

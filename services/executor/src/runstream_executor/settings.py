@@ -57,6 +57,12 @@ class Settings(ServiceSettings):
         "once a pass has been running this long; shorter passes publish only queued, "
         "running and finished (results_ready has every duration and error). 0: always",
     )
+    idle_worker_s: float = Field(
+        default=300.0,
+        ge=0,
+        description="Workers idle this long are retired (down to one per interpreter) and "
+        "forked again when runs come; 0: never",
+    )
     drain_timeout_s: float = Field(
         default=60.0,
         gt=0,
@@ -166,6 +172,7 @@ class Settings(ServiceSettings):
             preload=self.preload,
             start_timeout_s=self.worker_start_timeout_s,
             memory_budget_mb=self.effective_memory_budget_mb,
+            idle_s=self.idle_worker_s,
         )
 
     def find_proposal_dir(self, proposal: int) -> Path | None:

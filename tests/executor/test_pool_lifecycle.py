@@ -1,0 +1,87 @@
+"""The pool's life cycle: idle workers retired and forked again, cancelled requests."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+from runstream_executor.memory import children, rss_mb, tree_rss_mb
+from runstream_executor.pool import PoolConfig, WorkerPool
+
+pytestmark = [pytest.mark.unit, pytest.mark.asyncio(loop_scope="session")]
+
+LIGHT = "numpy"
+
+
+async def _until(predicate: object, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "condition not met"
+        await asyncio.sleep(0.05)
+
+
+async def test_idle_workers_are_retired_and_forked_again_when_needed() -> None:
+    pool = WorkerPool(PoolConfig(size=2, preload=LIGHT, idle_s=1.0, min_size=1))
+    await pool.start()
+    try:
+        assert len(pool.pids) == 2
+        await _until(lambda: len(pool.pids) == 1)  # one was idle long enough
+        assert pool.retired == 1
+        # Two requests at once: the pool grows back to its size.
+        first, second = await asyncio.gather(pool.acquire(), pool.acquire())
+        assert first is not second
+        assert len(pool.pids) == 2
+        replies = await asyncio.gather(
+            first.request({"op": "ping"}), second.request({"op": "ping"})
+        )
+        assert {r["pid"] for r in replies} == {first.pid, second.pid}
+        await pool.release(first)
+        await pool.release(second)
+    finally:
+        await pool.close()
+
+
+async def test_a_cancelled_request_costs_its_worker_not_the_next_request(tmp_path: Path) -> None:
+    pool = WorkerPool(PoolConfig(size=1, preload=LIGHT))
+    await pool.start()
+    try:
+        worker = await pool.acquire()
+        slow = asyncio.ensure_future(
+            worker.request(
+                {
+                    "op": "load",  # a context file that takes its time to load
+                    "source": "import time\ntime.sleep(30)\n",
+                    "path": str(tmp_path / "context.py"),
+                    "hash": "slow",
+                },
+                time_limit_s=60,
+            )
+        )
+        await asyncio.sleep(0.3)  # the request is on its way (not a timing assertion)
+        slow.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await slow
+        # Its reply would have answered the next request: the worker is gone instead.
+        assert worker.dead
+        await pool.release(worker)
+        fresh = await pool.acquire()
+        assert fresh is not worker
+        assert (await fresh.request({"op": "ping"}))["pid"] == fresh.pid
+        await pool.release(fresh)
+    finally:
+        await pool.close()
+
+
+async def test_process_tree_memory_is_read_from_proc() -> None:
+    pool = WorkerPool(PoolConfig(size=1, preload=LIGHT))
+    await pool.start()
+    try:
+        (pid,) = pool.pids
+        assert rss_mb(pid) > 5  # an interpreter with numpy
+        assert children(pid) == []
+        assert tree_rss_mb(pid) == pytest.approx(rss_mb(pid), rel=0.2)
+        assert rss_mb(2**22 + 12345) == 0.0  # no such process
+    finally:
+        await pool.close()
