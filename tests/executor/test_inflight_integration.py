@@ -157,6 +157,54 @@ async def test_two_runs_are_evaluated_at_the_same_time(
         assert b[ProcessingStatus.RUNNING] < a[ProcessingStatus.FINISHED]
 
 
+WIDE = """
+from damnit_ctx import Variable
+import numpy as np
+
+@Variable(title="A")
+def a(run, number: "meta#run_number"):
+    return np.full((16, 16), float(number))
+
+@Variable(title="B")
+def b(run, number: "meta#run_number"):
+    return number * 2
+
+@Variable(title="C")
+def c(run, number: "meta#run_number"):
+    return np.arange(number + 3.0)
+
+@Variable(title="D")
+def d(run, x: "var#a", y: "var#b"):
+    return float(x.sum()) + y
+"""
+
+
+async def test_more_runs_than_workers_with_parallel_variables_all_finish(
+    kafka_settings: KafkaSettings, tmp_path: Path, started: Any
+) -> None:
+    """Passes that could use a second worker never wait for one while holding their own."""
+    ctx_dir = tmp_path / "ctx"
+    write_context(ctx_dir, WIDE)
+    proposal_dir = await asyncio.to_thread(make_mock_proposal, tmp_path / "data", 8)
+    runs = Runs(kafka_settings, ctx_dir, proposal_dir)
+    await started(settings_for(kafka_settings, parallel_variables=2, runs_in_flight=6), runs)
+    async with Collector(kafka_settings) as out:
+        ids = [await runs.send(run) for run in range(1, 9)]
+        await out.until(lambda m: all(finished(r)(m) for r in ids), timeout=120)
+    import h5py
+    import numpy as np
+
+    for run, rid in enumerate(ids, start=1):
+        got = results_of(out, rid)
+        assert got["b"].summary == 2 * run
+        assert got["d"].summary == 256.0 * run + 2 * run
+        (message,) = [m for m in out.of(ResultsReady) if m.request_id == rid]
+        assert message.fragment is not None
+        with h5py.File(message.fragment, "r") as f:  # written once, by the pass's worker
+            np.testing.assert_array_equal(f["a/data"][()], np.full((16, 16), float(run)))
+            np.testing.assert_array_equal(f["c/data"][()], np.arange(run + 3.0))
+
+
 GATED = """
 from damnit_ctx import Variable
 import os, time

@@ -11,9 +11,10 @@ variables that depend on them (nothing is pickled) and, in *hold* mode, so does
 the data to store: the home writes the HDF5 fragment at the end
 (:meth:`Pass.write`), so each result is computed once, written once, and never
 copied through the service. Several runs in flight keep the workers busy;
-``parallel`` > 1 lets independent variables of one pass run beside it on idle
-workers (their values then travel as pickles; their data is handed to the home
-for the fragment).
+``parallel`` > 1 lets variables that nothing in the pass depends on run beside
+it on workers that are idle at that moment (their data comes back with the
+reply, for the home to write). A pass only ever waits for its home, never while
+holding another worker, so passes in flight cannot deadlock over workers.
 
 If the home dies (a crash, a time or memory limit), that variable gets the
 error and the pass goes on with a new home; what died with the old one is
@@ -161,7 +162,6 @@ class Pass:
         self.session = uuid.uuid4().hex
         self.outcomes: dict[str, Outcome] = {}
         self.home: Worker | None = None
-        self.helpers: set[Worker] = set()  # other workers keeping values or data of this pass
         self._home_clean = True  # nothing of this pass is kept in the home
         self._again: set[str] = set()  # variables computed again after their worker died
 
@@ -212,7 +212,7 @@ class Pass:
                     continue
                 inputs, holders = plan
                 holders.discard(None)
-                place = self._place(holders, set(running.values()))
+                place = self._place(name, holders, set(running.values()), needed)
                 if place is _Place.WAIT:
                     continue
                 pending.remove(name)
@@ -244,21 +244,24 @@ class Pass:
                 await record(outcome)
         return self.outcomes
 
-    def _place(self, holders: set[Any], busy: set[tuple[str, _Place | Worker]]) -> _Place | Worker:
-        """Where a ready variable runs: with its dependencies' values, else at home."""
+    def _place(
+        self, name: str, holders: set[Any], busy: set[tuple[str, _Place | Worker]], needed: set[str]
+    ) -> _Place | Worker:
+        """Where a ready variable runs: at home (where its dependencies' values are), or,
+        with ``parallel`` > 1, on an idle worker beside it if nothing depends on it.
+
+        A pass waits only for its home, never while holding another worker, so passes
+        in flight cannot wait for each other's workers.
+        """
         places = {p for _, p in busy}
-        if len(holders) > 1:
-            return _Place.CONFLICT
-        if holders:
-            (holder,) = holders
-            if holder is self.home:
-                return _Place.WAIT if _Place.HOME in places else _Place.HOME
-            return _Place.WAIT if holder in places else holder
+        if any(h is not self.home for h in holders):
+            return _Place.CONFLICT  # cannot happen: values are kept at home only
         if _Place.HOME not in places:
             return _Place.HOME
-        if len(busy) < self.parallel and self.pool.idle_count:
-            return _Place.ANY
-        return _Place.WAIT
+        if holders or name in needed or len(busy) >= self.parallel:
+            return _Place.WAIT
+        helper = self.pool.try_acquire()
+        return helper if helper is not None else _Place.WAIT
 
     async def _run_one(
         self, place: _Place | Worker, var: VarDef, inputs: dict[str, Any], flags: dict[str, bool]
@@ -269,14 +272,11 @@ class Pass:
             except WorkerLost as exc:
                 return Outcome(var.name, "error", str(exc), exc.error_cls, transient=var.transient)
             return await self._eval(home, var, inputs, flags)
-        try:
-            worker = await self.pool.acquire(place if isinstance(place, Worker) else None)
-        except WorkerLost as exc:
-            return Outcome(var.name, "error", str(exc), exc.error_cls, transient=var.transient)
-        try:
-            return await self._eval(worker, var, inputs, flags)
+        assert isinstance(place, Worker)
+        try:  # a worker beside the home: it keeps nothing, its data comes back with the reply
+            return await self._eval(place, var, inputs, {**flags, "give": True})
         finally:
-            await self.pool.release(worker)
+            await self.pool.release(place)
 
     async def _home(self) -> Worker:
         if self.home is None or self.home.dead:
@@ -303,6 +303,7 @@ class Pass:
             "pin": keep and self.parallel == 1,
             "pickle": flags["pickle"] or (keep and self.parallel > 1),
             "hold": self.hold,
+            "give": flags.get("give", False),
             "inline_scalars": self.inline_scalars,
             "max_inline_chars": self.max_inline_chars,
             "session": self.session,
@@ -342,15 +343,14 @@ class Pass:
                 transient=var.transient,
             )
         prepared = reply.get("prepared")
-        held = self.hold and prepared is not None and bool(prepared.get("in_fragment"))
+        given = bool(flags.get("give"))
+        held = (
+            self.hold and not given and prepared is not None and bool(prepared.get("in_fragment"))
+        )
         pinned = bool(reply.get("pinned"))
         if held or pinned:
-            if worker is self.home:
-                self._home_clean = False
-            else:
-                worker.pinned.add(self.session)  # not recycled while it keeps them
-                self.helpers.add(worker)
-        return Outcome(
+            self._home_clean = False
+        outcome = Outcome(
             var.name,
             reply["status"],
             reply.get("error"),
@@ -362,10 +362,12 @@ class Pass:
             duration=duration,
             transient=var.transient,
         )
+        if given and self.hold:
+            outcome.extra["given"] = True  # its data is in ``prepared``, for the home to write
+        return outcome
 
     def _lost(self, dead: Worker, pending: list[str], needed: set[str]) -> list[str]:
         """Values and data that died with ``dead``: compute them again (once)."""
-        self.helpers.discard(dead)
         for name, outcome in list(self.outcomes.items()):
             lost_value = outcome.pinned_to is dead and name in needed
             if outcome.reused or not (lost_value or outcome.held_by is dead):
@@ -417,7 +419,7 @@ class Pass:
     ) -> dict[str, tuple[str, str]]:
         """Write the data held for ``names`` into the fragment ``path`` (hold mode).
 
-        The home writes it; data held by other workers is handed to it first.
+        The home writes it, with the data that variables evaluated beside it brought back.
         ``sync=False``: only ``path + '.writing'`` is written, for the caller to commit
         (fsync and rename) after the worker went back to the pool.
         Returns the variables whose data could not be written: name -> (message, class).
@@ -426,11 +428,7 @@ class Pass:
             writer = await self._home()
         except WorkerLost as exc:
             return {n: (f"the fragment could not be written: {exc}", exc.error_cls) for n in names}
-        extra: dict[str, Any] = {}
-        for helper in list(self.helpers):
-            theirs = [n for n in names if self.outcomes[n].held_by is helper]
-            if theirs:
-                extra.update(await self._take(helper, theirs))
+        extra = {n: self.outcomes[n].prepared for n in names if self.outcomes[n].extra.get("given")}
         request = {
             "op": "write",
             "session": self.session,
@@ -451,26 +449,8 @@ class Pass:
         self._home_clean = True  # the write dropped what the home kept for the pass
         return {n: (str(m), str(c)) for n, (m, c) in (reply.get("failed") or {}).items()}
 
-    async def _take(self, worker: Worker, names: list[str]) -> dict[str, Any]:
-        try:
-            worker = await self.pool.acquire(worker)
-        except WorkerLost:
-            return {}
-        try:
-            reply = await worker.request(
-                {"op": "take", "session": self.session, "names": names}, time_limit_s=300
-            )
-            return dict(reply.get("prepared") or {})
-        except WorkerLost:
-            return {}
-        finally:
-            await self.pool.release(worker)
-
     async def close(self) -> None:
-        """Drop what workers keep for this pass; give the home back to the pool."""
-        for helper in list(self.helpers):
-            await _forget(self.pool, helper, self.session)
-        self.helpers.clear()
+        """Drop what the home keeps for this pass and give it back to the pool."""
         home, self.home = self.home, None
         if home is None:
             return
@@ -500,20 +480,6 @@ async def evaluate(
     """
     async with Pass(pool, ctx, target, parallel=parallel, mymdc=mymdc, log_file=log_file) as p:
         return await p.run(names, reused=reused, keep=keep, on_outcome=on_outcome)
-
-
-async def _forget(pool: WorkerPool, worker: Worker, session: str) -> None:
-    try:
-        worker = await pool.acquire(worker)
-    except WorkerLost:
-        return  # gone, and its values with it
-    try:
-        await worker.request({"op": "forget", "session": session}, time_limit_s=30)
-    except WorkerLost:
-        pass
-    finally:
-        worker.pinned.discard(session)
-        await pool.release(worker)
 
 
 async def start_time(pool: WorkerPool, target: RunTarget) -> float | None:

@@ -431,6 +431,7 @@ class WorkerPool:
         self._tasks: set[asyncio.Task[None]] = set()
         self.recycled = 0
         self.retired = 0
+        self._waiting = 0  # acquire() calls waiting for a worker
         self._zygote: Zygote | None = None
         self._zygote_lock = asyncio.Lock()
 
@@ -536,29 +537,49 @@ class WorkerPool:
     async def acquire(self, prefer: Worker | None = None) -> Worker:
         """An idle worker; ``prefer`` (if alive) is waited for instead of any other."""
         async with self._cond:
-            while True:
-                for idle in [w for w in self._idle if not w.running()]:  # died while idle
-                    log.warning("worker %d died while idle; replacing it", idle.pid)
-                    idle.dead = True
-                    self._idle.remove(idle)
-                    self._all.discard(idle)
-                    self._spawn_replacement()
-                if self._closed:
-                    raise WorkerLost("pool is closed", "WorkerCrashed")
-                if prefer is not None and prefer.dead:
-                    raise WorkerLost("the worker holding a dependency died", "WorkerCrashed")
-                if prefer is not None:
-                    if prefer in self._idle:
-                        self._idle.remove(prefer)
-                        return prefer
-                elif self._idle:
-                    return self._idle.pop(0)
-                elif self._alive() + self._starting < self.config.size:
-                    self._spawn_replacement()  # idle ones were retired: grow again
-                if not self._idle and not self._starting and not any(not w.dead for w in self._all):
-                    err = self._start_error or WorkerLost("no workers", "WorkerStartFailed")
-                    raise err
-                await self._cond.wait()
+            self._waiting += 1
+            try:
+                return await self._acquire(prefer)
+            finally:
+                self._waiting -= 1
+
+    async def _acquire(self, prefer: Worker | None) -> Worker:
+        """The body of :meth:`acquire`, with the condition held."""
+        while True:
+            for idle in [w for w in self._idle if not w.running()]:  # died while idle
+                log.warning("worker %d died while idle; replacing it", idle.pid)
+                idle.dead = True
+                self._idle.remove(idle)
+                self._all.discard(idle)
+                self._spawn_replacement()
+            if self._closed:
+                raise WorkerLost("pool is closed", "WorkerCrashed")
+            if prefer is not None and prefer.dead:
+                raise WorkerLost("the worker holding a dependency died", "WorkerCrashed")
+            if prefer is not None:
+                if prefer in self._idle:
+                    self._idle.remove(prefer)
+                    return prefer
+            elif self._idle:
+                return self._idle.pop(0)
+            elif self._alive() + self._starting < self.config.size:
+                self._spawn_replacement()  # idle ones were retired: grow again
+            if not self._idle and not self._starting and not any(not w.dead for w in self._all):
+                err = self._start_error or WorkerLost("no workers", "WorkerStartFailed")
+                raise err
+            await self._cond.wait()
+
+    def try_acquire(self) -> Worker | None:
+        """An idle, living worker if there is one now and nobody waits for one; never waits."""
+        while self._idle and not self._waiting:
+            worker = self._idle.pop(0)
+            if worker.running():
+                return worker
+            log.warning("worker %d died while idle; replacing it", worker.pid)
+            worker.dead = True
+            self._all.discard(worker)
+            self._spawn_replacement()
+        return None
 
     async def release(self, worker: Worker) -> None:
         """Return a worker. A dead one is replaced; one that grew too big (a leak) is recycled."""

@@ -6,8 +6,8 @@ prints go to stderr, stdin is replaced by /dev/null. One request at a time.
 
 Requests (dicts with ``op``): ``load`` (check a context file, return variable
 definitions), ``eval`` (one variable of one run), ``start_time``, ``write``
-(write the data held for a pass into its HDF5 fragment), ``take`` (hand held
-data over), ``forget`` (drop what is kept for a processing pass), ``ping``.
+(write the data held for a pass into its HDF5 fragment), ``forget`` (drop
+what is kept for a processing pass), ``ping``.
 
 A pass's values stay in the worker that computed them (``keep``: for the
 variables that depend on them) and, with ``hold``, so does the data to store:
@@ -251,10 +251,16 @@ def _keep(msg: dict[str, Any], reply: dict[str, Any], session: str, name: str, v
 
 
 def _hold(msg: dict[str, Any], session: str, name: str, prepared: dict[str, Any]) -> dict[str, Any]:
-    """Keep ``prepared`` here for ``write``; return what the service needs of it."""
+    """Keep ``prepared`` here for ``write``; return what the service needs of it.
+
+    With ``give`` (a variable evaluated beside the pass's own worker) nothing is
+    kept: the whole of it goes back, marked with whether the fragment needs it.
+    """
     in_fragment = not msg.get("inline_scalars") or h5write.needs_fragment(
         prepared, msg.get("max_inline_chars", 16384)
     )
+    if msg.get("give"):
+        return {**prepared, "in_fragment": in_fragment}
     if in_fragment:
         _HELD[(session, name)] = prepared
     return h5write.summary_part(prepared, in_fragment=in_fragment)
@@ -288,15 +294,6 @@ def _forget(session: str) -> None:
     for store in (_KEPT, _HELD):
         for key in [k for k in store if k[0] == session]:
             del store[key]
-
-
-def op_take(msg: dict[str, Any]) -> dict[str, Any]:
-    """Hand the held data of ``names`` over (for a fragment another worker writes)."""
-    session = msg["session"]
-    return {
-        "ok": True,
-        "prepared": {n: _HELD.pop((session, n)) for n in msg["names"] if (session, n) in _HELD},
-    }
 
 
 def op_write(msg: dict[str, Any]) -> dict[str, Any]:
@@ -337,7 +334,6 @@ OPS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "eval": op_eval,
     "start_time": op_start_time,
     "forget": op_forget,
-    "take": op_take,
     "write": op_write,
     "ping": op_ping,
 }
