@@ -10,6 +10,8 @@ import pytest
 from runstream_executor.memory import children, rss_mb, tree_rss_mb
 from runstream_executor.pool import PoolConfig, WorkerPool
 
+from .helpers import run_context
+
 pytestmark = [pytest.mark.unit, pytest.mark.asyncio(loop_scope="session")]
 
 LIGHT = "numpy"
@@ -83,5 +85,40 @@ async def test_process_tree_memory_is_read_from_proc() -> None:
         assert children(pid) == []
         assert tree_rss_mb(pid) == pytest.approx(rss_mb(pid), rel=0.2)
         assert rss_mb(2**22 + 12345) == 0.0  # no such process
+    finally:
+        await pool.close()
+
+
+async def test_libraries_a_context_uses_end_up_shared_by_every_worker(
+    tmp_path: Path, mock_proposal: Path
+) -> None:
+    """The zygote starts light; once a context imports xarray, it preloads it, and the
+    worker that imported it alone is forked again (so the library is in memory once)."""
+    pool = WorkerPool(PoolConfig(size=1, preload=LIGHT, share="xarray"))
+    await pool.start()
+    try:
+        (first,) = pool.pids
+        uses = await run_context(
+            pool,
+            "from damnit_ctx import Variable\nimport xarray\n\n"
+            "@Variable\ndef da(run):\n    return xarray.DataArray([1.0, 2.0]).sum().item()\n",
+            tmp_path / "uses",
+            mock_proposal,
+            parallel=1,
+        )
+        assert uses.summary("da") == 3.0
+        await pool.settle()
+        (second,) = pool.pids
+        assert second != first  # forked again, from a zygote that now has xarray
+        probe = await run_context(
+            pool,
+            "from damnit_ctx import Variable\nimport sys\n\n"
+            "@Variable\ndef has(run):\n    return 'xarray' in sys.modules\n",
+            tmp_path / "probe",
+            mock_proposal,
+            parallel=1,
+        )
+        assert probe.summary("has") is True  # inherited, not imported by this context
+        assert pool.pids == [second]  # nothing new to share: the worker stays
     finally:
         await pool.close()

@@ -160,6 +160,7 @@ class Pass:
         self.max_inline_chars = max_inline_chars
         self.inline_scalars = inline_scalars
         self.session = uuid.uuid4().hex
+        self.share = tuple(filter(None, pool.config.share.split(",")))
         self.outcomes: dict[str, Outcome] = {}
         self.home: Worker | None = None
         self._home_clean = True  # nothing of this pass is kept in the home
@@ -309,6 +310,7 @@ class Pass:
             "session": self.session,
             "mymdc": self.mymdc,
             "log": self.log_file,
+            "share": self.share,
         }
 
     async def _eval(

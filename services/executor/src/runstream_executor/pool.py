@@ -32,7 +32,9 @@ from .memory import MemoryGuard
 log = logging.getLogger("runstream.executor.pool")
 
 CTXSUPPORT = Path(__file__).parent / "ctxsupport"
-DEFAULT_PRELOAD = "numpy,h5py,xarray,extra_data,matplotlib,PIL.Image"
+DEFAULT_PRELOAD = "numpy,h5py,extra_data,matplotlib,PIL.Image"
+# Preloaded by the zygote once a context turns out to use them (fork-safe at import).
+DEFAULT_SHARE = "xarray,pandas,scipy,matplotlib.pyplot,plotly,skimage"
 
 
 class WorkerLost(Exception):
@@ -51,6 +53,7 @@ class PoolConfig:
     memory_limit_mb: int = 8192
     address_space_mb: int = 0
     preload: str = DEFAULT_PRELOAD
+    share: str = DEFAULT_SHARE
     start_timeout_s: float = 120.0
     poll_interval_s: float = 0.05
     recycle_rss_mb: int | None = None  # None: 75 % of memory_limit_mb; 0: never
@@ -110,6 +113,7 @@ class Worker:
         self.info: dict[str, Any] = {}
         self.pinned: set[str] = set()  # passes whose values or data this worker keeps
         self.idle_since = time.monotonic()
+        self.imported: set[str] = set()  # shareable modules it imported itself
 
     @classmethod
     async def start(cls, config: PoolConfig, guard: MemoryGuard | None = None) -> Worker:
@@ -189,10 +193,12 @@ class Worker:
             raise
         if reply_task in done:
             try:
-                return reply_task.result()  # type: ignore[no-any-return]
+                reply: dict[str, Any] = reply_task.result()
             except EOFError:
                 code = await self._reap()
                 raise WorkerLost(_describe_exit(code), "WorkerCrashed") from None
+            self.imported.update(reply.get("imported") or ())
+            return reply
         reply_task.cancel()
         if breach in done and not breach.cancelled():
             reason = breach.result()
@@ -281,6 +287,7 @@ class Zygote:
         ] = {}
         self._exits: dict[int, asyncio.Future[int | None]] = {}
         self.alive = False
+        self.preloaded: set[str] = set(filter(None, config.preload.split(",")))
 
     async def start(self) -> None:
         self._server = await asyncio.start_unix_server(self._on_connect, path=self.path)
@@ -363,6 +370,14 @@ class Zygote:
             writer.close()
             return
         fut.set_result((reader, writer))
+
+    async def preload(self, modules: set[str]) -> None:
+        """Have the zygote import ``modules``: workers forked from now on share them."""
+        if not self.alive or self._proc is None or self._proc.stdin is None:
+            return
+        self._proc.stdin.write(protocol.dumps({"op": "preload", "modules": sorted(modules)}))
+        await self._proc.stdin.drain()
+        self.preloaded |= modules
 
     async def fork(self, guard: MemoryGuard | None = None) -> Worker:
         if not self.alive or self._proc is None or self._proc.stdin is None:
@@ -582,7 +597,9 @@ class WorkerPool:
         return None
 
     async def release(self, worker: Worker) -> None:
-        """Return a worker. A dead one is replaced; one that grew too big (a leak) is recycled."""
+        """Return a worker. A dead one is replaced; one that grew too big (a leak) is recycled,
+        and one that imported libraries of its own is re-forked once the zygote has them."""
+        await self._share_imports(worker)
         threshold = self.config.recycle_threshold_mb
         if (
             not worker.dead
@@ -604,6 +621,22 @@ class WorkerPool:
                 worker.idle_since = time.monotonic()
                 self._idle.append(worker)
             self._cond.notify_all()
+
+    async def _share_imports(self, worker: Worker) -> None:
+        zygote = self._zygote
+        if worker.dead or worker.pinned or zygote is None or not zygote.alive:
+            return
+        new = worker.imported - zygote.preloaded
+        if not new:
+            return
+        log.info(
+            "zygote preloads %s; worker %d is forked again to share them", sorted(new), worker.pid
+        )
+        await zygote.preload(new)
+        worker.dead = True  # replaced below by a fork that shares them
+        task = asyncio.ensure_future(worker.close(force=True))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def request(self, message: dict[str, Any], **limits: Any) -> dict[str, Any]:
         """Run one request on any idle worker."""

@@ -10,7 +10,7 @@ from pydantic import Field
 from runstream_common.settings import ServiceSettings, service_config
 
 from .memory import default_budget_mb
-from .pool import DEFAULT_PRELOAD, PoolConfig
+from .pool import DEFAULT_PRELOAD, DEFAULT_SHARE, PoolConfig
 
 
 def _cpus() -> int:
@@ -104,7 +104,15 @@ class Settings(ServiceSettings):
         description="A cluster job keeps retrying to publish its results this long while Kafka is away",
     )
     worker_start_timeout_s: float = Field(default=180.0, gt=0)
-    preload: str = Field(default=DEFAULT_PRELOAD, description="Modules workers import at start")
+    preload: str = Field(
+        default=DEFAULT_PRELOAD,
+        description="Modules the zygote imports at start, shared by every worker it forks",
+    )
+    share: str = Field(
+        default=DEFAULT_SHARE,
+        description="Modules the zygote imports as soon as a context turns out to use them "
+        "(workers that imported them alone are forked again, to share them)",
+    )
     python: str = Field(default=sys.executable, description="Default interpreter of workers")
     metadata_provider: str | None = Field(
         default=None,
@@ -170,6 +178,7 @@ class Settings(ServiceSettings):
             recycle_rss_mb=self.recycle_rss_mb,
             fork=self.fork_workers,
             preload=self.preload,
+            share=self.share,
             start_timeout_s=self.worker_start_timeout_s,
             memory_budget_mb=self.effective_memory_budget_mb,
             idle_s=self.idle_worker_s,

@@ -40,7 +40,10 @@ from .runs import open_run, start_time
 
 log = logging.getLogger("rs_ctxrunner")
 
-DEFAULT_PRELOAD = ("numpy", "h5py", "xarray", "extra_data", "matplotlib", "PIL.Image")
+DEFAULT_PRELOAD = ("numpy", "h5py", "extra_data", "matplotlib", "PIL.Image")
+
+_AT_START: set[str] = set()  # modules this worker had when it began serving
+_REPORTED: set[str] = set()  # shareable modules it imported since and told the service about
 
 _CONTEXTS: OrderedDict[str, ContextFile] = OrderedDict()
 _KEPT: dict[tuple[str, str], Any] = {}  # (session, name) -> value, for dependents
@@ -222,6 +225,12 @@ def _eval(msg: dict[str, Any]) -> dict[str, Any]:
             dep_value = cell.data
         if reply["status"] == "ok" and msg.get("keep"):
             _keep(msg, reply, session, name, dep_value)
+        imported = [
+            m for m in msg.get("share") or () if m in sys.modules and m not in _AT_START | _REPORTED
+        ]
+        if imported:  # the zygote can preload these, so the next workers share them
+            _REPORTED.update(imported)
+            reply["imported"] = imported
     except Skip as exc:
         reply.update(status="error", error=str(exc), error_cls="Skip")
     except Exception as exc:
@@ -363,6 +372,7 @@ def _limit_address_space(megabytes: int) -> None:
 
 
 def serve(proto_in: Any, proto_out: Any, **hello: Any) -> None:
+    _AT_START.update(sys.modules)
     protocol.write_frame(
         proto_out,
         {
@@ -406,6 +416,20 @@ def serve(proto_in: Any, proto_out: Any, **hello: Any) -> None:
             )
 
 
+def preload_modules(modules: list[str]) -> None:
+    """Import ``modules`` (failures are reported, not fatal); matplotlib draws with Agg."""
+    for module in filter(None, modules):
+        try:
+            importlib.import_module(module)
+        except Exception as exc:
+            print(f"preload of {module} failed: {exc}", file=sys.stderr)
+    if "matplotlib" in sys.modules:
+        with contextlib.suppress(Exception):
+            import matplotlib
+
+            matplotlib.use("Agg")
+
+
 def setup_process(preload: str, address_space_mb: int, *, buffered: bool = True) -> tuple[Any, Any]:
     """Take over stdin/stdout for the protocol, import ``preload``, apply limits.
 
@@ -422,17 +446,7 @@ def setup_process(preload: str, address_space_mb: int, *, buffered: bool = True)
     _die_with_parent()
     logging.basicConfig(level=logging.INFO, format="[worker %(process)d] %(levelname)s %(message)s")
     os.environ.setdefault("MPLBACKEND", "Agg")
-    for module in filter(None, preload.split(",")):
-        try:
-            importlib.import_module(module)
-        except Exception as exc:
-            print(f"preload of {module} failed: {exc}", file=sys.stderr)
-    if "matplotlib" in sys.modules:
-        with contextlib.suppress(Exception):
-            import matplotlib
-
-            matplotlib.use("Agg")
-            import matplotlib.pyplot
+    preload_modules(preload.split(","))
     if address_space_mb:
         _limit_address_space(address_space_mb)
     return proto_in, proto_out
