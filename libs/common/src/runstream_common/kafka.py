@@ -12,7 +12,8 @@ FastStream's defaults are not at-least-once (``ACK_FIRST`` auto-commits;
 - the handler returns                     -> commit (its effects are durable)
 
 The subscriber consumes one record at a time (``getone``), so a commit after a
-record covers only records whose handler already returned.
+record covers only records whose handler already returned. For several records
+in flight with the same decisions, see :mod:`runstream_common.inflight`.
 """
 
 from __future__ import annotations
