@@ -123,7 +123,6 @@ class InFlight:
         self._commit_lock = asyncio.Lock()
         self._committer: asyncio.Task[None] | None = None
         self._draining = False
-        self.started_at: dict[tuple[str, int, int], float] = {}  # for tests and introspection
 
     @property
     def in_flight(self) -> int:

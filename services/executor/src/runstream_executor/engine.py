@@ -188,9 +188,8 @@ class Pass:
         recomputed; ``keep``: variables whose values are wanted as pickles
         (``Outcome.value``). Returns every outcome, reused ones included.
         """
-        ctx = self.ctx
         self.outcomes.update(reused or {})
-        needed = {d for n in names for d in ctx.variables[n].deps}
+        needed = {d for n in names for d in self.ctx.variables[n].deps}
         pending = [n for n in names if n not in self.outcomes]
         running: dict[asyncio.Task[Outcome], tuple[str, _Place | Worker]] = {}
 
@@ -200,37 +199,7 @@ class Pass:
                 await on_outcome(outcome)
 
         while pending or running:
-            for name in list(pending):
-                if len(running) >= self.parallel:
-                    break
-                var = ctx.variables[name]
-                if any(d not in self.outcomes for d in var.deps):
-                    continue
-                plan = plan_inputs(var, self.outcomes)
-                if isinstance(plan, Outcome):
-                    pending.remove(name)
-                    await record(plan)
-                    continue
-                inputs, holders = plan
-                holders.discard(None)
-                place = self._place(name, holders, set(running.values()), needed)
-                if place is _Place.WAIT:
-                    continue
-                pending.remove(name)
-                if place is _Place.CONFLICT:
-                    await record(
-                        Outcome(
-                            name,
-                            "error",
-                            "dependencies that cannot be pickled are held by different workers",
-                            "RuntimeError",
-                            transient=var.transient,
-                        )
-                    )
-                    continue
-                flags = {"keep": name in needed, "pickle": name in (keep or ())}
-                task = asyncio.ensure_future(self._run_one(place, var, inputs, flags))
-                running[task] = (name, place)
+            await self._start_ready(pending, running, needed, keep or set(), record)
             if not running:
                 for name in pending:  # dependencies outside the pass: not for closed selections
                     await record(Outcome(name, "error", "dependency not evaluated", "RuntimeError"))
@@ -244,6 +213,47 @@ class Pass:
                     pending = self._lost(lost, pending, needed)
                 await record(outcome)
         return self.outcomes
+
+    async def _start_ready(
+        self,
+        pending: list[str],
+        running: dict[asyncio.Task[Outcome], tuple[str, _Place | Worker]],
+        needed: set[str],
+        keep: set[str],
+        record: OnOutcome,
+    ) -> None:
+        """Start every pending variable whose dependencies are done and that has a place."""
+        for name in list(pending):
+            if len(running) >= self.parallel:
+                return
+            var = self.ctx.variables[name]
+            if any(d not in self.outcomes for d in var.deps):
+                continue
+            plan = plan_inputs(var, self.outcomes)
+            if isinstance(plan, Outcome):  # skipped by the dependency rules
+                pending.remove(name)
+                await record(plan)
+                continue
+            inputs, holders = plan
+            holders.discard(None)
+            place = self._place(name, holders, set(running.values()), needed)
+            if place is _Place.WAIT:
+                continue
+            pending.remove(name)
+            if place is _Place.CONFLICT:
+                await record(
+                    Outcome(
+                        name,
+                        "error",
+                        "dependencies that cannot be pickled are held by different workers",
+                        "RuntimeError",
+                        transient=var.transient,
+                    )
+                )
+                continue
+            flags = {"keep": name in needed, "pickle": name in keep}
+            task = asyncio.ensure_future(self._run_one(place, var, inputs, flags))
+            running[task] = (name, place)
 
     def _place(
         self, name: str, holders: set[Any], busy: set[tuple[str, _Place | Worker]], needed: set[str]
