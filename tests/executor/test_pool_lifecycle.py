@@ -122,3 +122,71 @@ async def test_libraries_a_context_uses_end_up_shared_by_every_worker(
         assert pool.pids == [second]  # nothing new to share: the worker stays
     finally:
         await pool.close()
+
+
+async def test_a_pass_whose_worker_dies_computes_what_died_with_it_again(
+    tmp_path: Path, mock_proposal: Path
+) -> None:
+    """One worker per pass keeps values and data; a crash loses them, not the results."""
+    import h5py
+    import numpy as np
+    from runstream_executor.engine import Pass, load_context, select
+
+    from .helpers import target, write_context
+
+    calls = tmp_path / "calls"
+    calls.mkdir()
+    source = write_context(
+        tmp_path / "ctx",
+        f"""
+from damnit_ctx import Variable
+import os
+import numpy as np
+
+CALLS = {str(calls)!r}
+
+def count(name):
+    open(os.path.join(CALLS, f"{{name}}-{{os.getpid()}}"), "w").close()
+
+@Variable
+def base(run):
+    count("base")
+    return np.arange(4.0)
+
+@Variable
+def image(run):
+    count("image")
+    return np.ones((8, 8))
+
+@Variable
+def crash(run):
+    os._exit(7)
+
+@Variable
+def after(run, b: "var#base"):
+    return float(b.sum())
+""",
+    )
+    pool = WorkerPool(PoolConfig(size=1, preload=LIGHT))
+    await pool.start()
+    try:
+        ctx = await load_context(pool, source)
+        names = select(ctx, "all")
+        fragment = tmp_path / "fragment.h5"
+        async with Pass(pool, ctx, target(mock_proposal, tmp_path / "ctx"), hold=True) as p:
+            outcomes = await p.run(names)
+            stored = [n for n in names if outcomes[n].held_by is not None]
+            failed = await p.write(fragment, stored, start_time=None)
+        assert outcomes["crash"].error_cls == "WorkerCrashed"
+        assert outcomes["after"].prepared is not None
+        assert outcomes["after"].prepared["summary"] == 6.0
+        assert failed == {}
+        assert sorted(stored) == ["base", "image"]
+        with h5py.File(fragment, "r") as f:  # the data computed again reached the fragment
+            np.testing.assert_array_equal(f["image/data"][()], np.ones((8, 8)))
+            np.testing.assert_array_equal(f["base/data"][()], np.arange(4.0))
+        # Computed by the first worker, lost with it, computed again by its replacement.
+        assert len(list(calls.glob("base-*"))) == 2
+        assert len(list(calls.glob("image-*"))) == 2
+    finally:
+        await pool.close()
