@@ -142,7 +142,7 @@ class InFlight:
             self._space.clear()
             await self._space.wait()
         tp = TP(record.topic, record.partition)
-        if self._draining or tp not in self.consumer.assignment():
+        if self._draining or tp not in self._assigned({tp}):
             return  # not taken (stopping, or revoked meanwhile): never committed, it comes again
         if self._committer is None:
             self._committer = asyncio.create_task(self._commit_loop())
@@ -214,6 +214,11 @@ class InFlight:
         ):
             yield
 
+    def _assigned(self, default: set[TP]) -> set[TP]:
+        """The consumer's partitions (``default`` for a consumer that cannot tell, in tests)."""
+        assignment = getattr(self.consumer, "assignment", None)
+        return set(assignment()) if callable(assignment) else default
+
     # ------------------------------------------------------------ committing
 
     async def _commit_loop(self) -> None:
@@ -227,7 +232,7 @@ class InFlight:
         if self.consumer is None:
             return
         async with self._commit_lock:
-            assigned = self.consumer.assignment()
+            assigned = self._assigned(set(self.marks))
             offsets = {
                 tp: mark.position
                 for tp, mark in self.marks.items()
@@ -268,7 +273,7 @@ class InFlight:
         self._space.set()
         if self.consumer is not None:
             with contextlib.suppress(Exception):
-                self.consumer.pause(*self.consumer.assignment())
+                self.consumer.pause(*self._assigned(set()))
         tasks = list(self._entries)
         if tasks:
             _, late = await asyncio.wait(tasks, timeout=self.drain_timeout_s)
