@@ -12,12 +12,13 @@ import os
 import shlex
 import subprocess
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from runstream_common.settings import KafkaSettings
+from support.kafka import delete_topics
 
 REPO = Path(__file__).resolve().parents[1]
 STACK = REPO / "deploy" / "local" / "stack.sh"
@@ -86,15 +87,20 @@ def topic_prefix() -> str:
 
 
 @pytest.fixture
-def kafka_settings(stack: Stack, topic_prefix: str) -> KafkaSettings:
-    """Kafka settings for the real local broker with this test's own topics."""
-    return KafkaSettings(
+def kafka_settings(stack: Stack, topic_prefix: str) -> Iterator[KafkaSettings]:
+    """Kafka settings for the real local broker with this test's own topics.
+
+    The test's topics are deleted afterwards: a whole run's leftovers would exhaust
+    the broker's open files.
+    """
+    yield KafkaSettings(
         bootstrap_servers=stack.bootstrap_servers,
         topic_prefix=topic_prefix,
         client_id=f"test-{topic_prefix}",
         session_timeout_ms=6000,
         heartbeat_interval_ms=500,
     )
+    delete_topics(stack.bootstrap_servers, topic_prefix)
 
 
 @pytest.fixture

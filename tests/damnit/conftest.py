@@ -29,6 +29,7 @@ from runstream_common.kafka import make_broker, publish
 from runstream_common.messages import ProposalRegistered
 from runstream_common.settings import KafkaSettings
 from runstream_common.topics import proposal_key
+from support.kafka import delete_topics
 from support.services import System
 
 REPO = Path(__file__).resolve().parents[2]
@@ -356,6 +357,7 @@ async def shared(
         yield Shared(system, kafka, dsn, env, raw_topic)
     finally:
         system.stop()
+        delete_topics(stack.bootstrap_servers, prefix)
         admin = await asyncpg.connect(stack.postgres_dsn)
         try:
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -8,12 +8,9 @@ import stat
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
-from runstream_common import parsers
 from runstream_common.kafka import make_broker, publish
 from runstream_common.messages import (
     JobRequested,
@@ -31,7 +28,7 @@ from runstream_executor.app import build_app
 from runstream_executor.settings import Settings
 from support.kafka import committed_offsets, wait_for
 
-from .helpers import write_context
+from .helpers import Collector, finished, write_context
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -59,66 +56,9 @@ def heavy(run, b: "var#base"):
 
 
 def executor_settings(kafka: KafkaSettings) -> Settings:
-    return Settings(kafka=kafka, workers=1, parallel_variables=1, preload="numpy,extra_data")
-
-
-class Collector:
-    """Reads the executor's output topics from the beginning."""
-
-    def __init__(self, kafka: KafkaSettings) -> None:
-        topics = kafka.topics
-        self.parsers = {
-            topics.results: parsers.RESULTS,
-            topics.processing: parsers.PROCESSING,
-            topics.job_requests: parsers.JOB_REQUESTS,
-        }
-        self.consumer = AIOKafkaConsumer(
-            *self.parsers,
-            bootstrap_servers=kafka.bootstrap_servers,
-            auto_offset_reset="earliest",
-            enable_auto_commit=False,
-            metadata_max_age_ms=500,
-        )
-        self.messages: list[tuple[bytes | None, Any]] = []
-
-    async def __aenter__(self) -> Collector:
-        await self.consumer.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.consumer.stop()
-
-    async def until(self, predicate: Any, timeout: float = 120.0) -> list[Any]:
-        deadline = time.monotonic() + timeout
-        while not predicate(self.of(object)):
-            if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"not seen in {timeout} s; got {[type(m).__name__ for m in self.of(object)]}"
-                )
-            batch = await self.consumer.getmany(timeout_ms=500)
-            for recs in batch.values():
-                for rec in recs:
-                    self.messages.append((rec.key, self.parsers[rec.topic].parse(rec.value)))
-        return self.of(object)
-
-    def of(self, cls: type) -> list[Any]:
-        return [m for _, m in self.messages if isinstance(m, cls)]
-
-
-def finished(request_id: str, count: int = 1) -> Any:
-    def check(messages: list[Any]) -> bool:
-        return (
-            sum(
-                1
-                for m in messages
-                if isinstance(m, ProcessingStateChanged)
-                and m.request_id == request_id
-                and m.status in (ProcessingStatus.FINISHED, ProcessingStatus.FAILED)
-            )
-            >= count
-        )
-
-    return check
+    return Settings(
+        kafka=kafka, workers=1, parallel_variables=1, preload="numpy,extra_data", progress_after_s=0
+    )
 
 
 async def test_run_request_to_results_and_cluster_job(

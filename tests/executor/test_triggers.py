@@ -166,7 +166,8 @@ async def test_processing_pass_messages_reuse_and_cluster_handoff(
     write_context(ctx_dir, COUNTING_CONTEXT)
     topics = Topics("t")
     rec = Recorder()
-    processor = RunProcessor(Settings(), FixedPools(pool), rec, topics)  # type: ignore[arg-type]
+    settings = Settings(progress_after_s=0)  # every variable's state, however short the pass
+    processor = RunProcessor(settings, FixedPools(pool), rec, topics)  # type: ignore[arg-type]
 
     report = await processor.process(request(ctx_dir, mock_proposal, "raw"))
     assert report.status is ProcessingStatus.FINISHED
@@ -212,6 +213,20 @@ async def test_processing_pass_messages_reuse_and_cluster_handoff(
     await processor.process(request(ctx_dir, mock_proposal, "raw"))
     assert rec.of(ResultsReady)[1].result_id == results.result_id
     assert len(rec.of(VariablesDefined)) == 1  # announced once per revision
+
+    # By default a pass shorter than progress_after_s publishes no per-variable states:
+    # queued, running, finished, and the durations and errors in results_ready.
+    quiet = Recorder()
+    short = RunProcessor(Settings(), FixedPools(pool), quiet, topics)  # type: ignore[arg-type]
+    await short.process(request(ctx_dir, mock_proposal, "raw"))
+    assert [s.status for s in quiet.of(ProcessingStateChanged)] == [
+        ProcessingStatus.QUEUED,
+        ProcessingStatus.RUNNING,
+        ProcessingStatus.FINISHED,
+    ]
+    (quiet_results,) = quiet.of(ResultsReady)
+    assert all(r.duration_s is not None for r in quiet_results.results)
+    assert {r.name: r.error_cls for r in quiet_results.results}["fails"] == "KeyError"
 
     # A proc trigger reuses the raw result instead of recomputing it.
     calls_before = (ctx_dir / "calls-base.txt").read_text()

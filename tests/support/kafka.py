@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any
 
@@ -62,3 +63,23 @@ async def read_all(
         return sorted(records, key=lambda r: (r.partition, r.offset))
     finally:
         await consumer.stop()
+
+
+def delete_topics(bootstrap_servers: str, prefix: str) -> None:
+    """Delete every topic named ``<prefix>.*`` (best effort, never raises).
+
+    Each test makes a few dozen partitions under its own prefix; left behind, a whole
+    run's thousands of topics exhaust the broker's open files (one per segment).
+    """
+    from confluent_kafka.admin import AdminClient
+
+    try:
+        admin = AdminClient({"bootstrap.servers": bootstrap_servers})
+        names = [t for t in admin.list_topics(timeout=10).topics if t.startswith(f"{prefix}.")]
+        if not names:
+            return
+        for future in admin.delete_topics(names, operation_timeout=30).values():
+            with contextlib.suppress(Exception):  # already gone, broker busy: clutter only
+                future.result(timeout=30)
+    except Exception:  # a broker that is down has nothing to clean
+        return

@@ -108,8 +108,13 @@ class System:
             except subprocess.TimeoutExpired:
                 self.kill(key)
 
-    def logs(self) -> str:
+    def logs(self, chars: int = 4000) -> str:
+        """The end of each service's log, without the Kafka client's routine INFO lines."""
         return "\n".join(
-            f"----- {key} -----\n{p.log.read_text(errors='replace')[-3000:]}"
+            f"----- {key} -----\n{_quiet(p.log.read_text(errors='replace'))[-chars:]}"
             for key, p in self.procs.items()
         )
+
+
+def _quiet(text: str) -> str:
+    return "\n".join(line for line in text.splitlines() if " INFO aiokafka." not in line)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.kafka import delete_topics
 
 from .harness import REPO, WebSystem, drop_database, run, start_system
 
@@ -68,6 +69,7 @@ def live(stack: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebSy
         yield system
     finally:
         system.system.stop()
+        delete_topics(stack.bootstrap_servers, system.kafka.topic_prefix)
         logs = ARTIFACTS / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         for key, proc in system.system.procs.items():

@@ -18,7 +18,8 @@ committed. A dead letter never exceeds the producer's size limit: the value is
 cut (``x-dlq-truncated`` says so), the reason is kept.
 
 The subscriber consumes one record at a time (``getone``), so a commit after a
-record covers only records whose handler already returned.
+record covers only records whose handler already returned. For several records
+in flight with the same decisions, see :mod:`runstream_common.inflight`.
 """
 
 from __future__ import annotations
@@ -257,29 +258,31 @@ class RetryPolicy:
         return float(min(self.backoff_max_s, self.backoff_s * 2 ** (attempt - 1)))
 
 
-async def deliver(
+async def settle(
     broker: KafkaBroker,
-    message: Any,
+    record: ConsumerRecord[Any, Any],
     *,
     parser: Parser[T],
     handler: Handler[T],
     group_id: str,
     retry: RetryPolicy,
     metrics: DeliveryMetrics | None = None,
-) -> None:
-    """Decide the fate of one record (see the module docstring). Never raises."""
-    record: ConsumerRecord[Any, Any] = message.raw_message
+) -> bool:
+    """Take one record to a decision (see the module docstring). Never raises.
+
+    True: the record is finished (handled, or dead-lettered) and may be committed.
+    False: a transient failure outlasted the retry window, or the record's dead letter
+    could not be published; the record must come again.
+    """
     started = time.monotonic()
     labels = {"topic": record.topic, "group": group_id}
-    if metrics is not None:
-        _observe_lag(metrics, message, record, labels)
     try:
         parsed = parser.parse(record.value)
     except MessageFormatError as exc:
-        dead = await _dead_letter_then_ack(broker, message, group_id, exc, 0, retry)
-        if dead and metrics is not None:
+        finished = await _dead_letter_with_retry(broker, record, group_id, exc, 0, retry)
+        if finished and metrics is not None:
             metrics.dead_lettered.add(1, labels)
-        return
+        return finished
 
     attempt = 0
     while True:
@@ -300,54 +303,53 @@ async def deliver(
                 metrics.failed.add(1, {**labels, "kind": "transient"})
             if time.monotonic() - started > retry.transient_window_s:
                 log.warning("transient failure persists, record comes again later: %s", exc)
-                await message.nack()
-                return
+                return False
             log.info("transient failure (attempt %d), retrying: %s", attempt, exc)
             await asyncio.sleep(retry.delay(attempt))
         except PermanentError as exc:
-            dead = await _dead_letter_then_ack(broker, message, group_id, exc, attempt, retry)
+            finished = await _dead_letter_with_retry(broker, record, group_id, exc, attempt, retry)
             if metrics is not None:
                 metrics.failed.add(1, {**labels, "kind": "permanent"})
-                if dead:
+                if finished:
                     metrics.dead_lettered.add(1, labels)
                 metrics.handler_seconds.record(time.monotonic() - started, labels)
-            return
+            return finished
         except Exception as exc:
             if metrics is not None:
                 metrics.failed.add(1, {**labels, "kind": "unexpected"})
             if attempt >= retry.max_attempts:
                 log.error("giving up after %d attempts:\n%s", attempt, traceback.format_exc())
-                dead = await _dead_letter_then_ack(broker, message, group_id, exc, attempt, retry)
+                finished = await _dead_letter_with_retry(
+                    broker, record, group_id, exc, attempt, retry
+                )
                 if metrics is not None:
-                    if dead:
+                    if finished:
                         metrics.dead_lettered.add(1, labels)
                     metrics.handler_seconds.record(time.monotonic() - started, labels)
-                return
+                return finished
             log.warning("unexpected failure (attempt %d), retrying: %r", attempt, exc)
             await asyncio.sleep(retry.delay(attempt))
         else:
-            await message.ack()
             if metrics is not None:
                 metrics.processed.add(1, labels)
                 metrics.handler_seconds.record(time.monotonic() - started, labels)
-            return
+            return True
 
 
-async def _dead_letter_then_ack(
+async def _dead_letter_with_retry(
     broker: KafkaBroker,
-    message: Any,
+    record: ConsumerRecord[Any, Any],
     group_id: str,
     error: BaseException,
     attempts: int,
     retry: RetryPolicy,
 ) -> bool:
-    """Dead-letter the record, then commit it. True if done.
+    """Dead-letter the record. True once its dead letter is on the broker.
 
     A failed dead-letter publish is tried again with backoff; once the retry
-    window is used up the record is sought back (nack) and comes again, never
+    window is used up, False: the record must come again (seek back), never
     committed without its dead letter.
     """
-    record: ConsumerRecord[Any, Any] = message.raw_message
     started = time.monotonic()
     tries = 0
     while True:
@@ -365,7 +367,6 @@ async def _dead_letter_then_ack(
                     tries,
                     exc,
                 )
-                await message.nack()
                 return False
             log.warning(
                 "dead letter of %s[%d]@%d not published (try %d), retrying: %r",
@@ -377,11 +378,39 @@ async def _dead_letter_then_ack(
             )
             await asyncio.sleep(retry.delay(tries))
         else:
-            await message.ack()
             return True
 
 
-def _observe_lag(
+async def deliver(
+    broker: KafkaBroker,
+    message: Any,
+    *,
+    parser: Parser[T],
+    handler: Handler[T],
+    group_id: str,
+    retry: RetryPolicy,
+    metrics: DeliveryMetrics | None = None,
+) -> None:
+    """Decide the fate of one record and commit it, or seek back to it. Never raises."""
+    record: ConsumerRecord[Any, Any] = message.raw_message
+    if metrics is not None:
+        observe_lag(metrics, message, record, {"topic": record.topic, "group": group_id})
+    finished = await settle(
+        broker,
+        record,
+        parser=parser,
+        handler=handler,
+        group_id=group_id,
+        retry=retry,
+        metrics=metrics,
+    )
+    if finished:
+        await message.ack()
+    else:
+        await message.nack()
+
+
+def observe_lag(
     metrics: DeliveryMetrics, message: Any, record: ConsumerRecord[Any, Any], labels: dict[str, str]
 ) -> None:
     consumer = getattr(message, "consumer", None)
@@ -547,6 +576,8 @@ __all__ = [
     "deliver",
     "document_publication",
     "make_broker",
+    "observe_lag",
     "publish",
+    "settle",
     "subscribe",
 ]

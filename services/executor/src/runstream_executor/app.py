@@ -6,6 +6,7 @@ from faststream import FastStream
 from faststream.specification import AsyncAPI
 from runstream_common import parsers
 from runstream_common.admin import ensure_topics
+from runstream_common.inflight import subscribe_in_flight
 from runstream_common.kafka import Delivery, document_publication, make_broker, subscribe
 from runstream_common.messages import ProposalSettingsSet, RunRequested
 from runstream_common.telemetry import Telemetry, setup_telemetry
@@ -32,13 +33,18 @@ def build_app(settings: Settings, *, telemetry: Telemetry | None = None) -> Fast
         """Keep the latest settings of every proposal (context_python, ...)."""
         processor.proposal_settings[message.proposal] = dict(message.settings)
 
-    subscribe(
+    # Several runs at once; offsets are committed per partition up to the oldest unfinished
+    # run, and messages of the same run (key) never overtake each other.
+    runs = subscribe_in_flight(
         broker,
         topics.runs,
         group_id=settings.consumer_group,
         parser=parsers.RUNS,
         handler=handle_run,
         settings=settings,
+        limit=settings.runs_in_flight,
+        drain_timeout_s=settings.drain_timeout_s,
+        tracer_provider=telemetry.tracer_provider,
         # A pass may take as long as its slowest variables: stay in the group meanwhile.
         max_poll_interval_ms=int(
             (settings.variable_timeout_s + settings.context_load_timeout_s + 600) * 1000
@@ -68,6 +74,7 @@ def build_app(settings: Settings, *, telemetry: Telemetry | None = None) -> Fast
         broker, specification=AsyncAPI(title="runstream-executor", version=__version__)
     )
     app.processor = processor  # type: ignore[attr-defined]  # for tests and introspection
+    app.runs = runs  # type: ignore[attr-defined]
 
     @app.on_startup
     async def _start() -> None:
@@ -83,6 +90,10 @@ def build_app(settings: Settings, *, telemetry: Telemetry | None = None) -> Fast
             compacted=set(topics.compacted()),
         )
         await pools.get()  # warm the default pool before the first run arrives
+
+    @app.on_shutdown
+    async def _drain() -> None:
+        await runs.drain()  # before the broker stops: running passes still publish
 
     @app.after_shutdown
     async def _stop() -> None:

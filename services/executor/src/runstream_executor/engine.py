@@ -3,16 +3,31 @@
 The service (not the worker) walks the dependency graph: each variable is a
 separate request, so a variable that hangs, crashes or exhausts memory loses
 only its own result (its worker is killed and replaced) and its dependents
-follow the dependency rules. Independent variables run in parallel, up to
-``parallel`` at a time. Dependency values travel between workers as pickles;
-a value that cannot be pickled stays in its worker and its dependents are
-sent there.
+follow the dependency rules.
+
+A pass has a *home*: one worker it keeps from its first variable to its end.
+Its variables run there one after another, their values stay there for the
+variables that depend on them (nothing is pickled) and, in *hold* mode, so does
+the data to store: the home writes the HDF5 fragment at the end
+(:meth:`Pass.write`), so each result is computed once, written once, and never
+copied through the service. Several runs in flight keep the workers busy;
+``parallel`` > 1 lets variables that nothing in the pass depends on run beside
+it on workers that are idle at that moment (their data comes back with the
+reply, for the home to write). A pass only ever waits for its home, never while
+holding another worker, so passes in flight cannot deadlock over workers.
+
+If the home dies (a crash, a time or memory limit), that variable gets the
+error and the pass goes on with a new home; what died with the old one is
+computed again, once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import enum
 import logging
+import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
@@ -95,76 +110,354 @@ def select(
     return [n for n in ctx.order if n in closure]
 
 
-async def _evaluate_one(
-    pool: WorkerPool,
-    ctx: LoadedContext,
-    var: VarDef,
-    target: RunTarget,
-    inputs: dict[str, Any],
-    prefer: Worker | None,
-    *,
-    keep: bool,
-    session: str,
-    mymdc: str | None,
-    log_file: str | None,
-) -> Outcome:
-    started = time.perf_counter()
-    try:
-        worker = await pool.acquire(prefer)
-    except WorkerLost as exc:
-        return Outcome(var.name, "error", str(exc), exc.error_cls, transient=var.transient)
-    reply: dict[str, Any] = {}
-    try:
-        reply = await worker.request(
-            {
-                "op": "eval",
-                "hash": ctx.source.hash,
-                "source": ctx.source.source,
-                "path": ctx.source.path,
-                "name": var.name,
-                "run": target.as_dict(),
-                "inputs": inputs,
-                "keep": keep,
-                "session": session,
-                "mymdc": mymdc,
-                "log": log_file,
-            }
+class _Place(enum.Enum):
+    HOME = "home"  # the pass's own worker
+    ANY = "any"  # any idle worker beside it (parallel > 1)
+    WAIT = "wait"  # not now: the worker it needs is busy
+    CONFLICT = "conflict"  # unpicklable dependencies held by different workers
+
+
+class Pass:
+    """One evaluation pass over one run; see the module docstring.
+
+    Use as ``async with Pass(...) as p: outcomes = await p.run(names)``; in hold
+    mode write the fragment with :meth:`write` before leaving the block, which
+    drops what the workers keep for the pass and gives its home back to the pool.
+    """
+
+    def __init__(
+        self,
+        pool: WorkerPool,
+        ctx: LoadedContext,
+        target: RunTarget,
+        *,
+        parallel: int = 1,
+        hold: bool = False,
+        mymdc: str | None = None,
+        log_file: str | None = None,
+        max_inline_chars: int = 16384,
+        inline_scalars: bool = True,
+    ) -> None:
+        self.pool = pool
+        self.ctx = ctx
+        self.target = target
+        self.parallel = max(1, parallel)
+        self.hold = hold
+        self.mymdc = mymdc
+        self.log_file = log_file
+        self.max_inline_chars = max_inline_chars
+        self.inline_scalars = inline_scalars
+        self.session = uuid.uuid4().hex
+        self.share = tuple(filter(None, pool.config.share.split(",")))
+        self.outcomes: dict[str, Outcome] = {}
+        self.home: Worker | None = None
+        self._home_clean = True  # nothing of this pass is kept in the home
+        self._again: set[str] = set()  # variables computed again after their worker died
+
+    async def __aenter__(self) -> Pass:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # ------------------------------------------------------------------ evaluating
+
+    async def run(
+        self,
+        names: list[str],
+        *,
+        reused: dict[str, Outcome] | None = None,
+        keep: set[str] | None = None,
+        on_outcome: OnOutcome | None = None,
+    ) -> dict[str, Outcome]:
+        """Evaluate ``names`` (closed under dependencies, in order).
+
+        ``reused`` outcomes (e.g. raw variables from an earlier pass) are not
+        recomputed; ``keep``: variables whose values are wanted as pickles
+        (``Outcome.value``). Returns every outcome, reused ones included.
+        """
+        self.outcomes.update(reused or {})
+        needed = {d for n in names for d in self.ctx.variables[n].deps}
+        pending = [n for n in names if n not in self.outcomes]
+        running: dict[asyncio.Task[Outcome], tuple[str, _Place | Worker]] = {}
+
+        async def record(outcome: Outcome) -> None:
+            self.outcomes[outcome.name] = outcome
+            if on_outcome is not None:
+                await on_outcome(outcome)
+
+        while pending or running:
+            await self._start_ready(pending, running, needed, keep or set(), record)
+            if not running:
+                for name in pending:  # dependencies outside the pass: not for closed selections
+                    await record(Outcome(name, "error", "dependency not evaluated", "RuntimeError"))
+                break
+            done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                running.pop(task)
+                outcome = task.result()
+                lost = outcome.extra.pop("lost", None)
+                if lost is not None:
+                    pending = self._lost(lost, pending, needed)
+                await record(outcome)
+        return self.outcomes
+
+    async def _start_ready(
+        self,
+        pending: list[str],
+        running: dict[asyncio.Task[Outcome], tuple[str, _Place | Worker]],
+        needed: set[str],
+        keep: set[str],
+        record: OnOutcome,
+    ) -> None:
+        """Start every pending variable whose dependencies are done and that has a place."""
+        for name in list(pending):
+            if len(running) >= self.parallel:
+                return
+            var = self.ctx.variables[name]
+            if any(d not in self.outcomes for d in var.deps):
+                continue
+            plan = plan_inputs(var, self.outcomes)
+            if isinstance(plan, Outcome):  # skipped by the dependency rules
+                pending.remove(name)
+                await record(plan)
+                continue
+            inputs, holders = plan
+            holders.discard(None)
+            place = self._place(name, holders, set(running.values()), needed)
+            if place is _Place.WAIT:
+                continue
+            pending.remove(name)
+            if place is _Place.CONFLICT:
+                await record(
+                    Outcome(
+                        name,
+                        "error",
+                        "dependencies that cannot be pickled are held by different workers",
+                        "RuntimeError",
+                        transient=var.transient,
+                    )
+                )
+                continue
+            flags = {"keep": name in needed, "pickle": name in keep}
+            task = asyncio.ensure_future(self._run_one(place, var, inputs, flags))
+            running[task] = (name, place)
+
+    def _place(
+        self, name: str, holders: set[Any], busy: set[tuple[str, _Place | Worker]], needed: set[str]
+    ) -> _Place | Worker:
+        """Where a ready variable runs: at home (where its dependencies' values are), or,
+        with ``parallel`` > 1, on an idle worker beside it if nothing depends on it.
+
+        A pass waits only for its home, never while holding another worker, so passes
+        in flight cannot wait for each other's workers.
+        """
+        places = {p for _, p in busy}
+        if any(h is not self.home for h in holders):
+            return _Place.CONFLICT  # cannot happen: values are kept at home only
+        if _Place.HOME not in places:
+            return _Place.HOME
+        if holders or name in needed or len(busy) >= self.parallel:
+            return _Place.WAIT
+        helper = self.pool.try_acquire()
+        return helper if helper is not None else _Place.WAIT
+
+    async def _run_one(
+        self, place: _Place | Worker, var: VarDef, inputs: dict[str, Any], flags: dict[str, bool]
+    ) -> Outcome:
+        if place is _Place.HOME:
+            try:
+                home = await self._home()
+            except WorkerLost as exc:
+                return Outcome(var.name, "error", str(exc), exc.error_cls, transient=var.transient)
+            return await self._eval(home, var, inputs, flags)
+        assert isinstance(place, Worker)
+        try:  # a worker beside the home: it keeps nothing, its data comes back with the reply
+            return await self._eval(place, var, inputs, {**flags, "give": True})
+        finally:
+            await self.pool.release(place)
+
+    async def _home(self) -> Worker:
+        if self.home is None or self.home.dead:
+            self.home = await self.pool.acquire()
+            self._home_clean = True
+        return self.home
+
+    def _request(
+        self, var: VarDef, inputs: dict[str, Any], flags: dict[str, bool]
+    ) -> dict[str, Any]:
+        keep = flags["keep"]
+        source = self.ctx.source
+        return {
+            "op": "eval",
+            "hash": source.hash,
+            "source": source.source,
+            "path": source.path,
+            "name": var.name,
+            "run": self.target.as_dict(),
+            "inputs": inputs,
+            # One worker per pass: values stay where they were made. With variables
+            # beside it they travel as pickles, so a dependent may run anywhere.
+            "keep": keep or flags["pickle"],
+            "pin": keep and self.parallel == 1,
+            "pickle": flags["pickle"] or (keep and self.parallel > 1),
+            "hold": self.hold,
+            "give": flags.get("give", False),
+            "inline_scalars": self.inline_scalars,
+            "max_inline_chars": self.max_inline_chars,
+            "session": self.session,
+            "mymdc": self.mymdc,
+            "log": self.log_file,
+            "share": self.share,
+        }
+
+    async def _eval(
+        self, worker: Worker, var: VarDef, inputs: dict[str, Any], flags: dict[str, bool]
+    ) -> Outcome:
+        started = time.perf_counter()
+        try:
+            reply = await worker.request(self._request(var, inputs, flags))
+        except WorkerLost as exc:
+            log.warning("variable %s of r%d: %s", var.name, self.target.run, exc)
+            outcome = Outcome(
+                var.name,
+                "error",
+                str(exc),
+                exc.error_cls,
+                duration=time.perf_counter() - started,
+                transient=var.transient,
+            )
+            outcome.extra["lost"] = worker
+            if worker is self.home:
+                self.home = None
+                await self.pool.release(worker)  # dead: a replacement starts
+            return outcome
+        duration = reply.get("duration", time.perf_counter() - started)
+        if not reply.get("ok"):
+            return Outcome(
+                var.name,
+                "error",
+                reply.get("error") or "worker error",
+                reply.get("error_cls") or "RuntimeError",
+                duration=duration,
+                transient=var.transient,
+            )
+        prepared = reply.get("prepared")
+        given = bool(flags.get("give"))
+        held = (
+            self.hold and not given and prepared is not None and bool(prepared.get("in_fragment"))
         )
-    except WorkerLost as exc:
-        log.warning("variable %s of r%d: %s", var.name, target.run, exc)
-        return Outcome(
+        pinned = bool(reply.get("pinned"))
+        if held or pinned:
+            self._home_clean = False
+        outcome = Outcome(
             var.name,
-            "error",
-            str(exc),
-            exc.error_cls,
-            duration=time.perf_counter() - started,
-            transient=var.transient,
-        )
-    finally:
-        if reply.get("pinned"):
-            worker.pinned.add(session)  # not recycled while it holds this pass's values
-        await pool.release(worker)
-    duration = reply.get("duration", time.perf_counter() - started)
-    if not reply.get("ok"):
-        return Outcome(
-            var.name,
-            "error",
-            reply.get("error") or "worker error",
-            reply.get("error_cls") or "RuntimeError",
+            reply["status"],
+            reply.get("error"),
+            reply.get("error_cls"),
+            prepared=prepared,
+            value=reply.get("value"),
+            pinned_to=worker if pinned else None,
+            held_by=worker if held else None,
             duration=duration,
             transient=var.transient,
         )
-    return Outcome(
-        var.name,
-        reply["status"],
-        reply.get("error"),
-        reply.get("error_cls"),
-        prepared=reply.get("prepared"),
-        value=reply.get("value"),
-        pinned_to=worker if reply.get("pinned") else None,
-        duration=duration,
-        transient=var.transient,
-    )
+        if given and self.hold:
+            outcome.extra["given"] = True  # its data is in ``prepared``, for the home to write
+        return outcome
+
+    def _lost(self, dead: Worker, pending: list[str], needed: set[str]) -> list[str]:
+        """Values and data that died with ``dead``: compute them again (once)."""
+        for name, outcome in list(self.outcomes.items()):
+            lost_value = outcome.pinned_to is dead and name in needed
+            if outcome.reused or not (lost_value or outcome.held_by is dead):
+                continue
+            if name in self._again:
+                self.outcomes[name] = Outcome(
+                    name,
+                    "error",
+                    "its value was lost twice with the worker keeping it",
+                    "WorkerCrashed",
+                    transient=outcome.transient,
+                )
+                continue
+            log.info("computing %s of r%d again: its worker died", name, self.target.run)
+            self._again.add(name)
+            del self.outcomes[name]
+            pending.append(name)
+        order = {n: i for i, n in enumerate(self.ctx.order)}
+        return sorted(pending, key=order.__getitem__)
+
+    # ------------------------------------------------------------------ after the pass
+
+    async def start_time(self) -> float | None:
+        """The run's start time (by the pass's own worker, which has the run open)."""
+        request = {
+            "op": "start_time",
+            "raw_dir": self.target.raw_dir,
+            "proc_dir": self.target.proc_dir,
+        }
+        try:
+            reply = await (await self._home()).request(request, time_limit_s=120)
+        except WorkerLost:
+            if self.home is not None and self.home.dead:
+                await self.pool.release(self.home)
+                self.home = None
+            return None
+        value = reply.get("start_time")
+        return float(value) if value is not None else None
+
+    async def write(
+        self,
+        path: str | os.PathLike[str],
+        names: list[str],
+        *,
+        start_time: float | None,
+        errors: dict[str, tuple[str, str]] | None = None,
+        always: bool = False,
+        sync: bool = True,
+    ) -> dict[str, tuple[str, str]]:
+        """Write the data held for ``names`` into the fragment ``path`` (hold mode).
+
+        The home writes it, with the data that variables evaluated beside it brought back.
+        ``sync=False``: only ``path + '.writing'`` is written, for the caller to commit
+        (fsync and rename) after the worker went back to the pool.
+        Returns the variables whose data could not be written: name -> (message, class).
+        """
+        try:
+            writer = await self._home()
+        except WorkerLost as exc:
+            return {n: (f"the fragment could not be written: {exc}", exc.error_cls) for n in names}
+        extra = {n: self.outcomes[n].prepared for n in names if self.outcomes[n].extra.get("given")}
+        request = {
+            "op": "write",
+            "session": self.session,
+            "path": os.fspath(path),
+            "names": names,
+            "extra": extra,
+            "errors": errors or {},
+            "start_time": start_time,
+            "always": always,
+            "sync": sync,
+        }
+        try:
+            reply = await writer.request(request)
+        except WorkerLost as exc:
+            self.home = None
+            await self.pool.release(writer)
+            return {n: (f"the fragment could not be written: {exc}", exc.error_cls) for n in names}
+        self._home_clean = True  # the write dropped what the home kept for the pass
+        return {n: (str(m), str(c)) for n, (m, c) in (reply.get("failed") or {}).items()}
+
+    async def close(self) -> None:
+        """Drop what the home keeps for this pass and give it back to the pool."""
+        home, self.home = self.home, None
+        if home is None:
+            return
+        if not self._home_clean and not home.dead:
+            with contextlib.suppress(WorkerLost):
+                await home.request({"op": "forget", "session": self.session}, time_limit_s=30)
+        await self.pool.release(home)
 
 
 async def evaluate(
@@ -180,99 +473,13 @@ async def evaluate(
     on_outcome: OnOutcome | None = None,
     log_file: str | None = None,
 ) -> dict[str, Outcome]:
-    """Evaluate ``names`` (closed under dependencies, in order) for one run.
+    """Evaluate ``names`` for one run; the outcomes carry the data to store (``prepared``).
 
-    ``reused`` outcomes (e.g. raw variables from an earlier pass) are not
-    recomputed. ``log_file``: a file the workers append the variables' output to
-    (DAMNIT's process log). Returns every outcome, reused ones included.
+    ``log_file``: a file the workers append the variables' output to (DAMNIT's
+    process log). See :class:`Pass` for the service's way (data kept in workers).
     """
-    session = uuid.uuid4().hex
-    outcomes: dict[str, Outcome] = dict(reused or {})
-    needed = {d for n in names for d in ctx.variables[n].deps} | (keep or set())
-    pending = [n for n in names if n not in outcomes]
-    running: dict[asyncio.Task[Outcome], str] = {}
-    holders: set[Worker] = set()
-
-    async def record(outcome: Outcome) -> None:
-        outcomes[outcome.name] = outcome
-        if on_outcome is not None:
-            await on_outcome(outcome)
-
-    while pending or running:
-        progressed = True
-        while progressed and len(running) < max(1, parallel):
-            progressed = False
-            for name in list(pending):
-                if len(running) >= max(1, parallel):
-                    break
-                var = ctx.variables[name]
-                if any(d not in outcomes for d in var.deps):
-                    continue
-                pending.remove(name)
-                progressed = True
-                plan = plan_inputs(var, outcomes)
-                if isinstance(plan, Outcome):
-                    await record(plan)
-                    continue
-                inputs, holders = plan
-                holders.discard(None)
-                if len(holders) > 1:
-                    await record(
-                        Outcome(
-                            name,
-                            "error",
-                            "dependencies that cannot be pickled are held by different workers",
-                            "RuntimeError",
-                            transient=var.transient,
-                        )
-                    )
-                    continue
-                prefer = next(iter(holders)) if holders else None
-                task = asyncio.ensure_future(
-                    _evaluate_one(
-                        pool,
-                        ctx,
-                        var,
-                        target,
-                        inputs,
-                        prefer,
-                        keep=name in needed,
-                        session=session,
-                        mymdc=mymdc,
-                        log_file=log_file,
-                    )
-                )
-                running[task] = name
-        if not running:
-            if pending:  # dependencies outside the pass: cannot happen for closed selections
-                for name in pending:
-                    await record(Outcome(name, "error", "dependency not evaluated", "RuntimeError"))
-                pending.clear()
-            break
-        done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-        for task in done:
-            running.pop(task)
-            outcome = task.result()
-            if outcome.pinned_to is not None:
-                holders.add(outcome.pinned_to)
-            await record(outcome)
-    for holder in holders:  # drop the values kept for this pass
-        await _forget(pool, holder, session)
-    return outcomes
-
-
-async def _forget(pool: WorkerPool, worker: Worker, session: str) -> None:
-    try:
-        worker = await pool.acquire(worker)
-    except WorkerLost:
-        return  # gone, and its values with it
-    try:
-        await worker.request({"op": "forget", "session": session}, time_limit_s=30)
-    except WorkerLost:
-        pass
-    finally:
-        worker.pinned.discard(session)
-        await pool.release(worker)
+    async with Pass(pool, ctx, target, parallel=parallel, mymdc=mymdc, log_file=log_file) as p:
+        return await p.run(names, reused=reused, keep=keep, on_outcome=on_outcome)
 
 
 async def start_time(pool: WorkerPool, target: RunTarget) -> float | None:
@@ -287,4 +494,4 @@ async def start_time(pool: WorkerPool, target: RunTarget) -> float | None:
     return float(value) if value is not None else None
 
 
-__all__ = ["RunTarget", "evaluate", "load_context", "select", "start_time"]
+__all__ = ["Pass", "RunTarget", "evaluate", "load_context", "select", "start_time"]

@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -31,10 +33,10 @@ from runstream_common.topics import Topics, run_key
 
 from . import reuse
 from .context import ContextProblems, ContextSource, LoadedContext
-from .engine import RunTarget, evaluate, load_context, select, start_time
+from .engine import Pass, RunTarget, load_context, select
 from .outcome import Outcome
 from .pools import PoolSet
-from .results import build_results, fit_message, fragment_path, result_id
+from .results import commit_fragment, fit_message, fragment_path, result_id, write_held_results
 from .settings import Settings
 
 log = logging.getLogger("runstream.executor.processing")
@@ -42,6 +44,9 @@ log = logging.getLogger("runstream.executor.processing")
 
 class Publisher(Protocol):
     async def publish(self, topic: str, message: BaseModel, key: bytes) -> None: ...
+
+
+Send = Callable[[str, BaseModel], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -90,7 +95,9 @@ class RunProcessor:
         self.topics = topics
         self.proposal_settings: dict[int, dict[str, str | int | float | bool]] = {}
         self._contexts: OrderedDict[tuple[str, str], LoadedContext] = OrderedDict()
+        self._loading: dict[tuple[str, str], asyncio.Future[LoadedContext]] = {}
         self._announced: set[tuple[str, str]] = set()
+        self._announcing: dict[tuple[str, str], asyncio.Future[None]] = {}
         self.hostname = socket.gethostname()
 
     def context_python(self, proposal: int) -> str | None:
@@ -98,17 +105,54 @@ class RunProcessor:
         return str(value) if value else None
 
     async def _loaded(self, python: str | None, source: ContextSource) -> LoadedContext:
+        """The checked context for this source; loaded once per revision, however many
+        runs ask for it at the same time."""
         key = (python or "", source.hash)
         ctx = self._contexts.get(key)
         if ctx is not None and ctx.source.path == source.path:
             self._contexts.move_to_end(key)
             return LoadedContext(source=source, variables=ctx.variables)
+        loading = self._loading.get(key)
+        if loading is None:
+            loading = asyncio.ensure_future(self._load(python, source))
+            self._loading[key] = loading
+            loading.add_done_callback(lambda _: self._loading.pop(key, None))
+        ctx = await asyncio.shield(loading)
+        return LoadedContext(source=source, variables=ctx.variables)
+
+    async def _load(self, python: str | None, source: ContextSource) -> LoadedContext:
         pool = await self.pools.get(python)
         ctx = await load_context(pool, source, time_limit_s=self.settings.context_load_timeout_s)
-        self._contexts[key] = ctx
+        self._contexts[(python or "", source.hash)] = ctx
         while len(self._contexts) > 32:
             self._contexts.popitem(last=False)
         return ctx
+
+    async def _announce(self, key: tuple[str, str], message: VariablesDefined, send: Send) -> None:
+        """Publish a revision's definitions once, before any of its results."""
+        if key in self._announced:
+            return
+        announcing = self._announcing.get(key)
+        if announcing is None:
+            announcing = asyncio.ensure_future(send(self.topics.results, message))
+            self._announcing[key] = announcing
+            announcing.add_done_callback(lambda _: self._announcing.pop(key, None))
+        await asyncio.shield(announcing)
+        self._announced.add(key)
+
+    async def _keep_for_reuse(
+        self, path: Path, ctx: LoadedContext, outcomes: dict[str, Outcome]
+    ) -> None:
+        """Keep the raw outcomes that proc and cluster passes of this run depend on."""
+        keep = reuse.worth_keeping(ctx) & set(outcomes)
+        if not keep or self.settings.reuse_max_value_mb <= 0:
+            return
+        try:
+            await asyncio.to_thread(
+                reuse.save, path, outcomes, keep, self.settings.reuse_max_value_mb * 1024 * 1024
+            )
+        except OSError as exc:
+            log.warning("could not keep results for reuse: %s", exc)
 
     async def process(self, req: RunRequested, job: JobContext | None = None) -> PassReport:
         processing_id = uuid.uuid4().hex
@@ -156,19 +200,17 @@ class RunProcessor:
             return await fail(f"{type(exc).__name__}: {exc}")
         pool = await self.pools.get(python)
 
-        announce_key = (req.context_dir, source.hash)
-        if announce_key not in self._announced:
-            await send(
-                self.topics.results,
-                VariablesDefined(
-                    proposal=req.proposal,
-                    context_hash=source.hash,
-                    revision=source.revision,
-                    variables=ctx.definitions(),
-                    correlation_id=req.correlation_id,
-                ),
-            )
-            self._announced.add(announce_key)
+        await self._announce(
+            (req.context_dir, source.hash),
+            VariablesDefined(
+                proposal=req.proposal,
+                context_hash=source.hash,
+                revision=source.revision,
+                variables=ctx.definitions(),
+                correlation_id=req.correlation_id,
+            ),
+            send,
+        )
 
         trigger = req.trigger.value
         job_request: JobRequested | None = None
@@ -219,10 +261,13 @@ class RunProcessor:
             emit_names -= set(reused)
 
         await send(self.topics.processing, state(ProcessingStatus.RUNNING))
+        running_since = time.monotonic()
 
         async def on_outcome(outcome: Outcome) -> None:
             if outcome.transient or outcome.reused:
                 return
+            if time.monotonic() - running_since < self.settings.progress_after_s:
+                return  # a short pass: its durations and errors are in results_ready
             status = ProcessingStatus.VARIABLE_DONE
             reason = None
             if outcome.status == "error":
@@ -242,35 +287,6 @@ class RunProcessor:
                 )
             )
 
-        start_task = asyncio.ensure_future(start_time(pool, target))
-        outcomes = await evaluate(
-            pool,
-            ctx,
-            target,
-            names,
-            reused=reused,
-            parallel=self.settings.parallel_variables,
-            keep=reuse.worth_keeping(ctx) if job is None else set(),
-            mymdc=self.settings.metadata_provider,
-            on_outcome=on_outcome,
-            log_file=self.settings.process_log(req.context_dir, req.proposal, req.run),
-        )
-        started = await start_task
-
-        if job is None and self.settings.reuse_max_value_mb > 0:
-            keep = reuse.worth_keeping(ctx) & set(outcomes)
-            if keep:
-                try:
-                    await asyncio.to_thread(
-                        reuse.save,
-                        reuse_file,
-                        outcomes,
-                        keep,
-                        self.settings.reuse_max_value_mb * 1024 * 1024,
-                    )
-                except OSError as exc:
-                    log.warning("could not keep results for reuse: %s", exc)
-
         emit = [n for n in names if n in emit_names and not ctx.variables[n].transient]
         rid = result_id(
             req.request_id,
@@ -278,17 +294,39 @@ class RunProcessor:
             emit,
             extra=f"{trigger}|{job.job_request_id if job else ''}",
         )
-        written = await asyncio.to_thread(
-            build_results,
-            outcomes,
-            emit,
-            fragment=fragment_path(
-                req.context_dir, self.settings.fragment_subdir, req.proposal, req.run, rid
-            ),
-            start_time=started,
+        # One worker evaluates the pass, keeps its values and data, and writes the fragment.
+        async with Pass(
+            pool,
+            ctx,
+            target,
+            parallel=self.settings.parallel_variables,
+            hold=True,
+            mymdc=self.settings.metadata_provider,
+            log_file=self.settings.process_log(req.context_dir, req.proposal, req.run),
             max_inline_chars=self.settings.max_inline_chars,
             inline_scalars=not self.settings.fragment_scalars,
-        )
+        ) as run_pass:
+            outcomes = await run_pass.run(
+                names,
+                reused=reused,
+                keep=reuse.worth_keeping(ctx) if job is None else set(),
+                on_outcome=on_outcome,
+            )
+            started = await run_pass.start_time()
+            written = await write_held_results(
+                run_pass,
+                outcomes,
+                emit,
+                fragment=fragment_path(
+                    req.context_dir, self.settings.fragment_subdir, req.proposal, req.run, rid
+                ),
+                start_time=started,
+                max_inline_chars=self.settings.max_inline_chars,
+            )
+        if written.fragment is not None:  # the worker is free again: now wait for the disk
+            await asyncio.to_thread(commit_fragment, written.fragment)
+        if job is None:
+            await self._keep_for_reuse(reuse_file, ctx, outcomes)
         await asyncio.gather(*pending)
         results_msg: ResultsReady | None = None
         if written.results:

@@ -35,7 +35,8 @@ class Outcome:
     children: tuple[Outcome, ...] = ()
     prepared: dict[str, Any] | None = None
     value: bytes | None = None
-    pinned_to: Any = None
+    pinned_to: Any = None  # the worker keeping the value (for dependents)
+    held_by: Any = None  # the worker keeping the data to store (hold mode)
     duration: float | None = None
     reused: bool = False
     transient: bool = False

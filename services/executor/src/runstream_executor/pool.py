@@ -19,19 +19,22 @@ import shutil
 import signal
 import sys
 import tempfile
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psutil
-
+from . import memory
 from .ctxsupport.rs_ctxrunner import protocol
+from .memory import MemoryGuard
 
 log = logging.getLogger("runstream.executor.pool")
 
 CTXSUPPORT = Path(__file__).parent / "ctxsupport"
-DEFAULT_PRELOAD = "numpy,h5py,xarray,extra_data,matplotlib,PIL.Image"
+DEFAULT_PRELOAD = "numpy,h5py,extra_data,matplotlib,PIL.Image"
+# Preloaded by the zygote once a context turns out to use them (fork-safe at import).
+DEFAULT_SHARE = "xarray,pandas,scipy,matplotlib.pyplot,plotly,skimage"
 
 
 class WorkerLost(Exception):
@@ -50,9 +53,13 @@ class PoolConfig:
     memory_limit_mb: int = 8192
     address_space_mb: int = 0
     preload: str = DEFAULT_PRELOAD
+    share: str = DEFAULT_SHARE
     start_timeout_s: float = 120.0
     poll_interval_s: float = 0.05
     recycle_rss_mb: int | None = None  # None: 75 % of memory_limit_mb; 0: never
+    memory_budget_mb: int = 0  # the whole executor's (PSS); 0: none
+    idle_s: float = 0.0  # retire workers idle this long, down to min_size (0: never)
+    min_size: int = 1
     fork: bool = True  # fork workers from a warm zygote (else: one interpreter each)
 
     @property
@@ -94,18 +101,22 @@ class Worker:
         writer: asyncio.StreamWriter,
         config: PoolConfig,
         wait_exit: ExitWaiter,
+        guard: MemoryGuard | None = None,
     ) -> None:
         self.pid = pid
         self.reader = reader
         self.writer = writer
         self.config = config
         self.wait_exit = wait_exit
+        self.guard = guard or MemoryGuard(poll_s=config.poll_interval_s)
         self.dead = False
         self.info: dict[str, Any] = {}
-        self.pinned: set[str] = set()  # passes whose unpicklable values this worker holds
+        self.pinned: set[str] = set()  # passes whose values or data this worker keeps
+        self.idle_since = time.monotonic()
+        self.imported: set[str] = set()  # shareable modules it imported itself
 
     @classmethod
-    async def start(cls, config: PoolConfig) -> Worker:
+    async def start(cls, config: PoolConfig, guard: MemoryGuard | None = None) -> Worker:
         """A worker as its own interpreter (slow start: imports everything)."""
         args = ["-m", "rs_ctxrunner.worker", "--preload", config.preload]
         if config.address_space_mb:
@@ -123,7 +134,7 @@ class Worker:
             raise WorkerLost(f"cannot start {config.python}: {exc}", "WorkerStartFailed") from exc
         assert proc.stdout is not None
         assert proc.stdin is not None
-        worker = cls(proc.pid, proc.stdout, proc.stdin, config, proc.wait)
+        worker = cls(proc.pid, proc.stdout, proc.stdin, config, proc.wait, guard)
         try:
             worker.info = await asyncio.wait_for(worker._read(), config.start_timeout_s)
         except Exception as exc:
@@ -141,23 +152,8 @@ class Worker:
         await self.writer.drain()
 
     def _rss_mb(self, *, children: bool = True) -> float:
-        """Resident memory of the worker (and its children: a scan of /proc, slower)."""
-        try:
-            proc = psutil.Process(self.pid)
-            rss = proc.memory_info().rss
-            for child in proc.children(recursive=True) if children else ():
-                with contextlib.suppress(psutil.Error):
-                    rss += child.memory_info().rss
-        except psutil.Error:
-            return 0.0
-        return float(rss) / (1024 * 1024)
-
-    async def _watch_memory(self, limit_mb: int) -> str:
-        while True:
-            await asyncio.sleep(self.config.poll_interval_s)
-            rss = self._rss_mb()
-            if rss > limit_mb:
-                return f"used {rss:.0f} MiB, more than the limit of {limit_mb} MiB"
+        """Resident memory of the worker (and its children)."""
+        return memory.tree_rss_mb(self.pid) if children else memory.rss_mb(self.pid)
 
     async def request(
         self,
@@ -166,33 +162,46 @@ class Worker:
         time_limit_s: float | None = None,
         memory_limit_mb: int | None = None,
     ) -> dict[str, Any]:
-        """Send one request and wait for its reply, within the limits."""
+        """Send one request and wait for its reply, within the limits.
+
+        Cancelled while waiting, the worker is killed (it would answer a request
+        nobody waits for) and replaced when released.
+        """
         if self.dead:
             raise WorkerLost("worker is dead", "WorkerCrashed")
         limit_s = time_limit_s if time_limit_s is not None else self.config.time_limit_s
         limit_mb = memory_limit_mb if memory_limit_mb is not None else self.config.memory_limit_mb
+        reply_task: asyncio.Future[Any] | None = None
         try:
-            await self._write(message)
-        except (ConnectionError, RuntimeError) as exc:
-            await self._reap()
-            raise WorkerLost(f"worker pipe broken: {exc}", "WorkerCrashed") from exc
-        reply_task = asyncio.ensure_future(self._read())
-        memory_task = asyncio.ensure_future(self._watch_memory(limit_mb))
-        try:
-            done, _ = await asyncio.wait(
-                {reply_task, memory_task}, timeout=limit_s, return_when=asyncio.FIRST_COMPLETED
-            )
-        finally:
-            memory_task.cancel()
+            try:
+                await self._write(message)
+            except (ConnectionError, RuntimeError) as exc:
+                await self._reap()
+                raise WorkerLost(f"worker pipe broken: {exc}", "WorkerCrashed") from exc
+            reply_task = asyncio.ensure_future(self._read())
+            breach = self.guard.watch(self.pid, limit_mb)
+            try:
+                done, _ = await asyncio.wait(
+                    {reply_task, breach}, timeout=limit_s, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                self.guard.unwatch(self.pid)
+        except asyncio.CancelledError:
+            if reply_task is not None:
+                reply_task.cancel()
+            self.kill()
+            raise
         if reply_task in done:
             try:
-                return reply_task.result()  # type: ignore[no-any-return]
+                reply: dict[str, Any] = reply_task.result()
             except EOFError:
                 code = await self._reap()
                 raise WorkerLost(_describe_exit(code), "WorkerCrashed") from None
+            self.imported.update(reply.get("imported") or ())
+            return reply
         reply_task.cancel()
-        if memory_task in done and not memory_task.cancelled():
-            reason = memory_task.result()
+        if breach in done and not breach.cancelled():
+            reason = breach.result()
             self.kill()
             await self._reap()
             raise WorkerLost(f"Memory limit exceeded: {reason}", "MemoryLimitExceeded")
@@ -210,18 +219,18 @@ class Worker:
             return False
         except PermissionError:
             return True
-        with contextlib.suppress(psutil.Error):
-            if psutil.Process(self.pid).status() == psutil.STATUS_ZOMBIE:
-                return False
-        return True
+        try:
+            with open(f"/proc/{self.pid}/stat", "rb") as f:
+                state = f.read().rsplit(b")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return True
+        return state not in (b"Z", b"X")
 
     def kill(self) -> None:
         self.dead = True
-        for child in _children(self.pid):
-            with contextlib.suppress(psutil.Error):
-                child.kill()
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.pid, signal.SIGKILL)
+        for pid in reversed(list(memory.tree(self.pid))):  # children first, the worker last
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
 
     async def _reap(self) -> int | None:
         self.dead = True
@@ -243,14 +252,6 @@ class Worker:
             self.kill()
         with contextlib.suppress(Exception):
             self.writer.close()
-
-
-def _children(pid: int) -> list[psutil.Process]:
-    try:
-        children: list[psutil.Process] = psutil.Process(pid).children(recursive=True)
-        return children
-    except psutil.Error:
-        return []
 
 
 def _describe_exit(code: int | None) -> str:
@@ -286,6 +287,7 @@ class Zygote:
         ] = {}
         self._exits: dict[int, asyncio.Future[int | None]] = {}
         self.alive = False
+        self.preloaded: set[str] = set(filter(None, config.preload.split(",")))
 
     async def start(self) -> None:
         self._server = await asyncio.start_unix_server(self._on_connect, path=self.path)
@@ -369,7 +371,15 @@ class Zygote:
             return
         fut.set_result((reader, writer))
 
-    async def fork(self) -> Worker:
+    async def preload(self, modules: set[str]) -> None:
+        """Have the zygote import ``modules``: workers forked from now on share them."""
+        if not self.alive or self._proc is None or self._proc.stdin is None:
+            return
+        self._proc.stdin.write(protocol.dumps({"op": "preload", "modules": sorted(modules)}))
+        await self._proc.stdin.drain()
+        self.preloaded |= modules
+
+    async def fork(self, guard: MemoryGuard | None = None) -> Worker:
         if not self.alive or self._proc is None or self._proc.stdin is None:
             raise WorkerLost("the zygote process is not running", "WorkerStartFailed")
         loop = asyncio.get_running_loop()
@@ -395,7 +405,7 @@ class Zygote:
         async def wait_exit() -> int | None:
             return await asyncio.shield(exit_future)
 
-        return Worker(pid, reader, writer, self.config, wait_exit)
+        return Worker(pid, reader, writer, self.config, wait_exit, guard)
 
     async def close(self) -> None:
         self.alive = False
@@ -418,10 +428,15 @@ class Zygote:
 
 
 class WorkerPool:
-    """A fixed number of warm workers for one interpreter."""
+    """Up to ``size`` warm workers for one interpreter.
 
-    def __init__(self, config: PoolConfig) -> None:
+    All of them are started at once; workers idle for ``idle_s`` are retired down
+    to ``min_size`` and forked again (milliseconds) when work comes back.
+    """
+
+    def __init__(self, config: PoolConfig, guard: MemoryGuard | None = None) -> None:
         self.config = config
+        self.guard = guard or MemoryGuard(config.memory_budget_mb, config.poll_interval_s)
         self._idle: list[Worker] = []
         self._all: set[Worker] = set()
         self._cond = asyncio.Condition()
@@ -430,12 +445,14 @@ class WorkerPool:
         self._start_error: WorkerLost | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.recycled = 0
+        self.retired = 0
+        self._waiting = 0  # acquire() calls waiting for a worker
         self._zygote: Zygote | None = None
         self._zygote_lock = asyncio.Lock()
 
     async def _new_worker(self) -> Worker:
         if not self.config.fork:
-            return await Worker.start(self.config)
+            return await Worker.start(self.config, self.guard)
         async with self._zygote_lock:
             if self._zygote is None or not self._zygote.alive:
                 if self._zygote is not None:
@@ -445,7 +462,7 @@ class WorkerPool:
                 await zygote.start()
                 self._zygote = zygote
             zygote = self._zygote
-        return await zygote.fork()
+        return await zygote.fork(self.guard)
 
     async def start(self) -> None:
         """Start every worker and wait until they are warm."""
@@ -461,6 +478,31 @@ class WorkerPool:
             raise errors[0]
         for _ in errors:
             self._spawn_replacement()
+        if self.config.idle_s > 0:
+            task = asyncio.ensure_future(self._retire_idle())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def _alive(self) -> int:
+        return sum(1 for w in self._all if not w.dead)
+
+    async def _retire_idle(self) -> None:
+        """Close workers nobody needed for ``idle_s`` (their memory goes back to the system)."""
+        every = max(1.0, min(30.0, self.config.idle_s / 4))
+        while not self._closed:
+            await asyncio.sleep(every)
+            cutoff = time.monotonic() - self.config.idle_s
+            async with self._cond:
+                spare = self._alive() - max(1, self.config.min_size)
+                old = [w for w in self._idle if w.idle_since < cutoff and not w.pinned]
+                old = old[: max(0, spare)]
+                for worker in old:
+                    self._idle.remove(worker)
+                    self._all.discard(worker)
+            for worker in old:
+                log.info("retiring worker %d: idle for %g s", worker.pid, self.config.idle_s)
+                self.retired += 1
+                await worker.close()
 
     async def settle(self, timeout_s: float | None = None) -> None:
         """Wait until no replacement worker is still starting."""
@@ -471,6 +513,10 @@ class WorkerPool:
                     await self._cond.wait()
 
         await asyncio.wait_for(wait(), timeout_s or self.config.start_timeout_s)
+
+    @property
+    def idle_count(self) -> int:
+        return len(self._idle)
 
     @property
     def pids(self) -> list[int]:
@@ -506,30 +552,54 @@ class WorkerPool:
     async def acquire(self, prefer: Worker | None = None) -> Worker:
         """An idle worker; ``prefer`` (if alive) is waited for instead of any other."""
         async with self._cond:
-            while True:
-                for idle in [w for w in self._idle if not w.running()]:  # died while idle
-                    log.warning("worker %d died while idle; replacing it", idle.pid)
-                    idle.dead = True
-                    self._idle.remove(idle)
-                    self._all.discard(idle)
-                    self._spawn_replacement()
-                if self._closed:
-                    raise WorkerLost("pool is closed", "WorkerCrashed")
-                if prefer is not None and prefer.dead:
-                    raise WorkerLost("the worker holding a dependency died", "WorkerCrashed")
-                if prefer is not None:
-                    if prefer in self._idle:
-                        self._idle.remove(prefer)
-                        return prefer
-                elif self._idle:
-                    return self._idle.pop(0)
-                if not self._idle and not self._starting and not any(not w.dead for w in self._all):
-                    err = self._start_error or WorkerLost("no workers", "WorkerStartFailed")
-                    raise err
-                await self._cond.wait()
+            self._waiting += 1
+            try:
+                return await self._acquire(prefer)
+            finally:
+                self._waiting -= 1
+
+    async def _acquire(self, prefer: Worker | None) -> Worker:
+        """The body of :meth:`acquire`, with the condition held."""
+        while True:
+            for idle in [w for w in self._idle if not w.running()]:  # died while idle
+                log.warning("worker %d died while idle; replacing it", idle.pid)
+                idle.dead = True
+                self._idle.remove(idle)
+                self._all.discard(idle)
+                self._spawn_replacement()
+            if self._closed:
+                raise WorkerLost("pool is closed", "WorkerCrashed")
+            if prefer is not None and prefer.dead:
+                raise WorkerLost("the worker holding a dependency died", "WorkerCrashed")
+            if prefer is not None:
+                if prefer in self._idle:
+                    self._idle.remove(prefer)
+                    return prefer
+            elif self._idle:
+                return self._idle.pop(0)
+            elif self._alive() + self._starting < self.config.size:
+                self._spawn_replacement()  # idle ones were retired: grow again
+            if not self._idle and not self._starting and not any(not w.dead for w in self._all):
+                err = self._start_error or WorkerLost("no workers", "WorkerStartFailed")
+                raise err
+            await self._cond.wait()
+
+    def try_acquire(self) -> Worker | None:
+        """An idle, living worker if there is one now and nobody waits for one; never waits."""
+        while self._idle and not self._waiting:
+            worker = self._idle.pop(0)
+            if worker.running():
+                return worker
+            log.warning("worker %d died while idle; replacing it", worker.pid)
+            worker.dead = True
+            self._all.discard(worker)
+            self._spawn_replacement()
+        return None
 
     async def release(self, worker: Worker) -> None:
-        """Return a worker. A dead one is replaced; one that grew too big (a leak) is recycled."""
+        """Return a worker. A dead one is replaced; one that grew too big (a leak) is recycled,
+        and one that imported libraries of its own is re-forked once the zygote has them."""
+        await self._share_imports(worker)
         threshold = self.config.recycle_threshold_mb
         if (
             not worker.dead
@@ -548,8 +618,25 @@ class WorkerPool:
                 self._all.discard(worker)
                 self._spawn_replacement()
             elif not self._closed:
+                worker.idle_since = time.monotonic()
                 self._idle.append(worker)
             self._cond.notify_all()
+
+    async def _share_imports(self, worker: Worker) -> None:
+        zygote = self._zygote
+        if worker.dead or worker.pinned or zygote is None or not zygote.alive:
+            return
+        new = worker.imported - zygote.preloaded
+        if not new:
+            return
+        log.info(
+            "zygote preloads %s; worker %d is forked again to share them", sorted(new), worker.pid
+        )
+        await zygote.preload(new)
+        worker.dead = True  # replaced below by a fork that shares them
+        task = asyncio.ensure_future(worker.close(force=True))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def request(self, message: dict[str, Any], **limits: Any) -> dict[str, Any]:
         """Run one request on any idle worker."""

@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections import OrderedDict
 
+from .memory import MemoryGuard
 from .pool import WorkerPool
 from .settings import Settings
 
@@ -19,6 +20,8 @@ class PoolSet:
         self.settings = settings
         self._pools: OrderedDict[str, WorkerPool] = OrderedDict()
         self._lock = asyncio.Lock()
+        # One guard for every pool: the memory budget is the whole executor's.
+        self.guard = MemoryGuard(settings.effective_memory_budget_mb)
 
     async def get(self, python: str | None = None) -> WorkerPool:
         key = python or self.settings.python
@@ -27,7 +30,7 @@ class PoolSet:
             if pool is not None:
                 self._pools.move_to_end(key)
                 return pool
-            pool = WorkerPool(self.settings.pool_config(key))
+            pool = WorkerPool(self.settings.pool_config(key), self.guard)
             await pool.start()
             self._pools[key] = pool
             foreign = [k for k in self._pools if k != self.settings.python]
@@ -42,3 +45,4 @@ class PoolSet:
             pools = list(self._pools.values())
             self._pools.clear()
         await asyncio.gather(*(p.close() for p in pools), return_exceptions=True)
+        await self.guard.close()

@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from runstream_common.messages import VariableResult
 
-from .ctxsupport.rs_ctxrunner import h5write
+from .ctxsupport.rs_ctxrunner import durable
 from .outcome import Outcome
+
+if TYPE_CHECKING:
+    from .engine import Pass
 
 MAX_ERROR_CHARS = 8000
 
@@ -85,31 +86,6 @@ def variable_result(
     )
 
 
-def needs_fragment(prepared: dict[str, Any], max_inline_chars: int) -> bool:
-    """Whether the message's inline summary is not enough to store this result.
-
-    Plain scalars and short strings whose summary is the value itself travel
-    inline only; arrays, xarray objects, images, previews, binary summaries and
-    reduced values need the fragment.
-    """
-    kind = prepared["kind"]
-    if kind not in ("array", "string") or prepared.get("preview") is not None:
-        return True
-    if prepared.get("summary_type") in ("thumbnail", "trendline"):
-        return True
-    data = prepared["data"]
-    if kind == "string":
-        return len(data) > max_inline_chars or prepared.get("summary") != data
-    arr = np.asarray(data)
-    if arr.ndim != 0:
-        return True
-    value = arr.item()
-    summary = prepared.get("summary")
-    if isinstance(value, complex) or (isinstance(value, float) and not math.isfinite(value)):
-        return True
-    return type(summary) is not type(value) or summary != value
-
-
 @dataclass(frozen=True)
 class WrittenResults:
     results: tuple[VariableResult, ...]
@@ -122,6 +98,14 @@ def fragment_path(
     return Path(context_dir) / fragment_subdir / f"p{proposal}_r{run}.{rid}.h5"
 
 
+def needs_fragment(prepared: dict[str, Any], max_inline_chars: int) -> bool:
+    """See :func:`rs_ctxrunner.h5write.needs_fragment` (imported here only when used: the
+    service itself never writes HDF5, so it does not load h5py and numpy)."""
+    from .ctxsupport.rs_ctxrunner import h5write
+
+    return h5write.needs_fragment(prepared, max_inline_chars)
+
+
 def write_atomically(
     path: Path,
     stored: dict[str, dict[str, Any]],
@@ -131,27 +115,11 @@ def write_atomically(
     provenance: str = "context.py",
 ) -> dict[str, tuple[str, str]]:
     """Write ``*.writing``, fsync, rename. Returns variables that failed to save. Blocking."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".writing")
-    try:
-        failed = h5write.write_file(
-            str(tmp), stored, errors, provenance=provenance, start_time=start_time
-        )
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return failed
+    from .ctxsupport.rs_ctxrunner import h5write
+
+    return h5write.write_atomically(
+        str(path), stored, errors, start_time=start_time, provenance=provenance
+    )
 
 
 def fit_message(results: tuple[VariableResult, ...], budget: int) -> tuple[VariableResult, ...]:
@@ -191,11 +159,7 @@ def build_results(
     If ``fragment`` is given and some result has stored data, the fragment is
     written there (blocking: call through ``asyncio.to_thread``).
     """
-    chosen = [
-        outcomes[n]
-        for n in emit
-        if n in outcomes and not outcomes[n].transient and not outcomes[n].reused
-    ]
+    chosen = _chosen(outcomes, emit)
     stored = {
         o.name: o.prepared
         for o in chosen
@@ -217,6 +181,26 @@ def build_results(
         )
         failed = write_atomically(fragment, stored, errors, start_time=start_time)
         written_path = str(fragment)
+    return _assemble(outcomes, chosen, set(stored), failed, written_path, max_inline_chars)
+
+
+def _chosen(outcomes: dict[str, Outcome], emit: list[str]) -> list[Outcome]:
+    return [
+        outcomes[n]
+        for n in emit
+        if n in outcomes and not outcomes[n].transient and not outcomes[n].reused
+    ]
+
+
+def _assemble(
+    outcomes: dict[str, Outcome],
+    chosen: list[Outcome],
+    stored: set[str],
+    failed: dict[str, tuple[str, str]],
+    written_path: str | None,
+    max_inline_chars: int,
+) -> WrittenResults:
+    """The message's results; data that failed to be written turns into that variable's error."""
     results = []
     for o in chosen:
         if o.name in failed:
@@ -231,3 +215,38 @@ def build_results(
             )
         )
     return WrittenResults(tuple(results), written_path)
+
+
+async def write_held_results(
+    run_pass: Pass,
+    outcomes: dict[str, Outcome],
+    emit: list[str],
+    *,
+    fragment: Path,
+    start_time: float | None,
+    max_inline_chars: int = 16384,
+) -> WrittenResults:
+    """Like :func:`build_results` for a pass in hold mode: the workers keep the data,
+    and the pass's own worker writes the fragment (only if some result needs it).
+
+    The worker writes ``<fragment>.writing`` only: finish it with :func:`commit_fragment`
+    (fsync, rename) once the worker is back in the pool, before publishing.
+    """
+    chosen = _chosen(outcomes, emit)
+    stored = [
+        o.name
+        for o in chosen
+        if o.status == "ok" and o.prepared is not None and o.prepared.get("in_fragment")
+    ]
+    failed: dict[str, tuple[str, str]] = {}
+    written_path: str | None = None
+    if stored:
+        failed = await run_pass.write(fragment, stored, start_time=start_time, sync=False)
+        if Path(str(fragment) + ".writing").exists():  # noqa: ASYNC240  # a stat, not I/O work
+            written_path = str(fragment)
+    return _assemble(outcomes, chosen, set(stored), failed, written_path, max_inline_chars)
+
+
+def commit_fragment(path: str) -> None:
+    """Make a fragment a worker wrote durable and put it in place. Blocking."""
+    durable.commit(path)

@@ -2,13 +2,32 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 from pydantic import Field
 from runstream_common.settings import ServiceSettings, service_config
 
-from .pool import DEFAULT_PRELOAD, PoolConfig
+from .memory import default_budget_mb
+from .pool import DEFAULT_PRELOAD, DEFAULT_SHARE, PoolConfig
+
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+def default_workers() -> int:
+    """One warm worker per CPU (at least 2, so one variable cannot block a run; at most 16)."""
+    return min(16, max(2, _cpus()))
+
+
+def default_runs_in_flight() -> int:
+    """Twice the CPUs: while one run waits on files, the store or Kafka, another computes."""
+    return min(32, max(2, 2 * _cpus()))
 
 
 class Settings(ServiceSettings):
@@ -20,7 +39,36 @@ class Settings(ServiceSettings):
         "(<topic prefix>-executor under another topic prefix, so installations and "
         "tests sharing a cluster do not rebalance each other)",
     )
-    workers: int = Field(default=2, ge=1, description="Warm worker processes per interpreter")
+    workers: int = Field(
+        default_factory=default_workers,
+        ge=1,
+        description="Warm worker processes per interpreter (default: one per CPU, 2 to 16)",
+    )
+    runs_in_flight: int = Field(
+        default_factory=default_runs_in_flight,
+        ge=1,
+        description="Run messages processed at once (default: twice the CPUs, 2 to 32); "
+        "offsets are committed per partition only up to the oldest unfinished one",
+    )
+    progress_after_s: float = Field(
+        default=1.0,
+        ge=0,
+        description="Per-variable processing states (variable_done/failed) are published "
+        "once a pass has been running this long; shorter passes publish only queued, "
+        "running and finished (results_ready has every duration and error). 0: always",
+    )
+    idle_worker_s: float = Field(
+        default=300.0,
+        ge=0,
+        description="Workers idle this long are retired (down to one per interpreter) and "
+        "forked again when runs come; 0: never",
+    )
+    drain_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="On shutdown, how long runs in flight may take to finish (the rest come "
+        "again after the restart)",
+    )
     fork_workers: bool = Field(
         default=True,
         description="Fork workers from a preloaded zygote (ms to replace) instead of "
@@ -39,6 +87,13 @@ class Settings(ServiceSettings):
         description="Replace a worker whose memory grew above this after a variable "
         "(leaks); default 75 % of variable_memory_mb, 0 never",
     )
+    memory_budget_mb: int | None = Field(
+        default=None,
+        ge=0,
+        description="Memory of the whole executor (service, zygotes, workers; PSS): above it "
+        "the busy worker holding the most is stopped and its variable fails with "
+        "MemoryLimitExceeded. Default 80 % of RAM or of the cgroup limit; 0: none",
+    )
     address_space_mb: int = Field(
         default=0, ge=0, description="RLIMIT_AS for workers in MiB (0: not set)"
     )
@@ -49,7 +104,15 @@ class Settings(ServiceSettings):
         description="A cluster job keeps retrying to publish its results this long while Kafka is away",
     )
     worker_start_timeout_s: float = Field(default=180.0, gt=0)
-    preload: str = Field(default=DEFAULT_PRELOAD, description="Modules workers import at start")
+    preload: str = Field(
+        default=DEFAULT_PRELOAD,
+        description="Modules the zygote imports at start, shared by every worker it forks",
+    )
+    share: str = Field(
+        default=DEFAULT_SHARE,
+        description="Modules the zygote imports as soon as a context turns out to use them "
+        "(workers that imported them alone are forked again, to share them)",
+    )
     python: str = Field(default=sys.executable, description="Default interpreter of workers")
     metadata_provider: str | None = Field(
         default=None,
@@ -95,6 +158,10 @@ class Settings(ServiceSettings):
     )
 
     @property
+    def effective_memory_budget_mb(self) -> int:
+        return default_budget_mb() if self.memory_budget_mb is None else self.memory_budget_mb
+
+    @property
     def consumer_group(self) -> str:
         if self.group_id:
             return self.group_id
@@ -111,7 +178,10 @@ class Settings(ServiceSettings):
             recycle_rss_mb=self.recycle_rss_mb,
             fork=self.fork_workers,
             preload=self.preload,
+            share=self.share,
             start_timeout_s=self.worker_start_timeout_s,
+            memory_budget_mb=self.effective_memory_budget_mb,
+            idle_s=self.idle_worker_s,
         )
 
     def find_proposal_dir(self, proposal: int) -> Path | None:

@@ -19,7 +19,6 @@ from rich.console import Console
 from rich.table import Table
 
 from .cli import DsnOption, WaitOption, _connect, _dsn, _fail, _run_command
-from .settings import Settings
 
 out = Console()
 damnit_app = typer.Typer(
@@ -61,6 +60,8 @@ def status(
     path = Path(row["context_dir"]) / DB_NAME
     state = read_state(path, proposal)
     behind = sorted(r for r, s in seqs.items() if state is None or state.seqs.get(r, -1) < s)
+    from .settings import Settings
+
     prefix = Settings().damnit.topic_prefix
     info = {
         "proposal": proposal,
@@ -159,6 +160,8 @@ def _register(proposal: int, folder: Path, data_root: Path | None) -> None:
     from runstream_common.kafka import make_broker, publish
     from runstream_common.messages import ProposalRegistered
     from runstream_common.topics import proposal_key
+
+    from .settings import Settings
 
     settings = Settings()
     root = str(data_root.resolve()) if data_root else None

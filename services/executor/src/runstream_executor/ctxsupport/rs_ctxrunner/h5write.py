@@ -16,10 +16,14 @@ every other variable is still saved.
 
 from __future__ import annotations
 
+import math
+import os
 from typing import Any
 
 import h5py
 import numpy as np
+
+from .durable import commit
 
 COMPRESS_MIN_BYTES = 4096
 
@@ -169,4 +173,72 @@ def write_file(
             for name, (message, error_cls) in failed.items():
                 _delete(f, name, f".reduced/{name}", f".preview/{name}")
                 write_error(f, name, message, error_cls)
+    return failed
+
+
+def needs_fragment(prepared: dict[str, Any], max_inline_chars: int) -> bool:
+    """Whether the message's inline summary is not enough to store this result.
+
+    Plain scalars and short strings whose summary is the value itself travel
+    inline only; arrays, xarray objects, images, previews, binary summaries and
+    reduced values need the fragment.
+    """
+    kind = prepared["kind"]
+    if kind not in ("array", "string") or prepared.get("preview") is not None:
+        return True
+    if prepared.get("summary_type") in ("thumbnail", "trendline"):
+        return True
+    data = prepared["data"]
+    if kind == "string":
+        return len(data) > max_inline_chars or prepared.get("summary") != data
+    arr = np.asarray(data)
+    if arr.ndim != 0:
+        return True
+    value = arr.item()
+    summary = prepared.get("summary")
+    if isinstance(value, complex) or (isinstance(value, float) and not math.isfinite(value)):
+        return True
+    return type(summary) is not type(value) or summary != value
+
+
+def summary_part(prepared: dict[str, Any], *, in_fragment: bool) -> dict[str, Any]:
+    """What the service needs of a result whose data stays here: no data, no preview,
+    no binary summary (those are read from the fragment)."""
+    part = {k: v for k, v in prepared.items() if k not in ("data", "preview")}
+    if isinstance(part.get("summary"), np.ndarray):
+        part["summary"] = None
+    part["in_fragment"] = in_fragment
+    part["has_preview"] = prepared.get("preview") is not None
+    return part
+
+
+def write_atomically(
+    path: str,
+    stored: dict[str, dict[str, Any]],
+    errors: dict[str, tuple[str, str]],
+    *,
+    start_time: float | None,
+    provenance: str = "context.py",
+    always: bool = True,
+    sync: bool = True,
+) -> dict[str, tuple[str, str]]:
+    """Write ``path + '.writing'``, fsync, rename, fsync the folder. Returns what failed.
+
+    Nothing is written when there is nothing to store and ``always`` is false.
+    ``sync=False`` stops after writing ``path + '.writing'``: the caller finishes it with
+    :func:`commit` (the service does, so a worker does not wait for the disk).
+    """
+    if not stored and not always:
+        return {}
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = path + ".writing"
+    done = False
+    try:
+        failed = write_file(tmp, stored, errors, provenance=provenance, start_time=start_time)
+        if sync:
+            commit(path)
+        done = True
+    finally:
+        if not done and os.path.exists(tmp):
+            os.unlink(tmp)
     return failed

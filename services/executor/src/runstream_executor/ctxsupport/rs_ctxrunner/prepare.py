@@ -75,20 +75,23 @@ def image_thumbnail(rgba: np.ndarray) -> np.ndarray:
 
 
 def array_thumbnail(arr: np.ndarray) -> np.ndarray:
-    """300 x 300 PNG of a 2-D array: NaN -> 0, colour limits at the 1 %/99 % quantiles."""
+    """300 x 300 PNG of a 2-D array: NaN -> 0, colour limits at the 1 %/99 % quantiles.
+
+    Only about as many pixels as the thumbnail shows are looked at (a strided
+    subsample, taken first), so a large image costs no more than a small one.
+    """
     from matplotlib import colormaps
     from PIL import Image
 
     data = np.asarray(arr)
+    step_y = max(1, data.shape[0] // THUMBNAIL_SIZE)
+    step_x = max(1, data.shape[1] // THUMBNAIL_SIZE)
+    data = data[::step_y, ::step_x]
     if data.dtype.kind == "c":
         data = np.abs(data)
     data = np.nan_to_num(data.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
     lo, hi = np.quantile(data, [0.01, 0.99]) if data.size else (0.0, 1.0)
     span = hi - lo if hi > lo else 1.0
-    # Colour only about as many pixels as the thumbnail has (strided subsample).
-    step_y = max(1, data.shape[0] // THUMBNAIL_SIZE)
-    step_x = max(1, data.shape[1] // THUMBNAIL_SIZE)
-    data = data[::step_y, ::step_x]
     norm = np.clip((data - lo) / span, 0.0, 1.0)
     rgba = (colormaps["viridis"](norm) * 255).astype(np.uint8)
     img = Image.fromarray(rgba, mode="RGBA").resize(

@@ -5,8 +5,14 @@ It imports the scientific stack once, then answers requests read from stdin
 prints go to stderr, stdin is replaced by /dev/null. One request at a time.
 
 Requests (dicts with ``op``): ``load`` (check a context file, return variable
-definitions), ``eval`` (one variable of one run), ``start_time``, ``forget``
-(drop values kept for a processing pass), ``ping``.
+definitions), ``eval`` (one variable of one run), ``start_time``, ``write``
+(write the data held for a pass into its HDF5 fragment), ``forget`` (drop
+what is kept for a processing pass), ``ping``.
+
+A pass's values stay in the worker that computed them (``keep``: for the
+variables that depend on them) and, with ``hold``, so does the data to store:
+the reply carries only the summaries, and the fragment is written here, once,
+by ``write``; nothing large crosses the pipe.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from . import protocol
+from . import h5write, protocol
 from .api import Cell, Skip
 from .loader import ContextFile, ContextLoadError
 from .prepare import prepare
@@ -34,10 +40,14 @@ from .runs import open_run, start_time
 
 log = logging.getLogger("rs_ctxrunner")
 
-DEFAULT_PRELOAD = ("numpy", "h5py", "xarray", "extra_data", "matplotlib", "PIL.Image")
+DEFAULT_PRELOAD = ("numpy", "h5py", "extra_data", "matplotlib", "PIL.Image")
+
+_AT_START: set[str] = set()  # modules this worker had when it began serving
+_REPORTED: set[str] = set()  # shareable modules it imported since and told the service about
 
 _CONTEXTS: OrderedDict[str, ContextFile] = OrderedDict()
-_KEPT: dict[tuple[str, str], Any] = {}
+_KEPT: dict[tuple[str, str], Any] = {}  # (session, name) -> value, for dependents
+_HELD: dict[tuple[str, str], dict[str, Any]] = {}  # (session, name) -> prepared, for the fragment
 _PROVIDERS: dict[str, Any] = {}
 
 
@@ -209,15 +219,18 @@ def _eval(msg: dict[str, Any]) -> dict[str, Any]:
             dep_value = value.data if isinstance(value, Cell) else value
         else:
             cell = value if isinstance(value, Cell) else Cell(value)
-            reply["prepared"] = prepare(var, cell)
+            prepared = prepare(var, cell)
+            reply["prepared"] = _hold(msg, session, name, prepared) if msg.get("hold") else prepared
             reply["status"] = "ok"
             dep_value = cell.data
         if reply["status"] == "ok" and msg.get("keep"):
-            try:
-                reply["value"] = pickle.dumps(dep_value, protocol=protocol.PICKLE_PROTOCOL)
-            except Exception:
-                _KEPT[(session, name)] = dep_value
-                reply["pinned"] = True
+            _keep(msg, reply, session, name, dep_value)
+        imported = [
+            m for m in msg.get("share") or () if m in sys.modules and m not in _AT_START | _REPORTED
+        ]
+        if imported:  # the zygote can preload these, so the next workers share them
+            _REPORTED.update(imported)
+            reply["imported"] = imported
     except Skip as exc:
         reply.update(status="error", error=str(exc), error_cls="Skip")
     except Exception as exc:
@@ -228,6 +241,38 @@ def _eval(msg: dict[str, Any]) -> dict[str, Any]:
         _close_figures()
     reply["duration"] = time.perf_counter() - started
     return reply
+
+
+def _keep(msg: dict[str, Any], reply: dict[str, Any], session: str, name: str, value: Any) -> None:
+    """Keep a value for dependents: here (``pin``), or as a pickle in the reply.
+
+    ``pickle`` also asks for the bytes (the service keeps them for later passes);
+    an unpicklable value stays here whatever was asked.
+    """
+    if msg.get("pickle"):
+        try:
+            reply["value"] = pickle.dumps(value, protocol=protocol.PICKLE_PROTOCOL)
+        except Exception:
+            reply["value"] = None
+    if msg.get("pin") or reply.get("value") is None:
+        _KEPT[(session, name)] = value
+        reply["pinned"] = True
+
+
+def _hold(msg: dict[str, Any], session: str, name: str, prepared: dict[str, Any]) -> dict[str, Any]:
+    """Keep ``prepared`` here for ``write``; return what the service needs of it.
+
+    With ``give`` (a variable evaluated beside the pass's own worker) nothing is
+    kept: the whole of it goes back, marked with whether the fragment needs it.
+    """
+    in_fragment = not msg.get("inline_scalars") or h5write.needs_fragment(
+        prepared, msg.get("max_inline_chars", 16384)
+    )
+    if msg.get("give"):
+        return {**prepared, "in_fragment": in_fragment}
+    if in_fragment:
+        _HELD[(session, name)] = prepared
+    return h5write.summary_part(prepared, in_fragment=in_fragment)
 
 
 def _close_figures() -> None:
@@ -250,9 +295,43 @@ def op_start_time(msg: dict[str, Any]) -> dict[str, Any]:
 
 
 def op_forget(msg: dict[str, Any]) -> dict[str, Any]:
-    for key in [k for k in _KEPT if k[0] == msg["session"]]:
-        del _KEPT[key]
+    _forget(msg["session"])
     return {"ok": True}
+
+
+def _forget(session: str) -> None:
+    for store in (_KEPT, _HELD):
+        for key in [k for k in store if k[0] == session]:
+            del store[key]
+
+
+def op_write(msg: dict[str, Any]) -> dict[str, Any]:
+    """Write the pass's held data for ``names`` (plus ``extra``) into the fragment ``path``.
+
+    Atomic (``*.writing``, fsync, rename; with ``sync`` false only ``*.writing``, the
+    caller commits it). Replies ``failed``: name -> (message, class) for data that
+    could not be written or was not here; then forgets the pass.
+    """
+    session = msg["session"]
+    stored = {n: _HELD[(session, n)] for n in msg["names"] if (session, n) in _HELD}
+    stored.update(msg.get("extra") or {})
+    lost = {
+        n: ("its data was lost with the worker that computed it", "WorkerCrashed")
+        for n in msg["names"]
+        if n not in stored
+    }
+    try:
+        failed = h5write.write_atomically(
+            msg["path"],
+            stored,
+            {**dict(msg.get("errors") or {}), **lost},
+            start_time=msg.get("start_time"),
+            always=bool(msg.get("always")),
+            sync=msg.get("sync", True),
+        )
+    finally:
+        _forget(session)
+    return {"ok": True, "failed": {**lost, **failed}}
 
 
 def op_ping(msg: dict[str, Any]) -> dict[str, Any]:
@@ -264,8 +343,17 @@ OPS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "eval": op_eval,
     "start_time": op_start_time,
     "forget": op_forget,
+    "write": op_write,
     "ping": op_ping,
 }
+
+
+def _trim_heap() -> None:
+    """Return free heap pages to the system (glibc keeps them otherwise)."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _die_with_parent() -> None:
@@ -284,6 +372,7 @@ def _limit_address_space(megabytes: int) -> None:
 
 
 def serve(proto_in: Any, proto_out: Any, **hello: Any) -> None:
+    _AT_START.update(sys.modules)
     protocol.write_frame(
         proto_out,
         {
@@ -309,6 +398,8 @@ def serve(proto_in: Any, proto_out: Any, **hello: Any) -> None:
             reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}", **_error(exc)}
         try:
             protocol.write_frame(proto_out, reply)
+            if op in ("write", "forget"):  # a pass ended: give its freed memory back
+                _trim_heap()
         except (pickle.PicklingError, TypeError, AttributeError) as exc:
             protocol.write_frame(
                 proto_out,
@@ -323,6 +414,20 @@ def serve(proto_in: Any, proto_out: Any, **hello: Any) -> None:
                     "duration": reply.get("duration"),
                 },
             )
+
+
+def preload_modules(modules: list[str]) -> None:
+    """Import ``modules`` (failures are reported, not fatal); matplotlib draws with Agg."""
+    for module in filter(None, modules):
+        try:
+            importlib.import_module(module)
+        except Exception as exc:
+            print(f"preload of {module} failed: {exc}", file=sys.stderr)
+    if "matplotlib" in sys.modules:
+        with contextlib.suppress(Exception):
+            import matplotlib
+
+            matplotlib.use("Agg")
 
 
 def setup_process(preload: str, address_space_mb: int, *, buffered: bool = True) -> tuple[Any, Any]:
@@ -341,17 +446,7 @@ def setup_process(preload: str, address_space_mb: int, *, buffered: bool = True)
     _die_with_parent()
     logging.basicConfig(level=logging.INFO, format="[worker %(process)d] %(levelname)s %(message)s")
     os.environ.setdefault("MPLBACKEND", "Agg")
-    for module in filter(None, preload.split(",")):
-        try:
-            importlib.import_module(module)
-        except Exception as exc:
-            print(f"preload of {module} failed: {exc}", file=sys.stderr)
-    if "matplotlib" in sys.modules:
-        with contextlib.suppress(Exception):
-            import matplotlib
-
-            matplotlib.use("Agg")
-            import matplotlib.pyplot
+    preload_modules(preload.split(","))
     if address_space_mb:
         _limit_address_space(address_space_mb)
     return proto_in, proto_out

@@ -8,7 +8,10 @@ everything. Control frames (see ``protocol``) on stdin/stdout:
   socket ``PATH``, says ``ready`` with the token and serves requests there;
   out ``{"op": "forked", "token": N, "pid": P}``;
 - out ``{"op": "exited", "pid": P, "code": C}`` when a worker ends (C < 0: the
-  signal number, as ``subprocess`` reports it).
+  signal number, as ``subprocess`` reports it);
+- in ``{"op": "preload", "modules": [...]}`` -> import them now, so that workers
+  forked from here on share them (the service asks when contexts turn out to use
+  them).
 
 The zygote stays single-threaded so forking is safe. If the service goes away
 (stdin closes) the zygote exits, and its workers die with it (PDEATHSIG).
@@ -25,7 +28,7 @@ import sys
 from typing import Any
 
 from . import protocol
-from .worker import DEFAULT_PRELOAD, _die_with_parent, serve, setup_process
+from .worker import DEFAULT_PRELOAD, _die_with_parent, preload_modules, serve, setup_process
 
 
 def _reap(control_out: Any) -> None:
@@ -83,6 +86,8 @@ def main() -> None:
             return
         if msg.get("op") == "exit":
             return
+        if msg.get("op") == "preload":
+            preload_modules(list(msg.get("modules") or ()))
         if msg.get("op") == "fork":
             sys.stdout.flush()
             sys.stderr.flush()

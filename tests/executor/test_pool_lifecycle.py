@@ -1,0 +1,192 @@
+"""The pool's life cycle: idle workers retired and forked again, cancelled requests."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+from runstream_executor.memory import children, rss_mb, tree_rss_mb
+from runstream_executor.pool import PoolConfig, WorkerPool
+
+from .helpers import run_context
+
+pytestmark = [pytest.mark.unit, pytest.mark.asyncio(loop_scope="session")]
+
+LIGHT = "numpy"
+
+
+async def _until(predicate: object, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "condition not met"
+        await asyncio.sleep(0.05)
+
+
+async def test_idle_workers_are_retired_and_forked_again_when_needed() -> None:
+    pool = WorkerPool(PoolConfig(size=2, preload=LIGHT, idle_s=1.0, min_size=1))
+    await pool.start()
+    try:
+        assert len(pool.pids) == 2
+        await _until(lambda: len(pool.pids) == 1)  # one was idle long enough
+        assert pool.retired == 1
+        # Two requests at once: the pool grows back to its size.
+        first, second = await asyncio.gather(pool.acquire(), pool.acquire())
+        assert first is not second
+        assert len(pool.pids) == 2
+        replies = await asyncio.gather(
+            first.request({"op": "ping"}), second.request({"op": "ping"})
+        )
+        assert {r["pid"] for r in replies} == {first.pid, second.pid}
+        await pool.release(first)
+        await pool.release(second)
+    finally:
+        await pool.close()
+
+
+async def test_a_cancelled_request_costs_its_worker_not_the_next_request(tmp_path: Path) -> None:
+    pool = WorkerPool(PoolConfig(size=1, preload=LIGHT))
+    await pool.start()
+    try:
+        worker = await pool.acquire()
+        slow = asyncio.ensure_future(
+            worker.request(
+                {
+                    "op": "load",  # a context file that takes its time to load
+                    "source": "import time\ntime.sleep(30)\n",
+                    "path": str(tmp_path / "context.py"),
+                    "hash": "slow",
+                },
+                time_limit_s=60,
+            )
+        )
+        await asyncio.sleep(0.3)  # the request is on its way (not a timing assertion)
+        slow.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await slow
+        # Its reply would have answered the next request: the worker is gone instead.
+        assert worker.dead
+        await pool.release(worker)
+        fresh = await pool.acquire()
+        assert fresh is not worker
+        assert (await fresh.request({"op": "ping"}))["pid"] == fresh.pid
+        await pool.release(fresh)
+    finally:
+        await pool.close()
+
+
+async def test_process_tree_memory_is_read_from_proc() -> None:
+    pool = WorkerPool(PoolConfig(size=1, preload=LIGHT))
+    await pool.start()
+    try:
+        (pid,) = pool.pids
+        assert rss_mb(pid) > 5  # an interpreter with numpy
+        assert children(pid) == []
+        assert tree_rss_mb(pid) == pytest.approx(rss_mb(pid), rel=0.2)
+        assert rss_mb(2**22 + 12345) == 0.0  # no such process
+    finally:
+        await pool.close()
+
+
+async def test_libraries_a_context_uses_end_up_shared_by_every_worker(
+    tmp_path: Path, mock_proposal: Path
+) -> None:
+    """The zygote starts light; once a context imports xarray, it preloads it, and the
+    worker that imported it alone is forked again (so the library is in memory once)."""
+    pool = WorkerPool(PoolConfig(size=1, preload=LIGHT, share="xarray"))
+    await pool.start()
+    try:
+        (first,) = pool.pids
+        uses = await run_context(
+            pool,
+            "from damnit_ctx import Variable\nimport xarray\n\n"
+            "@Variable\ndef da(run):\n    return xarray.DataArray([1.0, 2.0]).sum().item()\n",
+            tmp_path / "uses",
+            mock_proposal,
+            parallel=1,
+        )
+        assert uses.summary("da") == 3.0
+        await pool.settle()
+        (second,) = pool.pids
+        assert second != first  # forked again, from a zygote that now has xarray
+        probe = await run_context(
+            pool,
+            "from damnit_ctx import Variable\nimport sys\n\n"
+            "@Variable\ndef has(run):\n    return 'xarray' in sys.modules\n",
+            tmp_path / "probe",
+            mock_proposal,
+            parallel=1,
+        )
+        assert probe.summary("has") is True  # inherited, not imported by this context
+        assert pool.pids == [second]  # nothing new to share: the worker stays
+    finally:
+        await pool.close()
+
+
+async def test_a_pass_whose_worker_dies_computes_what_died_with_it_again(
+    tmp_path: Path, mock_proposal: Path
+) -> None:
+    """One worker per pass keeps values and data; a crash loses them, not the results."""
+    import h5py
+    import numpy as np
+    from runstream_executor.engine import Pass, load_context, select
+
+    from .helpers import target, write_context
+
+    calls = tmp_path / "calls"
+    calls.mkdir()
+    source = write_context(
+        tmp_path / "ctx",
+        f"""
+from damnit_ctx import Variable
+import os
+import numpy as np
+
+CALLS = {str(calls)!r}
+
+def count(name):
+    open(os.path.join(CALLS, f"{{name}}-{{os.getpid()}}"), "w").close()
+
+@Variable
+def base(run):
+    count("base")
+    return np.arange(4.0)
+
+@Variable
+def image(run):
+    count("image")
+    return np.ones((8, 8))
+
+@Variable
+def crash(run):
+    os._exit(7)
+
+@Variable
+def after(run, b: "var#base"):
+    return float(b.sum())
+""",
+    )
+    pool = WorkerPool(PoolConfig(size=1, preload=LIGHT))
+    await pool.start()
+    try:
+        ctx = await load_context(pool, source)
+        names = select(ctx, "all")
+        fragment = tmp_path / "fragment.h5"
+        async with Pass(pool, ctx, target(mock_proposal, tmp_path / "ctx"), hold=True) as p:
+            outcomes = await p.run(names)
+            stored = [n for n in names if outcomes[n].held_by is not None]
+            failed = await p.write(fragment, stored, start_time=None)
+        assert outcomes["crash"].error_cls == "WorkerCrashed"
+        assert outcomes["after"].prepared is not None
+        assert outcomes["after"].prepared["summary"] == 6.0
+        assert failed == {}
+        assert sorted(stored) == ["base", "image"]
+        with h5py.File(fragment, "r") as f:  # the data computed again reached the fragment
+            np.testing.assert_array_equal(f["image/data"][()], np.ones((8, 8)))
+            np.testing.assert_array_equal(f["base/data"][()], np.arange(4.0))
+        # Computed by the first worker, lost with it, computed again by its replacement.
+        assert len(list(calls.glob("base-*"))) == 2
+        assert len(list(calls.glob("image-*"))) == 2
+    finally:
+        await pool.close()
