@@ -220,8 +220,8 @@ async def main() -> None:
     print(f"throughput two/one executors: {two['rate'] / one['rate']:.2f}x")  # type: ignore[operator]
     print("peak RSS per service (MiB, process tree incl. workers):")
     for name, r in results.items():
-        peaks = r["peaks"]
-        print(f"  {name}: " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(peaks.items())))  # type: ignore[union-attr]
+        peaks: dict[str, float] = r["peaks"]  # type: ignore[assignment]
+        print(f"  {name}: " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(peaks.items())))
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 from confluent_kafka import Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 from runstream_common.admin import ensure_topics
 from runstream_common.messages import ProposalRegistered
 from runstream_common.settings import KafkaSettings
@@ -248,7 +248,7 @@ async def main() -> None:
     tap = Tap(kafka)
     runs = Reader(kafka.topics.runs, run_of_json)
     baseline = Reader(facility, run_of_json)
-    results: dict[str, object] = {}
+    results: dict[str, Any] = {}
     try:
         await asyncio.sleep(0.5)
         send(0)  # warm-up: wait until ingest is up and has processed one event

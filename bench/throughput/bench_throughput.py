@@ -77,7 +77,7 @@ def load() -> str:
 # ---------------------------------------------------------------- the floor
 
 
-def measure_floor(context: str, prop: Path, runs: list[int], work: Path) -> dict[str, float]:
+def measure_floor(context: str, prop: Path, runs: list[int], work: Path) -> dict[str, float | str]:
     """The 11 variables in a bare loop, one process per CPU, started together."""
     path = work / "floor_context.py"
     path.write_text(context)

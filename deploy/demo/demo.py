@@ -110,7 +110,7 @@ def missing_values() -> list[str]:
     """Expected values not (yet) stored, read back through the store's Python API."""
     from runstream_store.api import Proposal
 
-    missing = []
+    missing: list[str] = []
     try:
         proposal = Proposal(PROPOSAL)
     except Exception:
