@@ -23,7 +23,6 @@ from runstream_common.messages import (
     JobStateSet,
     ProcessingStateChanged,
     ProcessingStateSet,
-    ProcessingStatus,
     ProposalRegistered,
     ProposalRemoved,
     ProposalSettingsSet,
@@ -251,10 +250,6 @@ def test_error_tree_separates_permanent_from_transient() -> None:
             if obj in (errors.RunstreamError, PermanentError, TransientError):
                 continue
             assert issubclass(obj, PermanentError) != issubclass(obj, TransientError), name
-
-
-def test_processing_status_values_are_stable() -> None:
-    assert ProcessingStatus("finished") is ProcessingStatus.FINISHED
 
 
 def _imports(path: Path) -> set[str]:

@@ -9,7 +9,7 @@ from runstream_common.messages import JobState
 from runstream_slurm_gateway.jobspec import JobSpec
 from runstream_slurm_gateway.slurm_api import SlurmApi
 
-from .openapi_shapes import NO_VAL, SHAPES, violations
+from .openapi_shapes import SHAPES, violations
 
 pytestmark = pytest.mark.unit
 
@@ -173,7 +173,3 @@ def test_legacy_shapes_are_what_slurm_22_05_takes() -> None:
 def test_unsupported_versions_are_refused(version: str) -> None:
     with pytest.raises(ConfigurationError):
         SlurmApi.for_version(version)
-
-
-def test_no_val_helper_shape() -> None:
-    assert NO_VAL["object"]["number"] == "integer"

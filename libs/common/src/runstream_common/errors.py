@@ -36,10 +36,6 @@ class UnknownProposal(PermanentError, KeyError):
     """A proposal that is not registered."""
 
 
-class UnknownRun(PermanentError, KeyError):
-    """A run that does not exist (on disk or in the catalog)."""
-
-
 class InvalidCommand(PermanentError, ValueError):
     """A user command with a bad value (wrong type, unknown setting)."""
 

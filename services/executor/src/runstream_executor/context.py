@@ -31,11 +31,6 @@ class ContextSource:
             revision=revision,
         )
 
-    @classmethod
-    def from_text(cls, text: str, path: str = "context.py") -> ContextSource:
-        raw = text.encode()
-        return cls(path=path, source=text, hash=hashlib.sha256(raw).hexdigest(), revision=0)
-
 
 @dataclass(frozen=True)
 class VarDef:

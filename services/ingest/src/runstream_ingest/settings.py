@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 
 from pydantic import Field, field_validator
 from runstream_common.limits import DEFAULT_MAX_EVENT_BYTES
@@ -195,8 +194,3 @@ class Settings(ServiceSettings):
 
     def retry_topic(self) -> str:
         return self.kafka.topics.ingest_retry
-
-
-def default_instance() -> str:
-    """A name for log lines and client ids."""
-    return f"{socket.gethostname()}-{os.getpid()}"

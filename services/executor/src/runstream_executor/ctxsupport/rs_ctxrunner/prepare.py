@@ -55,14 +55,6 @@ def figure_rgba(fig: Any) -> np.ndarray:
     return rgba
 
 
-def png_bytes(rgba: np.ndarray) -> np.ndarray:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(rgba, mode="RGBA").save(buf, format="PNG", compress_level=1)
-    return np.frombuffer(buf.getvalue(), dtype=np.uint8)
-
-
 def image_thumbnail(rgba: np.ndarray) -> np.ndarray:
     """PNG of an RGBA image, largest side at most 300 px."""
     from PIL import Image
