@@ -17,11 +17,15 @@ import typer
 from runstream_common.limits import MAX_INT32
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from rich.console import Console
 
     from .context import ContextSource, LoadedContext
+    from .engine import RunTarget
     from .outcome import Outcome
     from .pool import PoolConfig, WorkerPool
+    from .settings import Settings
 
 
 @cache
@@ -226,20 +230,58 @@ def eval_context(
 ) -> None:
     """Evaluate a context file for one run and print the results."""
     import asyncio
-    import json
-
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-    from rich.table import Table
+    import dataclasses
 
     from .context import ContextProblems
-    from .engine import RunTarget, evaluate, select, start_time
-    from .pool import PoolConfig
-    from .results import build_results
     from .settings import Settings
 
     out, err = _consoles()
     settings = Settings()
     source = _read_source(context)
+    target = _run_target(settings, context, proposal, run, proposal_dir, err)
+    base = settings.pool_config(context_python)
+    config = dataclasses.replace(
+        base,
+        size=workers or max(1, settings.parallel_variables),
+        time_limit_s=timeout or base.time_limit_s,
+        memory_limit_mb=memory_mb or base.memory_limit_mb,
+    )
+    try:
+        ctx, names, outcomes, started = asyncio.run(
+            _evaluate_with_progress(
+                config, source, target, data.value, match or (), settings.metadata_provider, err
+            )
+        )
+    except ContextProblems as exc:
+        _print_problems(context, exc.problems)
+        raise typer.Exit(1) from None
+    emit = [n for n in names if not ctx.variables[n].transient]
+    if output is not None:
+        _write_fragment(output, outcomes, emit, started, err)
+    entries = {n: _json_entry(ctx, outcomes[n], settings.max_inline_chars) for n in emit}
+    if json_output:
+        import json
+
+        sys.stdout.write(
+            json.dumps({"proposal": proposal, "run": run, "variables": entries}) + "\n"
+        )
+        return
+    _print_table(out, f"p{proposal} r{run} ({data.value})", entries)
+    if output is not None:
+        out.print(f"wrote {output}")
+
+
+def _run_target(
+    settings: Settings,
+    context: Path,
+    proposal: int,
+    run: int,
+    proposal_dir: Path | None,
+    err: Console,
+) -> RunTarget:
+    """The run's folders, from ``--proposal-dir`` or the data root; exits if there are none."""
+    from .engine import RunTarget
+
     if proposal_dir is None:
         proposal_dir = settings.find_proposal_dir(proposal)
         if proposal_dir is None:
@@ -252,90 +294,83 @@ def eval_context(
     if not Path(raw_dir).is_dir() and not Path(proc_dir).is_dir():
         err.print(f"[red]no run folder:[/] neither {raw_dir} nor {proc_dir} exists")
         raise typer.Exit(1)
-    base = settings.pool_config(context_python)
-    config = PoolConfig(
-        size=workers or max(1, settings.parallel_variables),
-        python=base.python,
-        time_limit_s=timeout or base.time_limit_s,
-        memory_limit_mb=memory_mb or base.memory_limit_mb,
-        address_space_mb=base.address_space_mb,
-        recycle_rss_mb=base.recycle_rss_mb,
-        fork=base.fork,
-        preload=base.preload,
-        start_timeout_s=base.start_timeout_s,
-    )
     context_dir = str(context.resolve().parent)
-    target = RunTarget(proposal, run, str(proposal_dir.resolve()), context_dir, raw_dir, proc_dir)
+    return RunTarget(proposal, run, str(proposal_dir.resolve()), context_dir, raw_dir, proc_dir)
 
-    async def go() -> tuple[LoadedContext, list[str], dict[str, Outcome], float | None]:
-        with err.status("starting workers and loading the context", spinner="dots"):
-            pool, ctx = await _load(config, source)
-        try:
-            names = select(ctx, data.value, (), match or ())
-            progress = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                console=err,
-                transient=True,
-                disable=not err.is_terminal,
+
+async def _evaluate_with_progress(
+    config: PoolConfig,
+    source: ContextSource,
+    target: RunTarget,
+    data: str,
+    match: Sequence[str],
+    mymdc: str | None,
+    err: Console,
+) -> tuple[LoadedContext, list[str], dict[str, Outcome], float | None]:
+    """Start the workers, load the context, evaluate the selected variables with a progress bar."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .engine import evaluate, select, start_time
+
+    with err.status("starting workers and loading the context", spinner="dots"):
+        pool, ctx = await _load(config, source)
+    try:
+        names = select(ctx, data, (), match)
+        progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err,
+            transient=True,
+            disable=not err.is_terminal,
+        )
+        label = f"r{target.run:04d}"
+        with progress:
+            task = progress.add_task(label, total=len(names))
+
+            async def tick(outcome: Outcome) -> None:
+                progress.update(task, advance=1, description=f"{label} {outcome.name}")
+
+            outcomes = await evaluate(
+                pool, ctx, target, names, parallel=config.size, mymdc=mymdc, on_outcome=tick
             )
-            with progress:
-                task = progress.add_task(f"r{run:04d}", total=len(names))
+        started = await start_time(pool, target)
+    finally:
+        await pool.close()
+    return ctx, names, outcomes, started
 
-                async def tick(outcome: Outcome) -> None:
-                    progress.update(task, advance=1, description=f"r{run:04d} {outcome.name}")
 
-                outcomes = await evaluate(
-                    pool,
-                    ctx,
-                    target,
-                    names,
-                    parallel=config.size,
-                    mymdc=settings.metadata_provider,
-                    on_outcome=tick,
-                )
-            started = await start_time(pool, target)
-        finally:
-            await pool.close()
-        return ctx, names, outcomes, started
+def _write_fragment(
+    output: Path, outcomes: dict[str, Outcome], emit: list[str], started: float | None, err: Console
+) -> None:
+    """DAMNIT's per-run HDF5 layout, errors included (``--output``); exits on an OS error."""
+    from .results import build_results
 
     try:
-        ctx, names, outcomes, started = asyncio.run(go())
-    except ContextProblems as exc:
-        _print_problems(context, exc.problems)
+        build_results(
+            outcomes,
+            emit,
+            fragment=output.resolve(),
+            start_time=started,
+            include_errors_in_file=True,
+            always_write=True,
+        )
+    except OSError as exc:
+        err.print(f"[red]cannot write {output}:[/] {exc}")
         raise typer.Exit(1) from None
 
-    emit = [n for n in names if not ctx.variables[n].transient]
-    if output is not None:
-        try:
-            build_results(
-                outcomes,
-                emit,
-                fragment=output.resolve(),
-                start_time=started,
-                include_errors_in_file=True,
-                always_write=True,
-            )
-        except OSError as exc:
-            err.print(f"[red]cannot write {output}:[/] {exc}")
-            raise typer.Exit(1) from None
-    entries = {n: _json_entry(ctx, outcomes[n], settings.max_inline_chars) for n in emit}
-    if json_output:
-        sys.stdout.write(
-            json.dumps({"proposal": proposal, "run": run, "variables": entries}) + "\n"
-        )
-        return
-    table = Table(title=f"p{proposal} r{run} ({data.value})")
+
+def _print_table(out: Console, title: str, entries: dict[str, dict[str, Any]]) -> None:
+    from rich.table import Table
+
+    table = Table(title=title)
     for column in ("name", "title", "summary", "units", "error"):
         table.add_column(column, overflow="fold")
     for name, entry in entries.items():
         error = f"{entry['error_cls']}: {entry['error']}" if entry["error_cls"] else ""
         table.add_row(name, entry["title"], _summary_text(entry), entry["units"] or "", error)
     out.print(table)
-    if output is not None:
-        out.print(f"wrote {output}")
 
 
 def register(app: typer.Typer) -> None:
