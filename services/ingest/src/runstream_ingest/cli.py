@@ -333,43 +333,18 @@ async def _reprocess(
     timeout: float | None,
     as_json: bool,
 ) -> int:
-    import asyncio
     import json
 
     from runstream_common.admin import ensure_topics
-    from runstream_common.messages import ReprocessRequested, Trigger
+    from runstream_common.messages import ReprocessRequested
     from runstream_common.topics import proposal_key
 
-    from .adapters.disk import LocalDisk
     from .adapters.publisher import publish_once
     from .adapters.updates import UpdatesFollower
     from .ids import reprocess_request_id
     from .progress import RequestTracker
 
-    proposals = await _proposals(settings)
-    registration = proposals.get(proposal)
-    if registration is None:
-        raise _fail(f"proposal {proposal} is not registered (runstream proposal add)", 2)
-    disk = LocalDisk(settings.layout(), settings.settle_s)
-    proposal_dir = await asyncio.to_thread(disk.proposal_dir, registration)
-    if proposal_dir is None:
-        raise _fail(f"the data folder of proposal {proposal} cannot be found", 1)
-    candidates = wanted if wanted is not None else (await _catalog(settings)).runs(proposal)
-    kind = Trigger.PROC if trigger is Trigger.PROC else Trigger.RAW
-
-    def on_disk() -> tuple[list[int], list[int]]:
-        present: list[int] = []
-        absent: list[int] = []
-        for run in candidates:
-            (present if disk.exists(disk.run_dir(proposal_dir, run, kind)) else absent).append(run)
-        return present, absent
-
-    present, missing = await asyncio.to_thread(on_disk)
-    for run in missing:
-        err.print(
-            f"[yellow]skipped:[/] run {run} of p{proposal} does not exist on disk "
-            f"({disk.run_dir(proposal_dir, run, kind)})"
-        )
+    present, missing = await _runs_on_disk(settings, proposal, wanted, trigger)
     if not present:
         if not as_json:
             err.print("[red]nothing to reprocess[/]")
@@ -414,6 +389,43 @@ async def _reprocess(
         if follower is not None:
             await follower.stop()
     return _report(tracker, str(request.event_id), finished, as_json)
+
+
+async def _runs_on_disk(
+    settings: Settings, proposal: int, wanted: list[int] | None, trigger: Trigger
+) -> tuple[list[int], list[int]]:
+    """(present, missing) among the wanted runs (default: the catalog's); says which are skipped."""
+    import asyncio
+
+    from runstream_common.messages import Trigger
+
+    from .adapters.disk import LocalDisk
+
+    proposals = await _proposals(settings)
+    registration = proposals.get(proposal)
+    if registration is None:
+        raise _fail(f"proposal {proposal} is not registered (runstream proposal add)", 2)
+    disk = LocalDisk(settings.layout(), settings.settle_s)
+    proposal_dir = await asyncio.to_thread(disk.proposal_dir, registration)
+    if proposal_dir is None:
+        raise _fail(f"the data folder of proposal {proposal} cannot be found", 1)
+    candidates = wanted if wanted is not None else (await _catalog(settings)).runs(proposal)
+    kind = Trigger.PROC if trigger is Trigger.PROC else Trigger.RAW
+
+    def on_disk() -> tuple[list[int], list[int]]:
+        present: list[int] = []
+        absent: list[int] = []
+        for run in candidates:
+            (present if disk.exists(disk.run_dir(proposal_dir, run, kind)) else absent).append(run)
+        return present, absent
+
+    present, missing = await asyncio.to_thread(on_disk)
+    for run in missing:
+        err.print(
+            f"[yellow]skipped:[/] run {run} of p{proposal} does not exist on disk "
+            f"({disk.run_dir(proposal_dir, run, kind)})"
+        )
+    return present, missing
 
 
 def _describe(selection: Selection) -> str:
