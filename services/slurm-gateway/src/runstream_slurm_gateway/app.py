@@ -144,6 +144,25 @@ def build_app(
     if runtime_out is not None:
         runtime_out.append(runtime)
 
+    _subscribe(broker, settings, gateway)
+    app = FastStream(
+        broker, specification=AsyncAPI(title="runstream-slurm-gateway", version=__version__)
+    )
+
+    @app.on_startup
+    async def _start() -> None:
+        await _start_runtime(settings, runtime, proposals)
+
+    @app.on_shutdown
+    async def _stop() -> None:
+        await runtime.shutdown()
+
+    return app
+
+
+def _subscribe(broker: KafkaBroker, settings: Settings, gateway: Gateway) -> None:
+    """Job requests and job control in; job state out (documented for AsyncAPI)."""
+    topics = settings.kafka.topics
     handle_request: Handler[JobRequested] = gateway.handle_request
     if settings.crash_point == "after_submit":
 
@@ -171,38 +190,34 @@ def build_app(
         title="job control",
     )
     document_publication(broker, topics.job_state, parsers.JOB_STATE, "Job state changes")
-    app = FastStream(
-        broker, specification=AsyncAPI(title="runstream-slurm-gateway", version=__version__)
+
+
+async def _start_runtime(
+    settings: Settings, runtime: Runtime, proposals: ProposalSettingsView
+) -> None:
+    """Topics, then the background tasks: proposal settings, token refresh, job polling."""
+    topics = settings.kafka.topics
+    await ensure_topics(
+        settings.kafka,
+        [topics.job_requests, topics.job_control, topics.job_state, topics.proposal_settings],
+        compacted=set(topics.compacted()),
     )
-
-    @app.on_startup
-    async def _topics() -> None:
-        await ensure_topics(
-            settings.kafka,
-            [topics.job_requests, topics.job_control, topics.job_state, topics.proposal_settings],
-            compacted=set(topics.compacted()),
-        )
-        runtime.stop.clear()
-        runtime.spawn(
-            follow_proposal_settings(
-                settings.kafka, gateway.handle_settings, proposals.loaded, runtime.stop
-            ),
-            "proposal-settings",
-        )
-        if tokens is not None:
-            runtime.spawn(tokens.keep_fresh(stop=runtime.stop), "token-refresh")
-        if isinstance(backend, LocalBackend):
-            recovered = await backend.recover()
-            if recovered:
-                log.info("local backend: took over %d unfinished jobs from the journal", recovered)
-        runtime.spawn(gateway.poll_forever(runtime.stop), "job-poll")
-        log.info("slurm-gateway started: backend %s", backend.name)
-
-    @app.on_shutdown
-    async def _stop() -> None:
-        await runtime.shutdown()
-
-    return app
+    gateway, backend = runtime.gateway, runtime.backend
+    runtime.stop.clear()
+    runtime.spawn(
+        follow_proposal_settings(
+            settings.kafka, gateway.handle_settings, proposals.loaded, runtime.stop
+        ),
+        "proposal-settings",
+    )
+    if runtime.tokens is not None:
+        runtime.spawn(runtime.tokens.keep_fresh(stop=runtime.stop), "token-refresh")
+    if isinstance(backend, LocalBackend):
+        recovered = await backend.recover()
+        if recovered:
+            log.info("local backend: took over %d unfinished jobs from the journal", recovered)
+    runtime.spawn(gateway.poll_forever(runtime.stop), "job-poll")
+    log.info("slurm-gateway started: backend %s", backend.name)
 
 
 def create() -> FastStream:
