@@ -36,7 +36,12 @@ def _services() -> dict[str, Any]:
 @app.command()
 def serve(
     service: Annotated[str, typer.Argument(help="ingest | executor | store | slurm-gateway | web")],
-    log_level: Annotated[str, typer.Option(help="Python log level")] = "INFO",
+    log_level: Annotated[
+        str | None,
+        typer.Option(
+            help="Python log level (default: the service's settings, e.g. RUNSTREAM_STORE_LOG_LEVEL)"
+        ),
+    ] = None,
     heartbeat_file: Annotated[
         Path | None,
         typer.Option(
@@ -57,11 +62,12 @@ def serve(
             f"[red]unknown service {service!r}[/]; choose one of: {', '.join(sorted(available))}"
         )
         raise typer.Exit(2)
-    logging.basicConfig(
-        level=log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    if log_level is not None:  # else the service's own settings choose (configure_logging)
+        logging.basicConfig(
+            level=log_level.upper(),
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+            stream=sys.stderr,
+        )
     factory = available[service].load()
     faststream_app = factory()
     if heartbeat_file is not None:

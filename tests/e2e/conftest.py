@@ -167,7 +167,6 @@ def _env(
             "RUNSTREAM_SLURM_GATEWAY_LOCAL__JOURNAL_DIR": str(logs / "gateway-journal"),
             "RUNSTREAM_STORE_FRAGMENT_WAIT_S": "5",
             "PYTHONUNBUFFERED": "1",
-            "RUNSTREAM_INGEST_LOG_LEVEL": "DEBUG",
         }
     )
     return env

@@ -8,6 +8,7 @@ from runstream_common import parsers
 from runstream_common.admin import ensure_topics
 from runstream_common.inflight import subscribe_in_flight
 from runstream_common.kafka import Delivery, document_publication, make_broker, subscribe
+from runstream_common.logs import configure_logging
 from runstream_common.messages import ProposalSettingsSet, RunRequested
 from runstream_common.telemetry import Telemetry, setup_telemetry
 
@@ -103,4 +104,6 @@ def build_app(settings: Settings, *, telemetry: Telemetry | None = None) -> Fast
 
 
 def create() -> FastStream:
-    return build_app(Settings())
+    settings = Settings()
+    configure_logging(settings.log_level)
+    return build_app(settings)

@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import logging
-import os
-import sys
-
 import anyio
 
 from .app import create
 
 
 def main() -> None:
-    logging.basicConfig(
-        level=os.environ.get("RUNSTREAM_INGEST_LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    anyio.run(create().run)
+    anyio.run(create().run)  # logging from the settings (RUNSTREAM_INGEST_LOG_LEVEL)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from faststream.specification import AsyncAPI
 from runstream_common import parsers
 from runstream_common.health import ConsumerProbe, health_of
 from runstream_common.kafka import document_publication, make_broker
+from runstream_common.logs import configure_logging
 from runstream_common.telemetry import Telemetry, setup_telemetry
 
 from . import __version__
@@ -73,4 +74,6 @@ def build_app(settings: Settings, *, telemetry: Telemetry | None = None) -> Fast
 
 def create() -> FastStream:
     """Entry point of ``runstream serve ingest``: settings from the environment."""
-    return build_app(Settings())
+    settings = Settings()
+    configure_logging(settings.log_level)
+    return build_app(settings)

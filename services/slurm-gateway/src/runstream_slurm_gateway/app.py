@@ -24,6 +24,7 @@ from runstream_common.kafka import (
     publish,
     subscribe,
 )
+from runstream_common.logs import configure_logging
 from runstream_common.messages import JobRequested, JobStateChanged
 from runstream_common.telemetry import Telemetry, setup_telemetry
 from runstream_common.topics import run_key
@@ -222,4 +223,6 @@ async def _start_runtime(
 
 def create() -> FastStream:
     """Entry point ``runstream.services: slurm-gateway``."""
-    return build_app(Settings())
+    settings = Settings()
+    configure_logging(settings.log_level)
+    return build_app(settings)

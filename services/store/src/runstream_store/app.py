@@ -19,6 +19,7 @@ from runstream_common import parsers
 from runstream_common.admin import ensure_topics
 from runstream_common.errors import SchemaOutdated, ServiceUnavailable
 from runstream_common.kafka import Delivery, document_publication, make_broker, subscribe
+from runstream_common.logs import configure_logging
 from runstream_common.telemetry import Telemetry, setup_telemetry
 from runstream_common.topics import damnit_db_topic
 
@@ -232,6 +233,7 @@ def create() -> FastStream:
     traceback from inside the running app; the start-up hook checks again.
     """
     settings = Settings()
+    configure_logging(settings.log_level)
     try:
         asyncio.get_running_loop()
     except RuntimeError:

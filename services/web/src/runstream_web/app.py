@@ -18,6 +18,7 @@ from faststream.specification import AsyncAPI
 from runstream_common import parsers
 from runstream_common.admin import ensure_topics
 from runstream_common.kafka import document_publication, make_broker
+from runstream_common.logs import configure_logging
 from runstream_common.telemetry import Telemetry, setup_telemetry
 
 from . import __version__
@@ -98,5 +99,6 @@ def create() -> FastStream:
     A missing database DSN stops here, before any connection, with the variable to set.
     """
     settings = Settings()
+    configure_logging(settings.log_level)
     settings.postgres.dsn.get_secret_value()
     return build_app(settings)
