@@ -83,3 +83,27 @@ def delete_topics(bootstrap_servers: str, prefix: str) -> None:
                 future.result(timeout=30)
     except Exception:  # a broker that is down has nothing to clean
         return
+
+
+def topic_counts(bootstrap_servers: str, prefix: str) -> str:
+    """``topic: records`` for every topic named ``<prefix>.*`` (diagnostics of a failed test)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    try:
+        consumer = Consumer({"bootstrap.servers": bootstrap_servers, "group.id": f"{prefix}-diag"})
+        try:
+            topics = consumer.list_topics(timeout=10).topics
+            lines = []
+            for name in sorted(t for t in topics if t.startswith(f"{prefix}.")):
+                total = 0
+                for partition in topics[name].partitions:
+                    low, high = consumer.get_watermark_offsets(
+                        TopicPartition(name, partition), timeout=10
+                    )
+                    total += high - low
+                lines.append(f"{name}: {total}")
+            return "\n".join(lines)
+        finally:
+            consumer.close()
+    except Exception as exc:  # diagnostics must never hide the real failure
+        return f"(topic counts unavailable: {exc!r})"

@@ -30,6 +30,7 @@ from runstream_common.kafka import make_broker, publish
 from runstream_common.messages import DefineUserVariable, ProposalRegistered
 from runstream_common.settings import KafkaSettings
 from runstream_common.topics import proposal_key
+from support.kafka import topic_counts
 from support.services import System
 
 REPO = Path(__file__).resolve().parents[2]
@@ -150,7 +151,11 @@ class WebSystem:
             if not missing:
                 return
             time.sleep(0.5)
-        raise AssertionError(f"values never stored: {missing[:20]}\n{self.system.logs()}")
+        counts = topic_counts(self.kafka.bootstrap_servers, self.kafka.topic_prefix)
+        raise AssertionError(
+            f"values never stored: {missing[:20]}\n----- records per topic -----\n{counts}\n"
+            f"{self.system.logs()}"
+        )
 
     def publish(self, topic: str, message: Any) -> None:
         async def go() -> None:
