@@ -29,6 +29,7 @@ from runstream_common.kafka import make_broker, publish
 from runstream_common.messages import ProposalRegistered
 from runstream_common.settings import KafkaSettings
 from runstream_common.topics import proposal_key
+from support.database import upgrade_async
 from support.kafka import delete_topics
 from support.services import System
 
@@ -261,14 +262,7 @@ async def register(kafka: KafkaSettings, proposal: int, context_dir: Path, data:
 
 
 async def migrate(dsn: str) -> None:
-    done = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "runstream.cli", "db", "upgrade", "--dsn", dsn],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+    await upgrade_async(dsn)
 
 
 @pytest.fixture

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import shutil
 import subprocess
-import sys
 import textwrap
 import time
 from collections.abc import AsyncIterator
@@ -20,6 +18,7 @@ from runstream_common.kafka import make_broker, publish
 from runstream_common.messages import ProposalRegistered
 from runstream_common.settings import KafkaSettings
 from runstream_common.topics import proposal_key
+from support.database import upgrade_async
 from support.services import System
 
 PROPOSAL = 4242
@@ -174,14 +173,7 @@ def _env(
 
 @pytest.fixture
 async def e2e(kafka_settings: KafkaSettings, pg_dsn: str, tmp_path: Path) -> AsyncIterator[E2E]:
-    upgrade = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "runstream.cli", "db", "upgrade", "--dsn", pg_dsn],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert upgrade.returncode == 0, upgrade.stdout + upgrade.stderr
+    await upgrade_async(pg_dsn)
     prefix = kafka_settings.topic_prefix
     raw_topic, proc_topic = f"{prefix}.facility.daq", f"{prefix}.facility.cal"
     proposal_dir = tmp_path / "data" / f"p{PROPOSAL:06d}"

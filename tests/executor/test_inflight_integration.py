@@ -30,6 +30,7 @@ from runstream_common.topics import run_key
 from runstream_executor.app import build_app
 from runstream_executor.memory import tree_pss_mb
 from runstream_executor.settings import Settings
+from support.database import upgrade_async
 from support.kafka import committed_offsets, wait_for
 
 from .conftest import make_mock_proposal
@@ -370,19 +371,10 @@ async def test_kill_9_with_runs_in_flight_loses_and_duplicates_nothing(
     kafka_settings: KafkaSettings, pg_dsn: str, tmp_path: Path
 ) -> None:
     """The executor and the store as processes; the executor is SIGKILLed (workers too)."""
-    import subprocess
-    import sys
 
     from support.services import System
 
-    upgrade = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "runstream.cli", "db", "upgrade", "--dsn", pg_dsn],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert upgrade.returncode == 0, upgrade.stdout + upgrade.stderr
+    await upgrade_async(pg_dsn)
     gates = tmp_path / "gates"
     gates.mkdir()
     ctx_dir = tmp_path / "ctx"

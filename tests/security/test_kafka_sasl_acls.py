@@ -43,6 +43,7 @@ from runstream_common.admin import ensure_topics
 from runstream_common.errors import ConfigurationError
 from runstream_common.messages import ValuesUpdated
 from runstream_common.settings import KafkaSettings
+from support.database import upgrade_async
 from support.services import System
 
 pytestmark = pytest.mark.e2e
@@ -372,12 +373,7 @@ async def feed_values(settings: KafkaSettings, wanted: set[str], timeout: float)
 async def test_pipeline_runs_over_sasl_ssl_with_each_service_as_its_own_user(
     secure_kafka: SecureKafka, secured: acls.Installation, pg_dsn: str, tmp_path: Path
 ) -> None:
-    upgrade = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "runstream.cli", "db", "upgrade", "--dsn", pg_dsn],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    assert upgrade.returncode == 0, upgrade.stdout + upgrade.stderr
+    await upgrade_async(pg_dsn)
     proposal_dir = tmp_path / "data" / f"p{PROPOSAL:06d}"
     context_dir = tmp_path / "usr"
     context_dir.mkdir(parents=True)

@@ -14,8 +14,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Coroutine
@@ -30,6 +28,7 @@ from runstream_common.kafka import make_broker, publish
 from runstream_common.messages import DefineUserVariable, ProposalRegistered
 from runstream_common.settings import KafkaSettings
 from runstream_common.topics import proposal_key
+from support.database import upgrade
 from support.kafka import topic_counts
 from support.services import System
 
@@ -238,11 +237,7 @@ def start_system(bootstrap: str, admin_dsn: str, root: Path) -> WebSystem:
     prefix = f"t{uuid.uuid4().hex[:12]}"
     kafka = KafkaSettings(bootstrap_servers=bootstrap, topic_prefix=prefix, client_id=prefix)
     dsn = run(_database(admin_dsn))
-    upgrade = subprocess.run(
-        [sys.executable, "-m", "runstream.cli", "db", "upgrade", "--dsn", dsn],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    assert upgrade.returncode == 0, upgrade.stdout + upgrade.stderr
+    upgrade(dsn)
     raw_topic, proc_topic = f"{prefix}.facility.daq", f"{prefix}.facility.cal"
     proposal_dir = root / "data" / f"p{PROPOSAL:06d}"
     context_dir = root / "usr"

@@ -6,9 +6,6 @@ everything else is the service's own code: routes, access checks, queries.
 
 from __future__ import annotations
 
-import asyncio
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -21,6 +18,7 @@ from runstream_web.context import Web
 from runstream_web.http import build_http
 from runstream_web.hub import Hub
 from runstream_web.settings import Settings
+from support.database import upgrade_async
 
 pytestmark = pytest.mark.integration
 
@@ -40,12 +38,7 @@ class Recorder:
 
 @pytest.fixture
 async def db(pg_dsn: str) -> AsyncIterator[Database]:
-    upgrade = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "runstream.cli", "db", "upgrade", "--dsn", pg_dsn],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    assert upgrade.returncode == 0, upgrade.stdout + upgrade.stderr
+    await upgrade_async(pg_dsn)
     conn = await asyncpg.connect(pg_dsn)
     try:  # what the store would have written
         await conn.execute("INSERT INTO proposals (proposal, context_dir) VALUES (7, '/nowhere')")
