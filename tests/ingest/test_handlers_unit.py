@@ -15,7 +15,7 @@ from runstream_common.messages import (
     Selection,
     Trigger,
 )
-from runstream_ingest.effects import DeadLetter, EmitRun, Ignore, Outcome, Wait
+from runstream_ingest.effects import DeadLetter, EmitRun, Ignore, Verdict, Wait
 from runstream_ingest.handlers import handle_facility, handle_reprocess, handle_watched
 from runstream_ingest.ids import facility_request_id, reprocess_request_id
 from runstream_ingest.settings import Settings
@@ -158,7 +158,7 @@ def test_unknown_event_name_is_dead_lettered_with_the_known_names(
 def test_ignored_event_names_are_skipped_quietly(tmp_path: Path, settings: Settings) -> None:
     quiet = settings.model_copy(update={"ignored_events": ["run_started"]})
     [effect] = _facility(facility_event("run_started", 2212, 1), quiet, tmp_path, RunCatalog())
-    assert effect == Ignore(Outcome.UNKNOWN_EVENT, "run_started")
+    assert effect == Ignore(Verdict.UNKNOWN_EVENT, "run_started")
 
 
 def test_unregistered_proposal_is_ignored_not_dead_lettered(
@@ -168,7 +168,7 @@ def test_unregistered_proposal_is_ignored_not_dead_lettered(
         facility_event("migration_complete", 9999, 1), settings, tmp_path, RunCatalog()
     )
     assert isinstance(effect, Ignore)
-    assert effect.outcome is Outcome.UNREGISTERED
+    assert effect.outcome is Verdict.UNREGISTERED
 
 
 def test_duplicate_event_emits_once_per_trigger(tmp_path: Path, settings: Settings) -> None:
@@ -176,7 +176,7 @@ def test_duplicate_event_emits_once_per_trigger(tmp_path: Path, settings: Settin
     first = _facility(facility_event("migration_complete", 2212, 5), settings, tmp_path, catalog)
     again = _facility(facility_event("daq_run_complete", 2212, 5), settings, tmp_path, catalog)
     assert isinstance(first[0], EmitRun)
-    assert again == [Ignore(Outcome.DUPLICATE, "p2212 r5 raw")]
+    assert again == [Ignore(Verdict.DUPLICATE, "p2212 r5 raw")]
     entry = catalog.get(2212, 5)
     assert entry is not None
     assert entry.raw_seen
@@ -318,7 +318,7 @@ def test_reprocess_all_with_match_expands_to_catalog_runs_on_disk(
         reprocess_request_id(request.event_id, 2212, r, Trigger.ALL) for r in (1, 2, 5)
     ]
     [missing] = [e for e in effects if isinstance(e, Ignore)]
-    assert missing.outcome is Outcome.MISSING_RUN
+    assert missing.outcome is Verdict.MISSING_RUN
     assert "r6" in missing.detail
 
 

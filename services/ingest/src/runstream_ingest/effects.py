@@ -8,7 +8,7 @@ from enum import StrEnum
 from runstream_common.messages import ProcessingStateChanged, RunKnown, RunRequested
 
 
-class Outcome(StrEnum):
+class Verdict(StrEnum):
     """Why an input produced no run message (also the metric label)."""
 
     EMITTED = "emitted"
@@ -37,7 +37,7 @@ class DeadLetter:
 
 @dataclass(frozen=True, slots=True)
 class Ignore:
-    outcome: Outcome
+    outcome: Verdict
     detail: str
 
 
@@ -53,11 +53,11 @@ class Wait:
 Effect = EmitRun | DeadLetter | Ignore | Wait
 
 
-def outcome_of(effect: Effect) -> Outcome:
+def outcome_of(effect: Effect) -> Verdict:
     if isinstance(effect, EmitRun):
-        return Outcome.EMITTED
+        return Verdict.EMITTED
     if isinstance(effect, DeadLetter):
-        return Outcome.DEAD_LETTERED
+        return Verdict.DEAD_LETTERED
     if isinstance(effect, Wait):
-        return Outcome.WAITING
+        return Verdict.WAITING
     return effect.outcome

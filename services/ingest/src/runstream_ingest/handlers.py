@@ -26,7 +26,7 @@ from runstream_common.messages import (
     Trigger,
 )
 
-from .effects import DeadLetter, Effect, EmitRun, Ignore, Outcome, Wait
+from .effects import DeadLetter, Effect, EmitRun, Ignore, Verdict, Wait
 from .ids import FACILITY_NAMESPACE, facility_request_id, reprocess_request_id
 from .layout import FolderState
 from .settings import Settings
@@ -134,14 +134,14 @@ def handle_facility(
     trigger = settings.event_triggers.get(event.event)
     if trigger is None:
         if event.event in settings.ignored_events:
-            return [Ignore(Outcome.UNKNOWN_EVENT, event.event)]
+            return [Ignore(Verdict.UNKNOWN_EVENT, event.event)]
         return [DeadLetter(_unknown_event(event.event, settings), "UnknownEvent")]
     registration = proposals.get(event.proposal)
     if registration is None:
-        return [Ignore(Outcome.UNREGISTERED, f"p{event.proposal}")]
+        return [Ignore(Verdict.UNREGISTERED, f"p{event.proposal}")]
     known = catalog.get(event.proposal, event.run)
     if _seen(known, trigger):
-        return [Ignore(Outcome.DUPLICATE, f"p{event.proposal} r{event.run} {trigger}")]
+        return [Ignore(Verdict.DUPLICATE, f"p{event.proposal} r{event.run} {trigger}")]
     proposal_dir = disk.proposal_dir(registration)
     if proposal_dir is None:
         return [_no_proposal_dir(registration, settings)]
@@ -218,12 +218,12 @@ def handle_watched(
     """A complete new raw run folder found by the watcher -> a raw run message (once)."""
     registration = proposals.get(proposal)
     if registration is None:
-        return [Ignore(Outcome.UNREGISTERED, f"p{proposal}")]
+        return [Ignore(Verdict.UNREGISTERED, f"p{proposal}")]
     if _seen(catalog.get(proposal, run), Trigger.RAW):
-        return [Ignore(Outcome.DUPLICATE, f"p{proposal} r{run} raw")]
+        return [Ignore(Verdict.DUPLICATE, f"p{proposal} r{run} raw")]
     proposal_dir = disk.proposal_dir(registration)
     if proposal_dir is None:
-        return [Ignore(Outcome.MISSING_RUN, f"p{proposal}: proposal directory gone")]
+        return [Ignore(Verdict.MISSING_RUN, f"p{proposal}: proposal directory gone")]
     run_msg = _run_message(proposal, run, Trigger.RAW, registration, proposal_dir, "watcher")
     source: dict[str, object] = {"raw_event": WATCHER_EVENT, "path": str(path)}
     entry = catalog.put(_catalog_entry(proposal, run, Trigger.RAW, source))
@@ -252,7 +252,7 @@ def handle_reprocess(
         folder = disk.run_dir(proposal_dir, run, kind)
         if not disk.exists(folder):
             effects.append(
-                Ignore(Outcome.MISSING_RUN, f"p{request.proposal} r{run}: {folder} not found")
+                Ignore(Verdict.MISSING_RUN, f"p{request.proposal} r{run}: {folder} not found")
             )
             continue
         request_id = reprocess_request_id(request.event_id, request.proposal, run, request.trigger)

@@ -18,7 +18,7 @@ from .adapters.disk import LocalDisk
 from .adapters.loop import WRITER_HEADER, IngestLoop
 from .adapters.processing import ProcessingFollower
 from .adapters.watcher import FolderWatcher
-from .effects import Outcome
+from .effects import Verdict
 from .settings import Settings
 from .tables import ProposalTable, RawInFlight, RunCatalog
 
@@ -44,7 +44,7 @@ class IngestService:
                 "runstream.ingest.inputs", description="Inputs decided by ingest, by outcome"
             )
 
-        def on_outcome(source: str, outcome: Outcome) -> None:
+        def on_outcome(source: str, outcome: Verdict) -> None:
             if counter is not None:
                 counter.add(1, {"source": source, "outcome": outcome.value})
 

@@ -34,7 +34,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import ProducerFenced
 from opentelemetry.trace import Tracer
 
-from ..effects import Outcome
+from ..effects import Verdict
 from ..handlers import Disk
 from ..settings import Settings
 from ..tables import CatalogTxn, ProposalTable, RawInFlight, RunCatalog
@@ -111,7 +111,7 @@ class IngestLoop:
         catalog: RunCatalog,
         disk: Disk,
         *,
-        on_outcome: Callable[[str, Outcome], None] | None = None,
+        on_outcome: Callable[[str, Verdict], None] | None = None,
         tracer: Tracer | None = None,
         raw_in_flight: RawInFlight | None = None,
     ) -> None:

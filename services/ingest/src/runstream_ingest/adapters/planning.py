@@ -17,12 +17,12 @@ from opentelemetry.propagate import extract, inject
 from opentelemetry.trace import SpanKind, Tracer
 from runstream_common import parsers
 from runstream_common.errors import MessageFormatError
-from runstream_common.kafka import dead_letter_headers as common_dead_letter_headers
+from runstream_common.kafka import dead_letter_headers
 from runstream_common.limits import fit_dead_letter
 from runstream_common.messages import RunRequested, Trigger
 from runstream_common.topics import dlq, run_key
 
-from ..effects import DeadLetter, Effect, EmitRun, Ignore, Outcome, Wait, outcome_of
+from ..effects import DeadLetter, Effect, EmitRun, Ignore, Verdict, Wait, outcome_of
 from ..handlers import Disk, handle_facility, handle_reprocess, handle_watched
 from ..retry import RetryInfo, parse_retry_headers, retry_headers
 from ..settings import Settings
@@ -68,15 +68,15 @@ class Plan:
     offsets: dict[TopicPartition, int] = field(default_factory=dict)
     pauses: dict[TopicPartition, tuple[int, float]] = field(default_factory=dict)
     raw_sent: set[tuple[int, int]] = field(default_factory=set)
-    outcomes: list[tuple[str, Outcome]] = field(default_factory=list)
+    outcomes: list[tuple[str, Verdict]] = field(default_factory=list)
     replay_safe: bool = True
 
 
-def dead_letter_headers(
+def dead_letter_record_headers(
     record: ConsumerRecord[Any, Any], reason: str, error_class: str, group_id: str
 ) -> list[tuple[str, bytes]]:
     """The original headers plus the same ``x-dlq-*`` headers every runstream consumer writes."""
-    headers = common_dead_letter_headers(
+    headers = dead_letter_headers(
         record, reason=reason, error_class=error_class, group_id=group_id, attempts=0
     )
     return [(k, v.encode()) for k, v in headers.items()]
@@ -255,7 +255,7 @@ class Planner:
             value, headers = fit_dead_letter(
                 record.key,
                 record.value if record.value is not None else b"",
-                dead_letter_headers(
+                dead_letter_record_headers(
                     record, effect.reason, effect.error_class, self.settings.group_id
                 ),
                 self.settings.kafka.max_request_size,
@@ -280,5 +280,5 @@ class Planner:
             )
             log.info("p%d r%d proc waits: %s", state.proposal, state.run, state.reason)
         elif isinstance(effect, Ignore):
-            level = logging.DEBUG if effect.outcome is Outcome.DUPLICATE else logging.INFO
+            level = logging.DEBUG if effect.outcome is Verdict.DUPLICATE else logging.INFO
             log.log(level, "ignored (%s): %s", effect.outcome.value, effect.detail)

@@ -263,7 +263,7 @@ class Projector:
             self._pending(proposal, db_id, path, outcome)
         return SyncResult(proposal=proposal, path=str(path), db_id=db_id, runs_written=written)
 
-    async def _write(self, path: Path, batch: sqlite_file.Batch) -> sqlite_file.Outcome:
+    async def _write(self, path: Path, batch: sqlite_file.Batch) -> sqlite_file.Written:
         try:
             return await asyncio.to_thread(
                 sqlite_file.write_batch, path, batch, before_commit=self.before_commit
@@ -294,13 +294,13 @@ class Projector:
         if not in_file:
             return
         in_pg = await self.source.manual_times(proposal)
-        outcome = sqlite_file.Outcome(db_id=db_id)
+        outcome = sqlite_file.Written(db_id=db_id)
         for (run, name), written in in_file.items():
             if written > in_pg.get((run, name), float("-inf")):
                 outcome.pending.setdefault(run, []).append(name)
         self._pending(proposal, db_id, path, outcome)
 
-    def _messages(self, proposal: int, outcome: sqlite_file.Outcome) -> list[bytes]:
+    def _messages(self, proposal: int, outcome: sqlite_file.Written) -> list[bytes]:
         out = [variable_set(v) for v in outcome.variables]
         for run in sorted(outcome.changed):
             names = outcome.changed[run]
@@ -310,7 +310,7 @@ class Projector:
             out.append(msg.model_dump_json().encode())
         return out
 
-    def _pending(self, proposal: int, db_id: str, path: Path, outcome: sqlite_file.Outcome) -> None:
+    def _pending(self, proposal: int, db_id: str, path: Path, outcome: sqlite_file.Written) -> None:
         jobs: list[Awaitable[None]] = []
         if outcome.pending_variables and self.on_pending_variables is not None:
             jobs.append(self.on_pending_variables(proposal, db_id, path, outcome.pending_variables))

@@ -5,7 +5,7 @@
 process killed at any point leaves the previous or the new state (SQLite's rollback
 journal), never a mix. Rows DAMNIT's GUI writes itself (comments, user-variable values)
 are not overwritten when the file's row is newer than PostgreSQL's and differs: those
-are edits the store has not applied yet; they are reported back (``Outcome.pending``).
+are edits the store has not applied yet; they are reported back (``Written.pending``).
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ class Batch:
 
 
 @dataclass
-class Outcome:
+class Written:
     db_id: str
     created: bool = False
     changed: dict[int, list[str]] = field(default_factory=dict)
@@ -133,7 +133,7 @@ def move_aside(path: Path) -> Path:
 
 def write_batch(
     path: Path, batch: Batch, *, before_commit: Callable[[], None] | None = None
-) -> Outcome:
+) -> Written:
     """Apply ``batch`` to the file at ``path`` (created if missing) in one transaction."""
     created = not path.exists()
     with connect(path) as conn:
@@ -154,12 +154,12 @@ def write_batch(
     return outcome
 
 
-def _apply(conn: sqlite3.Connection, batch: Batch, created: bool) -> Outcome:
+def _apply(conn: sqlite3.Connection, batch: Batch, created: bool) -> Written:
     db_id = _metameta(conn, "db_id")
     if db_id is None:
         db_id = batch.db_id
         _set_metameta(conn, "db_id", db_id)
-    outcome = Outcome(db_id=str(db_id), created=created)
+    outcome = Written(db_id=str(db_id), created=created)
     _set_metameta(conn, "proposal", batch.proposal)
     if batch.rebuild:
         _clear(conn, batch.proposal)
