@@ -245,21 +245,28 @@ class ProposalRegistry:
     async def judge(self, proposal: int, verdict: Verdict) -> Registration:
         """The proposal's registration once ``verdict`` finds nothing wrong with the message.
 
-        A disagreement is judged again after reading the registry to its end and then
-        every half second for ``wait_s``; if it persists, ``verdict``'s error is raised.
+        A disagreement is judged again after reading the registry up to its current end
+        (everything registered before now), then as new registrations arrive for
+        ``wait_s``; if it persists, ``verdict``'s error is raised.
         """
-        deadline = time.monotonic() + self.wait_s
         problem = await verdict(self.get(proposal))
-        synced = False
+        if problem is None:
+            return self._registered(proposal)
+        deadline = time.monotonic() + self.wait_s
+        await self.sync(max(self.wait_s, 10.0))
+        seen = self.records
+        problem = await verdict(self.get(proposal))
         while problem is not None:
             left = deadline - time.monotonic()
-            if synced and left <= 0:
+            if left <= 0:
                 raise problem
-            if synced:
-                await asyncio.sleep(min(0.5, left))
-            await self.sync(max(left, 5.0) if not synced else max(left, 0.1))
-            synced = True
-            problem = await verdict(self.get(proposal))
+            await asyncio.sleep(min(0.2, left))
+            if self.records != seen:  # something new: judge again
+                seen = self.records
+                problem = await verdict(self.get(proposal))
+        return self._registered(proposal)
+
+    def _registered(self, proposal: int) -> Registration:
         registration = self.get(proposal)
         assert registration is not None  # a verdict never passes an unregistered proposal
         return registration
@@ -269,9 +276,11 @@ async def _partitions(
     consumer: AIOKafkaConsumer, topic: str, timeout_s: float
 ) -> list[TopicPartition]:
     deadline = time.monotonic() + timeout_s
+    client = consumer._client  # a group-less consumer asks for no topic's metadata by itself
+    await client.add_topic(topic)
     while True:
-        found = await consumer.topics()  # refreshes the metadata
-        partitions = consumer.partitions_for_topic(topic) if topic in found else None
+        await client.force_metadata_update()
+        partitions = consumer.partitions_for_topic(topic)
         if partitions:
             return [TopicPartition(topic, p) for p in sorted(partitions)]
         if time.monotonic() > deadline:
