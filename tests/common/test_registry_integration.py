@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 from runstream_common.admin import ensure_topics
@@ -67,11 +66,10 @@ async def test_registry_is_read_to_its_end_then_followed(kafka_settings: KafkaSe
         await register(5, "/moved/5")
         assert (await registry.judge(5, wants("/moved/5"))).context_dir == "/moved/5"
 
-        # Disagreement that lasts is refused, after wait_s.
-        started = time.monotonic()
+        # Folders that still disagree once the registry is read to its end: refused.
         with pytest.raises(PathRefused, match="not /moved/5"):
             await registry.judge(5, wants("/old/5"))
-        assert time.monotonic() - started >= 3.0
+        # A proposal that stays unregistered is waited for (wait_s), then refused.
         with pytest.raises(UnknownProposal):
             await registry.judge(999, wants("/x"))
         # A removal is followed too (a match is not re-read: it counts once the follower has it).

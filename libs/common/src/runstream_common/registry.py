@@ -9,9 +9,10 @@ or whose proposal is not registered (:class:`~runstream_common.errors.UnknownPro
 :class:`ProposalRegistry` reads the topic group-less from the beginning to its
 end before the service takes its first message, then follows it. A message
 that disagrees with the table is judged again after reading the topic up to its
-current end (the registration may be newer than the table), and again for a short
-while (``wait_s``): a proposal registered a moment after its first message is
-not refused. Only then is the message refused.
+current end (the registration may be newer than the table); a message of a
+proposal that is still not registered is judged again as registrations arrive
+for a short while (``wait_s``), so a proposal registered a moment after its first
+message is not refused. Only then is the message refused.
 
 The path rules (:func:`checked_path`, :func:`same_folder`, :func:`within`) are
 pure, blocking functions: callers run them in a thread.
@@ -31,7 +32,13 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from . import parsers
-from .errors import MessageFormatError, PathRefused, PermanentError, ServiceUnavailable
+from .errors import (
+    MessageFormatError,
+    PathRefused,
+    PermanentError,
+    ServiceUnavailable,
+    UnknownProposal,
+)
 from .messages import ProposalRegistered, ProposalRemoved
 from .settings import KafkaSettings
 
@@ -246,8 +253,10 @@ class ProposalRegistry:
         """The proposal's registration once ``verdict`` finds nothing wrong with the message.
 
         A disagreement is judged again after reading the registry up to its current end
-        (everything registered before now), then as new registrations arrive for
-        ``wait_s``; if it persists, ``verdict``'s error is raised.
+        (everything registered before now). A proposal still not registered is waited
+        for, as new registrations arrive, for ``wait_s``; a registered proposal whose
+        folders still disagree is refused at once (waiting would let every forged
+        message hold its partition back). Then ``verdict``'s error is raised.
         """
         problem = await verdict(self.get(proposal))
         if problem is None:
@@ -258,7 +267,7 @@ class ProposalRegistry:
         problem = await verdict(self.get(proposal))
         while problem is not None:
             left = deadline - time.monotonic()
-            if left <= 0:
+            if left <= 0 or not isinstance(problem, UnknownProposal):
                 raise problem
             await asyncio.sleep(min(0.2, left))
             if self.records != seen:  # something new: judge again

@@ -42,9 +42,9 @@ class Settings(ServiceSettings):
     registry_wait_s: float = Field(
         default=10.0,
         ge=0,
-        description="A run message whose proposal is not registered, or whose folders are "
-        "not the registered ones, is judged again for this long (a registration may be "
-        "a moment late) before it is refused and dead-lettered",
+        description="A run message whose proposal is not registered (after reading the "
+        "registry to its end) waits this long for its registration (it may be a moment "
+        "late) before it is refused and dead-lettered",
     )
     workers: int = Field(
         default_factory=default_workers,

@@ -48,9 +48,9 @@ class Settings(ServiceSettings):
     registry_wait_s: float = Field(
         default=10.0,
         ge=0,
-        description="A results message whose proposal is not registered, or whose paths are "
-        "not the registered folder's, is judged again for this long (a registration may be "
-        "a moment late) before it is refused and dead-lettered",
+        description="A results message whose proposal is not registered (after reading the "
+        "registry to its end) waits this long for its registration (it may be a moment "
+        "late) before it is refused and dead-lettered",
     )
     fragment_wait_s: float = Field(
         default=30.0,
