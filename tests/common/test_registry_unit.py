@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 from runstream_common.errors import PathRefused, UnknownProposal
@@ -21,7 +22,7 @@ from runstream_common.registry import (
     same_folder,
     within,
 )
-from runstream_executor.registry import judge_run
+from runstream_executor.registry import RunGuard, judge_run
 from runstream_store.registry import judge_results, trusted
 
 pytestmark = pytest.mark.unit
@@ -194,3 +195,31 @@ def test_an_accepted_message_goes_on_with_the_registered_folder(tree: dict[str, 
     assert checked.context_dir == str(mine)
     assert checked.fragment == os.path.realpath(mine / "extracted_data" / "f.h5")
     assert checked.result_id == message.result_id
+
+
+class OneRegistration:
+    """A stand-in for ProposalRegistry.judge over a fixed registration (no Kafka)."""
+
+    def __init__(self, registration: Registration | None) -> None:
+        self.registration = registration
+
+    async def judge(self, proposal: int, verdict: Any) -> Registration:
+        problem = await verdict(self.registration)
+        if problem is not None:
+            raise problem
+        assert self.registration is not None
+        return self.registration
+
+
+async def test_an_accepted_run_goes_on_with_the_registered_context_folder(
+    tree: dict[str, Path],
+) -> None:
+    mine, data = tree["mine"], tree["data"]
+    guard = RunGuard(OneRegistration(Registration(P, str(mine), str(data))), None)  # type: ignore[arg-type]
+    via_link = await guard.checked(run(tree["alias"], data / "FXE" / "p900"))
+    assert via_link.context_dir == str(mine)
+    assert via_link.proposal_dir == str(data / "FXE" / "p900")
+    with pytest.raises(PathRefused):
+        await guard.checked(run(tree["other"], data))
+    with pytest.raises(UnknownProposal):
+        await RunGuard(OneRegistration(None), str(data)).checked(run(mine, data))  # type: ignore[arg-type]

@@ -36,8 +36,7 @@ def build_app(settings: Settings, *, telemetry: Telemetry | None = None) -> Fast
 
         Its folders must be the proposal's registered ones (else dead-lettered, nothing runs).
         """
-        await guard.check(message)
-        await processor.process(message)
+        await processor.process(await guard.checked(message))
 
     async def handle_proposal_settings(message: ProposalSettingsSet, delivery: Delivery) -> None:
         """Keep the latest settings of every proposal (context_python, ...)."""

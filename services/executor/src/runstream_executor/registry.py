@@ -5,7 +5,8 @@ whose ``raw/`` and ``proc/`` are read. Both must be what the proposal's
 registration says: the context folder exactly, the proposal folder at or under
 the registered data root (or, for a registration without one, the executor's
 ``data_root``). Otherwise the message is refused (dead-lettered with the reason)
-and no context file is read, no worker is asked, nothing is published.
+and no context file is read, no worker is asked, nothing is published. An
+accepted message goes on with the registered context folder.
 """
 
 from __future__ import annotations
@@ -70,10 +71,17 @@ class RunGuard:
         self.registry = registry
         self.default_root = data_root or os.environ.get("XFEL_DATA_ROOT") or None
 
-    async def check(self, req: RunRequested) -> Registration:
-        """The registration ``req`` agrees with; raises the reason it is refused."""
+    async def checked(self, req: RunRequested) -> RunRequested:
+        """``req`` with the registered context folder; raises the reason it is refused.
+
+        The registered spelling is used from here on, so a link in the message's path
+        changed after the check cannot lead to another ``context.py``.
+        """
 
         async def verdict(registration: Registration | None) -> PermanentError | None:
             return await asyncio.to_thread(judge_run, req, registration, self.default_root)
 
-        return await self.registry.judge(req.proposal, verdict)
+        registration = await self.registry.judge(req.proposal, verdict)
+        if req.context_dir == registration.context_dir:
+            return req
+        return req.model_copy(update={"context_dir": registration.context_dir})
