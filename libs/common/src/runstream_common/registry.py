@@ -96,9 +96,13 @@ class RegistryTable:
             self._by_proposal.pop(event.proposal, None)
 
     def forget(self, key: bytes | None) -> None:
-        """A tombstone (compaction's delete) of the proposal keyed ``key``."""
-        with contextlib.suppress(ValueError, TypeError, AttributeError):
-            self._by_proposal.pop(int(key.decode()), None)  # type: ignore[union-attr]
+        """A tombstone (compaction's delete) of the proposal keyed ``key``: refuse its messages."""
+        try:
+            proposal = int(key.decode()) if key is not None else None
+        except ValueError:  # UnicodeDecodeError included
+            return
+        if proposal is not None:
+            self._by_proposal.pop(proposal, None)
 
     def get(self, proposal: int) -> Registration | None:
         return self._by_proposal.get(proposal)
