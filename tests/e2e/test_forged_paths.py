@@ -41,6 +41,7 @@ from .helpers import wait_until
 pytestmark = pytest.mark.e2e
 
 VICTIM = 4343
+LATE = 4244
 
 # Writes a marker file as soon as it is imported, and again from a variable.
 EVIL_CONTEXT = """
@@ -124,7 +125,7 @@ async def test_forged_run_messages_run_nothing_and_are_dead_lettered(e2e: E2E) -
     elsewhere = e2e.root / "elsewhere" / f"p{PROPOSAL:06d}"
     (elsewhere / "raw" / "r0001").mkdir(parents=True)
     e2e.make_runs(range(1, 2))
-    e2e.system.env["RUNSTREAM_EXECUTOR_REGISTRY_WAIT_S"] = "2"
+    e2e.system.env["RUNSTREAM_EXECUTOR_REGISTRY_WAIT_S"] = "5"
     await e2e.system.start("store", "executor", "ingest")
 
     forged = [
@@ -132,19 +133,35 @@ async def test_forged_run_messages_run_nothing_and_are_dead_lettered(e2e: E2E) -
         forged_run("forged-data", PROPOSAL, e2e.context_dir, elsewhere),
         forged_run("forged-proposal", 4999, evil, e2e.proposal_dir),
     ]
-    await send(e2e.kafka, e2e.kafka.topics.runs, forged)
+    # A proposal whose registration comes a moment after its first run message.
+    late_context = e2e.root / "late"
+    late_context.mkdir()
+    (late_context / "context.py").write_text((e2e.context_dir / "context.py").read_text())
+    early = forged_run("early", LATE, late_context, e2e.proposal_dir)
+    await send(e2e.kafka, e2e.kafka.topics.runs, [*forged, early])
     e2e.send_events(range(1, 2))  # the genuine run of the same proposal, through ingest
+    await asyncio.sleep(1.0)
+    registration = ProposalRegistered(
+        proposal=LATE, context_dir=str(late_context), data_root=str(e2e.proposal_dir)
+    )
+    await send(e2e.kafka, e2e.kafka.topics.proposals, [(registration, proposal_key(LATE))])
 
     async def missing() -> list[str]:
         rows = await fetch(e2e.dsn, "SELECT name FROM run_values WHERE proposal = $1 AND run = 1",
                            PROPOSAL)  # fmt: skip
-        return sorted({"n_trains", "label", "doubled"} - {r["name"] for r in rows})
+        late = await fetch(e2e.dsn, "SELECT name FROM run_values WHERE proposal = $1 AND run = 1",
+                           LATE)  # fmt: skip
+        wanted = {f"{PROPOSAL}:{n}" for n in ("n_trains", "label", "doubled")} | {
+            f"{LATE}:{n}" for n in ("n_trains", "doubled")
+        }
+        got = {f"{PROPOSAL}:{r['name']}" for r in rows} | {f"{LATE}:{r['name']}" for r in late}
+        return sorted(wanted - got)
 
     await wait_until(missing, timeout=180, what="the genuine run's values", logs=e2e.system.logs)
     by_request = await dead_letters_of(e2e.kafka, e2e.kafka.topics.runs, 3, "request_id")
     assert set(by_request) == {"forged-context", "forged-data", "forged-proposal"}, (
         e2e.system.logs()
-    )
+    )  # and not "early": its proposal was registered while it waited
     context = by_request["forged-context"]
     assert context[DLQ_ERROR_CLASS] == "PathRefused"
     assert (
@@ -168,6 +185,10 @@ async def test_forged_run_messages_run_nothing_and_are_dead_lettered(e2e: E2E) -
     )
     assert states == []
     assert await fetch(e2e.dsn, "SELECT * FROM run_values WHERE name = 'evil'") == []
+    early_states = await fetch(
+        e2e.dsn, "SELECT status FROM processing_state WHERE request_id = 'early'"
+    )
+    assert [r["status"] for r in early_states] == ["finished"]
     genuine = await fetch(
         e2e.dsn, "SELECT status FROM processing_state WHERE proposal = $1 AND run = 1", PROPOSAL
     )
