@@ -104,6 +104,9 @@ def test_the_store_owns_damnits_topics_and_reads_registrations() -> None:
     assert not may(INST, acls.STORE, "WRITE", "other.damnit.db-5f1c0e4a")
     # the store learns context folders from registrations (and may dead-letter them)
     assert may(INST, acls.STORE, "READ", T.proposals)
+    # the executor reads the registry (run messages must name its folders), never writes it
+    assert may(INST, acls.EXECUTOR, "READ", T.proposals)
+    assert not may(INST, acls.EXECUTOR, "WRITE", T.proposals)
     assert principals_writing(INST, T.proposals) == [acls.OPERATOR]
     # the prefix and the group follow the store's settings
     other = Installation(prefix="rs", damnit_topic_prefix="xfel", store_damnit_group="edits")

@@ -32,6 +32,7 @@ from runstream_executor.memory import tree_pss_mb
 from runstream_executor.settings import Settings
 from support.database import upgrade_async
 from support.kafka import committed_offsets, wait_for
+from support.registry import register_proposal
 
 from .conftest import make_mock_proposal
 from .helpers import Collector, finished, write_context
@@ -89,6 +90,7 @@ async def started(kafka_settings: KafkaSettings) -> AsyncIterator[Any]:
 
     async def start(settings: Settings, runs: Runs) -> Any:
         await ensure_topics(kafka_settings, [kafka_settings.topics.runs])
+        await register_proposal(kafka_settings, 1234, runs.context_dir, runs.proposal_dir)
         app = build_app(settings)
         await app.start()
         apps.append(app)
@@ -401,6 +403,7 @@ async def test_kill_9_with_runs_in_flight_loses_and_duplicates_nothing(
     system = System(env=env, log_dir=tmp_path / "logs")
     await ensure_topics(kafka_settings, [kafka_settings.topics.runs])
     runs = Runs(kafka_settings, ctx_dir, proposal_dir)
+    await register_proposal(kafka_settings, 1234, ctx_dir, proposal_dir)
     await runs.producer.start()
     query = "SELECT run, name, value_int, value_text FROM run_values WHERE proposal = 1234"
     try:

@@ -27,6 +27,7 @@ from runstream_common.topics import proposal_key, run_key
 from runstream_executor.app import build_app
 from runstream_executor.settings import Settings
 from support.kafka import committed_offsets, wait_for
+from support.registry import register_proposal
 
 from .helpers import Collector, finished, write_context
 
@@ -66,6 +67,7 @@ async def test_run_request_to_results_and_cluster_job(
 ) -> None:
     ctx_dir = tmp_path / "amore"
     write_context(ctx_dir, CONTEXT)
+    await register_proposal(kafka_settings, 1234, ctx_dir, mock_proposal)
     settings = executor_settings(kafka_settings)
     app = build_app(settings)
     producer = make_broker(kafka_settings, client_id="test-producer")
@@ -173,6 +175,7 @@ async def test_context_python_from_proposal_settings(
         f'exec {sys.executable} "$@"\n'
     )
     interpreter.chmod(interpreter.stat().st_mode | stat.S_IEXEC)
+    await register_proposal(kafka_settings, 1234, ctx_dir, mock_proposal)
 
     settings = executor_settings(kafka_settings)
     app = build_app(settings)

@@ -23,6 +23,7 @@ from runstream_slurm_gateway.settings import JobSettings
 from runstream_store.app import build_app as build_store
 from runstream_store.schema import upgrade
 from runstream_store.settings import Settings as StoreSettings
+from support.registry import register_proposal
 
 from .conftest import REPO, SlurmCluster
 from .helpers import final_states, job_request, wait_for
@@ -128,6 +129,7 @@ async def test_cluster_variable_result_reaches_the_store_through_a_real_slurm_jo
     (context_dir / "context.py").write_text(textwrap.dedent(CONTEXT))
     proposal_dir = job_dir / "p001234"
     make_run(proposal_dir)
+    await register_proposal(kafka_settings, 1234, context_dir, proposal_dir)
 
     python = REPO / ".venv" / "bin" / "python"  # what the job user runs (see slurm.sh install)
     settings = gateway_settings(slurm, kafka_settings, "unused").model_copy(

@@ -22,6 +22,7 @@ from runstream_common.settings import KafkaSettings
 from runstream_common.topics import run_key
 from runstream_store.adapters.hdf5_merge import run_file_path
 from runstream_store.schema import upgrade
+from support.registry import register_proposal
 
 from .fragments import Fragment
 from .helpers import read_topic, types_of
@@ -82,6 +83,7 @@ async def test_killed_between_merge_and_commit_and_after_commit_converges(
     await upgrade(conn)
     topics = kafka_settings.topics
     await ensure_topics(kafka_settings, [topics.results, topics.updates], partitions=1)
+    await register_proposal(kafka_settings, P, tmp_path)
 
     fragments: dict[int, Fragment] = {}
     messages: dict[int, ResultsReady] = {}

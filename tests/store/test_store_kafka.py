@@ -28,6 +28,7 @@ from runstream_store.adapters.hdf5_merge import run_file_path
 from runstream_store.app import build_app
 from runstream_store.schema import upgrade
 from runstream_store.settings import Settings
+from support.registry import register_proposal
 
 from .fragments import Fragment
 from .helpers import read_topic, types_of
@@ -60,6 +61,7 @@ async def test_results_commands_and_state_flow_through_the_feed(
     kafka_settings: KafkaSettings, pg_dsn: str, tmp_path: Path
 ) -> None:
     await _migrate(pg_dsn)
+    await register_proposal(kafka_settings, P, tmp_path)
     app = build_app(store_settings(kafka_settings, pg_dsn))
     topics = kafka_settings.topics
     producer = make_broker(kafka_settings, client_id="test-producer")

@@ -146,6 +146,7 @@ def roles(inst: Installation) -> list[Role]:
         Role(
             EXECUTOR,
             consumes=(t.runs, t.proposal_settings),
+            reads=(t.proposals,),  # the registry: run messages must name its folders
             writes=(t.results, t.processing, t.job_requests),
             groups=(inst.executor_group_id,),
         ),

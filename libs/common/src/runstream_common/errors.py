@@ -32,8 +32,19 @@ class MessageTooLarge(MessageFormatError):
     """A message bigger than the limit of where it goes (or comes from)."""
 
 
-class UnknownProposal(PermanentError, KeyError):
+class _Missing(PermanentError, KeyError):
+    """A KeyError whose message reads as written (KeyError quotes it)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if len(self.args) == 1 else super().__str__()
+
+
+class UnknownProposal(_Missing):
     """A proposal that is not registered."""
+
+
+class PathRefused(PermanentError, ValueError):
+    """A message names a file or folder the proposal registry does not give it."""
 
 
 class InvalidCommand(PermanentError, ValueError):

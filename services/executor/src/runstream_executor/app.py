@@ -10,12 +10,14 @@ from runstream_common.inflight import subscribe_in_flight
 from runstream_common.kafka import Delivery, document_publication, make_broker, subscribe
 from runstream_common.logs import configure_logging
 from runstream_common.messages import ProposalSettingsSet, RunRequested
+from runstream_common.registry import ProposalRegistry
 from runstream_common.telemetry import Telemetry, setup_telemetry
 
 from . import __version__
 from .adapters.kafka import KafkaPublisher
 from .handlers import RunProcessor
 from .pools import PoolSet
+from .registry import RunGuard
 from .settings import Settings
 
 
@@ -25,10 +27,17 @@ def build_app(settings: Settings, *, telemetry: Telemetry | None = None) -> Fast
     topics = settings.kafka.topics
     pools = PoolSet(settings)
     processor = RunProcessor(settings, pools, KafkaPublisher(broker), topics)
+    registry = ProposalRegistry(
+        settings.kafka, client_id="runstream-executor-registry", wait_s=settings.registry_wait_s
+    )
+    guard = RunGuard(registry, settings.data_root)
 
     async def handle_run(message: RunRequested, delivery: Delivery) -> None:
-        """Evaluate the context file for one run and publish its results."""
-        await processor.process(message)
+        """Evaluate the context file for one run and publish its results.
+
+        Its folders must be the proposal's registered ones (else dead-lettered, nothing runs).
+        """
+        await processor.process(await guard.checked(message))
 
     async def handle_proposal_settings(message: ProposalSettingsSet, delivery: Delivery) -> None:
         """Keep the latest settings of every proposal (context_python, ...)."""
@@ -76,6 +85,7 @@ def build_app(settings: Settings, *, telemetry: Telemetry | None = None) -> Fast
     )
     app.processor = processor  # type: ignore[attr-defined]  # for tests and introspection
     app.runs = runs  # type: ignore[attr-defined]
+    app.registry = registry  # type: ignore[attr-defined]
 
     @app.on_startup
     async def _start() -> None:
@@ -87,9 +97,12 @@ def build_app(settings: Settings, *, telemetry: Telemetry | None = None) -> Fast
                 topics.processing,
                 topics.job_requests,
                 topics.proposal_settings,
+                topics.proposals,
             ],
             compacted=set(topics.compacted()),
         )
+        # Read to its end before the broker starts: the first run message is judged on it.
+        await registry.start()
         await pools.get()  # warm the default pool before the first run arrives
 
     @app.on_shutdown
@@ -98,6 +111,7 @@ def build_app(settings: Settings, *, telemetry: Telemetry | None = None) -> Fast
 
     @app.after_shutdown
     async def _stop() -> None:
+        await registry.stop()
         await pools.close()
 
     return app

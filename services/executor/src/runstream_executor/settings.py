@@ -39,6 +39,13 @@ class Settings(ServiceSettings):
         "(<topic prefix>-executor under another topic prefix, so installations and "
         "tests sharing a cluster do not rebalance each other)",
     )
+    registry_wait_s: float = Field(
+        default=10.0,
+        ge=0,
+        description="A run message whose proposal is not registered (after reading the "
+        "registry to its end) waits this long for its registration (it may be a moment "
+        "late) before it is refused and dead-lettered",
+    )
     workers: int = Field(
         default_factory=default_workers,
         ge=1,

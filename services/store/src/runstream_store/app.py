@@ -20,6 +20,8 @@ from runstream_common.admin import ensure_topics
 from runstream_common.errors import SchemaOutdated, ServiceUnavailable
 from runstream_common.kafka import Delivery, document_publication, make_broker, subscribe
 from runstream_common.logs import configure_logging
+from runstream_common.messages import ResultsReady
+from runstream_common.registry import ProposalRegistry
 from runstream_common.telemetry import Telemetry, setup_telemetry
 from runstream_common.topics import damnit_db_topic
 
@@ -33,6 +35,7 @@ from .damnit.edits import EditApplier
 from .damnit.importer import Importer
 from .damnit.projector import Projector
 from .handlers import Handlers
+from .registry import ResultsGuard
 from .settings import Settings
 
 log = logging.getLogger("runstream.store")
@@ -56,10 +59,20 @@ def build_app(settings: Settings, *, telemetry: Telemetry | None = None) -> Fast
     runtime = _Runtime()
     pools: list[Any] = []
     closers: list[Any] = []
+    registry = ProposalRegistry(
+        settings.kafka, client_id="runstream-store-registry", wait_s=settings.registry_wait_s
+    )
+    guard = ResultsGuard(registry)
 
     async def handle_results(message: Any, delivery: Delivery) -> None:
-        """Executor results (ResultsReady) and variable definitions (VariablesDefined)."""
-        await runtime.get().on_results(message, delivery)
+        """Executor results (ResultsReady) and variable definitions (VariablesDefined).
+
+        A result's folder and fragment must be the registered proposal's (else dead-lettered).
+        """
+        handlers = runtime.get()
+        if isinstance(message, ResultsReady):
+            message = await guard.checked(message)
+        await handlers.on_results(message, delivery)
 
     async def handle_run_known(message: Any, delivery: Delivery) -> None:
         """The run catalog: a new run is announced on the feed (RunAdded)."""
@@ -126,6 +139,9 @@ def build_app(settings: Settings, *, telemetry: Telemetry | None = None) -> Fast
              topics.commands, topics.updates, topics.proposal_settings, topics.proposals],
             compacted=set(topics.compacted()),
         )  # fmt: skip
+        # Read to its end before the broker starts: the first result is judged on it.
+        await registry.start()
+        closers.append(registry.stop)
         files = RunFiles(
             compress_min_bytes=settings.compress_min_bytes,
             before_replace=_die if settings.crash_point == "before_replace" else None,

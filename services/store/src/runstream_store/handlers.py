@@ -618,8 +618,11 @@ def _start_time_view(start_time: float, message: ResultsReady) -> ValueView:
 
 
 def _within(path: Path, folder: Path) -> bool:
+    """Inside ``folder``, symbolic links resolved, and no ``..`` in the path as given."""
+    if ".." in path.parts:
+        return False
     try:
-        Path(os.path.abspath(path)).relative_to(os.path.abspath(folder))
+        Path(os.path.realpath(path)).relative_to(os.path.realpath(folder))
     except ValueError:
         return False
     return True

@@ -45,6 +45,13 @@ class Settings(ServiceSettings):
 
     postgres: PostgresSettings = Field(default_factory=PostgresSettings)
     group_id: str = Field(default="runstream-store", description="Consumer group of the store")
+    registry_wait_s: float = Field(
+        default=10.0,
+        ge=0,
+        description="A results message whose proposal is not registered (after reading the "
+        "registry to its end) waits this long for its registration (it may be a moment "
+        "late) before it is refused and dead-lettered",
+    )
     fragment_wait_s: float = Field(
         default=30.0,
         ge=0,
