@@ -146,7 +146,8 @@ def roles(inst: Installation) -> list[Role]:
         Role(
             EXECUTOR,
             consumes=(t.runs, t.proposal_settings),
-            writes=(t.results, t.processing, t.job_requests),
+            reads=(t.attempts,),
+            writes=(t.results, t.processing, t.job_requests, t.attempts),
             groups=(inst.executor_group_id,),
         ),
         Role(

@@ -9,6 +9,7 @@ from runstream_common.admin import ensure_topics
 from runstream_common.inflight import subscribe_in_flight
 from runstream_common.kafka import Delivery, document_publication, make_broker, subscribe
 from runstream_common.messages import ProposalSettingsSet, RunRequested
+from runstream_common.poison import CrashLedger
 from runstream_common.telemetry import Telemetry, setup_telemetry
 
 from . import __version__
@@ -29,10 +30,22 @@ def build_app(settings: Settings, *, telemetry: Telemetry | None = None) -> Fast
         """Evaluate the context file for one run and publish its results."""
         await processor.process(message)
 
+    async def record_poison(message: RunRequested | None, reason: str) -> None:
+        if message is not None:
+            await processor.poisoned(message, reason)
+
     async def handle_proposal_settings(message: ProposalSettingsSet, delivery: Delivery) -> None:
         """Keep the latest settings of every proposal (context_python, ...)."""
         processor.proposal_settings[message.proposal] = dict(message.settings)
 
+    # A run that was being evaluated every time the executor died (max_crashes times)
+    # is recorded as failed and dead-lettered instead of killing it again.
+    ledger = CrashLedger(
+        settings.kafka,
+        topic=topics.attempts,
+        group_id=settings.consumer_group,
+        max_crashes=settings.max_crashes,
+    )
     # Several runs at once; offsets are committed per partition up to the oldest unfinished
     # run, and messages of the same run (key) never overtake each other.
     runs = subscribe_in_flight(
@@ -45,6 +58,9 @@ def build_app(settings: Settings, *, telemetry: Telemetry | None = None) -> Fast
         limit=settings.runs_in_flight,
         drain_timeout_s=settings.drain_timeout_s,
         tracer_provider=telemetry.tracer_provider,
+        ledger=ledger,
+        on_poison=record_poison,
+        service="executor",
         # A pass may take as long as its slowest variables: stay in the group meanwhile.
         max_poll_interval_ms=int(
             (settings.variable_timeout_s + settings.context_load_timeout_s + 600) * 1000
@@ -86,14 +102,17 @@ def build_app(settings: Settings, *, telemetry: Telemetry | None = None) -> Fast
                 topics.processing,
                 topics.job_requests,
                 topics.proposal_settings,
+                topics.attempts,
             ],
             compacted=set(topics.compacted()),
         )
+        await ledger.start()
         await pools.get()  # warm the default pool before the first run arrives
 
     @app.on_shutdown
     async def _drain() -> None:
         await runs.drain()  # before the broker stops: running passes still publish
+        await ledger.stop()
 
     @app.after_shutdown
     async def _stop() -> None:

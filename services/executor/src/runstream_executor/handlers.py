@@ -154,6 +154,24 @@ class RunProcessor:
         except OSError as exc:
             log.warning("could not keep results for reuse: %s", exc)
 
+    async def poisoned(self, req: RunRequested, reason: str) -> None:
+        """This run kept killing the executor: record its pass as failed (it is dead-lettered)."""
+        await self.publisher.publish(
+            self.topics.processing,
+            ProcessingStateChanged(
+                processing_id=uuid.uuid4().hex,
+                request_id=req.request_id,
+                proposal=req.proposal,
+                run=req.run,
+                trigger=req.trigger,
+                status=ProcessingStatus.FAILED,
+                hostname=self.hostname,
+                correlation_id=req.correlation_id,
+                reason=reason,
+            ),
+            run_key(req.proposal, req.run),
+        )
+
     async def process(self, req: RunRequested, job: JobContext | None = None) -> PassReport:
         processing_id = uuid.uuid4().hex
         key = run_key(req.proposal, req.run)
