@@ -35,6 +35,9 @@ class FakeConsumer:
     def pause(self, *tps: TP) -> None:
         self.paused.update(tps)
 
+    def resume(self, *tps: TP) -> None:
+        self.paused.difference_update(tps)
+
     def highwater(self, tp: TP) -> int:
         return 100
 
@@ -175,19 +178,30 @@ async def test_records_of_one_run_never_overtake_each_other() -> None:
     await flight.drain()
 
 
-async def test_no_more_than_the_limit_is_taken() -> None:
+async def test_no_more_than_the_limit_is_taken_and_the_subscriber_never_waits() -> None:
+    """At the limit the partitions are paused; the subscriber goes back to polling at once
+    (a subscriber that waited for space would not poll, and aiokafka would leave the group
+    after max_poll_interval_ms while long runs are in flight)."""
     gates = Gates()
     flight, consumer = inflight(gates, limit=2)
     await flight.dispatch(FakeMessage(record(0, 0, 1), consumer))  # type: ignore[arg-type]
-    await flight.dispatch(FakeMessage(record(0, 1, 2), consumer))  # type: ignore[arg-type]
-    third = asyncio.ensure_future(flight.dispatch(FakeMessage(record(0, 2, 3), consumer)))  # type: ignore[arg-type]
-    await settle()
-    assert not third.done()  # the subscriber waits: nothing more is fetched
+    assert consumer.paused == set()
+    await asyncio.wait_for(
+        flight.dispatch(FakeMessage(record(0, 1, 2), consumer)),  # type: ignore[arg-type]
+        1,
+    )
+    assert consumer.paused == consumer.assigned  # full: nothing more is fetched
     assert flight.in_flight == 2
     gates.gate(0).set()
-    await asyncio.wait_for(third, 5)
+    await settle()
+    assert consumer.paused == set()  # space again: fetching resumes
+    await asyncio.wait_for(
+        flight.dispatch(FakeMessage(record(0, 2, 3), consumer)),  # type: ignore[arg-type]
+        1,
+    )
     await settle()
     assert ("start", 2) in gates.log
+    assert consumer.paused == consumer.assigned
     for offset in (1, 2):
         gates.gate(offset).set()
     await flight.drain()

@@ -15,8 +15,10 @@ these guarantees:
   holds back only its own partition.
 - **Per-key order.** Records with the same key (one run) never overtake each
   other: a record starts only when the previous record with its key finished.
-- **Bounded.** At most ``limit`` records are taken from Kafka and not finished;
-  the subscriber stops fetching while the limit is reached.
+- **Bounded.** At most ``limit`` records are taken from Kafka and not finished:
+  the partitions are paused while the limit is reached. The subscriber never
+  blocks, so the consumer keeps polling (and stays in its group) however long
+  the records in flight take.
 - **Rebalances.** When partitions are revoked, records of theirs that have not
   started are dropped (they come again to the new owner), the running ones are
   awaited, and the watermark is committed before the partitions go.
@@ -132,11 +134,11 @@ class InFlight:
         self.marks: dict[TP, Watermark] = {}
         self._entries: dict[asyncio.Task[None], _Entry] = {}
         self._last: dict[tuple[TP, bytes | None], asyncio.Task[None]] = {}
-        self._space = asyncio.Event()
         self._commit_needed = asyncio.Event()
         self._commit_lock = asyncio.Lock()
         self._committer: asyncio.Task[None] | None = None
         self._draining = False
+        self._paused = False  # the partitions are paused because the limit is reached
         self.ledger = ledger
         self.on_poison = on_poison
         self.service = service
@@ -153,16 +155,13 @@ class InFlight:
     # ------------------------------------------------------------ taking records
 
     async def dispatch(self, message: KafkaMessage) -> None:
-        """The subscriber's handler: wait for space, then start the record and return."""
+        """The subscriber's handler: start the record and return at once (see :meth:`throttle`)."""
         record: ConsumerRecord[Any, Any] = message.raw_message
         self.consumer = message.consumer
         if self.metrics is not None:
             observe_lag(
                 self.metrics, message, record, {"topic": record.topic, "group": self.group_id}
             )
-        while len(self._entries) >= self.limit and not self._draining:
-            self._space.clear()
-            await self._space.wait()
         tp = TP(record.topic, record.partition)
         if self._draining or tp not in self._assigned({tp}):
             return  # not taken (stopping, or revoked meanwhile): never committed, it comes again
@@ -175,6 +174,27 @@ class InFlight:
         self._entries[task] = entry
         self._last[entry.key] = task
         task.add_done_callback(self._finished)
+        self.throttle()
+
+    def throttle(self) -> None:
+        """Pause the partitions while ``limit`` records are in flight, resume below it.
+
+        The subscriber never waits here: it goes back to polling (which, paused, returns
+        nothing), so a consumer whose runs all take long stays in its group however long
+        they take (aiokafka leaves the group after ``max_poll_interval_ms`` without a poll).
+        """
+        if self.consumer is None or self._draining:
+            return
+        full = len(self._entries) >= self.limit
+        if full == self._paused:
+            return
+        partitions = self._assigned(set(self.marks))
+        with contextlib.suppress(Exception):  # e.g. partitions revoked meanwhile
+            if full:
+                self.consumer.pause(*partitions)
+            else:
+                self.consumer.resume(*partitions)
+            self._paused = full
 
     async def _run(self, entry: _Entry, before: asyncio.Task[None] | None) -> None:
         if before is not None:
@@ -275,7 +295,7 @@ class InFlight:
         elif not task.cancelled():
             log.error("record %s[%d]@%d failed: %r", entry.tp.topic, entry.tp.partition,
                       entry.record.offset, task.exception())  # fmt: skip
-        self._space.set()
+        self.throttle()
 
     @contextlib.contextmanager
     def _span(self, record: ConsumerRecord[Any, Any]) -> Any:
@@ -359,7 +379,6 @@ class InFlight:
     async def drain(self) -> None:
         """Stop taking records, let the running ones finish (up to a timeout), commit."""
         self._draining = True
-        self._space.set()
         if self.consumer is not None:
             with contextlib.suppress(Exception):
                 self.consumer.pause(*self._assigned(set()))
@@ -386,6 +405,8 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         await self.inflight.release(set(revoked))
 
     async def on_partitions_assigned(self, assigned: set[TP]) -> None:
+        self.inflight._paused = False  # a new assignment starts unpaused
+        self.inflight.throttle()
         ledger = self.inflight.ledger
         if ledger is not None and assigned:
             # What a process that died left behind (ours before a restart, or another

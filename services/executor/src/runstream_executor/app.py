@@ -61,10 +61,10 @@ def build_app(settings: Settings, *, telemetry: Telemetry | None = None) -> Fast
         ledger=ledger,
         on_poison=record_poison,
         service="executor",
-        # A pass may take as long as its slowest variables: stay in the group meanwhile.
-        max_poll_interval_ms=int(
-            (settings.variable_timeout_s + settings.context_load_timeout_s + 600) * 1000
-        ),
+        # Records never block polling (partitions are paused when full), but a rebalance
+        # waits for the passes running, up to this long: a pass ends by its deadline,
+        # plus loading the context and writing the fragment.
+        max_poll_interval_ms=max_poll_interval_ms(settings),
     )
     # Every instance needs the whole compacted table: no group (no offsets), from the start.
     subscribe(
@@ -119,6 +119,11 @@ def build_app(settings: Settings, *, telemetry: Telemetry | None = None) -> Fast
         await pools.close()
 
     return app
+
+
+def max_poll_interval_ms(settings: Settings) -> int:
+    """Longer than any pass may take (its deadline, the context load, the fragment write)."""
+    return int((settings.pass_timeout_s + settings.context_load_timeout_s + 600) * 1000)
 
 
 def create() -> FastStream:

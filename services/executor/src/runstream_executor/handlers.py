@@ -174,6 +174,9 @@ class RunProcessor:
 
     async def process(self, req: RunRequested, job: JobContext | None = None) -> PassReport:
         processing_id = uuid.uuid4().hex
+        # Every variable ends by then, so the record is finished (and its partition free
+        # to move) within the consumer's max poll interval (see app.py).
+        deadline = time.monotonic() + self.settings.pass_timeout_s
         key = run_key(req.proposal, req.run)
         pending: list[asyncio.Task[None]] = []
 
@@ -323,6 +326,7 @@ class RunProcessor:
             log_file=self.settings.process_log(req.context_dir, req.proposal, req.run),
             max_inline_chars=self.settings.max_inline_chars,
             inline_scalars=not self.settings.fragment_scalars,
+            deadline=deadline if job is None else None,
         ) as run_pass:
             outcomes = await run_pass.run(
                 names,
@@ -336,7 +340,12 @@ class RunProcessor:
                 outcomes,
                 emit,
                 fragment=fragment_path(
-                    req.context_dir, self.settings.fragment_subdir, req.proposal, req.run, rid
+                    req.context_dir,
+                    self.settings.fragment_subdir,
+                    req.proposal,
+                    req.run,
+                    rid,
+                    attempt=processing_id,
                 ),
                 start_time=started,
                 max_inline_chars=self.settings.max_inline_chars,
