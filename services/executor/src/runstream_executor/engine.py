@@ -279,7 +279,14 @@ class Pass:
             return await self._eval(home, var, inputs, flags)
         assert isinstance(place, Worker)
         try:  # a worker beside the home: it keeps nothing, its data comes back with the reply
-            return await self._eval(place, var, inputs, {**flags, "give": True})
+            outcome = await self._eval(place, var, inputs, {**flags, "give": True})
+            if outcome.pinned_to is place:
+                # A value wanted as a pickle that could not be pickled stays in the worker:
+                # nothing of this pass needs it (dependents run at home), so drop it there.
+                outcome.pinned_to = None
+                with contextlib.suppress(WorkerLost):
+                    await place.request({"op": "forget", "session": self.session}, time_limit_s=30)
+            return outcome
         finally:
             await self.pool.release(place)
 
