@@ -248,3 +248,51 @@ async def test_a_drain_timeout_leaves_unfinished_records_uncommitted() -> None:
     await flight.drain()
     assert consumer.committed(TP(TOPIC, 0)) is None
     assert ("end", 0) not in gates.log
+
+
+class FakeLedger:
+    """Crash counts by offset, in memory (the real one is on the attempts topic)."""
+
+    max_crashes = 3
+
+    def __init__(self, counts: dict[int, int]) -> None:
+        self.counts = dict(counts)
+
+    def crashes(self, rec: ConsumerRecord[Any, Any]) -> int:
+        return self.counts.get(rec.offset, 0)
+
+    async def begin(self, rec: ConsumerRecord[Any, Any]) -> int:
+        before = self.counts.get(rec.offset, 0)
+        self.counts[rec.offset] = before + 1
+        return before
+
+    async def end(self, rec: ConsumerRecord[Any, Any]) -> None:
+        self.counts.pop(rec.offset, None)
+
+    async def undo(self, rec: ConsumerRecord[Any, Any], before: int) -> None:
+        self.counts[rec.offset] = before
+
+
+async def test_a_record_that_was_in_flight_when_the_process_died_runs_alone() -> None:
+    gates = Gates()
+    flight, consumer = inflight(gates)
+    ledger = FakeLedger({0: 1})  # offset 0 was being handled when the process died
+    flight.ledger = ledger  # type: ignore[assignment]
+    flight.ledger_ready.set()
+    await flight.dispatch(FakeMessage(record(1, 1, 2), consumer))  # type: ignore[arg-type]
+    await settle()
+    await flight.dispatch(FakeMessage(record(0, 0, 1), consumer))  # type: ignore[arg-type]
+    await flight.dispatch(FakeMessage(record(1, 2, 3), consumer))  # type: ignore[arg-type]
+    await settle()
+    assert [o for kind, o in gates.log if kind == "start"] == [1]  # the suspect waits ...
+    assert ledger.counts == {0: 1, 1: 1}  # (each attempt counted before it starts)
+    gates.gate(1).set()
+    await settle()
+    assert [o for kind, o in gates.log if kind == "start"] == [1, 0]  # ... then runs alone
+    gates.gate(0).set()
+    await settle()
+    assert [o for kind, o in gates.log if kind == "start"] == [1, 0, 2]
+    gates.gate(2).set()
+    await settle()
+    assert ledger.counts == {}  # every attempt ended: nothing is counted any more
+    await flight.drain()
