@@ -35,6 +35,9 @@ class FakeConsumer:
     def pause(self, *tps: TP) -> None:
         self.paused.update(tps)
 
+    def resume(self, *tps: TP) -> None:
+        self.paused.difference_update(tps)
+
     def highwater(self, tp: TP) -> int:
         return 100
 
@@ -175,19 +178,30 @@ async def test_records_of_one_run_never_overtake_each_other() -> None:
     await flight.drain()
 
 
-async def test_no_more_than_the_limit_is_taken() -> None:
+async def test_no_more_than_the_limit_is_taken_and_the_subscriber_never_waits() -> None:
+    """At the limit the partitions are paused; the subscriber goes back to polling at once
+    (a subscriber that waited for space would not poll, and aiokafka would leave the group
+    after max_poll_interval_ms while long runs are in flight)."""
     gates = Gates()
     flight, consumer = inflight(gates, limit=2)
     await flight.dispatch(FakeMessage(record(0, 0, 1), consumer))  # type: ignore[arg-type]
-    await flight.dispatch(FakeMessage(record(0, 1, 2), consumer))  # type: ignore[arg-type]
-    third = asyncio.ensure_future(flight.dispatch(FakeMessage(record(0, 2, 3), consumer)))  # type: ignore[arg-type]
-    await settle()
-    assert not third.done()  # the subscriber waits: nothing more is fetched
+    assert consumer.paused == set()
+    await asyncio.wait_for(
+        flight.dispatch(FakeMessage(record(0, 1, 2), consumer)),  # type: ignore[arg-type]
+        1,
+    )
+    assert consumer.paused == consumer.assigned  # full: nothing more is fetched
     assert flight.in_flight == 2
     gates.gate(0).set()
-    await asyncio.wait_for(third, 5)
+    await settle()
+    assert consumer.paused == set()  # space again: fetching resumes
+    await asyncio.wait_for(
+        flight.dispatch(FakeMessage(record(0, 2, 3), consumer)),  # type: ignore[arg-type]
+        1,
+    )
     await settle()
     assert ("start", 2) in gates.log
+    assert consumer.paused == consumer.assigned
     for offset in (1, 2):
         gates.gate(offset).set()
     await flight.drain()
@@ -234,3 +248,51 @@ async def test_a_drain_timeout_leaves_unfinished_records_uncommitted() -> None:
     await flight.drain()
     assert consumer.committed(TP(TOPIC, 0)) is None
     assert ("end", 0) not in gates.log
+
+
+class FakeLedger:
+    """Crash counts by offset, in memory (the real one is on the attempts topic)."""
+
+    max_crashes = 3
+
+    def __init__(self, counts: dict[int, int]) -> None:
+        self.counts = dict(counts)
+
+    def crashes(self, rec: ConsumerRecord[Any, Any]) -> int:
+        return self.counts.get(rec.offset, 0)
+
+    async def begin(self, rec: ConsumerRecord[Any, Any]) -> int:
+        before = self.counts.get(rec.offset, 0)
+        self.counts[rec.offset] = before + 1
+        return before
+
+    async def end(self, rec: ConsumerRecord[Any, Any]) -> None:
+        self.counts.pop(rec.offset, None)
+
+    async def undo(self, rec: ConsumerRecord[Any, Any], before: int) -> None:
+        self.counts[rec.offset] = before
+
+
+async def test_a_record_that_was_in_flight_when_the_process_died_runs_alone() -> None:
+    gates = Gates()
+    flight, consumer = inflight(gates)
+    ledger = FakeLedger({0: 1})  # offset 0 was being handled when the process died
+    flight.ledger = ledger  # type: ignore[assignment]
+    flight.ledger_ready.set()
+    await flight.dispatch(FakeMessage(record(1, 1, 2), consumer))  # type: ignore[arg-type]
+    await settle()
+    await flight.dispatch(FakeMessage(record(0, 0, 1), consumer))  # type: ignore[arg-type]
+    await flight.dispatch(FakeMessage(record(1, 2, 3), consumer))  # type: ignore[arg-type]
+    await settle()
+    assert [o for kind, o in gates.log if kind == "start"] == [1]  # the suspect waits ...
+    assert ledger.counts == {0: 1, 1: 1}  # (each attempt counted before it starts)
+    gates.gate(1).set()
+    await settle()
+    assert [o for kind, o in gates.log if kind == "start"] == [1, 0]  # ... then runs alone
+    gates.gate(0).set()
+    await settle()
+    assert [o for kind, o in gates.log if kind == "start"] == [1, 0, 2]
+    gates.gate(2).set()
+    await settle()
+    assert ledger.counts == {}  # every attempt ended: nothing is counted any more
+    await flight.drain()

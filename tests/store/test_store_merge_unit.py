@@ -197,3 +197,46 @@ def test_reprocessing_does_not_grow_the_run_file(tmp_path: Path) -> None:
         sizes.append(target.stat().st_size)
     # after both sizes have been seen once, freed space is reused: no further growth
     assert max(sizes[2:]) <= sizes[1] * 1.01, sizes
+
+
+@pytest.mark.parametrize(
+    ("shape", "what"),
+    [((4096, 4096), "slabs of rows"), ((2, 8 * 1024 * 1024), "chunks of rows too large")],
+)
+def test_large_arrays_are_copied_in_bounded_memory(
+    tmp_path: Path, shape: tuple[int, int], what: str
+) -> None:
+    """A 128 MiB array is compressed into the run file without ever being read whole."""
+    import tracemalloc
+
+    target = run_file_path(tmp_path, 1, 1)
+    frag = Fragment(tmp_path, 1, 1)
+    frag.array("big", np.zeros(10_000))
+    request = _request(frag, target)
+    assert request.fragment is not None
+    with h5py.File(request.fragment, "r+") as f:  # the data: 128 MiB, written slab by slab
+        del f["big/data"]
+        ds = f.create_dataset("big/data", shape=shape, dtype="f8")  # contiguous, uncompressed
+        rows = max(1, shape[0] // 16)
+        for start in range(0, shape[0], rows):
+            n = min(rows, shape[0] - start)
+            ds[start : start + n] = np.repeat(
+                np.arange(start, start + n, dtype="f8"), shape[1]
+            ).reshape(n, shape[1])
+    budget = 4 * 1024 * 1024
+    tracemalloc.start()
+    try:
+        merge(replace(request, copy_chunk_bytes=budget))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    total = shape[0] * shape[1] * 8
+    assert total == 128 * 1024 * 1024
+    assert peak < 8 * budget, f"{what}: peak {peak / 2**20:.1f} MiB for a 128 MiB array"
+    with h5py.File(target, "r") as f:
+        out = f["big/data"]
+        assert out.compression == "gzip"
+        assert out.shape == shape
+        for start in (0, shape[0] // 2, shape[0] - 1):  # spot checks, never the whole array
+            np.testing.assert_array_equal(out[start, :1000], np.full(1000, float(start)))
+            assert out[start, -1] == start

@@ -146,8 +146,8 @@ def roles(inst: Installation) -> list[Role]:
         Role(
             EXECUTOR,
             consumes=(t.runs, t.proposal_settings),
-            reads=(t.proposals,),  # the registry: run messages must name its folders
-            writes=(t.results, t.processing, t.job_requests),
+            reads=(t.proposals, t.attempts),  # the registry; crash counts
+            writes=(t.results, t.processing, t.job_requests, t.attempts),
             groups=(inst.executor_group_id,),
         ),
         Role(

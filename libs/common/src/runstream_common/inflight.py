@@ -15,8 +15,10 @@ these guarantees:
   holds back only its own partition.
 - **Per-key order.** Records with the same key (one run) never overtake each
   other: a record starts only when the previous record with its key finished.
-- **Bounded.** At most ``limit`` records are taken from Kafka and not finished;
-  the subscriber stops fetching while the limit is reached.
+- **Bounded.** At most ``limit`` records are taken from Kafka and not finished:
+  the partitions are paused while the limit is reached. The subscriber never
+  blocks, so the consumer keeps polling (and stays in its group) however long
+  the records in flight take.
 - **Rebalances.** When partitions are revoked, records of theirs that have not
   started are dropped (they come again to the new owner), the running ones are
   awaited, and the watermark is committed before the partitions go.
@@ -34,6 +36,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
@@ -48,14 +51,23 @@ from opentelemetry import trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from .health import ConsumerProbe, health_of
-from .kafka import Handler, RetryPolicy, _document_payload, observe_lag, settle
+from .kafka import (
+    Handler,
+    RetryPolicy,
+    _dead_letter_with_retry,
+    _document_payload,
+    observe_lag,
+    settle,
+)
 from .metrics import DeliveryMetrics
 from .parsers import Parser
+from .poison import CrashLedger, PoisonRecord, retry_kafka
 from .settings import ServiceSettings
 
 log = logging.getLogger("runstream.kafka.inflight")
 
 T = TypeVar("T")
+OnPoison = Callable[[Any, str], Awaitable[None]]
 RETRY_LATER_S = 30.0  # pause between rounds of a transient failure that outlasted the window
 
 
@@ -105,6 +117,9 @@ class InFlight:
         metrics: DeliveryMetrics | None = None,
         drain_timeout_s: float = 30.0,
         tracer: trace.Tracer | None = None,
+        ledger: CrashLedger | None = None,
+        on_poison: OnPoison | None = None,
+        service: str = "consumer",
     ) -> None:
         self.broker = broker
         self.group_id = group_id
@@ -119,11 +134,19 @@ class InFlight:
         self.marks: dict[TP, Watermark] = {}
         self._entries: dict[asyncio.Task[None], _Entry] = {}
         self._last: dict[tuple[TP, bytes | None], asyncio.Task[None]] = {}
-        self._space = asyncio.Event()
         self._commit_needed = asyncio.Event()
         self._commit_lock = asyncio.Lock()
         self._committer: asyncio.Task[None] | None = None
         self._draining = False
+        self._paused = False  # the partitions are paused because the limit is reached
+        self.ledger = ledger
+        self.on_poison = on_poison
+        self.service = service
+        self._gate = asyncio.Condition()
+        self._active = 0  # records past the gate (being handled)
+        self._solo = False  # a suspect is being handled alone
+        self._solo_waiting = 0
+        self.ledger_ready = asyncio.Event()  # the ledger was read since the last assignment
 
     @property
     def in_flight(self) -> int:
@@ -132,16 +155,13 @@ class InFlight:
     # ------------------------------------------------------------ taking records
 
     async def dispatch(self, message: KafkaMessage) -> None:
-        """The subscriber's handler: wait for space, then start the record and return."""
+        """The subscriber's handler: start the record and return at once (see :meth:`throttle`)."""
         record: ConsumerRecord[Any, Any] = message.raw_message
         self.consumer = message.consumer
         if self.metrics is not None:
             observe_lag(
                 self.metrics, message, record, {"topic": record.topic, "group": self.group_id}
             )
-        while len(self._entries) >= self.limit and not self._draining:
-            self._space.clear()
-            await self._space.wait()
         tp = TP(record.topic, record.partition)
         if self._draining or tp not in self._assigned({tp}):
             return  # not taken (stopping, or revoked meanwhile): never committed, it comes again
@@ -154,26 +174,114 @@ class InFlight:
         self._entries[task] = entry
         self._last[entry.key] = task
         task.add_done_callback(self._finished)
+        self.throttle()
+
+    def throttle(self) -> None:
+        """Pause the partitions while ``limit`` records are in flight, resume below it.
+
+        The subscriber never waits here: it goes back to polling (which, paused, returns
+        nothing), so a consumer whose runs all take long stays in its group however long
+        they take (aiokafka leaves the group after ``max_poll_interval_ms`` without a poll).
+        """
+        if self.consumer is None or self._draining:
+            return
+        full = len(self._entries) >= self.limit
+        if full == self._paused:
+            return
+        partitions = self._assigned(set(self.marks))
+        with contextlib.suppress(Exception):  # e.g. partitions revoked meanwhile
+            if full:
+                self.consumer.pause(*partitions)
+            else:
+                self.consumer.resume(*partitions)
+            self._paused = full
 
     async def _run(self, entry: _Entry, before: asyncio.Task[None] | None) -> None:
         if before is not None:
             await asyncio.wait([before])  # the same run's previous record first
-        entry.started = True
         record = entry.record
-        with self._span(record):
-            for _ in itertools.count():
-                finished = await settle(
-                    self.broker,
-                    record,
-                    parser=self.parser,
-                    handler=self.handler,
-                    group_id=self.group_id,
-                    retry=self.retry,
-                    metrics=self.metrics,
-                )
-                if finished:
-                    return
-                await asyncio.sleep(RETRY_LATER_S)  # the record holds its partition meanwhile
+        if self.ledger is not None:
+            await self.ledger_ready.wait()  # what a process that died left behind is known
+        suspect = self.ledger is not None and self.ledger.crashes(record) > 0
+        await self._enter(suspect)
+        entry.started = True
+        try:
+            with self._span(record):
+                if self.ledger is None:
+                    await self._settle(record)
+                else:
+                    await self._settle_counted(record, self.ledger)
+        finally:
+            await self._leave(suspect)
+
+    async def _settle(self, record: ConsumerRecord[Any, Any]) -> None:
+        for _ in itertools.count():
+            finished = await settle(
+                self.broker,
+                record,
+                parser=self.parser,
+                handler=self.handler,
+                group_id=self.group_id,
+                retry=self.retry,
+                metrics=self.metrics,
+            )
+            if finished:
+                return
+            await asyncio.sleep(RETRY_LATER_S)  # the record holds its partition meanwhile
+
+    async def _settle_counted(self, record: ConsumerRecord[Any, Any], ledger: CrashLedger) -> None:
+        """:meth:`_settle`, with the attempt counted durably before it starts."""
+        before: int = await retry_kafka(lambda: ledger.begin(record))
+        try:
+            if before >= ledger.max_crashes:
+                await self._poisoned(record, ledger.reason(record, before, self.service))
+            else:
+                await self._settle(record)
+        except asyncio.CancelledError:  # drain or rebalance: not a crash, not a finished record
+            await asyncio.shield(retry_kafka(lambda: ledger.undo(record, before), attempts=3))
+            raise
+        await retry_kafka(lambda: ledger.end(record))
+
+    async def _poisoned(self, record: ConsumerRecord[Any, Any], reason: str) -> None:
+        """Record the failure where users see it, then dead-letter the record."""
+        log.error("poison record: %s", reason)
+        if self.on_poison is not None:
+            try:
+                parsed = self.parser.parse(record.value)
+            except Exception:
+                parsed = None
+            on_poison = self.on_poison
+            await retry_kafka(lambda: on_poison(parsed, reason))
+        error = PoisonRecord(reason)
+        for _ in itertools.count():
+            if await _dead_letter_with_retry(
+                self.broker, record, self.group_id, error, 0, self.retry
+            ):
+                break
+            await asyncio.sleep(RETRY_LATER_S)
+        if self.metrics is not None:
+            self.metrics.dead_lettered.add(1, {"topic": record.topic, "group": self.group_id})
+
+    async def _enter(self, suspect: bool) -> None:
+        """Wait for the gate: a suspect runs alone, and nothing starts while one waits or runs."""
+        async with self._gate:
+            if suspect:
+                self._solo_waiting += 1
+                try:
+                    await self._gate.wait_for(lambda: not self._solo and self._active == 0)
+                finally:
+                    self._solo_waiting -= 1
+                self._solo = True
+            else:
+                await self._gate.wait_for(lambda: not self._solo and not self._solo_waiting)
+            self._active += 1
+
+    async def _leave(self, suspect: bool) -> None:
+        async with self._gate:
+            self._active -= 1
+            if suspect:
+                self._solo = False
+            self._gate.notify_all()
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         entry = self._entries.pop(task)
@@ -187,7 +295,7 @@ class InFlight:
         elif not task.cancelled():
             log.error("record %s[%d]@%d failed: %r", entry.tp.topic, entry.tp.partition,
                       entry.record.offset, task.exception())  # fmt: skip
-        self._space.set()
+        self.throttle()
 
     @contextlib.contextmanager
     def _span(self, record: ConsumerRecord[Any, Any]) -> Any:
@@ -271,7 +379,6 @@ class InFlight:
     async def drain(self) -> None:
         """Stop taking records, let the running ones finish (up to a timeout), commit."""
         self._draining = True
-        self._space.set()
         if self.consumer is not None:
             with contextlib.suppress(Exception):
                 self.consumer.pause(*self._assigned(set()))
@@ -294,10 +401,19 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         self.inflight = inflight
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        self.inflight.ledger_ready.clear()
         await self.inflight.release(set(revoked))
 
     async def on_partitions_assigned(self, assigned: set[TP]) -> None:
-        pass
+        self.inflight._paused = False  # a new assignment starts unpaused
+        self.inflight.throttle()
+        ledger = self.inflight.ledger
+        if ledger is not None and assigned:
+            # What a process that died left behind (ours before a restart, or another
+            # instance's whose partitions we take over).
+            self.inflight.ledger_ready.clear()
+            await retry_kafka(ledger.load)
+        self.inflight.ledger_ready.set()
 
 
 def subscribe_in_flight(
@@ -314,11 +430,17 @@ def subscribe_in_flight(
     max_poll_interval_ms: int | None = None,
     drain_timeout_s: float = 30.0,
     tracer_provider: Any = None,
+    ledger: CrashLedger | None = None,
+    on_poison: OnPoison | None = None,
+    service: str = "consumer",
 ) -> InFlight:
     """Like :func:`~runstream_common.kafka.subscribe`, with up to ``limit`` records in flight.
 
     Call the returned object's :meth:`InFlight.drain` before the broker stops
-    (FastStream: ``app.on_shutdown``).
+    (FastStream: ``app.on_shutdown``). With a ``ledger`` (see
+    :mod:`runstream_common.poison`), a record that was being handled every time
+    the process died, ``ledger.max_crashes`` times, is dead-lettered; ``on_poison``
+    (the parsed record or None, the reason) records that where users see it first.
     """
     metrics = DeliveryMetrics.create(getattr(broker, "_runstream_meter_provider", None))
     inflight = InFlight(
@@ -331,6 +453,9 @@ def subscribe_in_flight(
         metrics=metrics,
         drain_timeout_s=drain_timeout_s,
         tracer=tracer_provider.get_tracer("runstream.inflight") if tracer_provider else None,
+        ledger=ledger,
+        on_poison=on_poison,
+        service=service,
     )
     extra: dict[str, Any] = {}
     if max_poll_interval_ms is not None:

@@ -195,5 +195,11 @@ class ServiceSettings(BaseSettings):
     max_attempts: int = Field(
         default=3, ge=1, description="Tries of an unexpected handler error before dead-lettering"
     )
+    max_crashes: int = Field(
+        default=3,
+        ge=1,
+        description="A record being handled each time the process died this many times is "
+        "dead-lettered (a poison record) instead of being handled again",
+    )
     retry_backoff_s: float = Field(default=0.5, gt=0, description="First retry delay; doubles")
     retry_backoff_max_s: float = Field(default=30.0, gt=0)

@@ -92,6 +92,12 @@ class Topics:
         """The change feed for GUIs, keyed by proposal/run."""
         return self._t("updates")
 
+    @property
+    def attempts(self) -> str:
+        """Compacted, keyed by consumer group/topic/partition/offset: records whose handling
+        began and has not ended (a crash count each; see ``runstream_common.poison``)."""
+        return self._t("attempts")
+
     def all(self) -> list[str]:
         """Every internal topic (not the dead-letter topics)."""
         return [
@@ -108,11 +114,12 @@ class Topics:
             self.job_state,
             self.commands,
             self.updates,
+            self.attempts,
         ]
 
     def compacted(self) -> list[str]:
         """Topics whose latest value per key is the state (cleanup.policy=compact)."""
-        return [self.proposals, self.proposal_settings, self.run_catalog]
+        return [self.proposals, self.proposal_settings, self.run_catalog, self.attempts]
 
 
 DAMNIT_TOPIC_PREFIX = "test"

@@ -10,6 +10,7 @@ from runstream_common.inflight import subscribe_in_flight
 from runstream_common.kafka import Delivery, document_publication, make_broker, subscribe
 from runstream_common.logs import configure_logging
 from runstream_common.messages import ProposalSettingsSet, RunRequested
+from runstream_common.poison import CrashLedger
 from runstream_common.registry import ProposalRegistry
 from runstream_common.telemetry import Telemetry, setup_telemetry
 
@@ -39,10 +40,22 @@ def build_app(settings: Settings, *, telemetry: Telemetry | None = None) -> Fast
         """
         await processor.process(await guard.checked(message))
 
+    async def record_poison(message: RunRequested | None, reason: str) -> None:
+        if message is not None:
+            await processor.poisoned(message, reason)
+
     async def handle_proposal_settings(message: ProposalSettingsSet, delivery: Delivery) -> None:
         """Keep the latest settings of every proposal (context_python, ...)."""
         processor.proposal_settings[message.proposal] = dict(message.settings)
 
+    # A run that was being evaluated every time the executor died (max_crashes times)
+    # is recorded as failed and dead-lettered instead of killing it again.
+    ledger = CrashLedger(
+        settings.kafka,
+        topic=topics.attempts,
+        group_id=settings.consumer_group,
+        max_crashes=settings.max_crashes,
+    )
     # Several runs at once; offsets are committed per partition up to the oldest unfinished
     # run, and messages of the same run (key) never overtake each other.
     runs = subscribe_in_flight(
@@ -55,10 +68,13 @@ def build_app(settings: Settings, *, telemetry: Telemetry | None = None) -> Fast
         limit=settings.runs_in_flight,
         drain_timeout_s=settings.drain_timeout_s,
         tracer_provider=telemetry.tracer_provider,
-        # A pass may take as long as its slowest variables: stay in the group meanwhile.
-        max_poll_interval_ms=int(
-            (settings.variable_timeout_s + settings.context_load_timeout_s + 600) * 1000
-        ),
+        ledger=ledger,
+        on_poison=record_poison,
+        service="executor",
+        # Records never block polling (partitions are paused when full), but a rebalance
+        # waits for the passes running, up to this long: a pass ends by its deadline,
+        # plus loading the context and writing the fragment.
+        max_poll_interval_ms=max_poll_interval_ms(settings),
     )
     # Every instance needs the whole compacted table: no group (no offsets), from the start.
     subscribe(
@@ -98,16 +114,19 @@ def build_app(settings: Settings, *, telemetry: Telemetry | None = None) -> Fast
                 topics.job_requests,
                 topics.proposal_settings,
                 topics.proposals,
+                topics.attempts,
             ],
             compacted=set(topics.compacted()),
         )
         # Read to its end before the broker starts: the first run message is judged on it.
         await registry.start()
+        await ledger.start()
         await pools.get()  # warm the default pool before the first run arrives
 
     @app.on_shutdown
     async def _drain() -> None:
         await runs.drain()  # before the broker stops: running passes still publish
+        await ledger.stop()
 
     @app.after_shutdown
     async def _stop() -> None:
@@ -115,6 +134,11 @@ def build_app(settings: Settings, *, telemetry: Telemetry | None = None) -> Fast
         await pools.close()
 
     return app
+
+
+def max_poll_interval_ms(settings: Settings) -> int:
+    """Longer than any pass may take (its deadline, the context load, the fragment write)."""
+    return int((settings.pass_timeout_s + settings.context_load_timeout_s + 600) * 1000)
 
 
 def create() -> FastStream:

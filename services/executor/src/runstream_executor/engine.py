@@ -117,6 +117,9 @@ class _Place(enum.Enum):
     CONFLICT = "conflict"  # unpicklable dependencies held by different workers
 
 
+PASS_TIME_LIMIT = "Time limit of the pass (pass_timeout_s) exceeded before this variable finished"
+
+
 class Pass:
     """One evaluation pass over one run; see the module docstring.
 
@@ -137,8 +140,11 @@ class Pass:
         log_file: str | None = None,
         max_inline_chars: int = 16384,
         inline_scalars: bool = True,
+        deadline: float | None = None,
     ) -> None:
         self.pool = pool
+        # time.monotonic() by which every variable must be done (the pass's time limit)
+        self.deadline = deadline
         self.ctx = ctx
         self.target = target
         self.parallel = max(1, parallel)
@@ -273,7 +279,14 @@ class Pass:
             return await self._eval(home, var, inputs, flags)
         assert isinstance(place, Worker)
         try:  # a worker beside the home: it keeps nothing, its data comes back with the reply
-            return await self._eval(place, var, inputs, {**flags, "give": True})
+            outcome = await self._eval(place, var, inputs, {**flags, "give": True})
+            if outcome.pinned_to is place:
+                # A value wanted as a pickle that could not be pickled stays in the worker:
+                # nothing of this pass needs it (dependents run at home), so drop it there.
+                outcome.pinned_to = None
+                with contextlib.suppress(WorkerLost):
+                    await place.request({"op": "forget", "session": self.session}, time_limit_s=30)
+            return outcome
         finally:
             await self.pool.release(place)
 
@@ -315,14 +328,22 @@ class Pass:
         self, worker: Worker, var: VarDef, inputs: dict[str, Any], flags: dict[str, bool]
     ) -> Outcome:
         started = time.perf_counter()
+        limit_s, by_deadline = self._time_limit()
+        if limit_s <= 0:
+            return Outcome(
+                var.name, "error", PASS_TIME_LIMIT, "TimeLimitExceeded", transient=var.transient
+            )
         try:
-            reply = await worker.request(self._request(var, inputs, flags))
+            reply = await worker.request(self._request(var, inputs, flags), time_limit_s=limit_s)
         except WorkerLost as exc:
             log.warning("variable %s of r%d: %s", var.name, self.target.run, exc)
+            message = str(exc)
+            if by_deadline and exc.error_cls == "TimeLimitExceeded":
+                message = PASS_TIME_LIMIT
             outcome = Outcome(
                 var.name,
                 "error",
-                str(exc),
+                message,
                 exc.error_cls,
                 duration=time.perf_counter() - started,
                 transient=var.transient,
@@ -365,6 +386,14 @@ class Pass:
         if given and self.hold:
             outcome.extra["given"] = True  # its data is in ``prepared``, for the home to write
         return outcome
+
+    def _time_limit(self) -> tuple[float, bool]:
+        """The next variable's time limit, and whether it is the pass's deadline."""
+        own = self.pool.config.time_limit_s
+        if self.deadline is None:
+            return own, False
+        left = self.deadline - time.monotonic()
+        return (left, True) if left < own else (own, False)
 
     def _lost(self, dead: Worker, pending: list[str], needed: set[str]) -> list[str]:
         """Values and data that died with ``dead``: compute them again (once)."""

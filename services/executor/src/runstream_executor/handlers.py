@@ -154,8 +154,29 @@ class RunProcessor:
         except OSError as exc:
             log.warning("could not keep results for reuse: %s", exc)
 
+    async def poisoned(self, req: RunRequested, reason: str) -> None:
+        """This run kept killing the executor: record its pass as failed (it is dead-lettered)."""
+        await self.publisher.publish(
+            self.topics.processing,
+            ProcessingStateChanged(
+                processing_id=uuid.uuid4().hex,
+                request_id=req.request_id,
+                proposal=req.proposal,
+                run=req.run,
+                trigger=req.trigger,
+                status=ProcessingStatus.FAILED,
+                hostname=self.hostname,
+                correlation_id=req.correlation_id,
+                reason=reason,
+            ),
+            run_key(req.proposal, req.run),
+        )
+
     async def process(self, req: RunRequested, job: JobContext | None = None) -> PassReport:
         processing_id = uuid.uuid4().hex
+        # Every variable ends by then, so the record is finished (and its partition free
+        # to move) within the consumer's max poll interval (see app.py).
+        deadline = time.monotonic() + self.settings.pass_timeout_s
         key = run_key(req.proposal, req.run)
         pending: list[asyncio.Task[None]] = []
 
@@ -305,6 +326,7 @@ class RunProcessor:
             log_file=self.settings.process_log(req.context_dir, req.proposal, req.run),
             max_inline_chars=self.settings.max_inline_chars,
             inline_scalars=not self.settings.fragment_scalars,
+            deadline=deadline if job is None else None,
         ) as run_pass:
             outcomes = await run_pass.run(
                 names,
@@ -318,7 +340,12 @@ class RunProcessor:
                 outcomes,
                 emit,
                 fragment=fragment_path(
-                    req.context_dir, self.settings.fragment_subdir, req.proposal, req.run, rid
+                    req.context_dir,
+                    self.settings.fragment_subdir,
+                    req.proposal,
+                    req.run,
+                    rid,
+                    attempt=processing_id,
                 ),
                 start_time=started,
                 max_inline_chars=self.settings.max_inline_chars,

@@ -93,9 +93,15 @@ class WrittenResults:
 
 
 def fragment_path(
-    context_dir: str, fragment_subdir: str, proposal: int, run: int, rid: str
+    context_dir: str, fragment_subdir: str, proposal: int, run: int, rid: str, attempt: str
 ) -> Path:
-    return Path(context_dir) / fragment_subdir / f"p{proposal}_r{run}.{rid}.h5"
+    """Where one attempt writes its fragment (and ``*.writing`` before it is complete).
+
+    ``attempt`` (the pass's processing id) makes the name unique: two executors that
+    both handle the same run message (one took over the other's partition) never
+    write the same file.
+    """
+    return Path(context_dir) / fragment_subdir / f"p{proposal}_r{run}.{rid}.{attempt[:16]}.h5"
 
 
 def needs_fragment(prepared: dict[str, Any], max_inline_chars: int) -> bool:

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import pickle
+import uuid
 from pathlib import Path
 
 from .context import LoadedContext
@@ -55,7 +56,7 @@ def save(path: Path, outcomes: dict[str, Outcome], names: set[str], max_value_by
     if not kept:
         return 0
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.writing")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.writing")
     with open(tmp, "wb") as f:
         pickle.dump(entries, f, protocol=4)
         f.flush()

@@ -85,6 +85,14 @@ class Settings(ServiceSettings):
         default=2, ge=1, description="Independent variables of one run evaluated at once"
     )
     variable_timeout_s: float = Field(default=1800.0, gt=0, description="Time limit per variable")
+    pass_timeout_s: float = Field(
+        default=7200.0,
+        gt=0,
+        description="Time limit of a whole pass (all variables of one run message); the "
+        "consumer's max poll interval is set just above it, so a run is always finished "
+        "before its partition could be handed to another executor. Variables still "
+        "running then are recorded as TimeLimitExceeded",
+    )
     variable_memory_mb: int = Field(
         default=8192, ge=64, description="Resident memory limit per worker (incl. its children)"
     )

@@ -153,6 +153,7 @@ def build_app(settings: Settings, *, telemetry: Telemetry | None = None) -> Fast
             KafkaFeed(broker, topics),
             fragment_wait_s=settings.fragment_wait_s,
             compress_min_bytes=settings.compress_min_bytes,
+            copy_chunk_bytes=int(settings.copy_chunk_mb * 1024 * 1024),
             crash_point=settings.crash_point,
             projection=projector,
             importer=Importer(repo, files) if projector is not None else None,

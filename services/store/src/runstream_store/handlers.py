@@ -180,6 +180,7 @@ class Handlers:
         *,
         fragment_wait_s: float = 30.0,
         compress_min_bytes: int = 1024,
+        copy_chunk_bytes: int = 64 * 1024 * 1024,
         crash_point: CrashPoint | None = None,
         projection: Projection | None = None,
         importer: Importer | None = None,
@@ -193,6 +194,7 @@ class Handlers:
         self.slurm_cluster = slurm_cluster
         self.fragment_wait_s = fragment_wait_s
         self.compress_min_bytes = compress_min_bytes
+        self.copy_chunk_bytes = copy_chunk_bytes
         self.crash_point = crash_point
 
     def _crash(self, point: CrashPoint) -> None:
@@ -269,6 +271,7 @@ class Handlers:
                         provenance=message.provenance,
                         start_time=message.start_time,
                         compress_min_bytes=self.compress_min_bytes,
+                        copy_chunk_bytes=self.copy_chunk_bytes,
                     )
                 )
                 for name, reason in outcome.failed.items():

@@ -62,6 +62,12 @@ class Settings(ServiceSettings):
         ge=0,
         description="Plain (non-NetCDF) arrays at least this large are stored gzip-compressed",
     )
+    copy_chunk_mb: float = Field(
+        default=64.0,
+        gt=0,
+        description="Arrays are copied from fragments into run files in slabs of at most this "
+        "many MiB (the store's memory does not grow with the size of a variable's data)",
+    )
     damnit: DamnitSettings = Field(default_factory=DamnitSettings)
     crash_point: (
         Literal["before_replace", "after_merge", "after_commit", "during_projection"] | None

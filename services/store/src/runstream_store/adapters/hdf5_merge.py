@@ -75,6 +75,7 @@ class MergeRequest:
     provenance: str
     start_time: float | None = None
     compress_min_bytes: int = 1024
+    copy_chunk_bytes: int = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,7 +177,14 @@ def _apply(
             if item.action == "fragment":
                 if src is None:
                     raise FileNotFoundError("the result has no fragment")
-                _copy_from_fragment(out, src, item, dimids, request.compress_min_bytes)
+                _copy_from_fragment(
+                    out,
+                    src,
+                    item,
+                    dimids,
+                    request.compress_min_bytes,
+                    copy_chunk_bytes=request.copy_chunk_bytes,
+                )
                 if item.summary is None and item.summary_type in (None, "complex"):
                     scalar = _scalar_summary(out, item.name)
                     if scalar is not None:
@@ -300,7 +308,13 @@ def _set_summary_attrs(ds: h5py.Dataset, item: MergeItem, *, only_missing: bool 
 
 
 def _copy_from_fragment(
-    out: h5py.File, src: h5py.File, item: MergeItem, dimids: _DimIds, compress_min_bytes: int
+    out: h5py.File,
+    src: h5py.File,
+    item: MergeItem,
+    dimids: _DimIds,
+    compress_min_bytes: int,
+    *,
+    copy_chunk_bytes: int = 64 * 1024 * 1024,
 ) -> None:
     name = item.name
     copied = False
@@ -313,7 +327,7 @@ def _copy_from_fragment(
         parent = out.require_group(section) if section else out
         # summaries and previews are small: only data arrays are compressed
         limit = compress_min_bytes if not section else 2**62
-        copy_object(src[path], parent, name, dimids, limit)
+        copy_object(src[path], parent, name, dimids, limit, copy_chunk_bytes=copy_chunk_bytes)
         copied = True
     reduced_path = f"{REDUCED}/{name}"
     if reduced_path in out:
@@ -376,25 +390,45 @@ def copy_object(
     name: str,
     dimids: _DimIds,
     compress_min_bytes: int = 1024,
+    *,
+    copy_chunk_bytes: int = 64 * 1024 * 1024,
 ) -> None:
-    """Copy ``source`` (from another file) to ``parent[name]``, NetCDF structure intact."""
+    """Copy ``source`` (from another file) to ``parent[name]``, NetCDF structure intact.
+
+    Memory stays bounded whatever the size of the data: HDF5's own object copy
+    goes through a small buffer, and arrays compressed on the way are copied in
+    slabs of at most ``copy_chunk_bytes``.
+    """
     if isinstance(source, h5py.Dataset):
-        _copy_dataset(source, parent, name, compress_min_bytes)
+        _copy_dataset(source, parent, name, compress_min_bytes, copy_chunk_bytes)
         return
     if not _is_netcdf_tree(source):
         group = parent.create_group(name)
         for key, value in source.attrs.items():
             group.attrs[key] = value
         for child_name, child in source.items():
-            copy_object(child, group, child_name, dimids, compress_min_bytes)
+            copy_object(
+                child,
+                group,
+                child_name,
+                dimids,
+                compress_min_bytes,
+                copy_chunk_bytes=copy_chunk_bytes,
+            )
         return
     source.file.copy(source, parent, name)
     _reattach_dimension_scales(source, parent[name])
     _renumber_dimids(parent[name], dimids)
 
 
-def _copy_dataset(source: h5py.Dataset, parent: h5py.Group, name: str, min_bytes: int) -> None:
-    """Copy a plain dataset; compress it (gzip 1 + shuffle) if it is a large uncompressed array."""
+def _copy_dataset(
+    source: h5py.Dataset, parent: h5py.Group, name: str, min_bytes: int, chunk_bytes: int
+) -> None:
+    """Copy a plain dataset; compress it (gzip 1 + shuffle) if it is a large uncompressed array.
+
+    The compressed copy is written in slabs along the first axis of at most
+    ``chunk_bytes`` (chunk by chunk if one row is larger), never the whole array at once.
+    """
     compressible = (
         source.ndim >= 1
         and source.compression is None
@@ -407,8 +441,24 @@ def _copy_dataset(source: h5py.Dataset, parent: h5py.Group, name: str, min_bytes
         source.file.copy(source, parent, name)
         return
     ds = parent.create_dataset(
-        name, data=source[()], compression="gzip", compression_opts=1, shuffle=True, chunks=True
+        name,
+        shape=source.shape,
+        dtype=source.dtype,
+        compression="gzip",
+        compression_opts=1,
+        shuffle=True,
+        chunks=True,
     )
+    rows = source.shape[0]
+    row_bytes = max(1, source.nbytes // rows) if rows else 1
+    if row_bytes > chunk_bytes:  # rows larger than the budget: the output's own chunks
+        for selection in ds.iter_chunks():
+            ds[selection] = source[selection]
+    else:
+        step = chunk_bytes // row_bytes
+        for start in range(0, rows, step):
+            stop = min(rows, start + step)
+            ds[start:stop] = source[start:stop]
     for key, value in source.attrs.items():
         ds.attrs[key] = value
 
