@@ -12,8 +12,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +21,9 @@ from runstream_common.admin import ensure_topics
 from runstream_common.messages import ProcessingStateChanged, ProcessingStatus
 from runstream_common.settings import KafkaSettings
 from runstream_common.topics import dlq
+from support.database import upgrade_async
 from support.kafka import read_all, wait_for
+from support.registry import register_proposal
 from support.services import System
 
 from .conftest import make_mock_proposal
@@ -75,14 +75,7 @@ def _reap(system: System) -> None:
 async def test_poison_run_is_dead_lettered_after_three_crashes(
     kafka_settings: KafkaSettings, pg_dsn: str, tmp_path: Path
 ) -> None:
-    upgrade = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "runstream.cli", "db", "upgrade", "--dsn", pg_dsn],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert upgrade.returncode == 0, upgrade.stdout + upgrade.stderr
+    await upgrade_async(pg_dsn)
     ctx_dir = tmp_path / "ctx"
     write_context(ctx_dir, POISON)
     proposal_dir = await asyncio.to_thread(make_mock_proposal, tmp_path / "data", 5)
@@ -107,6 +100,7 @@ async def test_poison_run_is_dead_lettered_after_three_crashes(
     (tmp_path / "logs").mkdir()
     system = System(env=env, log_dir=tmp_path / "logs")
     await ensure_topics(kafka_settings, [kafka_settings.topics.runs])
+    await register_proposal(kafka_settings, 1234, ctx_dir, proposal_dir)
     runs = Runs(kafka_settings, ctx_dir, proposal_dir)
     await runs.producer.start()
     topics = kafka_settings.topics
