@@ -13,10 +13,10 @@ import socket
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from pydantic import BaseModel
 from runstream_common.messages import (
@@ -27,6 +27,7 @@ from runstream_common.messages import (
     RunRequested,
     Selection,
     Trigger,
+    VariableResult,
     VariablesDefined,
 )
 from runstream_common.topics import Topics, run_key
@@ -36,7 +37,14 @@ from .context import ContextProblems, ContextSource, LoadedContext
 from .engine import Pass, RunTarget, load_context, select
 from .outcome import Outcome
 from .pools import PoolSet
-from .results import commit_fragment, fit_message, fragment_path, result_id, write_held_results
+from .results import (
+    WrittenResults,
+    commit_fragment,
+    fit_message,
+    fragment_path,
+    result_id,
+    write_held_results,
+)
 from .settings import Settings
 
 log = logging.getLogger("runstream.executor.processing")
@@ -173,54 +181,23 @@ class RunProcessor:
         )
 
     async def process(self, req: RunRequested, job: JobContext | None = None) -> PassReport:
-        processing_id = uuid.uuid4().hex
+        """One pass over one run, as a sequence of steps that share an :class:`_Attempt`:
+        open the run and its context, announce the variables, plan (selection, cluster job,
+        reuse), evaluate and write the fragment, publish the results and the final state."""
+        attempt = _Attempt(req, job, self.hostname, self.publisher)
         # Every variable ends by then, so the record is finished (and its partition free
         # to move) within the consumer's max poll interval (see app.py).
         deadline = time.monotonic() + self.settings.pass_timeout_s
-        key = run_key(req.proposal, req.run)
-        pending: list[asyncio.Task[None]] = []
-
-        def state(status: ProcessingStatus, **kw: object) -> ProcessingStateChanged:
-            return ProcessingStateChanged(
-                processing_id=processing_id,
-                request_id=req.request_id,
-                proposal=req.proposal,
-                run=req.run,
-                trigger=req.trigger,
-                status=status,
-                hostname=self.hostname,
-                slurm_job_id=job.slurm_job_id if job else None,
-                correlation_id=req.correlation_id,
-                **kw,
+        await attempt.send(self.topics.processing, attempt.state(ProcessingStatus.QUEUED))
+        try:
+            target, source, ctx = await self._open(req)
+        except _PassFailed as exc:
+            await attempt.settle()
+            reason = str(exc)
+            await attempt.send(
+                self.topics.processing, attempt.state(ProcessingStatus.FAILED, reason=reason)
             )
-
-        async def send(topic: str, message: BaseModel) -> None:
-            await self.publisher.publish(topic, message, key)
-
-        async def fail(reason: str) -> PassReport:
-            await asyncio.gather(*pending)
-            await send(self.topics.processing, state(ProcessingStatus.FAILED, reason=reason))
-            return PassReport(processing_id, ProcessingStatus.FAILED, reason)
-
-        await send(self.topics.processing, state(ProcessingStatus.QUEUED))
-        raw_dir, proc_dir = self.settings.run_dirs(req.proposal_dir, req.run)
-        if req.trigger is not Trigger.PROC and not await asyncio.to_thread(Path(raw_dir).is_dir):
-            # Per-variable FileNotFoundErrors would overwrite good values: fail the pass instead.
-            return await fail(f"run folder {raw_dir} does not exist")
-        context_file = Path(req.context_dir) / "context.py"
-        try:
-            source = await asyncio.to_thread(ContextSource.read, context_file)
-        except (OSError, UnicodeDecodeError) as exc:
-            return await fail(f"cannot read {context_file}: {exc}")
-        python = self.context_python(req.proposal)
-        try:
-            ctx = await self._loaded(python, source)
-        except ContextProblems as exc:
-            return await fail(f"context file cannot be used:\n{exc}")
-        except Exception as exc:  # e.g. context_python does not start
-            return await fail(f"{type(exc).__name__}: {exc}")
-        pool = await self.pools.get(python)
-
+            return PassReport(attempt.processing_id, ProcessingStatus.FAILED, reason)
         await self._announce(
             (req.context_dir, source.hash),
             VariablesDefined(
@@ -230,43 +207,68 @@ class RunProcessor:
                 variables=ctx.definitions(),
                 correlation_id=req.correlation_id,
             ),
-            send,
+            attempt.send,
+        )
+        plan = await self._plan(attempt, ctx, source)
+        await attempt.send(self.topics.processing, attempt.state(ProcessingStatus.RUNNING))
+        outcomes, started, written = await self._evaluate(
+            attempt, ctx, target, plan, deadline if job is None else None
+        )
+        if job is None:
+            await self._keep_for_reuse(plan.reuse_file, ctx, outcomes)
+        await attempt.settle()
+        results_msg = await self._publish_results(attempt, source, plan, started, written)
+        counts = _counts(written.results)
+        await attempt.send(
+            self.topics.processing, attempt.state(ProcessingStatus.FINISHED, counts=counts)
+        )
+        return PassReport(
+            attempt.processing_id,
+            ProcessingStatus.FINISHED,
+            None,
+            results_msg,
+            plan.job_request,
+            counts,
         )
 
+    async def _open(self, req: RunRequested) -> tuple[RunTarget, ContextSource, LoadedContext]:
+        """The run's folders and its checked context; :class:`_PassFailed` if either is missing."""
+        raw_dir, proc_dir = self.settings.run_dirs(req.proposal_dir, req.run)
+        if req.trigger is not Trigger.PROC and not await asyncio.to_thread(Path(raw_dir).is_dir):
+            # Per-variable FileNotFoundErrors would overwrite good values: fail the pass instead.
+            raise _PassFailed(f"run folder {raw_dir} does not exist")
+        context_file = Path(req.context_dir) / "context.py"
+        try:
+            source = await asyncio.to_thread(ContextSource.read, context_file)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise _PassFailed(f"cannot read {context_file}: {exc}") from exc
+        try:
+            ctx = await self._loaded(self.context_python(req.proposal), source)
+        except ContextProblems as exc:
+            raise _PassFailed(f"context file cannot be used:\n{exc}") from exc
+        except Exception as exc:  # e.g. context_python does not start
+            raise _PassFailed(f"{type(exc).__name__}: {exc}") from exc
+        target = RunTarget(
+            req.proposal, req.run, req.proposal_dir, req.context_dir, raw_dir, proc_dir
+        )
+        return target, source, ctx
+
+    async def _plan(self, attempt: _Attempt, ctx: LoadedContext, source: ContextSource) -> _Plan:
+        """Which variables this pass evaluates and emits; a cluster job for the rest is requested."""
+        req, job = attempt.req, attempt.job
         trigger = req.trigger.value
         job_request: JobRequested | None = None
         if job is not None:
             names = select(ctx, trigger, job.names, cluster=None)
             targets = {n for n in job.names if n in ctx.variables}
-            emit_names = set(targets)
         else:
             sel = req.selection
             names = select(ctx, trigger, sel.names, sel.match, cluster=False)
             targets = set(names)
-            emit_names = set(names)
-            cluster_names = [
-                n
-                for n in select(ctx, trigger, sel.names, sel.match, cluster=True)
-                if ctx.variables[n].cluster
-            ]
-            if cluster_names:
-                job_request = JobRequested(
-                    job_request_id=f"{req.request_id}:cluster",
-                    request_id=req.request_id,
-                    processing_id=processing_id,
-                    proposal=req.proposal,
-                    run=req.run,
-                    trigger=req.trigger,
-                    selection=Selection(names=tuple(cluster_names)),
-                    context_dir=req.context_dir,
-                    proposal_dir=req.proposal_dir,
-                    correlation_id=req.correlation_id,
-                )
-                await send(self.topics.job_requests, job_request)
-
-        target = RunTarget(
-            req.proposal, req.run, req.proposal_dir, req.context_dir, raw_dir, proc_dir
-        )
+            job_request = self._job_request(attempt, ctx)
+            if job_request is not None:
+                await attempt.send(self.topics.job_requests, job_request)
+        emit_names = set(targets)
         reuse_file = reuse.reuse_path(
             Path(req.context_dir) / self.settings.reuse_subdir, req.proposal, req.run, source.hash
         )
@@ -280,8 +282,89 @@ class RunProcessor:
             reused = await asyncio.to_thread(reuse.load, reuse_file, reusable_now)
             names = prune(ctx, names, targets - set(reused), set(reused))
             emit_names -= set(reused)
+        emit = [n for n in names if n in emit_names and not ctx.variables[n].transient]
+        rid = result_id(
+            req.request_id,
+            source.hash,
+            emit,
+            extra=f"{trigger}|{job.job_request_id if job else ''}",
+        )
+        return _Plan(names, emit, rid, reused, reuse_file, job_request)
 
-        await send(self.topics.processing, state(ProcessingStatus.RUNNING))
+    def _job_request(self, attempt: _Attempt, ctx: LoadedContext) -> JobRequested | None:
+        """The Slurm job for the selected ``cluster=True`` variables, if there are any."""
+        req, sel = attempt.req, attempt.req.selection
+        cluster_names = [
+            n
+            for n in select(ctx, req.trigger.value, sel.names, sel.match, cluster=True)
+            if ctx.variables[n].cluster
+        ]
+        if not cluster_names:
+            return None
+        return JobRequested(
+            job_request_id=f"{req.request_id}:cluster",
+            request_id=req.request_id,
+            processing_id=attempt.processing_id,
+            proposal=req.proposal,
+            run=req.run,
+            trigger=req.trigger,
+            selection=Selection(names=tuple(cluster_names)),
+            context_dir=req.context_dir,
+            proposal_dir=req.proposal_dir,
+            correlation_id=req.correlation_id,
+        )
+
+    async def _evaluate(
+        self,
+        attempt: _Attempt,
+        ctx: LoadedContext,
+        target: RunTarget,
+        plan: _Plan,
+        deadline: float | None,
+    ) -> tuple[dict[str, Outcome], float | None, WrittenResults]:
+        """One worker evaluates the pass, keeps its values and data, and writes the fragment."""
+        req = attempt.req
+        pool = await self.pools.get(self.context_python(req.proposal))
+        async with Pass(
+            pool,
+            ctx,
+            target,
+            parallel=self.settings.parallel_variables,
+            hold=True,
+            mymdc=self.settings.metadata_provider,
+            log_file=self.settings.process_log(req.context_dir, req.proposal, req.run),
+            max_inline_chars=self.settings.max_inline_chars,
+            inline_scalars=not self.settings.fragment_scalars,
+            deadline=deadline,
+        ) as run_pass:
+            outcomes = await run_pass.run(
+                plan.names,
+                reused=plan.reused,
+                keep=reuse.worth_keeping(ctx) if attempt.job is None else set(),
+                on_outcome=self._progress(attempt),
+            )
+            started = await run_pass.start_time()
+            written = await write_held_results(
+                run_pass,
+                outcomes,
+                plan.emit,
+                fragment=fragment_path(
+                    req.context_dir,
+                    self.settings.fragment_subdir,
+                    req.proposal,
+                    req.run,
+                    plan.result_id,
+                    attempt=attempt.processing_id,
+                ),
+                start_time=started,
+                max_inline_chars=self.settings.max_inline_chars,
+            )
+        if written.fragment is not None:  # the worker is free again: now wait for the disk
+            await asyncio.to_thread(commit_fragment, written.fragment)
+        return outcomes, started, written
+
+    def _progress(self, attempt: _Attempt) -> Callable[[Outcome], Awaitable[None]]:
+        """Per-variable processing states, only for passes longer than ``progress_after_s``."""
         running_since = time.monotonic()
 
         async def on_outcome(outcome: Outcome) -> None:
@@ -294,96 +377,99 @@ class RunProcessor:
             if outcome.status == "error":
                 status = ProcessingStatus.VARIABLE_FAILED
                 reason = f"{outcome.error_cls}: {(outcome.error or '')[:2000]}"
-            pending.append(
-                asyncio.ensure_future(
-                    send(
-                        self.topics.processing,
-                        state(
-                            status,
-                            variable=outcome.name,
-                            duration_s=outcome.duration,
-                            reason=reason,
-                        ),
-                    )
-                )
+            state = attempt.state(
+                status, variable=outcome.name, duration_s=outcome.duration, reason=reason
+            )
+            attempt.pending.append(
+                asyncio.ensure_future(attempt.send(self.topics.processing, state))
             )
 
-        emit = [n for n in names if n in emit_names and not ctx.variables[n].transient]
-        rid = result_id(
-            req.request_id,
-            source.hash,
-            emit,
-            extra=f"{trigger}|{job.job_request_id if job else ''}",
+        return on_outcome
+
+    async def _publish_results(
+        self,
+        attempt: _Attempt,
+        source: ContextSource,
+        plan: _Plan,
+        started: float | None,
+        written: WrittenResults,
+    ) -> ResultsReady | None:
+        if not written.results:
+            return None
+        req = attempt.req
+        message = ResultsReady(
+            result_id=plan.result_id,
+            request_id=req.request_id,
+            processing_id=attempt.processing_id,
+            proposal=req.proposal,
+            run=req.run,
+            trigger=req.trigger,
+            context_hash=source.hash,
+            revision=source.revision,
+            context_dir=req.context_dir,
+            fragment=written.fragment,
+            start_time=started,
+            results=fit_message(written.results, self.settings.max_results_bytes),
+            correlation_id=req.correlation_id,
         )
-        # One worker evaluates the pass, keeps its values and data, and writes the fragment.
-        async with Pass(
-            pool,
-            ctx,
-            target,
-            parallel=self.settings.parallel_variables,
-            hold=True,
-            mymdc=self.settings.metadata_provider,
-            log_file=self.settings.process_log(req.context_dir, req.proposal, req.run),
-            max_inline_chars=self.settings.max_inline_chars,
-            inline_scalars=not self.settings.fragment_scalars,
-            deadline=deadline if job is None else None,
-        ) as run_pass:
-            outcomes = await run_pass.run(
-                names,
-                reused=reused,
-                keep=reuse.worth_keeping(ctx) if job is None else set(),
-                on_outcome=on_outcome,
-            )
-            started = await run_pass.start_time()
-            written = await write_held_results(
-                run_pass,
-                outcomes,
-                emit,
-                fragment=fragment_path(
-                    req.context_dir,
-                    self.settings.fragment_subdir,
-                    req.proposal,
-                    req.run,
-                    rid,
-                    attempt=processing_id,
-                ),
-                start_time=started,
-                max_inline_chars=self.settings.max_inline_chars,
-            )
-        if written.fragment is not None:  # the worker is free again: now wait for the disk
-            await asyncio.to_thread(commit_fragment, written.fragment)
-        if job is None:
-            await self._keep_for_reuse(reuse_file, ctx, outcomes)
-        await asyncio.gather(*pending)
-        results_msg: ResultsReady | None = None
-        if written.results:
-            results_msg = ResultsReady(
-                result_id=rid,
-                request_id=req.request_id,
-                processing_id=processing_id,
-                proposal=req.proposal,
-                run=req.run,
-                trigger=req.trigger,
-                context_hash=source.hash,
-                revision=source.revision,
-                context_dir=req.context_dir,
-                fragment=written.fragment,
-                start_time=started,
-                results=fit_message(written.results, self.settings.max_results_bytes),
-                correlation_id=req.correlation_id,
-            )
-            await send(self.topics.results, results_msg)
-        counts = {
-            "ok": sum(1 for r in written.results if r.error is None),
-            "failed": sum(
-                1 for r in written.results if r.error is not None and r.error_cls != "Skip"
-            ),
-            "skipped": sum(1 for r in written.results if r.error_cls == "Skip"),
-        }
-        await send(self.topics.processing, state(ProcessingStatus.FINISHED, counts=counts))
-        return PassReport(
-            processing_id, ProcessingStatus.FINISHED, None, results_msg, job_request, counts
+        await attempt.send(self.topics.results, message)
+        return message
+
+
+class _PassFailed(Exception):
+    """The pass cannot go on: no run folder, or no usable context (its state says why)."""
+
+
+@dataclass
+class _Attempt:
+    """One pass over one run: what the steps of :meth:`RunProcessor.process` share."""
+
+    req: RunRequested
+    job: JobContext | None
+    hostname: str
+    publisher: Publisher
+    processing_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    pending: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def state(self, status: ProcessingStatus, **kw: Any) -> ProcessingStateChanged:
+        req = self.req
+        return ProcessingStateChanged(
+            processing_id=self.processing_id,
+            request_id=req.request_id,
+            proposal=req.proposal,
+            run=req.run,
+            trigger=req.trigger,
+            status=status,
+            hostname=self.hostname,
+            slurm_job_id=self.job.slurm_job_id if self.job else None,
+            correlation_id=req.correlation_id,
+            **kw,
         )
+
+    async def send(self, topic: str, message: BaseModel) -> None:
+        await self.publisher.publish(topic, message, run_key(self.req.proposal, self.req.run))
+
+    async def settle(self) -> None:
+        """Wait for the progress states sent so far."""
+        await asyncio.gather(*self.pending)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    names: list[str]  # to evaluate, dependencies included
+    emit: list[str]  # to store and publish
+    result_id: str
+    reused: dict[str, Outcome]
+    reuse_file: Path
+    job_request: JobRequested | None
+
+
+def _counts(results: Sequence[VariableResult]) -> dict[str, int]:
+    return {
+        "ok": sum(1 for r in results if r.error is None),
+        "failed": sum(1 for r in results if r.error is not None and r.error_cls != "Skip"),
+        "skipped": sum(1 for r in results if r.error_cls == "Skip"),
+    }
 
 
 def request_for_job(
