@@ -7,6 +7,7 @@ commands that use them.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from enum import StrEnum
 from functools import cache
@@ -253,16 +254,14 @@ def eval_context(
         err.print(f"[red]no run folder:[/] neither {raw_dir} nor {proc_dir} exists")
         raise typer.Exit(1)
     base = settings.pool_config(context_python)
-    config = PoolConfig(
+    config = dataclasses.replace(
+        base,
         size=workers or max(1, settings.parallel_variables),
-        python=base.python,
         time_limit_s=timeout or base.time_limit_s,
         memory_limit_mb=memory_mb or base.memory_limit_mb,
-        address_space_mb=base.address_space_mb,
-        recycle_rss_mb=base.recycle_rss_mb,
-        fork=base.fork,
-        preload=base.preload,
-        start_timeout_s=base.start_timeout_s,
+        share=PoolConfig.share,
+        memory_budget_mb=0,
+        idle_s=0.0,
     )
     context_dir = str(context.resolve().parent)
     target = RunTarget(proposal, run, str(proposal_dir.resolve()), context_dir, raw_dir, proc_dir)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -61,6 +62,12 @@ class PoolConfig:
     idle_s: float = 0.0  # retire workers idle this long, down to min_size (0: never)
     min_size: int = 1
     fork: bool = True  # fork workers from a warm zygote (else: one interpreter each)
+    # Limits for user code (0: none); see rs_ctxrunner.limits and docs/security.md.
+    max_result_mb: int = 1024  # one variable's result
+    max_output_mb: float = 10.0  # printed output per pass (and worker)
+    file_size_mb: int = 0  # RLIMIT_FSIZE of workers
+    nproc: int = 0  # RLIMIT_NPROC of workers (per UID!)
+    env_allow: tuple[str, ...] = ()  # more environment variables workers may see
 
     @property
     def recycle_threshold_mb(self) -> int:
@@ -68,9 +75,68 @@ class PoolConfig:
             return int(self.memory_limit_mb * 0.75)
         return self.recycle_rss_mb
 
+    def limits_json(self) -> str:
+        mib = 1024 * 1024
+        return json.dumps(
+            {
+                "max_result_bytes": self.max_result_mb * mib,
+                "max_output_bytes": int(self.max_output_mb * mib),
+                "file_size_bytes": self.file_size_mb * mib,
+                "nproc": self.nproc,
+            }
+        )
 
-def worker_env() -> dict[str, str]:
-    env = dict(os.environ)
+
+# What workers see of the service's environment: user code must not get its secrets
+# (database DSN, Kafka password, tokens). Names, and prefixes ending in ``*``.
+ENV_ALLOW = (
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "LANG",
+    "LANGUAGE",
+    "LC_*",
+    "TZ",
+    "TMPDIR",
+    "TERM",
+    "SHELL",
+    "PYTHONPATH",
+    "PYTHONHASHSEED",
+    "PYTHONWARNINGS",
+    "VIRTUAL_ENV",
+    "CONDA_PREFIX",
+    "LD_LIBRARY_PATH",
+    "XDG_CACHE_HOME",
+    "XDG_CONFIG_HOME",
+    "MPLBACKEND",
+    "MPLCONFIGDIR",
+    "HDF5_*",
+    "EXTRA_DATA_*",
+    "OMP_*",
+    "OPENBLAS_*",
+    "MKL_*",
+    "NUMEXPR_*",
+    "CUDA_VISIBLE_DEVICES",
+    "SLURM_JOB_ID",
+    "SLURM_CPUS_ON_NODE",
+)
+
+
+def _allowed(name: str, patterns: tuple[str, ...], extra: tuple[str, ...]) -> bool:
+    if name in extra:  # named exactly by the operator
+        return True
+    if name.startswith("RUNSTREAM_"):
+        return False
+    return any(
+        name == p or (p.endswith("*") and name.startswith(p[:-1])) for p in (*patterns, *extra)
+    )
+
+
+def worker_env(config: PoolConfig | None = None) -> dict[str, str]:
+    """The environment of workers: only :data:`ENV_ALLOW` and ``config.env_allow`` names."""
+    extra = tuple(config.env_allow) if config is not None else ()
+    env = {k: v for k, v in os.environ.items() if _allowed(k, ENV_ALLOW, extra)}
     env["PYTHONPATH"] = os.pathsep.join([str(CTXSUPPORT), *filter(None, [env.get("PYTHONPATH")])])
     env.setdefault("MPLBACKEND", "Agg")
     env.setdefault("OMP_NUM_THREADS", "1")
@@ -119,6 +185,7 @@ class Worker:
     async def start(cls, config: PoolConfig, guard: MemoryGuard | None = None) -> Worker:
         """A worker as its own interpreter (slow start: imports everything)."""
         args = ["-m", "rs_ctxrunner.worker", "--preload", config.preload]
+        args += ["--limits", config.limits_json()]
         if config.address_space_mb:
             args += ["--address-space-mb", str(config.address_space_mb)]
         try:
@@ -127,7 +194,7 @@ class Worker:
                 *args,
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
-                env=worker_env(),
+                env=worker_env(config),
                 limit=1 << 20,
             )
         except OSError as exc:
@@ -298,6 +365,8 @@ class Zygote:
             self.path,
             "--preload",
             self.config.preload,
+            "--limits",
+            self.config.limits_json(),
         ]
         if self.config.address_space_mb:
             args += ["--address-space-mb", str(self.config.address_space_mb)]
@@ -307,7 +376,7 @@ class Zygote:
                 *args,
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
-                env=worker_env(),
+                env=worker_env(self.config),
             )
         except OSError as exc:
             await self.close()
