@@ -149,8 +149,26 @@ def _lower(which: int, value: int) -> None:
     resource.setrlimit(which, (value, value))
 
 
-def descendants(pid: int) -> list[int]:
-    """Every descendant of ``pid`` (from /proc, children of all its threads)."""
+_HELPERS: dict[int, bytes] = {}  # pid -> start time: the worker's own helper processes
+_OWN_OUTPUT: list[tuple[int, int]] = []  # the worker's fd 1 and 2 while a variable's are captured
+
+
+def _started(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return b""
+
+
+def _is_helper(pid: int) -> bool:
+    started = _HELPERS.get(pid)
+    return started is not None and started == _started(pid)
+
+
+def descendants(pid: int, *, helpers: bool = False) -> list[int]:
+    """Every descendant of ``pid`` (from /proc, children of all its threads); without
+    ``helpers``, not the worker's helper processes nor theirs."""
     found: list[int] = []
     todo = [pid]
     while todo:
@@ -165,26 +183,59 @@ def descendants(pid: int) -> list[int]:
                     kids = [int(c) for c in f.read().split()]
             except (OSError, ValueError):
                 continue
+            if not helpers:
+                kids = [k for k in kids if not _is_helper(k)]
             found.extend(kids)
             todo.extend(kids)
     return found
 
 
+@contextlib.contextmanager
+def worker_helpers() -> Iterator[None]:
+    """Processes started in the block are the worker's, not the variable's (kaleido's
+    browser, kept for the next thumbnails): they survive :func:`end_children` and
+    write to the worker's own stderr, not into a variable's capped output."""
+    me = os.getpid()
+    before = set(descendants(me, helpers=True))
+    swapped: tuple[int, int] | None = None
+    if _OWN_OUTPUT:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        swapped = os.dup(1), os.dup(2)
+        os.dup2(_OWN_OUTPUT[-1][0], 1)
+        os.dup2(_OWN_OUTPUT[-1][1], 2)
+    try:
+        yield
+    finally:
+        if swapped is not None:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(swapped[0], 1)
+            os.dup2(swapped[1], 2)
+            os.close(swapped[0])
+            os.close(swapped[1])
+        for pid in set(descendants(me, helpers=True)) - before:
+            _HELPERS[pid] = _started(pid)
+
+
 def end_children(timeout_s: float = 5.0) -> int:
-    """Kill every process this one started (directly or not) and reap them. Returns how many."""
+    """Kill every process this one started (directly or not), but its helpers, and reap
+    them. Returns how many."""
     me = os.getpid()
     killed: set[int] = set()
+    for pid in [p for p in _HELPERS if not _is_helper(p)]:
+        del _HELPERS[pid]
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         for pid in descendants(me):
             killed.add(pid)
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
-        try:
-            while os.waitpid(-1, os.WNOHANG)[0]:
-                pass
-        except ChildProcessError:
-            return len(killed)  # no children left at all
+        for pid in killed:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+        if not descendants(me):
+            return len(killed)
         time.sleep(0.01)
     return len(killed)
 
@@ -232,9 +283,11 @@ def capped_output(dest_fd: int, session: str, name: str, cap: int) -> Iterator[N
     os.dup2(write_end, 1)
     os.dup2(write_end, 2)
     os.close(write_end)
+    _OWN_OUTPUT.append(saved)
     try:
         yield
     finally:
+        _OWN_OUTPUT.pop()
         sys.stdout.flush()
         sys.stderr.flush()
         end_children()  # they hold the pipe too
