@@ -379,3 +379,42 @@ async def test_planted_pickles_are_never_loaded_by_the_service(
     raw, proc = rec.of(ResultsReady)
     assert {r.name: r.error_cls for r in raw.results} == {"base": None}
     assert [(r.name, r.summary) for r in proc.results] == [("calibrated", 45.0)]
+
+
+def _forging_context(marker: Path) -> str:
+    return f"""
+from damnit_ctx import Variable
+import os, pickle, stat, struct
+
+class Boom:
+    def __reduce__(self):
+        return (os.system, ("touch {marker}",))
+
+@Variable(title="Forges a reply")
+def forges(run):
+    # Write a reply frame of our own on every socket or pipe this process holds.
+    frame = pickle.dumps({{"ok": True, "status": "ok", "boom": Boom()}}, protocol=4)
+    for fd in map(int, os.listdir("/proc/self/fd")):
+        try:
+            mode = os.fstat(fd).st_mode
+            if stat.S_ISSOCK(mode) or stat.S_ISFIFO(mode):
+                os.write(fd, struct.pack("!Q", len(frame)) + frame)
+        except OSError:
+            pass
+    return 1
+"""
+
+
+async def test_a_forged_reply_frame_is_refused_and_ends_only_its_worker(
+    limited: WorkerPool, tmp_path: Path, mock_proposal: Path
+) -> None:
+    marker = tmp_path / "pwned-service"
+    ev = await run_context(limited, _forging_context(marker), tmp_path / "ctx", mock_proposal)
+    await asyncio.sleep(0.2)
+    assert not marker.exists(), "the service unpickled what user code wrote on its channel"
+    message, cls = ev.error("forges")
+    assert cls == "ProtocolViolation", message
+    assert "posix.system" in (message or "") or "os.system" in (message or "")
+    await limited.settle()
+    again = await run_context(limited, HUGE_CONTEXT, tmp_path / "ctx2", mock_proposal)
+    assert again.summary("after") == 45.0  # the pool goes on with a new worker

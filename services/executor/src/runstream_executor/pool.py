@@ -151,7 +151,7 @@ async def read_frame(reader: asyncio.StreamReader) -> Any:
         body = await reader.readexactly(size)
     except (asyncio.IncompleteReadError, ConnectionError) as exc:
         raise EOFError("worker pipe closed") from exc
-    return protocol.loads(body)
+    return protocol.safe_loads(body)  # workers run user code: plain data only
 
 
 ExitWaiter = Callable[[], Awaitable[int | None]]
@@ -261,6 +261,11 @@ class Worker:
         if reply_task in done:
             try:
                 reply: dict[str, Any] = reply_task.result()
+            except protocol.RefusedFrame as exc:
+                log.error("worker %d killed: %s", self.pid, exc)
+                self.kill()
+                await self._reap()
+                raise WorkerLost(str(exc), "ProtocolViolation") from None
             except EOFError:
                 code = await self._reap()
                 raise WorkerLost(_describe_exit(code), "WorkerCrashed") from None
