@@ -68,6 +68,7 @@ class PoolConfig:
     file_size_mb: int = 0  # RLIMIT_FSIZE of workers
     nproc: int = 0  # RLIMIT_NPROC of workers (per UID!)
     env_allow: tuple[str, ...] = ()  # more environment variables workers may see
+    protect_service: bool = True  # make the service non-dumpable (see protect_service())
 
     @property
     def recycle_threshold_mb(self) -> int:
@@ -142,6 +143,21 @@ def worker_env(config: PoolConfig | None = None) -> dict[str, str]:
     env.setdefault("OMP_NUM_THREADS", "1")
     env.setdefault("OPENBLAS_NUM_THREADS", "1")
     return env
+
+
+def protect_service() -> None:
+    """Make this process non-dumpable (``PR_SET_DUMPABLE`` 0).
+
+    Workers run as the same user; without this, their code could read the
+    service's environment (``/proc/<pid>/environ``: DSN, Kafka password) and
+    memory (``/proc/<pid>/mem``, ptrace). Non-dumpable, its ``/proc`` files belong
+    to root and ptrace is refused; it writes no core dumps either. Root (or
+    CAP_SYS_PTRACE) is not stopped by it.
+    """
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE
 
 
 async def read_frame(reader: asyncio.StreamReader) -> Any:
@@ -540,6 +556,8 @@ class WorkerPool:
 
     async def start(self) -> None:
         """Start every worker and wait until they are warm."""
+        if self.config.protect_service:
+            protect_service()
         workers = await asyncio.gather(
             *(self._new_worker() for _ in range(self.config.size)), return_exceptions=True
         )

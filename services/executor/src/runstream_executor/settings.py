@@ -129,6 +129,12 @@ class Settings(ServiceSettings):
         "workers see; by default they get only PATH, HOME, locale, TZ and data-library "
         "variables, never RUNSTREAM_* (name one exactly to pass it)",
     )
+    protect_service: bool = Field(
+        default=True,
+        description="Make the executor process non-dumpable (PR_SET_DUMPABLE=0) so that "
+        "workers, which run as the same user, cannot read its environment or memory "
+        "through /proc or ptrace (it then writes no core dumps)",
+    )
     context_load_timeout_s: float = Field(default=120.0, gt=0)
     job_publish_window_s: float = Field(
         default=900.0,
@@ -218,6 +224,7 @@ class Settings(ServiceSettings):
             max_output_mb=self.max_output_mb,
             file_size_mb=self.worker_file_size_mb,
             nproc=self.worker_nproc,
+            protect_service=self.protect_service,
             env_allow=tuple(n.strip() for n in self.worker_env.split(",") if n.strip()),
         )
 
