@@ -273,10 +273,17 @@ def capped_output(dest_fd: int, session: str, name: str, cap: int) -> Iterator[N
     ``dest_fd`` is closed afterwards."""
     read_end, write_end = os.pipe()
     dropped = [0]
-    copier = threading.Thread(
+    thread = threading.Thread(
         target=_copy, args=(read_end, dest_fd, session, cap, dropped), daemon=True
     )
-    copier.start()
+    copier: threading.Thread | None = thread
+    try:
+        thread.start()
+    except RuntimeError:  # no thread to be had (RLIMIT_NPROC): the output is not kept
+        copier = None
+        os.close(read_end)
+        os.close(write_end)
+        write_end = os.open(os.devnull, os.O_WRONLY)
     sys.stdout.flush()
     sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
@@ -295,16 +302,21 @@ def capped_output(dest_fd: int, session: str, name: str, cap: int) -> Iterator[N
         os.dup2(saved[1], 2)
         os.close(saved[0])
         os.close(saved[1])
+        _finish(copier, dest_fd, name, dropped)
+
+
+def _finish(copier: threading.Thread | None, dest_fd: int, name: str, dropped: list[int]) -> None:
+    """Wait for the copier to drain the pipe, note what was dropped, close ``dest_fd``."""
+    if copier is not None:
         copier.join(5.0)  # a process outside our tree may still hold the pipe: leave it
-        if dropped[0] and not copier.is_alive():
-            with contextlib.suppress(OSError):
-                _write_all(
-                    dest_fd,
-                    f"[runstream: {name} printed {dropped[0]} more bytes, dropped]\n".encode(),
-                )
-        if not copier.is_alive():
-            with contextlib.suppress(OSError):
-                os.close(dest_fd)
+        if copier.is_alive():
+            return
+    if dropped[0]:
+        with contextlib.suppress(OSError):
+            note = f"[runstream: {name} printed {dropped[0]} more bytes, dropped]\n"
+            _write_all(dest_fd, note.encode())
+    with contextlib.suppress(OSError):
+        os.close(dest_fd)
 
 
 def _copy(read_end: int, dest_fd: int, session: str, cap: int, dropped: list[int]) -> None:
