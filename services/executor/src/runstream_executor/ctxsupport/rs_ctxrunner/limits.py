@@ -3,7 +3,7 @@
 - results: :func:`result_size` measures a value without touching its data (a
   ``np.zeros`` of 5 GB has never-touched pages); a bigger value than the limit
   is an error value (:class:`ResultTooLarge`) before anything copies it;
-- printed output: :class:`CappedOutput` sends fd 1 and 2 through a pipe whose
+- printed output: :func:`capped_output` sends fd 1 and 2 through a pipe whose
   reader copies at most a budget per pass into the process log, then one
   truncation marker, and drops the rest;
 - processes: the worker is a child subreaper, so whatever a variable starts
@@ -14,12 +14,16 @@
 
 from __future__ import annotations
 
+import array
 import contextlib
 import ctypes
+import fcntl
 import os
 import resource
+import select
 import signal
 import sys
+import termios
 import threading
 import time
 from collections.abc import Iterator
@@ -266,30 +270,97 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
+class _Copier:
+    """One pipe and one thread per worker, copying what variables print to their log.
+
+    The thread reads and handles each chunk under ``lock``, so with the lock held
+    and the pipe empty, everything written so far has reached its destination.
+    """
+
+    def __init__(self) -> None:
+        self.read_end, self.write_end = os.pipe()
+        self.lock = threading.Lock()
+        self.dest_fd = -1  # -1: nobody's output is being copied (dropped)
+        self.session = ""
+        self.cap = 0
+        self.dropped = 0
+        threading.Thread(target=self._run, daemon=True, name="rs-output").start()
+
+    def _run(self) -> None:
+        while True:
+            select.select([self.read_end], [], [])
+            with self.lock:
+                chunk = os.read(self.read_end, 1 << 16)
+                if not chunk:
+                    return
+                if self.dest_fd >= 0:
+                    self._handle(chunk)
+
+    def _handle(self, chunk: bytes) -> None:
+        session, cap = self.session, self.cap
+        with BUDGET.lock:
+            used = BUDGET.used.get(session, 0)
+            room = max(0, cap - used) if cap else len(chunk)
+            room = min(room, len(chunk))
+            BUDGET.used[session] = used + room
+            first_cut = room < len(chunk) and session not in BUDGET.cut
+            if first_cut:
+                BUDGET.cut.add(session)
+        self.dropped += len(chunk) - room
+        try:  # a write can fail: EFBIG past RLIMIT_FSIZE, a full disk
+            if room:
+                _write_all(self.dest_fd, chunk[:room])
+            if first_cut:
+                _write_all(
+                    self.dest_fd,
+                    f"\n[runstream: output truncated: this pass printed more than {human(cap)} "
+                    "(executor setting max_output_mb); the rest is dropped]\n".encode(),
+                )
+        except OSError:
+            pass
+
+    def drain(self, timeout_s: float = 5.0) -> None:
+        """Wait until what is in the pipe now was handled (a process outside the worker's
+        tree could keep writing: then give up after ``timeout_s``)."""
+        deadline = time.monotonic() + timeout_s
+        buffered = array.array("i", [0])
+        while time.monotonic() < deadline:
+            with self.lock:
+                fcntl.ioctl(self.read_end, termios.FIONREAD, buffered)
+                if not buffered[0]:
+                    return
+            time.sleep(0.0002)
+
+
+_COPIER: list[_Copier] = []
+
+
+def _copier() -> _Copier | None:
+    if not _COPIER:
+        try:
+            _COPIER.append(_Copier())
+        except (RuntimeError, OSError):  # no thread to be had (RLIMIT_NPROC)
+            return None
+    return _COPIER[0]
+
+
 @contextlib.contextmanager
 def capped_output(dest_fd: int, session: str, name: str, cap: int) -> Iterator[None]:
     """While the block runs, fd 1 and 2 (the worker's and its children's) go to ``dest_fd``,
     at most ``cap`` bytes per ``session``; then a marker, and the rest is counted and dropped.
     ``dest_fd`` is closed afterwards."""
-    read_end, write_end = os.pipe()
-    dropped = [0]
-    thread = threading.Thread(
-        target=_copy, args=(read_end, dest_fd, session, cap, dropped), daemon=True
-    )
-    copier: threading.Thread | None = thread
-    try:
-        thread.start()
-    except RuntimeError:  # no thread to be had (RLIMIT_NPROC): the output is not kept
-        copier = None
-        os.close(read_end)
-        os.close(write_end)
-        write_end = os.open(os.devnull, os.O_WRONLY)
+    copier = _copier()
+    if copier is not None:
+        with copier.lock:
+            copier.dest_fd, copier.session, copier.cap, copier.dropped = dest_fd, session, cap, 0
+        sink = copier.write_end
+    else:  # the output is not kept
+        sink = os.open(os.devnull, os.O_WRONLY)
     sys.stdout.flush()
     sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
-    os.dup2(write_end, 1)
-    os.dup2(write_end, 2)
-    os.close(write_end)
+    os.dup2(sink, 1)
+    os.dup2(sink, 2)
     _OWN_OUTPUT.append(saved)
     try:
         yield
@@ -302,45 +373,23 @@ def capped_output(dest_fd: int, session: str, name: str, cap: int) -> Iterator[N
         os.dup2(saved[1], 2)
         os.close(saved[0])
         os.close(saved[1])
-        _finish(copier, dest_fd, name, dropped)
+        _finish(copier, sink, dest_fd, name)
 
 
-def _finish(copier: threading.Thread | None, dest_fd: int, name: str, dropped: list[int]) -> None:
-    """Wait for the copier to drain the pipe, note what was dropped, close ``dest_fd``."""
-    if copier is not None:
-        copier.join(5.0)  # a process outside our tree may still hold the pipe: leave it
-        if copier.is_alive():
-            return
-    if dropped[0]:
+def _finish(copier: _Copier | None, sink: int, dest_fd: int, name: str) -> None:
+    """Let the copier handle what was printed, note what was dropped, close ``dest_fd``."""
+    dropped = 0
+    if copier is None:
+        os.close(sink)
+    else:
+        copier.drain()
+        with copier.lock:
+            copier.dest_fd = -1
+            dropped = copier.dropped
+    if dropped:
         with contextlib.suppress(OSError):
-            note = f"[runstream: {name} printed {dropped[0]} more bytes, dropped]\n"
-            _write_all(dest_fd, note.encode())
+            _write_all(
+                dest_fd, f"[runstream: {name} printed {dropped} more bytes, dropped]\n".encode()
+            )
     with contextlib.suppress(OSError):
         os.close(dest_fd)
-
-
-def _copy(read_end: int, dest_fd: int, session: str, cap: int, dropped: list[int]) -> None:
-    try:
-        while chunk := os.read(read_end, 1 << 16):
-            with BUDGET.lock:
-                used = BUDGET.used.get(session, 0)
-                room = max(0, cap - used) if cap else len(chunk)
-                BUDGET.used[session] = used + min(room, len(chunk))
-                first_cut = room < len(chunk) and session not in BUDGET.cut
-                if first_cut:
-                    BUDGET.cut.add(session)
-            try:
-                if room:
-                    _write_all(dest_fd, chunk[:room])
-                if first_cut:
-                    _write_all(
-                        dest_fd,
-                        f"\n[runstream: output truncated: this pass printed more than "
-                        f"{human(cap)} (executor setting max_output_mb); the rest is "
-                        "dropped]\n".encode(),
-                    )
-            except OSError:  # e.g. EFBIG past RLIMIT_FSIZE, or a full disk
-                pass
-            dropped[0] += len(chunk) - min(room, len(chunk))
-    finally:
-        os.close(read_end)
