@@ -418,3 +418,18 @@ async def test_a_forged_reply_frame_is_refused_and_ends_only_its_worker(
     await limited.settle()
     again = await run_context(limited, HUGE_CONTEXT, tmp_path / "ctx2", mock_proposal)
     assert again.summary("after") == 45.0  # the pool goes on with a new worker
+
+
+async def test_processes_started_while_a_context_loads_end_with_the_load(
+    limited: WorkerPool, tmp_path: Path
+) -> None:
+    ctx_dir = tmp_path / "ctx"
+    code = SPAWNING_CONTEXT + f'\n_spawn("{ctx_dir / "at_import"}")\n'
+    try:
+        ctx = await load_context(limited, write_context(ctx_dir, code))
+        assert "spawns" in ctx.variables
+        pid = int((ctx_dir / "at_import.pid").read_text())
+        assert not _alive(pid), "a process started by the context's module code outlived the load"
+    finally:
+        with contextlib.suppress(OSError, ValueError):
+            _kill(int((ctx_dir / "at_import.pid").read_text()))

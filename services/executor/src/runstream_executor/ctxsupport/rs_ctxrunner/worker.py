@@ -93,10 +93,17 @@ def _context(msg: dict[str, Any]) -> ContextFile:
 
 
 def op_load(msg: dict[str, Any]) -> dict[str, Any]:
+    """Load a context file: its module code runs with the same limits as a variable
+    (output capped, into the worker's stderr; processes it starts ended)."""
+    session = f"load:{msg['hash']}"
+    cap = LIMITS.get("max_output_bytes", 0)
     try:
-        ctx = _context(msg)
+        with limits.capped_output(os.dup(2), session, "context.py", cap):
+            ctx = _context(msg)
     except ContextLoadError as exc:
         return {"ok": False, "problems": exc.problems}
+    finally:
+        limits.BUDGET.forget(session)
     return {"ok": True, "definitions": ctx.definitions()}
 
 
