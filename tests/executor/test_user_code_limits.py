@@ -43,7 +43,7 @@ async def limited() -> AsyncIterator[WorkerPool]:
     """Workers with explicit limits (the result limit is the default, 1 GiB)."""
     config = PoolConfig(
         size=2,
-        time_limit_s=15.0,
+        time_limit_s=10.0,
         memory_limit_mb=4096,
         max_output_mb=OUTPUT_CAP_MB,
         file_size_mb=FILE_SIZE_MB,
