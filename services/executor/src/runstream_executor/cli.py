@@ -7,6 +7,7 @@ commands that use them.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from enum import StrEnum
 from functools import cache
@@ -230,9 +231,9 @@ def eval_context(
 ) -> None:
     """Evaluate a context file for one run and print the results."""
     import asyncio
-    import dataclasses
 
     from .context import ContextProblems
+    from .pool import PoolConfig
     from .settings import Settings
 
     out, err = _consoles()
@@ -245,6 +246,10 @@ def eval_context(
         size=workers or max(1, settings.parallel_variables),
         time_limit_s=timeout or base.time_limit_s,
         memory_limit_mb=memory_mb or base.memory_limit_mb,
+        # one command, one run: no sharing with other runs, no budget, no idle trimming
+        share=PoolConfig.share,
+        memory_budget_mb=0,
+        idle_s=0.0,
     )
     try:
         ctx, names, outcomes, started = asyncio.run(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -61,6 +62,13 @@ class PoolConfig:
     idle_s: float = 0.0  # retire workers idle this long, down to min_size (0: never)
     min_size: int = 1
     fork: bool = True  # fork workers from a warm zygote (else: one interpreter each)
+    # Limits for user code (0: none); see rs_ctxrunner.limits and docs/security.md.
+    max_result_mb: int = 1024  # one variable's result
+    max_output_mb: float = 10.0  # printed output per pass (and worker)
+    file_size_mb: int = 0  # RLIMIT_FSIZE of workers
+    nproc: int = 0  # RLIMIT_NPROC of workers (per UID!)
+    env_allow: tuple[str, ...] = ()  # more environment variables workers may see
+    protect_service: bool = True  # make the service non-dumpable (see protect_service())
 
     @property
     def recycle_threshold_mb(self) -> int:
@@ -68,14 +76,88 @@ class PoolConfig:
             return int(self.memory_limit_mb * 0.75)
         return self.recycle_rss_mb
 
+    def limits_json(self) -> str:
+        mib = 1024 * 1024
+        return json.dumps(
+            {
+                "max_result_bytes": self.max_result_mb * mib,
+                "max_output_bytes": int(self.max_output_mb * mib),
+                "file_size_bytes": self.file_size_mb * mib,
+                "nproc": self.nproc,
+            }
+        )
 
-def worker_env() -> dict[str, str]:
-    env = dict(os.environ)
+
+# What workers see of the service's environment: user code must not get its secrets
+# (database DSN, Kafka password, tokens). Names, and prefixes ending in ``*``.
+ENV_ALLOW = (
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "LANG",
+    "LANGUAGE",
+    "LC_*",
+    "TZ",
+    "TMPDIR",
+    "TERM",
+    "SHELL",
+    "PYTHONPATH",
+    "PYTHONHASHSEED",
+    "PYTHONWARNINGS",
+    "VIRTUAL_ENV",
+    "CONDA_PREFIX",
+    "LD_LIBRARY_PATH",
+    "XDG_CACHE_HOME",
+    "XDG_CONFIG_HOME",
+    "MPLBACKEND",
+    "MPLCONFIGDIR",
+    "HDF5_*",
+    "EXTRA_DATA_*",
+    "OMP_*",
+    "OPENBLAS_*",
+    "MKL_*",
+    "NUMEXPR_*",
+    "CUDA_VISIBLE_DEVICES",
+    "SLURM_JOB_ID",
+    "SLURM_CPUS_ON_NODE",
+)
+
+
+def _allowed(name: str, patterns: tuple[str, ...], extra: tuple[str, ...]) -> bool:
+    if name in extra:  # named exactly by the operator
+        return True
+    if name.startswith("RUNSTREAM_"):
+        return False
+    return any(
+        name == p or (p.endswith("*") and name.startswith(p[:-1])) for p in (*patterns, *extra)
+    )
+
+
+def worker_env(config: PoolConfig | None = None) -> dict[str, str]:
+    """The environment of workers: only :data:`ENV_ALLOW` and ``config.env_allow`` names."""
+    extra = tuple(config.env_allow) if config is not None else ()
+    env = {k: v for k, v in os.environ.items() if _allowed(k, ENV_ALLOW, extra)}
     env["PYTHONPATH"] = os.pathsep.join([str(CTXSUPPORT), *filter(None, [env.get("PYTHONPATH")])])
     env.setdefault("MPLBACKEND", "Agg")
     env.setdefault("OMP_NUM_THREADS", "1")
     env.setdefault("OPENBLAS_NUM_THREADS", "1")
     return env
+
+
+def protect_service() -> None:
+    """Make this process non-dumpable (``PR_SET_DUMPABLE`` 0).
+
+    Workers run as the same user; without this, their code could read the
+    service's environment (``/proc/<pid>/environ``: DSN, Kafka password) and
+    memory (``/proc/<pid>/mem``, ptrace). Non-dumpable, its ``/proc`` files belong
+    to root and ptrace is refused; it writes no core dumps either. Root (or
+    CAP_SYS_PTRACE) is not stopped by it.
+    """
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE
 
 
 async def read_frame(reader: asyncio.StreamReader) -> Any:
@@ -85,7 +167,7 @@ async def read_frame(reader: asyncio.StreamReader) -> Any:
         body = await reader.readexactly(size)
     except (asyncio.IncompleteReadError, ConnectionError) as exc:
         raise EOFError("worker pipe closed") from exc
-    return protocol.loads(body)
+    return protocol.safe_loads(body)  # workers run user code: plain data only
 
 
 ExitWaiter = Callable[[], Awaitable[int | None]]
@@ -119,6 +201,7 @@ class Worker:
     async def start(cls, config: PoolConfig, guard: MemoryGuard | None = None) -> Worker:
         """A worker as its own interpreter (slow start: imports everything)."""
         args = ["-m", "rs_ctxrunner.worker", "--preload", config.preload]
+        args += ["--limits", config.limits_json()]
         if config.address_space_mb:
             args += ["--address-space-mb", str(config.address_space_mb)]
         try:
@@ -127,7 +210,7 @@ class Worker:
                 *args,
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
-                env=worker_env(),
+                env=worker_env(config),
                 limit=1 << 20,
             )
         except OSError as exc:
@@ -194,6 +277,11 @@ class Worker:
         if reply_task in done:
             try:
                 reply: dict[str, Any] = reply_task.result()
+            except protocol.RefusedFrame as exc:
+                log.error("worker %d killed: %s", self.pid, exc)
+                self.kill()
+                await self._reap()
+                raise WorkerLost(str(exc), "ProtocolViolation") from None
             except EOFError:
                 code = await self._reap()
                 raise WorkerLost(_describe_exit(code), "WorkerCrashed") from None
@@ -298,6 +386,8 @@ class Zygote:
             self.path,
             "--preload",
             self.config.preload,
+            "--limits",
+            self.config.limits_json(),
         ]
         if self.config.address_space_mb:
             args += ["--address-space-mb", str(self.config.address_space_mb)]
@@ -307,7 +397,7 @@ class Zygote:
                 *args,
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
-                env=worker_env(),
+                env=worker_env(self.config),
             )
         except OSError as exc:
             await self.close()
@@ -466,6 +556,8 @@ class WorkerPool:
 
     async def start(self) -> None:
         """Start every worker and wait until they are warm."""
+        if self.config.protect_service:
+            protect_service()
         workers = await asyncio.gather(
             *(self._new_worker() for _ in range(self.config.size)), return_exceptions=True
         )

@@ -112,6 +112,44 @@ class Settings(ServiceSettings):
     address_space_mb: int = Field(
         default=0, ge=0, description="RLIMIT_AS for workers in MiB (0: not set)"
     )
+    max_result_mb: int = Field(
+        default=1024,
+        ge=0,
+        description="Largest result of one variable (arrays by their size, containers summed), "
+        "checked in the worker before anything copies it; bigger is an error value "
+        "(ResultTooLarge). 0: no limit",
+    )
+    max_output_mb: float = Field(
+        default=10.0,
+        ge=0,
+        description="What the variables of one pass may print (per worker) into the process "
+        "log; the rest is dropped after a truncation marker. 0: no limit",
+    )
+    worker_file_size_mb: int = Field(
+        default=65536,
+        ge=0,
+        description="RLIMIT_FSIZE of workers: no file they write (fragments included) may "
+        "grow past it; a write beyond fails with EFBIG. 0: not set",
+    )
+    worker_nproc: int = Field(
+        default=0,
+        ge=0,
+        description="RLIMIT_NPROC of workers. Linux counts every process and thread of the "
+        "user ID, the service's own included: set it well above what the account runs "
+        "(a fork-bomb stop, not a quota). 0: not set",
+    )
+    worker_env: str = Field(
+        default="",
+        description="Comma-separated names (or PREFIX*) of more environment variables that "
+        "workers see; by default they get only PATH, HOME, locale, TZ and data-library "
+        "variables, never RUNSTREAM_* (name one exactly to pass it)",
+    )
+    protect_service: bool = Field(
+        default=True,
+        description="Make the executor process non-dumpable (PR_SET_DUMPABLE=0) so that "
+        "workers, which run as the same user, cannot read its environment or memory "
+        "through /proc or ptrace (it then writes no core dumps)",
+    )
     context_load_timeout_s: float = Field(default=120.0, gt=0)
     job_publish_window_s: float = Field(
         default=900.0,
@@ -197,6 +235,12 @@ class Settings(ServiceSettings):
             start_timeout_s=self.worker_start_timeout_s,
             memory_budget_mb=self.effective_memory_budget_mb,
             idle_s=self.idle_worker_s,
+            max_result_mb=self.max_result_mb,
+            max_output_mb=self.max_output_mb,
+            file_size_mb=self.worker_file_size_mb,
+            nproc=self.worker_nproc,
+            protect_service=self.protect_service,
+            env_allow=tuple(n.strip() for n in self.worker_env.split(",") if n.strip()),
         )
 
     def find_proposal_dir(self, proposal: int) -> Path | None:

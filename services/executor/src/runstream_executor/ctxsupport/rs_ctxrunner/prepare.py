@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from . import limits
 from .api import (
     Cell,
     Variable,
@@ -236,13 +237,14 @@ def plotly_png(fig: Any) -> bytes:
     except ImportError:  # a foreign context_python without kaleido: plotly says why
         png: bytes = fig.to_image(format="png")
         return png
-    if "server" not in _KALEIDO:
-        kaleido.start_sync_server(silence_warnings=True)
-        _KALEIDO["server"] = True
-        atexit.register(kaleido.stop_sync_server, silence_warnings=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "kopts is ignored if using a server"
-        png = fig.to_image(format="png")
+    with limits.worker_helpers():  # its browser is the worker's, kept between variables
+        if "server" not in _KALEIDO:
+            kaleido.start_sync_server(silence_warnings=True)
+            _KALEIDO["server"] = True
+            atexit.register(kaleido.stop_sync_server, silence_warnings=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "kopts is ignored if using a server"
+            png = fig.to_image(format="png")
     return png
 
 

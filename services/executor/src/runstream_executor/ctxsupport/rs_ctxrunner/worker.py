@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import json
 import logging
 import os
 import pickle
@@ -28,11 +29,11 @@ import sys
 import time
 import traceback
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import h5write, protocol
+from . import h5write, limits, protocol
 from .api import Cell, Skip
 from .loader import ContextFile, ContextLoadError
 from .prepare import prepare
@@ -92,10 +93,17 @@ def _context(msg: dict[str, Any]) -> ContextFile:
 
 
 def op_load(msg: dict[str, Any]) -> dict[str, Any]:
+    """Load a context file: its module code runs with the same limits as a variable
+    (output capped, into the worker's stderr; processes it starts ended)."""
+    session = f"load:{msg['hash']}"
+    cap = LIMITS.get("max_output_bytes", 0)
     try:
-        ctx = _context(msg)
+        with limits.capped_output(os.dup(2), session, "context.py", cap):
+            ctx = _context(msg)
     except ContextLoadError as exc:
         return {"ok": False, "problems": exc.problems}
+    finally:
+        limits.BUDGET.forget(session)
     return {"ok": True, "definitions": ctx.definitions()}
 
 
@@ -129,39 +137,26 @@ def _error(exc: BaseException) -> dict[str, Any]:
     return {"status": "error", "error": str(exc), "error_cls": cls}
 
 
-@contextlib.contextmanager
-def _output_to(log_path: str | None) -> Iterator[None]:
-    """Send everything printed (by us or the context, fd level) to the run's log file."""
-    if not log_path:
-        yield
-        return
-    try:
-        os.makedirs(os.path.dirname(log_path), exist_ok=True)
-        fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o664)
-    except OSError:
-        yield
-        return
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    os.close(fd)
-    try:
-        yield
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        os.close(saved[0])
-        os.close(saved[1])
+LIMITS: dict[str, int] = {}  # set once at start: see ``limits`` and ``PoolConfig``
+
+
+def _log_fd(log_path: str | None) -> int:
+    """Where a variable's output goes: the run's process log, else the worker's stderr."""
+    if log_path:
+        try:
+            os.makedirs(os.path.dirname(log_path), exist_ok=True)
+            return os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o664)
+        except OSError:
+            pass
+    return os.dup(2)
 
 
 def op_eval(msg: dict[str, Any]) -> dict[str, Any]:
-    with _output_to(msg.get("log")):
+    """Evaluate one variable; its output is capped, the processes it started end with it."""
+    name = msg["name"]
+    cap = LIMITS.get("max_output_bytes", 0)
+    with limits.capped_output(_log_fd(msg.get("log")), msg.get("session", ""), name, cap):
         reply = _eval(msg)
-        name = msg["name"]
         if reply.get("status") == "error" and reply.get("error_cls") == "Skip":
             print(f"Skipped {name}: {reply.get('error')}", file=sys.stderr)
         elif reply.get("status") != "error":
@@ -211,6 +206,7 @@ def _eval(msg: dict[str, Any]) -> dict[str, Any]:
                 raise RuntimeError(f"Unknown path {ann!r} for argument {param!r}")
         assert var.func is not None
         value = var.func(run, **kwargs)
+        limits.check_result(name, value, LIMITS.get("max_result_bytes", 0))
         if value is None:
             reply["status"] = "none"
             dep_value = None
@@ -220,6 +216,7 @@ def _eval(msg: dict[str, Any]) -> dict[str, Any]:
         else:
             cell = value if isinstance(value, Cell) else Cell(value)
             prepared = prepare(var, cell)
+            limits.check_result(name, prepared, LIMITS.get("max_result_bytes", 0))
             reply["prepared"] = _hold(msg, session, name, prepared) if msg.get("hold") else prepared
             reply["status"] = "ok"
             dep_value = cell.data
@@ -300,6 +297,7 @@ def op_forget(msg: dict[str, Any]) -> dict[str, Any]:
 
 
 def _forget(session: str) -> None:
+    limits.BUDGET.forget(session)
     for store in (_KEPT, _HELD):
         for key in [k for k in store if k[0] == session]:
             del store[key]
@@ -452,12 +450,28 @@ def setup_process(preload: str, address_space_mb: int, *, buffered: bool = True)
     return proto_in, proto_out
 
 
+def confine(limits_json: str) -> None:
+    """In a worker, before it serves: the limits for user code (JSON from ``--limits``).
+
+    Keys (bytes or counts, 0 or missing: none): ``max_result_bytes``,
+    ``max_output_bytes``, ``file_size_bytes`` (RLIMIT_FSIZE), ``nproc`` (RLIMIT_NPROC).
+    The worker also becomes a child subreaper, so every process a variable starts
+    stays within its reach and is ended with the variable.
+    """
+    values = json.loads(limits_json or "{}")
+    LIMITS.update({k: int(v) for k, v in values.items()})
+    limits.become_subreaper()
+    limits.apply_process_limits(LIMITS.get("file_size_bytes", 0), LIMITS.get("nproc", 0))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="rs_ctxrunner.worker")
     parser.add_argument("--preload", default=",".join(DEFAULT_PRELOAD))
     parser.add_argument("--address-space-mb", type=int, default=0)
+    parser.add_argument("--limits", default="{}", help="JSON, see confine()")
     args = parser.parse_args()
     proto_in, proto_out = setup_process(args.preload, args.address_space_mb)
+    confine(args.limits)
     serve(proto_in, proto_out)
 
 

@@ -28,7 +28,14 @@ import sys
 from typing import Any
 
 from . import protocol
-from .worker import DEFAULT_PRELOAD, _die_with_parent, preload_modules, serve, setup_process
+from .worker import (
+    DEFAULT_PRELOAD,
+    _die_with_parent,
+    confine,
+    preload_modules,
+    serve,
+    setup_process,
+)
 
 
 def _reap(control_out: Any) -> None:
@@ -44,7 +51,9 @@ def _reap(control_out: Any) -> None:
         )
 
 
-def _child(control_in: Any, control_out: Any, socket_path: str, token: int) -> None:
+def _child(
+    control_in: Any, control_out: Any, socket_path: str, token: int, limits_json: str
+) -> None:
     """In the forked worker: connect to the service and serve; never returns."""
     code = 0
     try:
@@ -52,6 +61,7 @@ def _child(control_in: Any, control_out: Any, socket_path: str, token: int) -> N
             control_in.close()
             control_out.close()
         _die_with_parent()
+        confine(limits_json)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.connect(socket_path)
         rfile = sock.makefile("rb", buffering=1 << 16)
@@ -70,6 +80,7 @@ def main() -> None:
     parser.add_argument("--socket", required=True)
     parser.add_argument("--preload", default=",".join(DEFAULT_PRELOAD))
     parser.add_argument("--address-space-mb", type=int, default=0)
+    parser.add_argument("--limits", default="{}", help="JSON for the workers, see worker.confine")
     args = parser.parse_args()
     control_in, control_out = setup_process(args.preload, args.address_space_mb, buffered=False)
     protocol.write_frame(
@@ -93,7 +104,7 @@ def main() -> None:
             sys.stderr.flush()
             pid = os.fork()
             if pid == 0:
-                _child(control_in, control_out, args.socket, msg["token"])
+                _child(control_in, control_out, args.socket, msg["token"], args.limits)
             protocol.write_frame(control_out, {"op": "forked", "token": msg["token"], "pid": pid})
 
 
