@@ -13,6 +13,7 @@ from runstream_common.settings import KafkaSettings
 from runstream_common.topics import run_key
 from runstream_executor.app import build_app
 from runstream_executor.settings import Settings
+from support.registry import register_proposal
 
 from .helpers import Collector, finished, write_context
 
@@ -50,6 +51,7 @@ async def test_a_5gb_result_is_an_error_value_and_the_executor_goes_on(
     monkeypatch.setenv("RUNSTREAM_KAFKA_SASL_PASSWORD", "s3cr3t-kafka")
     ctx_dir = tmp_path / "ctx"
     write_context(ctx_dir, CONTEXT)
+    await register_proposal(kafka_settings, 1234, ctx_dir, mock_proposal)
     app = build_app(settings)
     producer = make_broker(kafka_settings, client_id="test-producer")
     await app.start()
