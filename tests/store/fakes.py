@@ -68,15 +68,14 @@ class MemoryDatabase:
         self.context_dirs: dict[int, str | None] = {}
         self.runs: dict[RunId, RunRow] = {}
         self.values: dict[RunId, dict[str, StoredValue]] = {}
-        self.history: dict[tuple[int, int, str], list[tuple[StoredValue, bool]]] = {}
+        self.value_history: dict[tuple[int, int, str], list[tuple[StoredValue, bool]]] = {}
         self.vars: dict[int, dict[str, _Variable]] = {}
         self.proposal_settings: dict[int, dict[str, Any]] = {}
         self.processing: dict[str, ProcessingStateChanged] = {}
         self.jobs: dict[str, JobStateChanged] = {}
 
     def _ensure_proposal(self, proposal: int, context_dir: str | None) -> None:
-        if context_dir is not None or proposal not in self.context_dirs:
-            self.context_dirs[proposal] = context_dir or self.context_dirs.get(proposal)
+        self.context_dirs[proposal] = context_dir or self.context_dirs.get(proposal)
 
     # ------------------------------------------------------------------ results
     async def is_applied(self, result_id: str) -> bool:
@@ -106,7 +105,7 @@ class MemoryDatabase:
         current = self.values.setdefault((p, r), {})
         for name, value in values.items():
             superseded = name not in winners
-            self.history.setdefault((p, r, name), []).append((value, superseded))
+            self.value_history.setdefault((p, r, name), []).append((value, superseded))
             if not superseded and (name not in current or current[name].revision <= value.revision):
                 current[name] = value
         return row
@@ -116,6 +115,10 @@ class MemoryDatabase:
     ) -> dict[str, StoredValue]:
         current = self.values.get((proposal, run), {})
         return {n: v for n, v in current.items() if names is None or n in names}
+
+    async def history(self, proposal: int, run: int, name: str) -> list[tuple[StoredValue, bool]]:
+        """Every recorded value of one variable of one run, oldest first, with its superseded flag."""
+        return list(self.value_history.get((proposal, run, name), []))
 
     # ------------------------------------------------------------------ runs
     async def get_run(self, proposal: int, run: int) -> RunRow | None:
@@ -203,7 +206,7 @@ class MemoryDatabase:
         self.journal.append("db.set_manual_value")
         if (proposal, run) not in self.runs:
             raise InvalidCommand(f"run {run} of proposal {proposal} is not known")
-        history = self.history.setdefault((proposal, run, name), [])
+        history = self.value_history.setdefault((proposal, run, name), [])
         if value.result_id is not None and any(v.result_id == value.result_id for v, _ in history):
             return False
         history.append((value, False))

@@ -253,7 +253,7 @@ async def test_a_redelivered_result_is_applied_once_and_its_values_re_published(
     assert journal.count("db.apply_results") == 1
     assert len(files.merges) == 1
     for name in ("energy", "trace"):
-        (entry,) = db.history[(P, R, name)]
+        (entry,) = await db.history(P, R, name)
         assert entry[0].result_id == message.result_id
     updates = feed.of_type(ValuesUpdated)
     assert len(updates) == 3
@@ -303,7 +303,7 @@ async def test_two_replicas_applying_one_result_at_once_commit_it_once(
 
     assert len(first_files.merges) + len(second_files.merges) == 2  # both got past is_applied
     assert journal.count("db.apply_results") == 2
-    assert len(db.history[(P, R, "energy")]) == 1  # but it was committed once
+    assert len(await db.history(P, R, "energy")) == 1  # but it was committed once
     assert len(feed.of_type(RunAdded)) == 1
     updates = feed.of_type(ValuesUpdated)
     assert len(updates) == 2
@@ -336,7 +336,7 @@ async def test_an_older_revision_does_not_replace_newer_values(
     current = await db.current_values(P, R)
     assert (current["energy"].value_float, current["energy"].context_hash) == (2.0, "new")
     assert current["only_old"].value_int == 9  # nothing newer existed for it
-    assert [(v.value_float, superseded) for v, superseded in db.history[(P, R, "energy")]] == [
+    assert [(v.value_float, superseded) for v, superseded in await db.history(P, R, "energy")] == [
         (2.0, False),
         (1.0, True),
     ]
@@ -367,7 +367,7 @@ async def test_each_variable_is_judged_against_its_own_stored_revision(
         "b": (1, 200),
         "c": (2, 150),
     }
-    assert [s for _, s in db.history[(P, R, "b")]] == [False, True]
+    assert [s for _, s in await db.history(P, R, "b")] == [False, True]
 
 
 async def test_a_result_entirely_out_of_date_only_reaches_the_history(
@@ -392,7 +392,7 @@ async def test_a_result_entirely_out_of_date_only_reaches_the_history(
     assert files.waited == []  # its fragment data is not wanted
     assert feed.of_type(ValuesUpdated) == []
     assert await db.is_applied(stale.result_id)
-    assert [s for _, s in db.history[(P, R, "energy")]] == [False, True]
+    assert [s for _, s in await db.history(P, R, "energy")] == [False, True]
     assert fragment not in files.fragments
 
 
@@ -691,7 +691,7 @@ async def test_a_comment_is_stored_written_published_and_projected(
     assert projection.touches == [Touch(P, (R,), False, False, ())]
 
     await handlers.on_command(command, DELIVERY)  # redelivered: stored once
-    assert len(db.history[(P, R, "comment")]) == 1
+    assert len(await db.history(P, R, "comment")) == 1
 
 
 async def test_a_comment_on_an_unknown_run_is_rejected(
@@ -815,7 +815,7 @@ async def test_user_variable_values_are_parsed_and_a_bad_one_changes_nothing(
     assert rejected.command_event_id == str(bad.event_id)
     assert len(feed.sent) == 1
     assert (await db.current_values(P, R, ["thickness"]))["thickness"].value_float == 2.5
-    assert len(db.history[(P, R, "thickness")]) == 1
+    assert len(await db.history(P, R, "thickness")) == 1
     assert (len(files.merges), len(projection.touches)) == (merges, touches)
 
     await handlers.on_command(
