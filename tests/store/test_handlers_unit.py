@@ -741,11 +741,6 @@ async def test_a_comment_without_a_context_folder_skips_the_run_file(
     assert feed.of_type(ValuesUpdated)[-1].values["comment"].summary == "no folder"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_set_comment and _set_user_variable ignore set_manual_value's False (command seen "
-    "before): a redelivered older command rewrites the run file and publishes its stale value",
-)
 @pytest.mark.parametrize("name", ["comment", "sample"])
 async def test_a_redelivered_older_edit_does_not_replace_a_newer_one(
     handlers: Handlers,

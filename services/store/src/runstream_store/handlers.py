@@ -481,9 +481,7 @@ class Handlers:
         value = StoredValue.from_summary(
             cmd.text, provenance=PROVENANCE_COMMENT, result_id=f"cmd:{cmd.event_id}"
         )
-        await self.db.set_manual_value(cmd.proposal, cmd.run, COMMENT, value)
-        await self._write_manual(cmd.proposal, cmd.run, COMMENT, value)
-        await self._publish_value(cmd, cmd.run, COMMENT, value)
+        await self._apply_manual(cmd, cmd.run, COMMENT, value)
 
     async def _set_user_variable(self, cmd: SetUserVariable) -> None:
         var = await self.db.variable(cmd.proposal, cmd.name)
@@ -503,9 +501,22 @@ class Handlers:
             value = StoredValue(kind="none", cleared=True, **fields)
         else:
             value = StoredValue.from_summary(parsed, **fields)
-        await self.db.set_manual_value(cmd.proposal, cmd.run, cmd.name, value)
-        await self._write_manual(cmd.proposal, cmd.run, cmd.name, value)
-        await self._publish_value(cmd, cmd.run, cmd.name, value)
+        await self._apply_manual(cmd, cmd.run, cmd.name, value)
+
+    async def _apply_manual(
+        self, cmd: SetComment | SetUserVariable, run: int, name: str, value: StoredValue
+    ) -> None:
+        """Commit, then write the run file and publish; a command seen before only does the
+        last two if its value is still the current one (a crash after the commit), never
+        over a newer edit."""
+        if not await self.db.set_manual_value(cmd.proposal, run, name, value):
+            current = (await self.db.current_values(cmd.proposal, run, [name])).get(name)
+            if current is None or current.result_id != value.result_id:
+                log.info("%s of p%d r%d: command seen before and since replaced", name,
+                         cmd.proposal, run)  # fmt: skip
+                return
+        await self._write_manual(cmd.proposal, run, name, value)
+        await self._publish_value(cmd, run, name, value)
 
     async def _define_user_variable(self, cmd: DefineUserVariable) -> None:
         check_user_variable_name(cmd.name)
