@@ -164,20 +164,9 @@ class RunProcessor:
 
     async def poisoned(self, req: RunRequested, reason: str) -> None:
         """This run kept killing the executor: record its pass as failed (it is dead-lettered)."""
-        await self.publisher.publish(
-            self.topics.processing,
-            ProcessingStateChanged(
-                processing_id=uuid.uuid4().hex,
-                request_id=req.request_id,
-                proposal=req.proposal,
-                run=req.run,
-                trigger=req.trigger,
-                status=ProcessingStatus.FAILED,
-                hostname=self.hostname,
-                correlation_id=req.correlation_id,
-                reason=reason,
-            ),
-            run_key(req.proposal, req.run),
+        attempt = _Attempt(req, None, self.hostname, self.publisher)
+        await attempt.send(
+            self.topics.processing, attempt.state(ProcessingStatus.FAILED, reason=reason)
         )
 
     async def process(self, req: RunRequested, job: JobContext | None = None) -> PassReport:
