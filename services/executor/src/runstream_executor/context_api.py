@@ -18,26 +18,6 @@ try:
 except ImportError:  # not inside a worker
     sys.path.append(str(Path(__file__).resolve().parent / "ctxsupport"))
 
-from rs_ctxrunner.api import (
-    Cell,
-    ContextFileErrors,
-    DependencyError,
-    Group,
-    GroupError,
-    Pipeline,
-    RunData,
-    Skip,
-    Variable,
-)
-
-__all__ = [
-    "Cell",
-    "ContextFileErrors",
-    "DependencyError",
-    "Group",
-    "GroupError",
-    "Pipeline",
-    "RunData",
-    "Skip",
-    "Variable",
-]
+# The names are listed once, in damnit_ctx (the module DAMNIT's context files import).
+from damnit_ctx import *  # noqa: F403
+from damnit_ctx import __all__ as __all__
