@@ -74,6 +74,24 @@ async def slurm_jobs_by_request(settings: Settings) -> Counter[str]:
     )
 
 
+CRASH_AFTER_SUBMIT = """
+import logging, os, sys
+import anyio
+from runstream_slurm_gateway.app import build_app
+from runstream_slurm_gateway.settings import Settings
+
+logging.basicConfig(level="INFO", stream=sys.stderr)
+
+def crash(request):
+    print("test hook: exiting after the submit, before the offset commit", file=sys.stderr)
+    sys.stderr.flush()
+    os._exit(70)
+
+anyio.run(build_app(Settings(), after_request=crash).run)
+"""
+"""The gateway in a process of its own, with a test's hook that kills it after a submit."""
+
+
 async def test_outcomes_exit_status_signal_timeout_and_clean_env(
     slurm: SlurmCluster, kafka_settings: KafkaSettings, job_dir: Path
 ) -> None:
@@ -360,7 +378,6 @@ async def test_gateway_killed_between_submit_and_commit_submits_nothing_twice(
         "RUNSTREAM_SLURM_GATEWAY_TOKEN__COMMAND": slurm.token_command,
         "RUNSTREAM_SLURM_GATEWAY_JOB__COMMAND_PREFIX": json.dumps(settings.job.command_prefix),
         "RUNSTREAM_SLURM_GATEWAY_JOB__TIME": "1",
-        "RUNSTREAM_SLURM_GATEWAY_CRASH_POINT": "after_submit",
     }
     async with producer(kafka_settings) as p:
         # the topics exist before the first gateway subscribes
@@ -373,7 +390,7 @@ async def test_gateway_killed_between_submit_and_commit_submits_nothing_twice(
         await send(p, kafka_settings, req)
     crashed = await asyncio.to_thread(
         subprocess.run,
-        [sys.executable, "-m", "runstream.cli", "serve", "slurm-gateway"],
+        [sys.executable, "-c", CRASH_AFTER_SUBMIT],
         env=env,
         capture_output=True,
         text=True,
@@ -381,7 +398,7 @@ async def test_gateway_killed_between_submit_and_commit_submits_nothing_twice(
         check=False,
     )
     assert crashed.returncode == 70, crashed.stderr[-3000:]
-    assert "crash_point=after_submit" in crashed.stderr
+    assert "test hook: exiting after the submit" in crashed.stderr
     assert (await slurm_jobs_by_request(settings))[req.job_request_id] == 1
 
     caplog.set_level("INFO", logger="runstream.slurm_gateway")

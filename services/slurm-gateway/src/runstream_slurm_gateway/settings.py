@@ -133,8 +133,3 @@ class Settings(ServiceSettings):
     settings_wait_s: float = Field(
         default=30.0, ge=0, description="Wait this long for proposal settings at start-up"
     )
-    crash_point: Literal["after_submit"] | None = Field(
-        default=None,
-        description="Fault injection for crash tests only: the process exits right after a "
-        "job request was handled (job in the backend) and before its offset is committed",
-    )
