@@ -42,6 +42,7 @@ from .results import (
     commit_fragment,
     fit_message,
     fragment_path,
+    remove_stale_partials,
     result_id,
     write_held_results,
 )
@@ -350,6 +351,11 @@ class RunProcessor:
             )
         if written.fragment is not None:  # the worker is free again: now wait for the disk
             await asyncio.to_thread(commit_fragment, written.fragment)
+            removed = await asyncio.to_thread(
+                remove_stale_partials, written.fragment, self.settings.partial_fragment_max_age_s
+            )
+            if removed:
+                log.info("removed partial fragments of attempts that died: %s", removed)
         return outcomes, started, written
 
     def _progress(self, attempt: _Attempt) -> Callable[[Outcome], Awaitable[None]]:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -256,3 +258,30 @@ async def write_held_results(
 def commit_fragment(path: str) -> None:
     """Make a fragment a worker wrote durable and put it in place. Blocking."""
     durable.commit(path)
+
+
+def remove_stale_partials(fragment: str, older_than_s: float) -> list[str]:
+    """Delete the ``*.writing`` files of this fragment's run left by attempts that died.
+
+    A partial fragment is never named in a message, so nobody will read it; one older
+    than a pass may last (``older_than_s``) cannot belong to a pass still writing.
+    Blocking; returns the names removed.
+    """
+    folder, name = os.path.split(fragment)
+    run_prefix = name.split(".", 1)[0] + "."  # p{P}_r{R}.
+    cutoff = time.time() - older_than_s
+    removed: list[str] = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        if not (entry.name.startswith(run_prefix) and entry.name.endswith(".h5.writing")):
+            continue
+        try:
+            if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                os.unlink(entry.path)
+                removed.append(entry.name)
+        except OSError:
+            continue  # gone already, or not ours to remove
+    return removed

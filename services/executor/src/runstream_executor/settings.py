@@ -85,6 +85,13 @@ class Settings(ServiceSettings):
         default=2, ge=1, description="Independent variables of one run evaluated at once"
     )
     variable_timeout_s: float = Field(default=1800.0, gt=0, description="Time limit per variable")
+    partial_fragment_max_age_s: float = Field(
+        default=86400.0,
+        gt=0,
+        description="A partial fragment (*.h5.writing) of a run older than this is left by an "
+        "attempt that died and is deleted by the run's next pass; longer than any pass or "
+        "cluster job can write one",
+    )
     pass_timeout_s: float = Field(
         default=7200.0,
         gt=0,
