@@ -116,3 +116,32 @@ async def test_judge_reads_the_report(tmp_path: Path) -> None:
     assert "stale heartbeat" in line
     path.write_text("")  # an old-style empty heartbeat file: only its age counts
     assert judge(path, max_age_s=30, ready=True)[0]
+
+
+def test_an_in_flight_consumer_counts_as_stuck_long_before_its_max_poll_interval() -> None:
+    """Its subscriber polls all the time (full: partitions paused), so a two-hour max poll
+    interval (the pass deadline) must not make a consumer that stopped look alive."""
+    from runstream_common import parsers
+    from runstream_common.health import health_of
+    from runstream_common.inflight import IN_FLIGHT_STUCK_AFTER_S, subscribe_in_flight
+    from runstream_common.kafka import make_broker
+    from runstream_common.settings import KafkaSettings, ServiceSettings
+
+    settings = ServiceSettings(kafka=KafkaSettings(topic_prefix="h"))
+    broker = make_broker(settings.kafka)
+
+    async def handler(message: object, delivery: object) -> None:
+        return None
+
+    subscribe_in_flight(
+        broker,
+        "h.runs",
+        group_id="g",
+        parser=parsers.RUNS,
+        handler=handler,
+        settings=settings,
+        limit=2,
+        max_poll_interval_ms=2 * 3600 * 1000,
+    )
+    (probe,) = [p for p in health_of(broker).probes if "in flight" in p.name]
+    assert probe.stuck_after_s == IN_FLIGHT_STUCK_AFTER_S < 2 * 3600

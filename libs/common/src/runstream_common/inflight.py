@@ -66,6 +66,9 @@ from .settings import ServiceSettings
 
 log = logging.getLogger("runstream.kafka.inflight")
 
+IN_FLIGHT_STUCK_AFTER_S = 300.0
+"""An in-flight consumer that has not polled this long is stuck (its liveness fails)."""
+
 T = TypeVar("T")
 OnPoison = Callable[[Any, str], Awaitable[None]]
 RETRY_LATER_S = 30.0  # pause between rounds of a transient failure that outlasted the window
@@ -483,11 +486,13 @@ def subscribe_in_flight(
         ConsumerProbe(
             name=f"{topic} ({group_id}, in flight)",
             consumer=lambda: subscriber.consumer,
-            # aiokafka leaves the group after this long without a poll: stuck
-            stuck_after_s=(max_poll_interval_ms or 300_000) / 1000,
+            # The subscriber never waits for runs (full: its partitions are paused), so it
+            # polls all the time; a long max poll interval (a long pass deadline) must not
+            # make a consumer that stopped polling look alive for hours.
+            stuck_after_s=min((max_poll_interval_ms or 300_000) / 1000, IN_FLIGHT_STUCK_AFTER_S),
         )
     )
     return inflight
 
 
-__all__ = ["InFlight", "Watermark", "subscribe_in_flight"]
+__all__ = ["IN_FLIGHT_STUCK_AFTER_S", "InFlight", "Watermark", "subscribe_in_flight"]
