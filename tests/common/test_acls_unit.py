@@ -29,7 +29,7 @@ def test_who_may_write_each_topic() -> None:
         T.job_state: [acls.GATEWAY],
         T.commands: [acls.OPERATOR, acls.USER, acls.GUI],
         T.updates: [acls.STORE],
-        T.attempts: [acls.EXECUTOR],  # its crash counts (poison records)
+        T.attempts: [acls.EXECUTOR, acls.STORE],  # their crash counts (poison records)
     }
     assert principals_writing(INST, "facility.daq") == [acls.FACILITY]
 

@@ -625,6 +625,32 @@ async def test_processing_state_is_kept_and_forwarded_only_when_newer(
     assert len(projection.touches) == 1  # DAMNIT has no message for one variable's step
 
 
+async def test_a_poison_result_fails_its_pass_over_the_executors_finished_state(
+    handlers: Handlers, db: MemoryDatabase, feed: RecordingFeed, context_dir: Path
+) -> None:
+    """A results record that kept killing the store: its pass is recorded and published failed."""
+    poison = results(context_dir, scalar("energy", 1.5))
+    finished = ProcessingStateChanged(
+        processing_id=poison.processing_id, request_id=poison.request_id, proposal=P, run=R,
+        trigger=Trigger.RAW, status=ProcessingStatus.FINISHED,
+    )  # fmt: skip
+    await handlers.on_processing(finished, DELIVERY)
+    reason = "results[0]@7 crashed the store process 3 times"
+    await handlers.results_poisoned(poison, reason, "store-host")
+    state = db.processing[poison.processing_id]
+    assert (state.status, state.reason, state.hostname) == ("failed", reason, "store-host")
+    published = [m.state for m in feed.of_type(ProcessingStateSet)]
+    assert [(s.status, s.run) for s in published] == [("finished", R), ("failed", R)]
+    assert not db.applied  # nothing of the record itself is applied
+
+    # variable definitions (no pass) and unreadable records are only dead-lettered
+    feed.clear()
+    await handlers.results_poisoned(None, reason, "store-host")
+    defined = VariablesDefined(proposal=P, context_hash="h", revision=1, variables=())
+    await handlers.results_poisoned(defined, reason, "store-host")
+    assert feed.sent == []
+
+
 async def test_job_state_is_kept_and_forwarded_only_when_not_older(
     handlers: Handlers,
     db: MemoryDatabase,

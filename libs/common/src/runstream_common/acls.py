@@ -153,7 +153,8 @@ def roles(inst: Installation) -> list[Role]:
         Role(
             STORE,
             consumes=(t.results, t.run_catalog, t.processing, t.job_state, t.commands, t.proposals),
-            writes=(t.updates, t.proposal_settings),
+            reads=(t.attempts,),  # crash counts of results records (poison records)
+            writes=(t.updates, t.proposal_settings, t.attempts),
             groups=(inst.store_group, *([inst.store_damnit_group_id] if inst.damnit else [])),
             owns_prefixes=damnit,  # DAMNIT's per-database topics, created as they appear
         ),

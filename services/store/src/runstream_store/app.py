@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import sys
 from typing import Any
 
@@ -18,9 +19,11 @@ from faststream.specification import AsyncAPI
 from runstream_common import parsers
 from runstream_common.admin import ensure_topics
 from runstream_common.errors import SchemaOutdated, ServiceUnavailable
+from runstream_common.inflight import subscribe_in_flight
 from runstream_common.kafka import Delivery, document_publication, make_broker, subscribe
 from runstream_common.logs import configure_logging
-from runstream_common.messages import ResultsReady
+from runstream_common.messages import ResultsReady, VariablesDefined
+from runstream_common.poison import CrashLedger
 from runstream_common.registry import ProposalRegistry
 from runstream_common.telemetry import Telemetry, setup_telemetry
 from runstream_common.topics import damnit_db_topic
@@ -94,9 +97,28 @@ def build_app(settings: Settings, *, telemetry: Telemetry | None = None) -> Fast
         """User commands; bad ones are rejected on the feed (CommandRejected)."""
         await runtime.get().on_command(message, delivery)
 
+    async def record_poison(message: ResultsReady | VariablesDefined | None, reason: str) -> None:
+        await runtime.get().results_poisoned(message, reason, socket.gethostname())
+
     group = settings.group_id
-    subscribe(broker, topics.results, group_id=group, parser=parsers.RESULTS,
-              handler=handle_results, settings=settings)  # fmt: skip
+    # A results record that was being handled every time the store died (max_crashes
+    # times; e.g. a fragment that crashes HDF5) fails its pass and is dead-lettered
+    # instead of killing the store again. One record at a time, as the other topics.
+    ledger = CrashLedger(
+        settings.kafka, topic=topics.attempts, group_id=group, max_crashes=settings.max_crashes
+    )
+    results = subscribe_in_flight(
+        broker,
+        topics.results,
+        group_id=group,
+        parser=parsers.RESULTS,
+        handler=handle_results,
+        settings=settings,
+        limit=1,
+        ledger=ledger,
+        on_poison=record_poison,
+        service="store",
+    )
     subscribe(broker, topics.run_catalog, group_id=group, parser=parsers.RUN_CATALOG,
               handler=handle_run_known, settings=settings)  # fmt: skip
     subscribe(broker, topics.processing, group_id=group, parser=parsers.PROCESSING,
@@ -136,12 +158,15 @@ def build_app(settings: Settings, *, telemetry: Telemetry | None = None) -> Fast
         await ensure_topics(
             settings.kafka,
             [topics.results, topics.run_catalog, topics.processing, topics.job_state,
-             topics.commands, topics.updates, topics.proposal_settings, topics.proposals],
+             topics.commands, topics.updates, topics.proposal_settings, topics.proposals,
+             topics.attempts],
             compacted=set(topics.compacted()),
         )  # fmt: skip
         # Read to its end before the broker starts: the first result is judged on it.
         await registry.start()
         closers.append(registry.stop)
+        await ledger.start()
+        closers.append(ledger.stop)
         files = RunFiles(
             compress_min_bytes=settings.compress_min_bytes,
             before_replace=_die if settings.crash_point == "before_replace" else None,
@@ -165,6 +190,7 @@ def build_app(settings: Settings, *, telemetry: Telemetry | None = None) -> Fast
 
     @app.on_shutdown
     async def _stop_damnit() -> None:
+        await results.drain()  # before the broker stops: the record being handled publishes
         for closer in reversed(closers):
             await closer()
 

@@ -32,6 +32,7 @@ from runstream_common.messages import (
     JobStateSet,
     ProcessingStateChanged,
     ProcessingStateSet,
+    ProcessingStatus,
     ProposalRegistered,
     ProposalSettingsSet,
     ResultsReady,
@@ -60,7 +61,12 @@ from .values import COMMENT, PROVENANCE_COMMENT, PROVENANCE_MANUAL, StoredValue
 
 log = logging.getLogger("runstream.store")
 
-CrashPoint = Literal["before_replace", "after_merge", "after_commit", "during_projection"]
+CrashPoint = Literal[
+    "before_replace", "after_merge", "after_commit", "during_projection", "poison_result"
+]
+POISON_MARK = "crash_the_store"
+"""Crash tests only: with ``crash_point="poison_result"`` the store dies while merging any
+result that has a variable of this name (a stand-in for a fragment that crashes HDF5)."""
 
 
 class Database(Protocol):
@@ -263,6 +269,8 @@ class Handlers:
                         f"within {self.fragment_wait_s:g} s"
                     )
             if items or message.start_time is not None:
+                if POISON_MARK in results:
+                    self._crash("poison_result")
                 outcome = await self.files.merge(
                     MergeRequest(
                         target=target,
@@ -349,6 +357,30 @@ class Handlers:
             proposal_key(message.proposal),
         )
 
+    async def results_poisoned(
+        self, message: ResultsReady | VariablesDefined | None, reason: str, hostname: str
+    ) -> None:
+        """A results record kept killing the store (it is dead-lettered): its pass is failed.
+
+        Recorded and published as the processing state ``failed`` of the result's pass,
+        as :meth:`on_processing` records states (a later state of the pass, so it wins over the
+        executor's ``finished``). Variable definitions have no pass: only dead-lettered.
+        """
+        if not isinstance(message, ResultsReady):
+            return
+        state = ProcessingStateChanged(
+            processing_id=message.processing_id,
+            request_id=message.request_id,
+            proposal=message.proposal,
+            run=message.run,
+            trigger=message.trigger,
+            status=ProcessingStatus.FAILED,
+            reason=reason,
+            hostname=hostname,
+            correlation_id=message.correlation_id,
+        )
+        await self._processing(state)
+
     # ------------------------------------------------------------------ registrations
     async def on_proposal(self, message: Any, delivery: Delivery) -> None:
         """A registration names the proposal's context folder: its DAMNIT database is
@@ -367,6 +399,9 @@ class Handlers:
     # ------------------------------------------------------------------ processing and jobs
     async def on_processing(self, message: ProcessingStateChanged, delivery: Delivery) -> None:
         """Processing state of a run: keep the latest per pass and pass it on to GUIs."""
+        await self._processing(message)
+
+    async def _processing(self, message: ProcessingStateChanged) -> None:
         if await self.db.record_processing(message):
             await self.feed.update(
                 ProcessingStateSet(state=message, correlation_id=message.correlation_id),

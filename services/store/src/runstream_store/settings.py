@@ -70,8 +70,12 @@ class Settings(ServiceSettings):
     )
     damnit: DamnitSettings = Field(default_factory=DamnitSettings)
     crash_point: (
-        Literal["before_replace", "after_merge", "after_commit", "during_projection"] | None
+        Literal[
+            "before_replace", "after_merge", "after_commit", "during_projection", "poison_result"
+        ]
+        | None
     ) = Field(
         default=None,
-        description="Fault injection for crash tests only: the process exits at this point",
+        description="Fault injection for crash tests only: the process exits at this point "
+        "(poison_result: while merging a result that has a variable named crash_the_store)",
     )
