@@ -25,12 +25,10 @@ import asyncpg
 import pytest
 import pytest_asyncio
 from runstream_common.admin import ensure_topics
-from runstream_common.kafka import make_broker, publish
-from runstream_common.messages import ProposalRegistered
 from runstream_common.settings import KafkaSettings
-from runstream_common.topics import proposal_key
 from support.database import upgrade_async
 from support.kafka import delete_topics
+from support.registry import register_proposal
 from support.services import System
 
 REPO = Path(__file__).resolve().parents[2]
@@ -246,19 +244,7 @@ def service_env(kafka: KafkaSettings, dsn: str, raw_topic: str, logs: Path) -> d
 
 
 async def register(kafka: KafkaSettings, proposal: int, context_dir: Path, data: Path) -> None:
-    broker = make_broker(kafka, client_id="damnit-tests")
-    await broker.connect()
-    try:
-        await publish(
-            broker,
-            kafka.topics.proposals,
-            ProposalRegistered(
-                proposal=proposal, context_dir=str(context_dir), data_root=str(data)
-            ),
-            key=proposal_key(proposal),
-        )
-    finally:
-        await broker.stop()
+    await register_proposal(kafka, proposal, context_dir, data)
 
 
 async def migrate(dsn: str) -> None:

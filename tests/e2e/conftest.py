@@ -14,11 +14,9 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from runstream_common.kafka import make_broker, publish
-from runstream_common.messages import ProposalRegistered
 from runstream_common.settings import KafkaSettings
-from runstream_common.topics import proposal_key
 from support.database import upgrade_async
+from support.registry import register_proposal
 from support.services import System
 
 PROPOSAL = 4242
@@ -191,19 +189,7 @@ async def e2e(kafka_settings: KafkaSettings, pg_dsn: str, tmp_path: Path) -> Asy
     harness = E2E(
         system, kafka_settings, pg_dsn, tmp_path, proposal_dir, context_dir, raw_topic, proc_topic
     )
-    broker = make_broker(kafka_settings, client_id="e2e-cli")
-    await broker.connect()
-    try:
-        await publish(
-            broker,
-            kafka_settings.topics.proposals,
-            ProposalRegistered(
-                proposal=PROPOSAL, context_dir=str(context_dir), data_root=str(proposal_dir)
-            ),
-            key=proposal_key(PROPOSAL),
-        )
-    finally:
-        await broker.stop()
+    await register_proposal(kafka_settings, PROPOSAL, context_dir, proposal_dir)
     try:
         yield harness
     finally:
