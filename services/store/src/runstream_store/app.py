@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import socket
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -49,6 +48,7 @@ from .damnit.edits import EditApplier
 from .damnit.importer import Importer
 from .damnit.projector import Projector
 from .handlers import Database, Handlers
+from .hooks import Hooks
 from .registry import ResultsGuard
 from .settings import Settings
 
@@ -117,6 +117,7 @@ class StoreRuntime(Runtime):
     telemetry: Telemetry
     handlers: Part[Handlers]
     results: InFlight
+    hooks: Hooks
     running: AsyncExitStack = field(default_factory=AsyncExitStack)
     """Readers stopped before the broker stops (after the results in flight are drained)."""
     resources: AsyncExitStack = field(default_factory=AsyncExitStack)
@@ -143,14 +144,14 @@ class StoreRuntime(Runtime):
         settings = self.settings
         files = RunFiles(
             compress_min_bytes=settings.compress_min_bytes,
-            before_replace=_die if settings.crash_point == "before_replace" else None,
+            before_replace=self.hooks.before_replace,
         )
         repo = db if isinstance(db, Repository) else None
         if settings.damnit.enabled and repo is None:
             raise ConfigurationError("the DAMNIT projection needs the PostgreSQL database")
-        projector = (
-            _projector(settings, repo, self.broker) if settings.damnit.enabled and repo else None
-        )
+        projector = None
+        if settings.damnit.enabled and repo is not None:
+            projector = _projector(settings, repo, self.broker, self.hooks)
         handlers = Handlers(
             db,
             files,
@@ -158,7 +159,7 @@ class StoreRuntime(Runtime):
             fragment_wait_s=settings.fragment_wait_s,
             compress_min_bytes=settings.compress_min_bytes,
             copy_chunk_bytes=int(settings.copy_chunk_mb * 1024 * 1024),
-            crash_point=settings.crash_point,
+            hooks=self.hooks,
             projection=projector,
             importer=Importer(repo, files) if projector is not None and repo else None,
             slurm_cluster=settings.damnit.slurm_cluster,
@@ -178,8 +179,14 @@ class StoreRuntime(Runtime):
 
 
 def build_app(
-    settings: Settings, *, telemetry: Telemetry | None = None, ports: Ports | None = None
+    settings: Settings,
+    *,
+    telemetry: Telemetry | None = None,
+    ports: Ports | None = None,
+    hooks: Hooks | None = None,
 ) -> Service[StoreRuntime]:
+    """The store's app. ``ports``: the real adapters from the settings unless given.
+    ``hooks``: a test's fault injection (crash tests); never set in production."""
     telemetry = telemetry or setup_telemetry("store", settings.telemetry)
     ports = ports or Ports.of(settings)
     broker = make_broker(settings.kafka, telemetry, client_id="runstream-store")
@@ -189,7 +196,7 @@ def build_app(
                          "The change feed for GUIs")  # fmt: skip
     document_publication(broker, settings.kafka.topics.proposal_settings,
                          parsers.PROPOSAL_SETTINGS, "Accepted proposal settings")  # fmt: skip
-    runtime = StoreRuntime(settings, ports, broker, telemetry, handlers, results)
+    runtime = StoreRuntime(settings, ports, broker, telemetry, handlers, results, hooks or Hooks())
     return assemble(broker, runtime, title="runstream-store", version=__version__, logger=log)
 
 
@@ -256,14 +263,16 @@ def _subscribe(
     return results
 
 
-def _projector(settings: Settings, repo: Repository, broker: KafkaBroker) -> Projector:
+def _projector(
+    settings: Settings, repo: Repository, broker: KafkaBroker, hooks: Hooks
+) -> Projector:
     return Projector(
         ProjectionSource(repo),
         KafkaDamnitPublisher(broker, settings.kafka),
         topic_prefix=settings.damnit.topic_prefix,
         retry_max_s=settings.damnit.retry_max_s,
         reconcile_interval_s=settings.damnit.reconcile_interval_s,
-        before_commit=_die_projecting if settings.crash_point == "during_projection" else None,
+        before_commit=hooks.projecting,
     )
 
 
@@ -292,16 +301,6 @@ async def _start_damnit(
         follower.follow(damnit_db_topic(db_id, settings.damnit.topic_prefix))
     await projector.start()
     running.push_async_callback(projector.stop)
-
-
-def _die_projecting() -> None:
-    log.critical("fault injection: dying inside the DAMNIT database's transaction")
-    os._exit(137)
-
-
-def _die(_: object) -> None:
-    log.critical("fault injection: dying before the run file is replaced")
-    os._exit(137)
 
 
 async def _schema_problem(settings: Settings) -> str | None:
