@@ -9,12 +9,10 @@ a mock run (tests/executor/conftest.py).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import pytest
-from faststream.kafka.annotations import KafkaMessage
 from runstream_common.kafka import DLQ_ERROR_CLASS, DLQ_REASON, DLQ_SOURCE_TOPIC
 from runstream_common.messages import ProposalSettingsSet, RunRequested, Trigger
 from runstream_common.registry import Registration
@@ -24,7 +22,7 @@ from runstream_common.topics import dlq, proposal_key, run_key
 from runstream_executor.app import ExecutorRuntime, Ports, build_app
 from runstream_executor.pools import PoolSet
 from runstream_executor.settings import Settings
-from support.ports import MemoryRegistry, MemoryTopics, in_memory
+from support.ports import MemoryRegistry, MemoryTopics, in_memory, published
 
 from .helpers import write_context
 
@@ -64,17 +62,11 @@ class Wired:
             ledger=None,
         )
         self.service: Service[ExecutorRuntime] = build_app(self.settings, ports=self.ports)
-        self.out: dict[str, list[tuple[dict[str, Any], dict[str, str]]]] = {}
         topics = self.settings.kafka.topics
-        for topic in (topics.results, topics.processing, topics.job_requests, dlq(topics.runs)):
-            self._collect(topic)
-
-    def _collect(self, topic: str) -> None:
-        got = self.out.setdefault(topic, [])
-
-        @self.service.broker.subscriber(topic)
-        async def collect(message: KafkaMessage) -> None:
-            got.append((json.loads(message.body), dict(message.headers)))
+        self.out = published(
+            self.service,
+            *(topics.results, topics.processing, topics.job_requests, dlq(topics.runs)),
+        )
 
     def bodies(self, topic: str, type_: str | None = None) -> list[dict[str, Any]]:
         return [m for m, _ in self.out[topic] if type_ is None or m["type"] == type_]

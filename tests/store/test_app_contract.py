@@ -10,7 +10,6 @@ topics it publishes to; the database is the in-memory one of the handler unit te
 from __future__ import annotations
 
 import contextlib
-import json
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,7 +17,6 @@ from typing import Any
 
 import h5py
 import pytest
-from faststream.kafka.annotations import KafkaMessage
 from runstream_common.kafka import DLQ_ERROR_CLASS, DLQ_REASON, DLQ_SOURCE_TOPIC
 from runstream_common.messages import (
     ResultsReady,
@@ -34,7 +32,7 @@ from runstream_common.topics import dlq, run_key
 from runstream_store.app import Ports, StoreRuntime, build_app
 from runstream_store.handlers import Database
 from runstream_store.settings import DamnitSettings, Settings
-from support.ports import MemoryRegistry, MemoryTopics, in_memory
+from support.ports import MemoryRegistry, MemoryTopics, in_memory, published
 
 from .fakes import MemoryDatabase
 
@@ -67,17 +65,10 @@ class Wired:
             database=database,
         )
         self.service: Service[StoreRuntime] = build_app(self.settings, ports=self.ports)
-        self.out: dict[str, list[tuple[dict[str, Any], dict[str, str]]]] = {}
         topics = self.settings.kafka.topics
-        for topic in (topics.updates, dlq(topics.results), dlq(topics.commands)):
-            self._collect(topic)
-
-    def _collect(self, topic: str) -> None:
-        got = self.out.setdefault(topic, [])
-
-        @self.service.broker.subscriber(topic)
-        async def collect(message: KafkaMessage) -> None:
-            got.append((json.loads(message.body), dict(message.headers)))
+        self.out = published(
+            self.service, *(topics.updates, dlq(topics.results), dlq(topics.commands))
+        )
 
     def updates(self, type_: str) -> list[dict[str, Any]]:
         return [m for m, _ in self.out[self.settings.kafka.topics.updates] if m["type"] == type_]

@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from typing import Any
 from unittest import mock
 
 from faststream.kafka import TestKafkaBroker
+from faststream.kafka.annotations import KafkaMessage
 from faststream.kafka.message import FakeConsumer
 from runstream_common.errors import PermanentError
-from runstream_common.registry import Registration, Registry, Verdict
-from runstream_common.service import Service, TopicAdmin
+from runstream_common.registry import Registration, Verdict
+from runstream_common.service import Service
 
 
 class MemoryTopics:
@@ -50,9 +52,23 @@ class MemoryRegistry:
         return registration
 
 
-def _conforms(topics: MemoryTopics, registry: MemoryRegistry) -> tuple[TopicAdmin, Registry]:
-    """Never called: mypy would see here if the fakes stopped matching their ports."""
-    return topics, registry
+Published = dict[str, list[tuple[dict[str, Any], dict[str, str]]]]
+"""Per topic, what the app published there: (JSON body, headers), in order."""
+
+
+def published(service: Service[Any], *topics: str) -> Published:
+    """Subscribe to ``topics`` on the service's broker (before it starts) and keep what comes."""
+    out: Published = {}
+    for topic in topics:
+        service.broker.subscriber(topic)(_collector(out.setdefault(topic, [])))
+    return out
+
+
+def _collector(got: list[tuple[dict[str, Any], dict[str, str]]]) -> Any:
+    async def collect(message: KafkaMessage) -> None:
+        got.append((json.loads(message.body), dict(message.headers)))
+
+    return collect
 
 
 class Running:

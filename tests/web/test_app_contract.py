@@ -9,11 +9,9 @@ Events. The database, the updates follower and the topic admin are in memory.
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import httpx
 import pytest
-from faststream.kafka.annotations import KafkaMessage
 from runstream_common import parsers
 from runstream_common.messages import ValuesUpdated, ValueView
 from runstream_common.service import Service
@@ -22,7 +20,7 @@ from runstream_web.adapters.updates import OnUpdate, browser_payload, proposal_o
 from runstream_web.app import Ports, WebRuntime, build_app
 from runstream_web.context import Reader
 from runstream_web.settings import Settings
-from support.ports import MemoryTopics, in_memory
+from support.ports import MemoryTopics, in_memory, published
 
 pytestmark = pytest.mark.unit
 
@@ -83,17 +81,8 @@ class Wired:
 
         ports = Ports(topics=MemoryTopics(), database=database, updates=updates)
         self.service: Service[WebRuntime] = build_app(self.settings, ports=ports)
-        self.out: dict[str, list[tuple[dict[str, Any], dict[str, str]]]] = {}
         topics = self.settings.kafka.topics
-        for topic in (topics.commands, topics.reprocess):
-            self._collect(topic)
-
-    def _collect(self, topic: str) -> None:
-        got = self.out.setdefault(topic, [])
-
-        @self.service.broker.subscriber(topic)
-        async def collect(message: KafkaMessage) -> None:
-            got.append((json.loads(message.body), dict(message.headers)))
+        self.out = published(self.service, *(topics.commands, topics.reprocess))
 
 
 async def test_edits_in_over_http_go_out_as_commands_and_reprocess_requests() -> None:
