@@ -87,14 +87,14 @@ def specification(service: str, factory: Callable[[], Any]) -> dict[str, Any]:
 
 
 def app_factory(ep: EntryPoint) -> Callable[[], Any]:
-    """``build_app(Settings())`` of the entry point's module, or the entry point itself."""
+    """``build_app(Settings()).app`` of the entry point's module, or the entry point itself."""
     module = importlib.import_module(ep.module)
     build_app = getattr(module, "build_app", None)
     if build_app is None:
         return cast(Callable[[], Any], ep.load())
     package = ep.module.split(".", 1)[0]
     settings_class = importlib.import_module(f"{package}.settings").Settings
-    return lambda: build_app(settings_class())
+    return lambda: build_app(settings_class()).app
 
 
 def render(document: dict[str, Any]) -> str:

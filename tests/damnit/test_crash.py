@@ -108,12 +108,10 @@ async def test_store_killed_mid_burst_and_mid_transaction(make_stack: Any) -> No
         "comment", str(stack.proposal), "2", "before the crash", "--wait", "0"
     )
     assert comment.returncode == 0, comment.stdout + comment.stderr
-    stack.system.env["RUNSTREAM_STORE_CRASH_POINT"] = "during_projection"
-    crashing = stack.system._spawn("store")
+    crashing = stack.system.spawn_store_with_fault("during_projection")
     assert crashing.process is not None
     assert await asyncio.to_thread(crashing.process.wait, 120) == 137
     assert (stack.context_dir / "runs.sqlite-journal").exists()  # died mid-write
-    del stack.system.env["RUNSTREAM_STORE_CRASH_POINT"]
 
     # The file as the crash left it: a valid database (SQLite rolls the journal back).
     _file_rows(stack)

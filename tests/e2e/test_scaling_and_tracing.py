@@ -98,7 +98,7 @@ async def test_one_trace_per_run_from_facility_event_to_database_commit(e2e: E2E
             telemetry = setup_telemetry(
                 name, TelemetrySettings(), span_processors=(SimpleSpanProcessor(exporter),)
             )
-            apps[name] = build(settings_cls(), telemetry=telemetry)
+            apps[name] = build(settings_cls(), telemetry=telemetry).app
     finally:
         os.environ.clear()
         os.environ.update(saved)

@@ -25,9 +25,10 @@ from runstream_common.messages import (
     RunRequested,
     Trigger,
 )
+from runstream_common.service import Service
 from runstream_common.settings import KafkaSettings
 from runstream_common.topics import run_key
-from runstream_executor.app import build_app
+from runstream_executor.app import ExecutorRuntime, build_app
 from runstream_executor.memory import tree_pss_mb
 from runstream_executor.settings import Settings
 from support.database import upgrade_async
@@ -85,24 +86,24 @@ class Runs:
 @pytest_asyncio.fixture(loop_scope="session")
 async def started(kafka_settings: KafkaSettings) -> AsyncIterator[Any]:
     """Starts an executor app built by the test; stops everything afterwards."""
-    apps: list[Any] = []
+    services: list[Service[ExecutorRuntime]] = []
     producers: list[AIOKafkaProducer] = []
 
     async def start(settings: Settings, runs: Runs) -> Any:
         await ensure_topics(kafka_settings, [kafka_settings.topics.runs])
         await register_proposal(kafka_settings, 1234, runs.context_dir, runs.proposal_dir)
-        app = build_app(settings)
-        await app.start()
-        apps.append(app)
+        service = build_app(settings)
+        await service.app.start()
+        services.append(service)
         await runs.producer.start()
         producers.append(runs.producer)
-        return app
+        return service
 
     yield start
     for producer in producers:
         await producer.stop()
-    for app in apps:
-        await app.stop()
+    for service in services:
+        await service.app.stop()
 
 
 def states(out: Collector, request_id: str) -> dict[ProcessingStatus, Any]:
@@ -314,9 +315,9 @@ async def test_the_memory_budget_stops_a_runaway_variable_and_nothing_else(
     # uses now with warm workers, plus 600 MiB. The per-worker limit is higher, so only
     # the budget can stop the hog.
     probe = settings_for(kafka_settings, memory_budget_mb=0)
-    app = await started(probe, runs)
+    service = await started(probe, runs)
     budget = int(await asyncio.to_thread(tree_pss_mb, os.getpid())) + 600
-    app.processor.pools.guard.budget_mb = budget
+    service.runtime.processor.pools.guard.budget_mb = budget
     async with Collector(kafka_settings) as out:
         hog_run, other_run = await runs.send(1), await runs.send(2)
         await out.until(lambda m: finished(hog_run)(m) and finished(other_run)(m), timeout=180)
@@ -328,7 +329,7 @@ async def test_the_memory_budget_stops_a_runaway_variable_and_nothing_else(
     assert other["bystander"].summary == "survived"  # in flight during the kill, unharmed
     assert other["small"].summary == 20
     assert other["hog"].summary == 0
-    assert app.processor.pools.guard.stopped_by_budget == 1
+    assert service.runtime.processor.pools.guard.stopped_by_budget == 1
 
 
 CRASH = """

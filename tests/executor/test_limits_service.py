@@ -52,7 +52,7 @@ async def test_a_5gb_result_is_an_error_value_and_the_executor_goes_on(
     ctx_dir = tmp_path / "ctx"
     write_context(ctx_dir, CONTEXT)
     await register_proposal(kafka_settings, 1234, ctx_dir, mock_proposal)
-    app = build_app(settings)
+    app = build_app(settings).app
     producer = make_broker(kafka_settings, client_id="test-producer")
     await app.start()
     await producer.connect()

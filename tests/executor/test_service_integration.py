@@ -69,7 +69,7 @@ async def test_run_request_to_results_and_cluster_job(
     write_context(ctx_dir, CONTEXT)
     await register_proposal(kafka_settings, 1234, ctx_dir, mock_proposal)
     settings = executor_settings(kafka_settings)
-    app = build_app(settings)
+    app = build_app(settings).app
     producer = make_broker(kafka_settings, client_id="test-producer")
     await app.start()
     await producer.connect()
@@ -178,7 +178,8 @@ async def test_context_python_from_proposal_settings(
     await register_proposal(kafka_settings, 1234, ctx_dir, mock_proposal)
 
     settings = executor_settings(kafka_settings)
-    app = build_app(settings)
+    service = build_app(settings)
+    app = service.app
     producer = make_broker(kafka_settings, client_id="test-producer")
     await app.start()
     await producer.connect()
@@ -209,7 +210,7 @@ async def test_context_python_from_proposal_settings(
                 ProposalSettingsSet(proposal=1234, settings={"context_python": str(interpreter)}),
                 key=proposal_key(1234),
             )
-            processor = app.processor  # type: ignore[attr-defined]
+            processor = service.runtime.processor
             deadline = time.monotonic() + 60
             while processor.context_python(1234) is None and time.monotonic() < deadline:  # noqa: ASYNC110
                 await asyncio.sleep(0.2)

@@ -13,7 +13,7 @@ from runstream_common.kafka import make_broker, publish
 from runstream_common.messages import JobStateChanged, ProposalSettingsSet
 from runstream_common.settings import KafkaSettings
 from runstream_common.topics import proposal_key, run_key
-from runstream_slurm_gateway.app import Runtime, build_app
+from runstream_slurm_gateway.app import GatewayRuntime, build_app
 from runstream_slurm_gateway.settings import Settings
 
 
@@ -56,14 +56,13 @@ class StateWatcher:
 
 
 @contextlib.asynccontextmanager
-async def gateway(settings: Settings) -> AsyncIterator[Runtime]:
-    runtimes: list[Runtime] = []
-    app = build_app(settings, runtime_out=runtimes)
-    await app.start()
+async def gateway(settings: Settings) -> AsyncIterator[GatewayRuntime]:
+    service = build_app(settings)
+    await service.app.start()
     try:
-        yield runtimes[0]
+        yield service.runtime
     finally:
-        await app.stop()
+        await service.app.stop()
 
 
 @contextlib.asynccontextmanager

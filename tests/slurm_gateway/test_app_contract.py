@@ -16,7 +16,7 @@ from faststream.kafka.annotations import KafkaMessage
 from runstream_common.kafka import DLQ_ERROR_CLASS, DLQ_REASON, DLQ_SOURCE_TOPIC
 from runstream_common.messages import JobCancelRequested, JobState
 from runstream_common.settings import KafkaSettings
-from runstream_slurm_gateway.app import Runtime, build_app
+from runstream_slurm_gateway.app import build_app
 from runstream_slurm_gateway.settings import Settings
 
 from .helpers import job_request
@@ -33,15 +33,14 @@ class Wired:
     def __init__(self) -> None:
         self.settings = Settings(backend="slurm", kafka=KafkaSettings(topic_prefix="ct"))
         self.backend = MemoryBackend()
-        runtimes: list[Runtime] = []
-        self.app = build_app(self.settings, backend=self.backend, runtime_out=runtimes)
-        self.runtime = runtimes[0]
+        self.service = build_app(self.settings, backend=self.backend)
+        self.app = self.service.app
+        self.runtime = self.service.runtime
         self.runtime.gateway.proposals.loaded.set()  # no proposal settings: the defaults
         self.states: list[dict[str, Any]] = []
         self.dead: list[tuple[bytes, dict[str, str]]] = []
         topics = self.settings.kafka.topics
-        broker = self.app.broker
-        assert broker is not None
+        broker = self.service.broker
 
         @broker.subscriber(topics.job_state)
         async def on_state(message: KafkaMessage) -> None:
@@ -56,7 +55,7 @@ async def test_a_job_request_is_submitted_and_its_state_published() -> None:
     wired = Wired()
     req = job_request(5, 12, "/ctx")
     topics = wired.settings.kafka.topics
-    async with TestKafkaBroker(wired.app.broker) as broker:  # type: ignore[arg-type]
+    async with TestKafkaBroker(wired.service.broker) as broker:
         await broker.publish(req.model_dump_json().encode(), topics.job_requests, key=b"5:12")
     assert wired.backend.submits == 1
     ours = [s for s in wired.states if s["job_request_id"] == req.job_request_id]
@@ -70,7 +69,7 @@ async def test_the_same_request_twice_makes_one_job() -> None:
     wired = Wired()
     req = job_request(5, 13, "/ctx")
     topics = wired.settings.kafka.topics
-    async with TestKafkaBroker(wired.app.broker) as broker:  # type: ignore[arg-type]
+    async with TestKafkaBroker(wired.service.broker) as broker:
         for _ in range(2):
             await broker.publish(req.model_dump_json().encode(), topics.job_requests)
     assert wired.backend.submits == 1
@@ -79,7 +78,7 @@ async def test_the_same_request_twice_makes_one_job() -> None:
 async def test_a_malformed_request_goes_to_the_dead_letter_topic_with_its_reason() -> None:
     wired = Wired()
     topics = wired.settings.kafka.topics
-    async with TestKafkaBroker(wired.app.broker) as broker:  # type: ignore[arg-type]
+    async with TestKafkaBroker(wired.service.broker) as broker:
         await broker.publish(BAD, topics.job_requests)
     assert wired.backend.submits == 0
     assert len(wired.dead) == 1
@@ -102,7 +101,7 @@ async def test_a_cancel_reaches_the_backend_for_a_known_job() -> None:
 
     wired.backend.cancel = cancel  # type: ignore[method-assign]
     topics = wired.settings.kafka.topics
-    async with TestKafkaBroker(wired.app.broker) as broker:  # type: ignore[arg-type]
+    async with TestKafkaBroker(wired.service.broker) as broker:
         await broker.publish(req.model_dump_json().encode(), topics.job_requests)
         stop = JobCancelRequested(proposal=6, run=1, reason="test")
         await broker.publish(stop.model_dump_json().encode(), topics.job_control)

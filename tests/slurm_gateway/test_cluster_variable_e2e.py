@@ -122,7 +122,7 @@ async def test_cluster_variable_result_reaches_the_store_through_a_real_slurm_jo
             postgres=PostgresSettings(dsn=pg_dsn),
             group_id=f"{kafka_settings.topic_prefix}-store",
         )
-    )
+    ).app
     context_dir = job_dir / "usr" / "runstream"
     context_dir.mkdir(parents=True, mode=0o777)
     context_dir.chmod(0o777)

@@ -87,7 +87,7 @@ def crash(request):
     sys.stderr.flush()
     os._exit(70)
 
-anyio.run(build_app(Settings(), after_request=crash).run)
+anyio.run(build_app(Settings(), after_request=crash).app.run)
 """
 """The gateway in a process of its own, with a test's hook that kills it after a submit."""
 

@@ -119,7 +119,7 @@ async def test_comment_and_config_go_through_the_store(
     kafka_settings: KafkaSettings, pg_dsn: str, repo: Repository
 ) -> None:
     await repo.record_run_known(RunKnown(proposal=P, run=4), added_at=1.0)
-    app = build_app(store_settings(kafka_settings, pg_dsn))
+    app = build_app(store_settings(kafka_settings, pg_dsn)).app
     await app.start()
     env = {
         "RUNSTREAM_KAFKA_BOOTSTRAP_SERVERS": kafka_settings.bootstrap_servers,

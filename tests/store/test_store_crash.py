@@ -22,6 +22,7 @@ from runstream_common.settings import KafkaSettings
 from runstream_common.topics import run_key
 from runstream_store.adapters.hdf5_merge import run_file_path
 from runstream_store.schema import upgrade
+from support import store_with_hooks
 from support.registry import register_proposal
 
 from .fragments import Fragment
@@ -37,6 +38,8 @@ SERVE = "import anyio; from runstream_store.app import create; anyio.run(create(
 def _start_store(
     kafka: KafkaSettings, dsn: str, log: Path, crash_point: str | None
 ) -> subprocess.Popen[bytes]:
+    """The store as ``runstream serve store`` runs it, or with a test's fault injection
+    (tests/support/store_with_hooks.py) that ends it with status 137 at ``crash_point``."""
     env = {
         **os.environ,
         "RUNSTREAM_KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
@@ -47,13 +50,10 @@ def _start_store(
         "RUNSTREAM_STORE_GROUP_ID": f"{kafka.topic_prefix}-store",
         "RUNSTREAM_STORE_FRAGMENT_WAIT_S": "2",
     }
+    argv = [sys.executable, "-c", SERVE]
     if crash_point:
-        env["RUNSTREAM_STORE_CRASH_POINT"] = crash_point
-    else:
-        env.pop("RUNSTREAM_STORE_CRASH_POINT", None)
-    return subprocess.Popen(
-        [sys.executable, "-c", SERVE], env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT
-    )
+        argv = [sys.executable, str(store_with_hooks.SCRIPT), crash_point]
+    return subprocess.Popen(argv, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
 
 
 async def _wait_exit(proc: subprocess.Popen[bytes], timeout: float) -> int:

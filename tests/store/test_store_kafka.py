@@ -62,7 +62,7 @@ async def test_results_commands_and_state_flow_through_the_feed(
 ) -> None:
     await _migrate(pg_dsn)
     await register_proposal(kafka_settings, P, tmp_path)
-    app = build_app(store_settings(kafka_settings, pg_dsn))
+    app = build_app(store_settings(kafka_settings, pg_dsn)).app
     topics = kafka_settings.topics
     producer = make_broker(kafka_settings, client_id="test-producer")
     await app.start()
@@ -160,7 +160,7 @@ async def test_results_commands_and_state_flow_through_the_feed(
 async def test_the_store_refuses_an_outdated_schema_and_names_the_command(
     kafka_settings: KafkaSettings, pg_dsn: str
 ) -> None:
-    app = build_app(store_settings(kafka_settings, pg_dsn))
+    app = build_app(store_settings(kafka_settings, pg_dsn)).app
     with pytest.raises(SystemExit, match="runstream db upgrade"):
         await app.start()
 

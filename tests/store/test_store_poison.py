@@ -1,9 +1,9 @@
 """A results record that kills the store's process: dead-lettered after N crashes, not a loop.
 
-The store runs as a real process on the real broker and database. Its test-only
-fault injection ``crash_point="poison_result"`` makes it die (``os._exit(137)``,
-as a crash inside the HDF5 library would) while merging any result that has a
-variable named ``crash_the_store``; the test restarts the store each time it
+The store runs as a real process on the real broker and database, with a test's
+fault injection (tests/support/store_with_hooks.py, ``poison_result``) that makes
+it die (``os._exit(137)``, as a crash inside the HDF5 library would) while merging
+any result that has a variable named ``crash_the_store``; the test restarts it each time it
 dies. The crashes are counted on the ``attempts`` topic; after ``max_crashes``
 (3, the default) the record goes to ``results.dlq`` with the reason, its pass
 is recorded as failed and published, and the results around it are applied
@@ -30,10 +30,10 @@ from runstream_common.messages import (
 )
 from runstream_common.settings import KafkaSettings
 from runstream_common.topics import dlq, run_key
-from runstream_store.handlers import POISON_MARK
 from runstream_store.schema import upgrade
 from support.kafka import read_all, wait_for
 from support.registry import register_proposal
+from support.store_with_hooks import POISON_MARK
 
 from .fragments import Fragment
 from .helpers import read_topic

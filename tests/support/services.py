@@ -43,7 +43,9 @@ class System:
     log_dir: Path
     procs: dict[str, ServiceProcess] = field(default_factory=dict)
 
-    def _spawn(self, name: str, instance: str | None = None) -> ServiceProcess:
+    def _spawn(
+        self, name: str, instance: str | None = None, argv: list[str] | None = None
+    ) -> ServiceProcess:
         key = instance or name
         proc = self.procs.get(key) or ServiceProcess(name, self.log_dir / f"{key}.log")
         self.procs[key] = proc
@@ -52,7 +54,7 @@ class System:
         handle.write(f"\n===== start #{proc.starts} at {time.time():.3f} =====\n".encode())
         handle.flush()
         proc.process = subprocess.Popen(
-            [sys.executable, "-m", "runstream.cli", "serve", name],
+            argv or [sys.executable, "-m", "runstream.cli", "serve", name],
             stdout=handle,
             stderr=subprocess.STDOUT,
             env=self.env,
@@ -60,6 +62,12 @@ class System:
         )
         handle.close()
         return proc
+
+    def spawn_store_with_fault(self, point: str) -> ServiceProcess:
+        """The store with a test's fault injection: it exits with status 137 at ``point``
+        (see tests/support/store_with_hooks.py); in its log like any start of the store."""
+        script = Path(__file__).with_name("store_with_hooks.py")
+        return self._spawn("store", argv=[sys.executable, str(script), point])
 
     async def _wait_started(self, proc: ServiceProcess, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout

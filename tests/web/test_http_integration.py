@@ -67,7 +67,8 @@ async def db(pg_dsn: str) -> AsyncIterator[Database]:
 
 def client(settings: Settings, db: Database, peer: str = "127.0.0.1") -> tuple[Any, Recorder]:
     recorder = Recorder()
-    web = Web(settings=settings, hub=Hub(epoch="test"), sender=recorder, db_=db)
+    web = Web(settings=settings, hub=Hub(epoch="test"), sender=recorder)
+    web.database.set(db)
     transport = httpx.ASGITransport(app=build_http(web), client=(peer, 50000))
     return httpx.AsyncClient(transport=transport, base_url="http://web"), recorder
 

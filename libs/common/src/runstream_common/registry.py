@@ -27,7 +27,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -113,6 +113,16 @@ class RegistryTable:
 
 Verdict = Callable[[Registration | None], Awaitable[PermanentError | None]]
 """What is wrong with a message given the proposal's registration (None: nothing)."""
+
+
+class Registry(Protocol):
+    """What services ask of the registry (:class:`ProposalRegistry`; in memory in tests)."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def judge(self, proposal: int, verdict: Verdict) -> Registration: ...
 
 
 # ---------------------------------------------------------------------------- the follower

@@ -17,8 +17,8 @@ import os
 from runstream_common.errors import PathRefused, PermanentError, UnknownProposal
 from runstream_common.messages import RunRequested
 from runstream_common.registry import (
-    ProposalRegistry,
     Registration,
+    Registry,
     checked_path,
     refuse_unless,
     same_folder,
@@ -67,7 +67,7 @@ def judge_run(
 class RunGuard:
     """Refuses run messages whose folders are not the registered ones."""
 
-    def __init__(self, registry: ProposalRegistry, data_root: str | None) -> None:
+    def __init__(self, registry: Registry, data_root: str | None) -> None:
         self.registry = registry
         self.default_root = data_root or os.environ.get("XFEL_DATA_ROOT") or None
 

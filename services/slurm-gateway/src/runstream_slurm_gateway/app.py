@@ -12,9 +12,7 @@ from typing import Any
 
 from faststream import FastStream
 from faststream.kafka import KafkaBroker
-from faststream.specification import AsyncAPI
 from runstream_common import parsers
-from runstream_common.admin import ensure_topics
 from runstream_common.kafka import (
     Delivery,
     Handler,
@@ -25,6 +23,7 @@ from runstream_common.kafka import (
 )
 from runstream_common.logs import configure_logging
 from runstream_common.messages import JobRequested, JobStateChanged
+from runstream_common.service import KafkaTopicAdmin, Runtime, Service, TopicAdmin, assemble
 from runstream_common.telemetry import Telemetry, setup_telemetry
 from runstream_common.topics import run_key
 
@@ -90,20 +89,49 @@ def _holds_slurm_key(settings: Settings) -> bool:
 
 
 @dataclass
-class Runtime:
-    """What the app runs besides its subscribers; exposed for tests and the CLI."""
+class GatewayRuntime(Runtime):
+    """The gateway, its backend and the background tasks it runs besides its subscribers."""
 
+    settings: Settings
+    topics: TopicAdmin
     gateway: Gateway
     backend: Backend
     tokens: TokenManager | None
-    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         self.tasks.append(asyncio.create_task(coro, name=name))
 
-    async def shutdown(self) -> None:
-        self.stop.set()
+    async def start(self) -> None:
+        """Topics, then the background tasks: proposal settings, token refresh, job polling."""
+        topics = self.settings.kafka.topics
+        await self.topics.ensure(
+            [topics.job_requests, topics.job_control, topics.job_state, topics.proposal_settings],
+            compacted=topics.compacted(),
+        )
+        gateway, backend = self.gateway, self.backend
+        self.stopping.clear()
+        self.spawn(
+            follow_proposal_settings(
+                self.settings.kafka,
+                gateway.handle_settings,
+                gateway.proposals.loaded,
+                self.stopping,
+            ),
+            "proposal-settings",
+        )
+        if self.tokens is not None:
+            self.spawn(self.tokens.keep_fresh(stop=self.stopping), "token-refresh")
+        if isinstance(backend, LocalBackend):
+            recovered = await backend.recover()
+            if recovered:
+                log.info("local backend: took over %d unfinished jobs from the journal", recovered)
+        self.spawn(gateway.poll_forever(self.stopping), "job-poll")
+        log.info("slurm-gateway started: backend %s", backend.name)
+
+    async def stop(self) -> None:
+        self.stopping.set()
         for task in self.tasks:
             task.cancel()
         for task in self.tasks:
@@ -118,49 +146,36 @@ def build_app(
     *,
     telemetry: Telemetry | None = None,
     backend: Backend | None = None,
-    runtime_out: list[Runtime] | None = None,
+    topics: TopicAdmin | None = None,
     after_request: Callable[[JobRequested], None] | None = None,
-) -> FastStream:
-    """The gateway's app. ``after_request``: a test's hook, called after a job request was
-    handled and before its offset is committed (crash tests); never set in production."""
+) -> Service[GatewayRuntime]:
+    """The gateway's app. Ports: ``backend`` (Slurm or local, from the settings by default),
+    ``topics`` (Kafka's admin). ``after_request``: a test's hook, called after a job request
+    was handled and before its offset is committed (crash tests); never set in production."""
     telemetry = telemetry or setup_telemetry("slurm-gateway", settings.telemetry)
     broker: KafkaBroker = make_broker(
         settings.kafka, telemetry, client_id="runstream-slurm-gateway"
     )
-    topics = settings.kafka.topics
     tokens: TokenManager | None = None
     if backend is None:
         backend, tokens = make_backend(settings)
 
     async def publish_state(message: JobStateChanged) -> None:
-        await publish(broker, topics.job_state, message, key=run_key(message.proposal, message.run))
+        key = run_key(message.proposal, message.run)
+        await publish(broker, settings.kafka.topics.job_state, message, key=key)
 
-    proposals = ProposalSettingsView()
     gateway = Gateway(
         backend=backend,
         publish=publish_state,
         append_line=append_line,
         settings=settings,
-        proposals=proposals,
+        proposals=ProposalSettingsView(),
     )
-    runtime = Runtime(gateway, backend, tokens)
-    if runtime_out is not None:
-        runtime_out.append(runtime)
-
     _subscribe(broker, settings, gateway, after_request)
-    app = FastStream(
-        broker, specification=AsyncAPI(title="runstream-slurm-gateway", version=__version__)
+    runtime = GatewayRuntime(
+        settings, topics or KafkaTopicAdmin(settings.kafka), gateway, backend, tokens
     )
-
-    @app.on_startup
-    async def _start() -> None:
-        await _start_runtime(settings, runtime, proposals)
-
-    @app.on_shutdown
-    async def _stop() -> None:
-        await runtime.shutdown()
-
-    return app
+    return assemble(broker, runtime, title="runstream-slurm-gateway", version=__version__)
 
 
 def _subscribe(
@@ -200,36 +215,8 @@ def _subscribe(
     document_publication(broker, topics.job_state, parsers.JOB_STATE, "Job state changes")
 
 
-async def _start_runtime(
-    settings: Settings, runtime: Runtime, proposals: ProposalSettingsView
-) -> None:
-    """Topics, then the background tasks: proposal settings, token refresh, job polling."""
-    topics = settings.kafka.topics
-    await ensure_topics(
-        settings.kafka,
-        [topics.job_requests, topics.job_control, topics.job_state, topics.proposal_settings],
-        compacted=set(topics.compacted()),
-    )
-    gateway, backend = runtime.gateway, runtime.backend
-    runtime.stop.clear()
-    runtime.spawn(
-        follow_proposal_settings(
-            settings.kafka, gateway.handle_settings, proposals.loaded, runtime.stop
-        ),
-        "proposal-settings",
-    )
-    if runtime.tokens is not None:
-        runtime.spawn(runtime.tokens.keep_fresh(stop=runtime.stop), "token-refresh")
-    if isinstance(backend, LocalBackend):
-        recovered = await backend.recover()
-        if recovered:
-            log.info("local backend: took over %d unfinished jobs from the journal", recovered)
-    runtime.spawn(gateway.poll_forever(runtime.stop), "job-poll")
-    log.info("slurm-gateway started: backend %s", backend.name)
-
-
 def create() -> FastStream:
     """Entry point ``runstream.services: slurm-gateway``."""
     settings = Settings()
     configure_logging(settings.log_level)
-    return build_app(settings)
+    return build_app(settings).app

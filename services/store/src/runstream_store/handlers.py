@@ -55,18 +55,13 @@ from runstream_common.topics import proposal_key, run_key
 from .adapters.hdf5_merge import MergeItem, MergeOutcome, MergeRequest
 from .adapters.postgres import RunRow, VariableRow
 from .damnit import announce
+from .hooks import Hooks
+from .hooks import call as call_hook
 from .proposal_settings import PARSERS, parse_setting
 from .user_input import check_user_variable_name, parse_user_value
 from .values import COMMENT, PROVENANCE_COMMENT, PROVENANCE_MANUAL, StoredValue
 
 log = logging.getLogger("runstream.store")
-
-CrashPoint = Literal[
-    "before_replace", "after_merge", "after_commit", "during_projection", "poison_result"
-]
-POISON_MARK = "crash_the_store"
-"""Crash tests only: with ``crash_point="poison_result"`` the store dies while merging any
-result that has a variable of this name (a stand-in for a fragment that crashes HDF5)."""
 
 
 class Database(Protocol):
@@ -187,7 +182,7 @@ class Handlers:
         fragment_wait_s: float = 30.0,
         compress_min_bytes: int = 1024,
         copy_chunk_bytes: int = 64 * 1024 * 1024,
-        crash_point: CrashPoint | None = None,
+        hooks: Hooks | None = None,
         projection: Projection | None = None,
         importer: Importer | None = None,
         slurm_cluster: str | None = None,
@@ -201,12 +196,7 @@ class Handlers:
         self.fragment_wait_s = fragment_wait_s
         self.compress_min_bytes = compress_min_bytes
         self.copy_chunk_bytes = copy_chunk_bytes
-        self.crash_point = crash_point
-
-    def _crash(self, point: CrashPoint) -> None:
-        if self.crash_point == point:
-            log.critical("fault injection: dying at %s", point)
-            os._exit(137)
+        self.hooks = hooks or Hooks()  # tests only (fault injection)
 
     # ------------------------------------------------------------------ results topic
     async def on_results(
@@ -269,8 +259,7 @@ class Handlers:
                         f"within {self.fragment_wait_s:g} s"
                     )
             if items or message.start_time is not None:
-                if POISON_MARK in results:
-                    self._crash("poison_result")
+                call_hook(self.hooks.before_merge, message)
                 outcome = await self.files.merge(
                     MergeRequest(
                         target=target,
@@ -286,9 +275,9 @@ class Handlers:
                     values[name] = values[name].as_error(reason, "StoreWriteError")
                 for name, scalar in outcome.summaries.items():
                     values[name] = values[name].with_summary(scalar)
-            self._crash("after_merge")
+            call_hook(self.hooks.after_merge, message)
             run = await self.db.apply_results(message, values, winners)
-            self._crash("after_commit")
+            call_hook(self.hooks.after_commit, message)
             if run is None:  # applied concurrently; nothing more to do than for a duplicate
                 await self._finish_duplicate(message, fragment)
                 return

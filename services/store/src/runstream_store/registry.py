@@ -17,8 +17,8 @@ import os
 from runstream_common.errors import PermanentError, UnknownProposal
 from runstream_common.messages import ResultsReady
 from runstream_common.registry import (
-    ProposalRegistry,
     Registration,
+    Registry,
     checked_path,
     real,
     refuse_unless,
@@ -66,7 +66,7 @@ def trusted(message: ResultsReady, registration: Registration) -> ResultsReady:
 class ResultsGuard:
     """Refuses results messages whose paths are not the registered proposal's."""
 
-    def __init__(self, registry: ProposalRegistry) -> None:
+    def __init__(self, registry: Registry) -> None:
         self.registry = registry
 
     async def checked(self, message: ResultsReady) -> ResultsReady:

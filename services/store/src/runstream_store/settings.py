@@ -6,8 +6,6 @@ The database comes from ``RUNSTREAM_STORE_POSTGRES__DSN`` or the shared
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import BaseModel, Field
 from runstream_common.settings import PostgresSettings, ServiceSettings, service_config
 from runstream_common.topics import DAMNIT_TOPIC_PREFIX
@@ -69,13 +67,3 @@ class Settings(ServiceSettings):
         "many MiB (the store's memory does not grow with the size of a variable's data)",
     )
     damnit: DamnitSettings = Field(default_factory=DamnitSettings)
-    crash_point: (
-        Literal[
-            "before_replace", "after_merge", "after_commit", "during_projection", "poison_result"
-        ]
-        | None
-    ) = Field(
-        default=None,
-        description="Fault injection for crash tests only: the process exits at this point "
-        "(poison_result: while merging a result that has a variable named crash_the_store)",
-    )
