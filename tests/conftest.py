@@ -127,3 +127,23 @@ async def pg_dsn(stack: Stack) -> AsyncIterator[str]:
             await asyncio.sleep(0.5 * (attempt + 1))
         finally:
             await admin.close()
+
+
+# ``./task test`` runs the suite with pytest-xdist (``--dist loadgroup``). Tests that share
+# something expensive or exclusive run on one worker, one after another:
+# - the gateway's tests against the real one-node Slurm share its two CPUs and its queue;
+# - the DAMNIT tests share one session-wide system and DAMNIT's venv;
+# - a web or security module starts its own system or broker once per module.
+GROUPED_AREAS = {"slurm_gateway": "slurm", "damnit": "damnit"}
+GROUPED_BY_MODULE = {"web", "security"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if "unit" in item.keywords or not item.path.is_relative_to(REPO / "tests"):
+            continue
+        area = item.path.relative_to(REPO / "tests").parts[0]
+        if area in GROUPED_AREAS:
+            item.add_marker(pytest.mark.xdist_group(GROUPED_AREAS[area]))
+        elif area in GROUPED_BY_MODULE:
+            item.add_marker(pytest.mark.xdist_group(f"{area}/{item.path.name}"))

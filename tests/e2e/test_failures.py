@@ -16,7 +16,8 @@ from .conftest import ALL_NAMES, E2E, RAW_NAMES
 from .helpers import dead_letters, wait_until
 from .test_pipeline import check_values
 
-pytestmark = pytest.mark.e2e
+# Stops and restarts the shared Kafka and PostgreSQL: alone, after the parallel tests.
+pytestmark = [pytest.mark.e2e, pytest.mark.serial]
 
 
 @pytest.mark.timeout(900)

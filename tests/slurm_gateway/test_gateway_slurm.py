@@ -253,6 +253,7 @@ async def test_short_lived_tokens_are_refreshed_without_failed_requests(
     assert {e.state for e in final_states(watch.events).values()} == {JobState.COMPLETED}
 
 
+@pytest.mark.serial  # restarts the shared Slurm: alone, after the parallel tests
 async def test_slurmrestd_restart_mid_batch_loses_and_doubles_nothing(
     slurm: SlurmCluster, kafka_settings: KafkaSettings, job_dir: Path
 ) -> None:
@@ -310,6 +311,7 @@ def kill_slurmctld(slurm: SlurmCluster) -> None:
     raise AssertionError("slurmctld did not stop")
 
 
+@pytest.mark.serial  # restarts the shared Slurm: alone, after the parallel tests
 async def test_slurmctld_restart_mid_batch_keeps_jobs_and_waits(
     slurm: SlurmCluster, kafka_settings: KafkaSettings, job_dir: Path
 ) -> None:
