@@ -19,7 +19,8 @@ from runstream_common.messages import (
 )
 from runstream_common.topics import Topics, run_key
 from runstream_executor.engine import load_context, select
-from runstream_executor.handlers import JobContext, RunProcessor
+from runstream_executor.handlers import RunProcessor
+from runstream_executor.modes import JobPass
 from runstream_executor.pool import WorkerPool
 from runstream_executor.pools import PoolSet
 from runstream_executor.settings import Settings
@@ -239,7 +240,7 @@ async def test_processing_pass_messages_reuse_and_cluster_handoff(
     # The cluster job evaluates exactly its selection, reusing the non-cluster dependency.
     await processor.process(
         request(ctx_dir, mock_proposal, "raw", rid="req-1"),
-        JobContext(job_request_id="req-1:cluster", names=("heavy",)),
+        JobPass(job_request_id="req-1:cluster", names=("heavy",)),
     )
     job_results = rec.of(ResultsReady)[-1]
     assert [(r.name, r.summary) for r in job_results.results] == [("heavy", 9.0)]

@@ -1,8 +1,11 @@
 """Handling one run request end to end: context, selection, evaluation, fragment, messages.
 
-Used by the Kafka handler and by the Slurm job entry point; every publish
-goes through the small :class:`Publisher` port and is awaited before
-:meth:`RunProcessor.process` returns (the offset is committed afterwards).
+Used by the Kafka handler (a :class:`~.modes.ServicePass`) and by the Slurm job entry
+point (a :class:`~.modes.JobPass`): the steps are the same, the mode answers what differs.
+Its I/O goes through ports: :class:`Publisher` (every publish is awaited before
+:meth:`RunProcessor.process` returns; the offset is committed afterwards),
+:class:`~.adapters.files.RunFiles` (folders, context, kept values, fragments) and the
+worker pools.
 """
 
 from __future__ import annotations
@@ -33,16 +36,16 @@ from runstream_common.messages import (
 from runstream_common.topics import Topics, run_key
 
 from . import reuse
+from .adapters.files import LocalRunFiles, RunFiles
 from .context import ContextProblems, ContextSource, LoadedContext
-from .engine import Pass, RunTarget, load_context, select
+from .engine import Pass, RunTarget, load_context
+from .modes import SERVICE_PASS, PassMode
 from .outcome import Outcome
 from .pools import PoolSet
 from .results import (
     WrittenResults,
-    commit_fragment,
     fit_message,
     fragment_path,
-    remove_stale_partials,
     result_id,
     write_held_results,
 )
@@ -56,15 +59,6 @@ class Publisher(Protocol):
 
 
 Send = Callable[[str, BaseModel], Awaitable[None]]
-
-
-@dataclass(frozen=True)
-class JobContext:
-    """Set when running inside a Slurm job: evaluate exactly ``names`` (cluster variables)."""
-
-    job_request_id: str
-    names: tuple[str, ...]
-    slurm_job_id: int | None = None
 
 
 @dataclass
@@ -96,12 +90,18 @@ class RunProcessor:
     """Evaluates run requests with warm pools and publishes what happened."""
 
     def __init__(
-        self, settings: Settings, pools: PoolSet, publisher: Publisher, topics: Topics
+        self,
+        settings: Settings,
+        pools: PoolSet,
+        publisher: Publisher,
+        topics: Topics,
+        files: RunFiles | None = None,
     ) -> None:
         self.settings = settings
         self.pools = pools
         self.publisher = publisher
         self.topics = topics
+        self.files: RunFiles = files or LocalRunFiles()
         self.proposal_settings: dict[int, dict[str, str | int | float | bool]] = {}
         self._contexts: OrderedDict[tuple[str, str], LoadedContext] = OrderedDict()
         self._loading: dict[tuple[str, str], asyncio.Future[LoadedContext]] = {}
@@ -150,34 +150,34 @@ class RunProcessor:
         self._announced.add(key)
 
     async def _keep_for_reuse(
-        self, path: Path, ctx: LoadedContext, outcomes: dict[str, Outcome]
+        self, attempt: _Attempt, ctx: LoadedContext, path: Path, outcomes: dict[str, Outcome]
     ) -> None:
         """Keep the raw outcomes that proc and cluster passes of this run depend on."""
-        keep = reuse.worth_keeping(ctx) & set(outcomes)
+        keep = attempt.mode.worth_keeping(ctx) & set(outcomes)
         if not keep or self.settings.reuse_max_value_mb <= 0:
             return
         try:
-            await asyncio.to_thread(
-                reuse.save, path, outcomes, keep, self.settings.reuse_max_value_mb * 1024 * 1024
+            await self.files.keep(
+                path, outcomes, keep, self.settings.reuse_max_value_mb * 1024 * 1024
             )
         except OSError as exc:
             log.warning("could not keep results for reuse: %s", exc)
 
     async def poisoned(self, req: RunRequested, reason: str) -> None:
         """This run kept killing the executor: record its pass as failed (it is dead-lettered)."""
-        attempt = _Attempt(req, None, self.hostname, self.publisher)
+        attempt = _Attempt(req, SERVICE_PASS, self.hostname, self.publisher)
         await attempt.send(
             self.topics.processing, attempt.state(ProcessingStatus.FAILED, reason=reason)
         )
 
-    async def process(self, req: RunRequested, job: JobContext | None = None) -> PassReport:
+    async def process(self, req: RunRequested, mode: PassMode = SERVICE_PASS) -> PassReport:
         """One pass over one run, as a sequence of steps that share an :class:`_Attempt`:
         open the run and its context, announce the variables, plan (selection, cluster job,
         reuse), evaluate and write the fragment, publish the results and the final state."""
-        attempt = _Attempt(req, job, self.hostname, self.publisher)
-        # Every variable ends by then, so the record is finished (and its partition free
-        # to move) within the consumer's max poll interval (see app.py).
-        deadline = time.monotonic() + self.settings.pass_timeout_s
+        attempt = _Attempt(req, mode, self.hostname, self.publisher)
+        # A service pass's variables all end by then, so its record is finished (and its
+        # partition free to move) within the consumer's max poll interval (see app.py).
+        deadline = mode.deadline(self.settings.pass_timeout_s)
         await attempt.send(self.topics.processing, attempt.state(ProcessingStatus.QUEUED))
         try:
             target, source, ctx = await self._open(req)
@@ -201,11 +201,8 @@ class RunProcessor:
         )
         plan = await self._plan(attempt, ctx, source)
         await attempt.send(self.topics.processing, attempt.state(ProcessingStatus.RUNNING))
-        outcomes, started, written = await self._evaluate(
-            attempt, ctx, target, plan, deadline if job is None else None
-        )
-        if job is None:
-            await self._keep_for_reuse(plan.reuse_file, ctx, outcomes)
+        outcomes, started, written = await self._evaluate(attempt, ctx, target, plan, deadline)
+        await self._keep_for_reuse(attempt, ctx, plan.reuse_file, outcomes)
         await attempt.settle()
         results_msg = await self._publish_results(attempt, source, plan, started, written)
         counts = _counts(written.results)
@@ -224,12 +221,12 @@ class RunProcessor:
     async def _open(self, req: RunRequested) -> tuple[RunTarget, ContextSource, LoadedContext]:
         """The run's folders and its checked context; :class:`_PassFailed` if either is missing."""
         raw_dir, proc_dir = self.settings.run_dirs(req.proposal_dir, req.run)
-        if req.trigger is not Trigger.PROC and not await asyncio.to_thread(Path(raw_dir).is_dir):
+        if req.trigger is not Trigger.PROC and not await self.files.is_folder(raw_dir):
             # Per-variable FileNotFoundErrors would overwrite good values: fail the pass instead.
             raise _PassFailed(f"run folder {raw_dir} does not exist")
         context_file = Path(req.context_dir) / "context.py"
         try:
-            source = await asyncio.to_thread(ContextSource.read, context_file)
+            source = await self.files.read_context(context_file)
         except (OSError, UnicodeDecodeError) as exc:
             raise _PassFailed(f"cannot read {context_file}: {exc}") from exc
         try:
@@ -245,50 +242,29 @@ class RunProcessor:
 
     async def _plan(self, attempt: _Attempt, ctx: LoadedContext, source: ContextSource) -> _Plan:
         """Which variables this pass evaluates and emits; a cluster job for the rest is requested."""
-        req, job = attempt.req, attempt.job
-        trigger = req.trigger.value
-        job_request: JobRequested | None = None
-        if job is not None:
-            names = select(ctx, trigger, job.names, cluster=None)
-            targets = {n for n in job.names if n in ctx.variables}
-        else:
-            sel = req.selection
-            names = select(ctx, trigger, sel.names, sel.match, cluster=False)
-            targets = set(names)
-            job_request = self._job_request(attempt, ctx)
-            if job_request is not None:
-                await attempt.send(self.topics.job_requests, job_request)
+        req, mode = attempt.req, attempt.mode
+        names, targets = mode.selection(ctx, req)
+        job_request = self._job_request(attempt, ctx)
+        if job_request is not None:
+            await attempt.send(self.topics.job_requests, job_request)
         emit_names = set(targets)
         reuse_file = reuse.reuse_path(
             Path(req.context_dir) / self.settings.reuse_subdir, req.proposal, req.run, source.hash
         )
-        reusable_now: set[str] = set()
-        if job is not None:
-            reusable_now = {n for n in names if not ctx.variables[n].cluster}
-        elif trigger == "proc":
-            reusable_now = {n for n in names if ctx.variables[n].data == "raw"}
+        reusable_now = mode.reusable(ctx, names, req)
         reused: dict[str, Outcome] = {}
         if reusable_now and self.settings.reuse_max_value_mb > 0:
-            reused = await asyncio.to_thread(reuse.load, reuse_file, reusable_now)
+            reused = await self.files.load_kept(reuse_file, reusable_now)
             names = prune(ctx, names, targets - set(reused), set(reused))
             emit_names -= set(reused)
         emit = [n for n in names if n in emit_names and not ctx.variables[n].transient]
-        rid = result_id(
-            req.request_id,
-            source.hash,
-            emit,
-            extra=f"{trigger}|{job.job_request_id if job else ''}",
-        )
+        rid = result_id(req.request_id, source.hash, emit, extra=mode.result_id_extra(req))
         return _Plan(names, emit, rid, reused, reuse_file, job_request)
 
     def _job_request(self, attempt: _Attempt, ctx: LoadedContext) -> JobRequested | None:
         """The Slurm job for the selected ``cluster=True`` variables, if there are any."""
-        req, sel = attempt.req, attempt.req.selection
-        cluster_names = [
-            n
-            for n in select(ctx, req.trigger.value, sel.names, sel.match, cluster=True)
-            if ctx.variables[n].cluster
-        ]
+        req = attempt.req
+        cluster_names = attempt.mode.cluster_variables(ctx, req)
         if not cluster_names:
             return None
         return JobRequested(
@@ -330,7 +306,7 @@ class RunProcessor:
             outcomes = await run_pass.run(
                 plan.names,
                 reused=plan.reused,
-                keep=reuse.worth_keeping(ctx) if attempt.job is None else set(),
+                keep=attempt.mode.worth_keeping(ctx),
                 on_outcome=self._progress(attempt),
             )
             started = await run_pass.start_time()
@@ -350,9 +326,8 @@ class RunProcessor:
                 max_inline_chars=self.settings.max_inline_chars,
             )
         if written.fragment is not None:  # the worker is free again: now wait for the disk
-            await asyncio.to_thread(commit_fragment, written.fragment)
-            removed = await asyncio.to_thread(
-                remove_stale_partials, written.fragment, self.settings.partial_fragment_max_age_s
+            removed = await self.files.commit_fragment(
+                written.fragment, self.settings.partial_fragment_max_age_s
             )
             if removed:
                 log.info("removed partial fragments of attempts that died: %s", removed)
@@ -420,7 +395,7 @@ class _Attempt:
     """One pass over one run: what the steps of :meth:`RunProcessor.process` share."""
 
     req: RunRequested
-    job: JobContext | None
+    mode: PassMode
     hostname: str
     publisher: Publisher
     processing_id: str = field(default_factory=lambda: uuid.uuid4().hex)
@@ -436,7 +411,7 @@ class _Attempt:
             trigger=req.trigger,
             status=status,
             hostname=self.hostname,
-            slurm_job_id=self.job.slurm_job_id if self.job else None,
+            slurm_job_id=self.mode.slurm_job_id,
             correlation_id=req.correlation_id,
             **kw,
         )

@@ -33,7 +33,8 @@ from runstream_common.messages import ProcessingStatus
 from runstream_common.telemetry import setup_telemetry
 
 from .adapters.kafka import KafkaPublisher
-from .handlers import JobContext, RunProcessor, request_for_job
+from .handlers import RunProcessor, request_for_job
+from .modes import JobPass
 from .pools import PoolSet
 from .settings import Settings
 
@@ -130,7 +131,7 @@ async def run_job(args: argparse.Namespace, settings: Settings) -> int:
         )
         report = await processor.process(
             req,
-            JobContext(
+            JobPass(
                 job_request_id=args.job_request_id,
                 names=tuple(args.names),
                 slurm_job_id=int(slurm_job) if slurm_job and slurm_job.isdigit() else None,
