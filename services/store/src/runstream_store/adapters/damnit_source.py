@@ -216,7 +216,6 @@ async def import_damnit(repo: Repository, proposal: int, folder: str, data: Any)
     keep runstream's definition, settings already set stay, and a value goes in only if
     its import id is not in the history yet (so a second import changes nothing).
     """
-    counts = {"runs": 0, "values": 0, "variables": 0, "settings": 0}
     async with repo._conn() as conn, conn.transaction():
         await conn.execute(
             """INSERT INTO proposals (proposal, context_dir) VALUES ($1, $2)
@@ -224,75 +223,14 @@ async def import_damnit(repo: Repository, proposal: int, folder: str, data: Any)
             proposal,
             folder,
         )
-        for run, start_time, added_at in data.runs:
-            fresh = await conn.fetchval(
-                """INSERT INTO runs (proposal, run, start_time, added_at, announced)
-                   VALUES ($1, $2, $3, $4, true)
-                   ON CONFLICT (proposal, run) DO UPDATE
-                       SET start_time = coalesce(runs.start_time, EXCLUDED.start_time)
-                       WHERE runs.start_time IS NULL AND EXCLUDED.start_time IS NOT NULL
-                   RETURNING (xmax = 0)""",
-                proposal,
-                run,
-                start_time,
-                added_at if added_at is not None else start_time or 0.0,
-            )
-            counts["runs"] += int(bool(fresh))
-        for name, title, description, user_type, tags in data.variables:
-            done = await conn.fetchval(
-                """INSERT INTO variables (proposal, name, title, description, user_type,
-                                          context_hash, revision)
-                   VALUES ($1, $2, $3, $4, $5, $6, CASE WHEN $5::text IS NULL THEN 0 END)
-                   ON CONFLICT (proposal, name) DO NOTHING RETURNING true""",
-                proposal,
-                name,
-                title,
-                description,
-                user_type,
-                "damnit-import",
-            )
-            if done:
-                counts["variables"] += 1
-                source = "user" if user_type else "context"
-                for tag in tags:
-                    await conn.execute(
-                        "INSERT INTO tags (proposal, name) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                        proposal,
-                        tag,
-                    )
-                    await conn.execute(
-                        "INSERT INTO variable_tags (proposal, variable, tag, source) "
-                        "VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-                        proposal,
-                        name,
-                        tag,
-                        source,
-                    )
-        seen = {
-            r["result_id"]
-            for r in await conn.fetch(
-                "SELECT result_id FROM run_value_history WHERE proposal = $1 "
-                "AND context_hash = 'damnit-import'",
-                proposal,
-            )
+        runs = await _import_runs(conn, proposal, data.runs)
+        variables = await _import_variables(conn, proposal, data.variables)
+        counts = {  # in this order in the CLI's report
+            "runs": runs,
+            "values": await _import_values(conn, proposal, data.values),
+            "variables": variables,
+            "settings": await _import_settings(conn, proposal, data.settings),
         }
-        fresh = [(r, n, v) for r, n, v in data.values if v.result_id not in seen]
-        rows = [(proposal, r, n, *_row(v)) for r, n, v in fresh]
-        if rows:
-            await conn.executemany(_INSERT_HISTORY, [(*row, False) for row in rows])
-            await conn.executemany(_SET_CURRENT_IF_NEWER, rows)
-        counts["values"] = len(fresh)
-        for run in sorted({r for r, _, _ in fresh}):
-            await conn.execute(_REFRESH_CELLS, proposal, run)
-        for key, value in data.settings.items():
-            done = await conn.fetchval(
-                "INSERT INTO proposal_settings (proposal, key, value) VALUES ($1, $2, $3) "
-                "ON CONFLICT DO NOTHING RETURNING true",
-                proposal,
-                key,
-                value,
-            )
-            counts["settings"] += int(bool(done))
         if data.db_id:
             await conn.execute(
                 """INSERT INTO damnit_projections (proposal, db_id, path) VALUES ($1, $2, $3)
@@ -303,3 +241,95 @@ async def import_damnit(repo: Repository, proposal: int, folder: str, data: Any)
                 str(Path(folder) / "runs.sqlite"),
             )
     return counts
+
+
+async def _import_runs(conn: Any, proposal: int, runs: Any) -> int:
+    """New runs; a known run only gains a start time it did not have."""
+    added = 0
+    for run, start_time, added_at in runs:
+        fresh = await conn.fetchval(
+            """INSERT INTO runs (proposal, run, start_time, added_at, announced)
+               VALUES ($1, $2, $3, $4, true)
+               ON CONFLICT (proposal, run) DO UPDATE
+                   SET start_time = coalesce(runs.start_time, EXCLUDED.start_time)
+                   WHERE runs.start_time IS NULL AND EXCLUDED.start_time IS NOT NULL
+               RETURNING (xmax = 0)""",
+            proposal,
+            run,
+            start_time,
+            added_at if added_at is not None else start_time or 0.0,
+        )
+        added += int(bool(fresh))
+    return added
+
+
+async def _import_variables(conn: Any, proposal: int, variables: Any) -> int:
+    """Variables runstream does not define yet, with their tags."""
+    added = 0
+    for name, title, description, user_type, tags in variables:
+        done = await conn.fetchval(
+            """INSERT INTO variables (proposal, name, title, description, user_type,
+                                      context_hash, revision)
+               VALUES ($1, $2, $3, $4, $5, $6, CASE WHEN $5::text IS NULL THEN 0 END)
+               ON CONFLICT (proposal, name) DO NOTHING RETURNING true""",
+            proposal,
+            name,
+            title,
+            description,
+            user_type,
+            "damnit-import",
+        )
+        if not done:
+            continue
+        added += 1
+        source = "user" if user_type else "context"
+        for tag in tags:
+            await conn.execute(
+                "INSERT INTO tags (proposal, name) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                proposal,
+                tag,
+            )
+            await conn.execute(
+                "INSERT INTO variable_tags (proposal, variable, tag, source) "
+                "VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                proposal,
+                name,
+                tag,
+                source,
+            )
+    return added
+
+
+async def _import_values(conn: Any, proposal: int, values: Any) -> int:
+    """Values whose import id is not in the history yet; current where they are newer."""
+    seen = {
+        r["result_id"]
+        for r in await conn.fetch(
+            "SELECT result_id FROM run_value_history WHERE proposal = $1 "
+            "AND context_hash = 'damnit-import'",
+            proposal,
+        )
+    }
+    fresh = [(r, n, v) for r, n, v in values if v.result_id not in seen]
+    rows = [(proposal, r, n, *_row(v)) for r, n, v in fresh]
+    if rows:
+        await conn.executemany(_INSERT_HISTORY, [(*row, False) for row in rows])
+        await conn.executemany(_SET_CURRENT_IF_NEWER, rows)
+    for run in sorted({r for r, _, _ in fresh}):
+        await conn.execute(_REFRESH_CELLS, proposal, run)
+    return len(fresh)
+
+
+async def _import_settings(conn: Any, proposal: int, settings: dict[str, Any]) -> int:
+    """Settings the proposal does not have yet."""
+    added = 0
+    for key, value in settings.items():
+        done = await conn.fetchval(
+            "INSERT INTO proposal_settings (proposal, key, value) VALUES ($1, $2, $3) "
+            "ON CONFLICT DO NOTHING RETURNING true",
+            proposal,
+            key,
+            value,
+        )
+        added += int(bool(done))
+    return added
