@@ -20,6 +20,10 @@ cut (``x-dlq-truncated`` says so), the reason is kept.
 The subscriber consumes one record at a time (``getone``), so a commit after a
 record covers only records whose handler already returned. For several records
 in flight with the same decisions, see :mod:`runstream_common.inflight`.
+
+This is the first of two delivery modes (at-least-once). The second, exactly-once
+read-process-write with the offsets in the producer's transaction, is
+:mod:`runstream_common.transactional` (ingest).
 """
 
 from __future__ import annotations
