@@ -71,13 +71,13 @@ async def test_plan_writes_runs_catalog_dlq_and_offsets(tmp_path: Path, settings
     }
     catalog_txn = loop.catalog.begin()
     plan = loop.planner.plan(batch, [], catalog_txn, time.time())
-    assert plan.offsets == {tp: 13}
-    topics = [r.topic for r in plan.records]
+    assert plan.positions == {tp: 13}
+    topics = [r.topic for r in plan.outputs]
     assert topics == ["u.runs", "u.run-catalog", dlq(FAC)]
-    run_msg = parsers.RUNS.parse(plan.records[0].value)
+    run_msg = parsers.RUNS.parse(plan.outputs[0].value)
     assert run_msg.run == 1
-    assert plan.records[0].key == run_key(2212, 1)
-    dead = plan.records[2]
+    assert plan.outputs[0].key == run_key(2212, 1)
+    dead = plan.outputs[2]
     assert dead.value == b"{oops"
     assert dead.key == b"k"
     headers = dict(dead.headers)
@@ -107,9 +107,9 @@ async def test_retry_record_not_yet_due_pauses_its_partition(
         ]
     }
     plan = loop.planner.plan(batch, [], catalog.begin(), now)
-    assert plan.offsets == {tp: 6}  # 5 done; 6 and everything after it wait
+    assert plan.positions == {tp: 6}  # 5 done; 6 and everything after it wait
     assert plan.pauses == {tp: (6, now + 60)}
-    [run] = [parsers.RUNS.parse(r.value) for r in plan.records if r.topic == "u.runs"]
+    [run] = [parsers.RUNS.parse(r.value) for r in plan.outputs if r.topic == "u.runs"]
     assert run.trigger.value == "proc"
     assert run.attempt == 2
 
@@ -122,12 +122,12 @@ async def test_waiting_proc_event_goes_to_retry_topic_with_state(
     tp = TopicPartition(FAC, 0)
     value = facility_event("run_corrections_complete", 2212, 4)
     plan = loop.planner.plan({tp: [rec(FAC, 0, value)]}, [], loop.catalog.begin(), time.time())
-    assert [r.topic for r in plan.records] == ["u.processing", loop.retry_topic]
-    assert plan.records[1].value == value
-    info = parse_retry_headers(plan.records[1].headers)
+    assert [r.topic for r in plan.outputs] == ["u.processing", loop.retry_topic]
+    assert plan.outputs[1].value == value
+    info = parse_retry_headers(plan.outputs[1].headers)
     assert info.attempt == 2
     assert info.source_topic == FAC
-    assert plan.offsets == {tp: 1}
+    assert plan.positions == {tp: 1}
 
 
 async def test_reprocess_record_expands_and_bad_one_is_dead_lettered(
@@ -145,7 +145,7 @@ async def test_reprocess_record_expands_and_bad_one_is_dead_lettered(
         loop.catalog.begin(),
         time.time(),
     )
-    assert [r.topic for r in plan.records] == ["u.runs", "u.run-catalog", dlq(topic)]
+    assert [r.topic for r in plan.outputs] == ["u.runs", "u.run-catalog", dlq(topic)]
     assert [o.value for _, o in plan.outcomes] == ["emitted", "missing_run", "dead_lettered"]
 
 
@@ -174,7 +174,7 @@ async def test_run_messages_carry_trace_context(tmp_path: Path, settings: Settin
         loop.catalog.begin(),
         time.time(),
     )
-    headers = dict(plan.records[0].headers)
+    headers = dict(plan.outputs[0].headers)
     [span] = exporter.get_finished_spans()
     assert span.attributes is not None
     assert span.attributes["runstream.run"] == 9
@@ -228,9 +228,9 @@ async def test_a_handler_bug_dead_letters_the_record_and_an_os_error_retries(
 
     monkeypatch.setattr(loop_module, "handle_facility", boom)
     plan = loop.planner.plan(batch, [], loop.catalog.begin(), time.time())
-    assert [r.topic for r in plan.records] == [dlq(FAC)]
-    assert dict(plan.records[0].headers)[DLQ_REASON] == b"ZeroDivisionError: bug"
-    assert plan.offsets == {tp: 1}
+    assert [r.topic for r in plan.outputs] == [dlq(FAC)]
+    assert dict(plan.outputs[0].headers)[DLQ_REASON] == b"ZeroDivisionError: bug"
+    assert plan.positions == {tp: 1}
 
     def stale(*_a: object, **_k: object) -> list:
         raise OSError("Stale file handle")
@@ -303,7 +303,7 @@ async def test_only_batches_whose_repeat_writes_nothing_are_replay_safe(
     assert [o.value for _, o in quiet.outcomes] == ["unregistered"]
     assert quiet.replay_safe
     again = plan_of(emit)  # the replay after a crash: a duplicate, nothing written
-    assert again.records == []
+    assert again.outputs == []
     assert again.replay_safe
     assert not plan_of(emit, b"{oops").replay_safe  # a dead letter would be written twice
     assert not plan_of(facility_event("run_corrections_complete", 2212, 7)).replay_safe  # waits
@@ -328,7 +328,7 @@ async def test_proc_event_in_the_same_batch_as_its_raw_event_waits_for_the_raw_p
     plan = loop.planner.plan(batch, [], loop.catalog.begin(), time.time())
     assert [o.value for _, o in plan.outcomes] == ["emitted", "waiting"]
     assert plan.raw_sent == {(2212, 4)}
-    state = parsers.PROCESSING.parse(plan.records[2].value)
+    state = parsers.PROCESSING.parse(plan.outputs[2].value)
     assert state.reason is not None
     assert "raw processing" in state.reason
 
@@ -348,7 +348,7 @@ async def test_aiokafka_concurrent_transactions_backoff_is_shortened(settings: S
 
 
 async def test_inbox_takes_in_offset_order_and_forgets_dropped_partitions() -> None:
-    from runstream_ingest.adapters.inbox import Inbox
+    from runstream_common.inbox import Inbox
 
     class FakeConsumer:
         def __init__(self, batches: list[dict]) -> None:

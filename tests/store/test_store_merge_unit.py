@@ -134,7 +134,7 @@ def test_a_process_killed_mid_merge_leaves_the_old_file_and_the_next_merge_clean
         request = MergeRequest(
             target=Path({str(target)!r}),
             fragment=Path({str(request.fragment)!r}),
-            items=tuple(MergeItem(n, a, summary_type=t) for n, a, t in items),
+            items=tuple(MergeItem(name=n, action=a, summary_type=t) for n, a, t in items),
             provenance="context.py",
         )
         merge(request, before_replace=lambda tmp: os._exit(137))
@@ -157,7 +157,7 @@ def test_a_process_killed_mid_merge_leaves_the_old_file_and_the_next_merge_clean
 def test_summary_attributes_written_for_inline_values(tmp_path: Path) -> None:
     target = run_file_path(tmp_path, 1, 1)
     item = MergeItem(
-        "energy", "inline", summary=1.25, units="mJ", max_diff=0.5, bold=True,
+        name="energy", action="inline", summary=1.25, units="mJ", max_diff=0.5, bold=True,
         background=(187, 221, 221), summary_method="mean",
     )  # fmt: skip
     merge(MergeRequest(target, None, (item,), "context.py", start_time=12.5))

@@ -101,3 +101,59 @@ def test_settings_are_validated() -> None:
         parse_setting("slurm_time", "2 hours")
     with pytest.raises(InvalidCommand, match="absolute path"):
         parse_setting("context_python", "python3")
+
+
+# ---------------------------------------------------------------- one set of value fields
+def test_every_copy_of_a_value_has_the_shared_fields_with_the_enum() -> None:
+    from pydantic import ValidationError
+    from runstream_common.messages import ResultAttrs, ValueAttrs, ValueView
+    from runstream_store.adapters.hdf5_merge import MergeItem
+
+    shared = ValueAttrs.model_fields
+    copies: list[type[ValueAttrs]] = [VariableResult, ValueView, StoredValue, MergeItem]
+    for model in copies:
+        assert {n: f.annotation for n, f in model.model_fields.items() if n in shared} == {
+            n: f.annotation for n, f in shared.items()
+        }, model
+    for model in (VariableResult, StoredValue, MergeItem):
+        assert "summary_method" in model.model_fields
+    assert "summary_method" not in ValueView.model_fields  # the feed never carried it
+    needed = {VariableResult: {"name": "x"}, StoredValue: {"kind": "none"}, MergeItem:
+              {"name": "x", "action": "inline"}, ValueView: {}}  # fmt: skip
+    for model, required in needed.items():
+        assert model(**required, summary_type="trendline").summary_type == "trendline"
+        with pytest.raises(ValidationError):
+            model(**required, summary_type="sparkline")
+    assert issubclass(StoredValue, ResultAttrs)
+    assert issubclass(MergeItem, ResultAttrs)
+
+
+def test_attributes_travel_from_result_to_row_to_feed_and_file() -> None:
+    from runstream_store.handlers import merge_item
+
+    result = VariableResult(
+        name="e", summary=2.5, summary_type="trendline", summary_method="mean", units="mJ",
+        max_diff=0.5, bold=True, background=(1, 2, 3),
+    )  # fmt: skip
+    stored = StoredValue.from_result(result, **COMMON)
+    item = merge_item(result)
+    view = stored.view()
+    attrs = {"summary_type": "trendline", "units": "mJ", "max_diff": 0.5, "bold": True,
+             "background": (1, 2, 3), "error": None, "error_cls": None}  # fmt: skip
+    for copy in (stored, item, view):
+        assert {n: getattr(copy, n) for n in attrs} == attrs
+    assert stored.summary_method == item.summary_method == "mean"
+    assert (item.name, item.action, item.summary) == ("e", "inline", 2.5)
+    assert (view.summary, view.provenance, view.context_hash) == (2.5, "context.py", "h")
+
+
+def test_a_summary_type_read_back_from_text_is_the_enum_or_none() -> None:
+    from runstream_common.messages import summary_type_of
+
+    assert summary_type_of("complex") == "complex"
+    assert summary_type_of("sparkline") is None
+    assert summary_type_of(None) is None
+    row = dict(StoredValue(kind="blob").model_dump(), summary_type="png", background=[4, 5, 6])
+    stored = StoredValue.from_record(row)
+    assert stored.summary_type is None
+    assert stored.background == (4, 5, 6)

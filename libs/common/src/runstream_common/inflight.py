@@ -50,14 +50,15 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from .health import ConsumerProbe, health_of
 from .kafka import (
     Handler,
     RetryPolicy,
     _dead_letter_with_retry,
-    _document_payload,
+    attach,
     observe_lag,
+    poll_options,
     settle,
+    watch_consumer,
 )
 from .metrics import DeliveryMetrics
 from .parsers import Parser
@@ -419,6 +420,20 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         self.inflight.ledger_ready.set()
 
 
+def _consumer_options(
+    settings: ServiceSettings,
+    auto_offset_reset: Literal["earliest", "latest"],
+    max_poll_interval_ms: int | None,
+) -> dict[str, Any]:
+    return {
+        "auto_offset_reset": auto_offset_reset,
+        "isolation_level": "read_committed",
+        "session_timeout_ms": settings.kafka.session_timeout_ms,
+        "heartbeat_interval_ms": settings.kafka.heartbeat_interval_ms,
+        **poll_options(max_poll_interval_ms),
+    }
+
+
 def subscribe_in_flight(
     broker: KafkaBroker,
     topic: str,
@@ -445,7 +460,6 @@ def subscribe_in_flight(
     the process died, ``ledger.max_crashes`` times, is dead-lettered; ``on_poison``
     (the parsed record or None, the reason) records that where users see it first.
     """
-    metrics = DeliveryMetrics.create(getattr(broker, "_runstream_meter_provider", None))
     inflight = InFlight(
         broker,
         group_id=group_id,
@@ -453,45 +467,31 @@ def subscribe_in_flight(
         handler=handler,
         retry=retry or RetryPolicy.from_settings(settings),
         limit=limit,
-        metrics=metrics,
+        metrics=DeliveryMetrics.create(getattr(broker, "_runstream_meter_provider", None)),
         drain_timeout_s=drain_timeout_s,
         tracer=tracer_provider.get_tracer("runstream.inflight") if tracer_provider else None,
         ledger=ledger,
         on_poison=on_poison,
         service=service,
     )
-    extra: dict[str, Any] = {}
-    if max_poll_interval_ms is not None:
-        extra["max_poll_interval_ms"] = max_poll_interval_ms
     subscriber = broker.subscriber(
         topic,
         group_id=group_id,
         ack_policy=AckPolicy.MANUAL,  # never acked by FastStream: InFlight commits
-        auto_offset_reset=auto_offset_reset,
-        isolation_level="read_committed",
-        session_timeout_ms=settings.kafka.session_timeout_ms,
-        heartbeat_interval_ms=settings.kafka.heartbeat_interval_ms,
         listener=_Listener(inflight),
         description=handler.__doc__ or None,
-        **extra,
+        **_consumer_options(settings, auto_offset_reset, max_poll_interval_ms),
     )
 
     async def consume(message: KafkaMessage) -> None:
         await inflight.dispatch(message)
 
-    consume.__name__ = getattr(handler, "__name__", "consume")
-    subscriber(consume)
-    _document_payload(subscriber, parser)
-    health_of(broker).watch(
-        ConsumerProbe(
-            name=f"{topic} ({group_id}, in flight)",
-            consumer=lambda: subscriber.consumer,
-            # The subscriber never waits for runs (full: its partitions are paused), so it
-            # polls all the time; a long max poll interval (a long pass deadline) must not
-            # make a consumer that stopped polling look alive for hours.
-            stuck_after_s=min((max_poll_interval_ms or 300_000) / 1000, IN_FLIGHT_STUCK_AFTER_S),
-        )
-    )
+    attach(subscriber, parser, handler, consume)
+    # The subscriber never waits for runs (full: its partitions are paused), so it polls
+    # all the time; a long max poll interval (a long pass deadline) must not make a
+    # consumer that stopped polling look alive for hours.
+    stuck_after_s = min((max_poll_interval_ms or 300_000) / 1000, IN_FLIGHT_STUCK_AFTER_S)
+    watch_consumer(broker, subscriber, f"{topic} ({group_id}, in flight)", stuck_after_s)
     return inflight
 
 

@@ -20,6 +20,10 @@ cut (``x-dlq-truncated`` says so), the reason is kept.
 The subscriber consumes one record at a time (``getone``), so a commit after a
 record covers only records whose handler already returned. For several records
 in flight with the same decisions, see :mod:`runstream_common.inflight`.
+
+This is the first of two delivery modes (at-least-once). The second, exactly-once
+read-process-write with the offsets in the producer's transaction, is
+:mod:`runstream_common.transactional` (ingest).
 """
 
 from __future__ import annotations
@@ -287,53 +291,71 @@ async def settle(
     attempt = 0
     while True:
         attempt += 1
-        delivery = Delivery(
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            key=record.key,
-            timestamp_ms=record.timestamp,
-            headers=_headers(record),
-            attempt=attempt,
-        )
         try:
-            await handler(parsed, delivery)
-        except TransientError as exc:
-            if metrics is not None:
-                metrics.failed.add(1, {**labels, "kind": "transient"})
-            if time.monotonic() - started > retry.transient_window_s:
-                log.warning("transient failure persists, record comes again later: %s", exc)
-                return False
-            log.info("transient failure (attempt %d), retrying: %s", attempt, exc)
-            await asyncio.sleep(retry.delay(attempt))
-        except PermanentError as exc:
-            finished = await _dead_letter_with_retry(broker, record, group_id, exc, attempt, retry)
-            if metrics is not None:
-                metrics.failed.add(1, {**labels, "kind": "permanent"})
-                if finished:
-                    metrics.dead_lettered.add(1, labels)
-                metrics.handler_seconds.record(time.monotonic() - started, labels)
-            return finished
+            await handler(parsed, _delivery(record, attempt))
         except Exception as exc:
+            step, kind = _after_failure(exc, attempt, started, retry)
             if metrics is not None:
-                metrics.failed.add(1, {**labels, "kind": "unexpected"})
-            if attempt >= retry.max_attempts:
-                log.error("giving up after %d attempts:\n%s", attempt, traceback.format_exc())
-                finished = await _dead_letter_with_retry(
-                    broker, record, group_id, exc, attempt, retry
-                )
-                if metrics is not None:
-                    if finished:
-                        metrics.dead_lettered.add(1, labels)
-                    metrics.handler_seconds.record(time.monotonic() - started, labels)
-                return finished
-            log.warning("unexpected failure (attempt %d), retrying: %r", attempt, exc)
-            await asyncio.sleep(retry.delay(attempt))
-        else:
-            if metrics is not None:
-                metrics.processed.add(1, labels)
-                metrics.handler_seconds.record(time.monotonic() - started, labels)
-            return True
+                metrics.failed.add(1, {**labels, "kind": kind})
+            if step == "retry":
+                await asyncio.sleep(retry.delay(attempt))
+                continue
+            if step == "come again":
+                return False
+            finished = await _dead_letter_with_retry(broker, record, group_id, exc, attempt, retry)
+            _observe_end(metrics, labels, started, "dead_lettered" if finished else None)
+            return finished
+        _observe_end(metrics, labels, started, "processed")
+        return True
+
+
+def _delivery(record: ConsumerRecord[Any, Any], attempt: int) -> Delivery:
+    return Delivery(
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        key=record.key,
+        timestamp_ms=record.timestamp,
+        headers=_headers(record),
+        attempt=attempt,
+    )
+
+
+_Step = Literal["retry", "come again", "dead letter"]
+
+
+def _after_failure(
+    exc: Exception, attempt: int, started: float, retry: RetryPolicy
+) -> tuple[_Step, str]:
+    """The error tree: what follows a handler's failure, and its metric label."""
+    if isinstance(exc, TransientError):
+        if time.monotonic() - started > retry.transient_window_s:
+            log.warning("transient failure persists, record comes again later: %s", exc)
+            return "come again", "transient"
+        log.info("transient failure (attempt %d), retrying: %s", attempt, exc)
+        return "retry", "transient"
+    if isinstance(exc, PermanentError):
+        return "dead letter", "permanent"
+    if attempt >= retry.max_attempts:
+        trace = "".join(traceback.format_exception(exc))
+        log.error("giving up after %d attempts:\n%s", attempt, trace)
+        return "dead letter", "unexpected"
+    log.warning("unexpected failure (attempt %d), retrying: %r", attempt, exc)
+    return "retry", "unexpected"
+
+
+def _observe_end(
+    metrics: DeliveryMetrics | None,
+    labels: dict[str, str],
+    started: float,
+    counter: Literal["processed", "dead_lettered"] | None,
+) -> None:
+    """A record's handling ended (handled, or given up on): its count and its seconds."""
+    if metrics is None:
+        return
+    if counter is not None:
+        getattr(metrics, counter).add(1, labels)
+    metrics.handler_seconds.record(time.monotonic() - started, labels)
 
 
 async def _dead_letter_with_retry(
@@ -455,12 +477,6 @@ def subscribe(
     metrics = DeliveryMetrics.create(
         meter_provider or getattr(broker, "_runstream_meter_provider", None)
     )
-    kafka = settings.kafka
-    extra: dict[str, Any] = {}
-    if max_poll_interval_ms is not None:
-        # A handler may run longer than aiokafka's default 5 min between polls (e.g. a
-        # long evaluation); without this the member is evicted and the record redelivered.
-        extra["max_poll_interval_ms"] = max_poll_interval_ms
     subscriber = broker.subscriber(
         topic,
         group_id=group_id,
@@ -468,37 +484,61 @@ def subscribe(
         ack_policy=AckPolicy.MANUAL if group_id else AckPolicy.ACK_FIRST,
         auto_offset_reset=auto_offset_reset,
         isolation_level=isolation_level,
-        session_timeout_ms=kafka.session_timeout_ms,
-        heartbeat_interval_ms=kafka.heartbeat_interval_ms,
+        session_timeout_ms=settings.kafka.session_timeout_ms,
+        heartbeat_interval_ms=settings.kafka.heartbeat_interval_ms,
         title=title,
         description=description or (handler.__doc__ or None),
-        **extra,
+        **poll_options(max_poll_interval_ms),
     )
 
     async def consume(message: KafkaMessage) -> None:
-        await deliver(
-            broker,
-            message,
-            parser=parser,
-            handler=handler,
-            group_id=group_id or "(no group)",
-            retry=policy,
-            metrics=metrics,
-        )
+        await deliver(broker, message, parser=parser, handler=handler,
+                      group_id=group_id or "(no group)", retry=policy, metrics=metrics)  # fmt: skip
 
+    attach(subscriber, parser, handler, consume)
+    name = f"{topic} ({group_id or 'no group'})"
+    # aiokafka leaves the group after this long without a poll: stuck
+    stuck_after_s = (max_poll_interval_ms or 300_000) / 1000
+    watch_consumer(broker, subscriber, name, stuck_after_s, grouped=group_id is not None)
+    return subscriber
+
+
+def poll_options(max_poll_interval_ms: int | None) -> dict[str, Any]:
+    """The subscriber's poll interval, if set.
+
+    A handler may run longer than aiokafka's default 5 min between polls (e.g. a
+    long evaluation); without a longer interval the member is evicted and the
+    record redelivered.
+    """
+    if max_poll_interval_ms is None:
+        return {}
+    return {"max_poll_interval_ms": max_poll_interval_ms}
+
+
+def attach(
+    subscriber: Any,
+    parser: Parser[Any],
+    handler: Handler[Any],
+    consume: Callable[[KafkaMessage], Awaitable[None]],
+) -> None:
+    """Register ``consume`` (named after the handler) and document the topic's messages."""
     consume.__name__ = getattr(handler, "__name__", "consume")
     subscriber(consume)
     _document_payload(subscriber, parser)
+
+
+def watch_consumer(
+    broker: KafkaBroker, subscriber: Any, name: str, stuck_after_s: float, *, grouped: bool = True
+) -> None:
+    """Have the broker's health check look at the subscriber's consumer."""
     health_of(broker).watch(
         ConsumerProbe(
-            name=f"{topic} ({group_id or 'no group'})",
+            name=name,
             consumer=lambda: subscriber.consumer,
-            # aiokafka leaves the group after this long without a poll: stuck
-            stuck_after_s=(max_poll_interval_ms or 300_000) / 1000,
-            grouped=group_id is not None,
+            stuck_after_s=stuck_after_s,
+            grouped=grouped,
         )
     )
-    return subscriber
 
 
 def document_publication(

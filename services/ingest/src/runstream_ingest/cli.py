@@ -16,7 +16,7 @@ from rich.console import Console
 from runstream_common.limits import MAX_INT32
 
 if TYPE_CHECKING:  # the commands import what they use: `runstream --help` stays quick
-    from runstream_common.messages import RunKnown, Selection, Trigger
+    from runstream_common.messages import ReprocessRequested, RunKnown, Selection, Trigger
 
     from .adapters.updates import UpdatesFollower
     from .progress import RequestTracker
@@ -335,12 +335,8 @@ async def _reprocess(
 ) -> int:
     import json
 
-    from runstream_common.admin import ensure_topics
     from runstream_common.messages import ReprocessRequested
-    from runstream_common.topics import proposal_key
 
-    from .adapters.publisher import publish_once
-    from .adapters.updates import UpdatesFollower
     from .ids import reprocess_request_id
     from .progress import RequestTracker
 
@@ -358,20 +354,9 @@ async def _reprocess(
         trigger=trigger,
         selection=selection,
     )
-    follower = UpdatesFollower(settings.kafka) if wait else None
-    if follower is not None:
-        await ensure_topics(settings.kafka, [settings.kafka.topics.updates])
-        await follower.start()
+    follower = await _updates_follower(settings) if wait else None
     try:
-        topic = settings.kafka.topics.reprocess
-        await ensure_topics(settings.kafka, [topic])
-        await publish_once(settings.kafka, [(topic, proposal_key(proposal), request)])
-        what = "all variables" if selection.is_all else _describe(selection)
-        if not as_json:
-            out.print(
-                f"asked to reprocess {len(present)} run(s) of p{proposal} ({trigger.value} data, "
-                f"{what}); request {request.event_id}"
-            )
+        await _send_reprocess(settings, request, len(present), quiet=as_json)
         if follower is None:
             if as_json:
                 print(
@@ -389,6 +374,39 @@ async def _reprocess(
         if follower is not None:
             await follower.stop()
     return _report(tracker, str(request.event_id), finished, as_json)
+
+
+async def _updates_follower(settings: Settings) -> UpdatesFollower:
+    """A started reader of the updates feed (before the request goes out: nothing is missed)."""
+    from runstream_common.admin import ensure_topics
+
+    from .adapters.updates import UpdatesFollower
+
+    follower = UpdatesFollower(settings.kafka)
+    await ensure_topics(settings.kafka, [settings.kafka.topics.updates])
+    await follower.start()
+    return follower
+
+
+async def _send_reprocess(
+    settings: Settings, request: ReprocessRequested, runs: int, *, quiet: bool
+) -> None:
+    """Publish the request on the reprocess topic and say so."""
+    from runstream_common.admin import ensure_topics
+    from runstream_common.topics import proposal_key
+
+    from .adapters.publisher import publish_once
+
+    topic = settings.kafka.topics.reprocess
+    await ensure_topics(settings.kafka, [topic])
+    await publish_once(settings.kafka, [(topic, proposal_key(request.proposal), request)])
+    selection = request.selection
+    what = "all variables" if selection.is_all else _describe(selection)
+    if not quiet:
+        out.print(
+            f"asked to reprocess {runs} run(s) of p{request.proposal} ({request.trigger.value} "
+            f"data, {what}); request {request.event_id}"
+        )
 
 
 async def _runs_on_disk(

@@ -133,9 +133,7 @@ def handle_facility(
         return [DeadLetter(str(exc), type(exc).__name__)]
     trigger = settings.event_triggers.get(event.event)
     if trigger is None:
-        if event.event in settings.ignored_events:
-            return [Ignore(Verdict.UNKNOWN_EVENT, event.event)]
-        return [DeadLetter(_unknown_event(event.event, settings), "UnknownEvent")]
+        return [_not_mapped(event.event, settings)]
     registration = proposals.get(event.proposal)
     if registration is None:
         return [Ignore(Verdict.UNREGISTERED, f"p{event.proposal}")]
@@ -152,19 +150,7 @@ def handle_facility(
             event.proposal, event.run, known, proposal_dir, settings, disk, raw_in_flight
         )
         if reason is not None and attempt < settings.proc_max_attempts:
-            request_id = facility_request_id(event.proposal, event.run, trigger)
-            state = ProcessingStateChanged(
-                correlation_id=request_id,
-                processing_id=request_id,
-                request_id=request_id,
-                proposal=event.proposal,
-                run=event.run,
-                trigger=trigger,
-                status=ProcessingStatus.WAITING,
-                reason=f"{reason}; look {attempt + 1} of {settings.proc_max_attempts} "
-                f"in {settings.proc_retry_delay_s:g} s",
-            )
-            return [Wait(state, attempt + 1, now + settings.proc_retry_delay_s)]
+            return [_look_again(event.proposal, event.run, reason, attempt, now, settings)]
         if reason is not None:
             note = f"sent after {attempt} looks although {reason}"
 
@@ -174,6 +160,32 @@ def handle_facility(
     )
     entry = catalog.put(_catalog_entry(event.proposal, event.run, trigger, source))
     return [EmitRun(run_msg, entry, note)]
+
+
+def _not_mapped(name: str, settings: Settings) -> Effect:
+    """An event no trigger is mapped to: skipped quietly if listed, dead-lettered otherwise."""
+    if name in settings.ignored_events:
+        return Ignore(Verdict.UNKNOWN_EVENT, name)
+    return DeadLetter(_unknown_event(name, settings), "UnknownEvent")
+
+
+def _look_again(
+    proposal: int, run: int, reason: str, attempt: int, now: float, settings: Settings
+) -> Wait:
+    """A proc event whose run is not ready: a waiting state now, another look later."""
+    request_id = facility_request_id(proposal, run, Trigger.PROC)
+    state = ProcessingStateChanged(
+        correlation_id=request_id,
+        processing_id=request_id,
+        request_id=request_id,
+        proposal=proposal,
+        run=run,
+        trigger=Trigger.PROC,
+        status=ProcessingStatus.WAITING,
+        reason=f"{reason}; look {attempt + 1} of {settings.proc_max_attempts} "
+        f"in {settings.proc_retry_delay_s:g} s",
+    )
+    return Wait(state, attempt + 1, now + settings.proc_retry_delay_s)
 
 
 def _unknown_event(name: str, settings: Settings) -> str:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from runstream_common import parsers
 from runstream_common.admin import ensure_topics
+from runstream_common.messages import ProposalRegistered, ProposalRemoved, RunKnown
 from runstream_common.telemetry import Telemetry
 
 from .adapters.compacted import CompactedReader
@@ -37,17 +38,6 @@ class IngestService:
         self.proposals = ProposalTable()
         self.catalog = RunCatalog()
         self.disk = LocalDisk(settings.layout(), settings.settle_s)
-        counter = None
-        if telemetry is not None:
-            meter = telemetry.meter_provider.get_meter("runstream.ingest")
-            counter = meter.create_counter(
-                "runstream.ingest.inputs", description="Inputs decided by ingest, by outcome"
-            )
-
-        def on_outcome(source: str, outcome: Verdict) -> None:
-            if counter is not None:
-                counter.add(1, {"source": source, "outcome": outcome.value})
-
         # waiting for raw makes no sense beyond the proc events' own waiting budget
         self.raw_in_flight = RawInFlight(
             ttl_s=settings.proc_retry_delay_s * settings.proc_max_attempts
@@ -57,30 +47,13 @@ class IngestService:
             self.proposals,
             self.catalog,
             self.disk,
-            on_outcome=on_outcome,
+            on_outcome=outcome_counter(telemetry),
             tracer=telemetry.tracer_provider.get_tracer("runstream.ingest") if telemetry else None,
             raw_in_flight=self.raw_in_flight,
         )
         batch_ms = settings.follower_batch_ms
         self._processing = ProcessingFollower(settings.kafka, self.raw_in_flight, batch_ms)
-        topics = settings.kafka.topics
-        self._proposal_reader = CompactedReader(
-            settings.kafka,
-            topics.proposals,
-            parsers.PROPOSALS,
-            self.proposals.apply,
-            batch_ms=batch_ms,
-        )
-        own = (WRITER_HEADER, settings.transactional_id.encode())
-        self._catalog_reader = CompactedReader(
-            settings.kafka,
-            topics.run_catalog,
-            parsers.RUN_CATALOG,
-            self.catalog.merge,
-            # what this process wrote is in its catalog since its commit: don't parse it again
-            skip_when_following=lambda record: own in (record.headers or ()),
-            batch_ms=batch_ms,
-        )
+        self._proposal_reader, self._catalog_reader = self._table_readers()
         self.watcher = (
             FolderWatcher(settings, self.proposals, self.catalog, self.disk, self.loop.watched)
             if settings.watch
@@ -89,6 +62,29 @@ class IngestService:
         self._tasks: list[asyncio.Task[None]] = []
         self._on_fatal = on_fatal
         self.failed: BaseException | None = None
+
+    def _table_readers(
+        self,
+    ) -> tuple[CompactedReader[ProposalRegistered | ProposalRemoved], CompactedReader[RunKnown]]:
+        """Readers of the compacted topics behind the proposal table and the run catalog."""
+        settings = self.settings
+        topics = settings.kafka.topics
+        batch_ms = settings.follower_batch_ms
+        proposals = CompactedReader(
+            settings.kafka, topics.proposals, parsers.PROPOSALS, self.proposals.apply,
+            batch_ms=batch_ms,
+        )  # fmt: skip
+        own = (WRITER_HEADER, settings.transactional_id.encode())
+        catalog = CompactedReader(
+            settings.kafka,
+            topics.run_catalog,
+            parsers.RUN_CATALOG,
+            self.catalog.merge,
+            # what this process wrote is in its catalog since its commit: don't parse it again
+            skip_when_following=lambda record: own in (record.headers or ()),
+            batch_ms=batch_ms,
+        )
+        return proposals, catalog
 
     async def prepare(self) -> None:
         """Topics, fencing, then the state tables read to their end (in this order)."""
@@ -167,6 +163,21 @@ class IngestService:
         await self._proposal_reader.stop()
         await self._catalog_reader.stop()
         await self._processing.stop()
+
+
+def outcome_counter(telemetry: Telemetry | None) -> Callable[[str, Verdict], None] | None:
+    """Counts every decided input by source topic and outcome (a metric), with telemetry."""
+    if telemetry is None:
+        return None
+    meter = telemetry.meter_provider.get_meter("runstream.ingest")
+    counter = meter.create_counter(
+        "runstream.ingest.inputs", description="Inputs decided by ingest, by outcome"
+    )
+
+    def on_outcome(source: str, outcome: Verdict) -> None:
+        counter.add(1, {"source": source, "outcome": outcome.value})
+
+    return on_outcome
 
 
 async def freeze_gc_every(interval_s: float) -> None:

@@ -35,6 +35,7 @@ from runstream_common.messages import (
     ProcessingStatus,
     ProposalRegistered,
     ProposalSettingsSet,
+    ResultAttrs,
     ResultsReady,
     RunAdded,
     RunKnown,
@@ -159,14 +160,7 @@ def merge_item(result: VariableResult) -> MergeItem:
         name=result.name,
         action=action,
         summary=result.summary,
-        summary_type=result.summary_type,
-        summary_method=result.summary_method,
-        units=result.units,
-        max_diff=result.max_diff,
-        bold=result.bold,
-        background=result.background,
-        error=result.error,
-        error_cls=result.error_cls,
+        **ResultAttrs.attrs_of(result),
     )
 
 

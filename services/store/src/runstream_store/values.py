@@ -8,10 +8,16 @@ NaN, big integers and complex numbers exact.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from runstream_common.messages import InlineSummary, SummaryType, ValueView, VariableResult
+from runstream_common.messages import (
+    InlineSummary,
+    ResultAttrs,
+    ValueAttrs,
+    ValueView,
+    VariableResult,
+    summary_type_of,
+)
 
 from .names import COMMENT as COMMENT
 from .names import PLACEHOLDERS
@@ -25,9 +31,13 @@ PROVENANCE_MANUAL = "manual-input"
 PROVENANCE_COMMENT = "comment"
 
 
-@dataclass(frozen=True, slots=True)
-class StoredValue:
-    """The columns of one ``run_values`` / ``run_value_history`` row (without its keys)."""
+class StoredValue(ResultAttrs):
+    """The columns of one ``run_values`` / ``run_value_history`` row (without its keys).
+
+    The value's attributes (summary type, units, ..., error) are the shared
+    ``ResultAttrs`` of ``runstream_common``; the summary itself is one typed column
+    chosen by ``kind``.
+    """
 
     kind: Kind
     value_int: int | None = None
@@ -35,14 +45,6 @@ class StoredValue:
     value_imag: float | None = None
     value_bool: bool | None = None
     value_text: str | None = None
-    summary_type: str | None = None
-    summary_method: str | None = None
-    units: str | None = None
-    max_diff: float | None = None
-    bold: bool | None = None
-    background: tuple[int, int, int] | None = None
-    error: str | None = None
-    error_cls: str | None = None
     cleared: bool = False
     provenance: str | None = None
     context_hash: str | None = None
@@ -92,14 +94,7 @@ class StoredValue:
             return cls(kind="none", error=result.error, error_cls=result.error_cls, **common)
         if result.returned_none:
             return cls(kind="none", cleared=True, **common)
-        attrs: dict[str, Any] = {
-            "summary_type": result.summary_type,
-            "summary_method": result.summary_method,
-            "units": result.units,
-            "max_diff": result.max_diff,
-            "bold": result.bold,
-            "background": result.background,
-        }
+        attrs = ResultAttrs.attrs_of(result)  # error and error_cls are None here
         if result.summary is None and result.summary_type in PLACEHOLDERS:
             return cls(kind="blob", **attrs, **common)
         return cls.from_summary(result.summary, **attrs, **common)
@@ -120,7 +115,6 @@ class StoredValue:
     @classmethod
     def from_record(cls, record: Any) -> StoredValue:
         """Back from a database row (asyncpg Record or mapping)."""
-        background = record["background"]
         return cls(
             kind=record["kind"],
             value_int=record["value_int"],
@@ -128,16 +122,12 @@ class StoredValue:
             value_imag=record["value_imag"],
             value_bool=record["value_bool"],
             value_text=record["value_text"],
-            summary_type=record["summary_type"],
+            summary_type=summary_type_of(record["summary_type"]),
             summary_method=record["summary_method"],
             units=record["units"],
             max_diff=record["max_diff"],
             bold=record["bold"],
-            background=(
-                (int(background[0]), int(background[1]), int(background[2]))
-                if background is not None
-                else None
-            ),
+            background=record["background"],
             error=record["error"],
             error_cls=record["error_cls"],
             cleared=record["cleared"],
@@ -164,11 +154,6 @@ class StoredValue:
 
     def view(self) -> ValueView:
         """What the change feed says about this value."""
-        summary_type: SummaryType | None = (
-            self.summary_type  # type: ignore[assignment]
-            if self.summary_type in ("thumbnail", "trendline", "complex", "numpy")
-            else None
-        )
         summary = self.inline_summary
         if isinstance(summary, float) and not math.isfinite(summary):
             summary = None  # JSON has no NaN/inf; the GUI shows an empty cell
@@ -176,33 +161,24 @@ class StoredValue:
             summary = None
         return ValueView(
             summary=summary,
-            summary_type=summary_type,
-            units=self.units,
-            max_diff=self.max_diff,
-            bold=self.bold,
-            background=self.background,
-            error=self.error,
-            error_cls=self.error_cls,
+            **ValueAttrs.attrs_of(self),
             cleared=self.cleared,
             provenance=self.provenance,
             context_hash=self.context_hash,
         )
 
-    def with_result_id(self, result_id: str | None) -> StoredValue:
-        return replace(self, result_id=result_id)
-
     def with_summary(self, summary: float | complex) -> StoredValue:
         """The same value with a scalar summary found in the run file (NaN, inf, complex)."""
-        blank = replace(
-            self, kind="none", value_int=None, value_float=None, value_imag=None,
-            value_bool=None, value_text=None,
-        )  # fmt: skip
+        blank: dict[str, Any] = {
+            "value_int": None, "value_float": None, "value_imag": None, "value_bool": None,
+            "value_text": None,
+        }  # fmt: skip
         if isinstance(summary, complex):
-            return replace(
-                blank, kind="complex", value_float=summary.real, value_imag=summary.imag,
-                summary_type="complex",
-            )  # fmt: skip
-        return replace(blank, kind="float", value_float=summary)
+            return self.model_copy(update={
+                **blank, "kind": "complex", "value_float": summary.real,
+                "value_imag": summary.imag, "summary_type": "complex",
+            })  # fmt: skip
+        return self.model_copy(update={**blank, "kind": "float", "value_float": summary})
 
 
 def inline_summary(

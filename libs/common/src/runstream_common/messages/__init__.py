@@ -17,14 +17,7 @@ from .facility import FacilityEvent
 from .jobs import JobCancelRequested, JobRequested, JobState, JobStateChanged
 from .processing import TERMINAL_STATUSES, ProcessingStateChanged, ProcessingStatus
 from .proposals import ProposalRegistered, ProposalRemoved, ProposalSettingsSet
-from .results import (
-    InlineSummary,
-    ResultsReady,
-    SummaryType,
-    VariableDefinition,
-    VariableResult,
-    VariablesDefined,
-)
+from .results import ResultsReady, VariableDefinition, VariableResult, VariablesDefined
 from .runs import ReprocessRequested, RunKnown, RunRequested
 from .updates import (
     CommandRejected,
@@ -37,6 +30,7 @@ from .updates import (
     ValueView,
     VariablesSet,
 )
+from .values import InlineSummary, ResultAttrs, SummaryType, ValueAttrs, summary_type_of
 
 __all__ = [
     "TERMINAL_STATUSES",
@@ -60,6 +54,7 @@ __all__ = [
     "ProposalRemoved",
     "ProposalSettingsSet",
     "ReprocessRequested",
+    "ResultAttrs",
     "ResultsReady",
     "RunAdded",
     "RunKnown",
@@ -76,11 +71,13 @@ __all__ = [
     "Trigger",
     "Update",
     "UserVariableType",
+    "ValueAttrs",
     "ValueView",
     "ValuesUpdated",
     "VariableDefinition",
     "VariableResult",
     "VariablesDefined",
     "VariablesSet",
+    "summary_type_of",
     "utcnow",
 ]

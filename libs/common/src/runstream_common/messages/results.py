@@ -14,13 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .common import ProposalNo, RunNo, Trigger
 from .envelope import Message
-
-SummaryType = Literal["thumbnail", "trendline", "complex", "numpy"]
-InlineSummary = int | float | str | bool | tuple[float, float] | None
-"""A JSON-able summary. Complex numbers are ``(re, im)`` with summary_type 'complex'."""
+from .values import InlineSummary, ResultAttrs
 
 
-class VariableResult(BaseModel):
+class VariableResult(ResultAttrs):
     """The outcome of one variable for one run.
 
     Exactly one of three shapes:
@@ -31,18 +28,8 @@ class VariableResult(BaseModel):
     - cleared: ``returned_none`` (the variable returned None; old data is removed).
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
     name: str
     summary: InlineSummary = None
-    summary_type: SummaryType | None = None
-    summary_method: str | None = None
-    units: str | None = None
-    max_diff: float | None = None
-    bold: bool | None = None
-    background: tuple[int, int, int] | None = None
-    error: str | None = None
-    error_cls: str | None = None
     returned_none: bool = False
     in_fragment: bool = False
     duration_s: float | None = None

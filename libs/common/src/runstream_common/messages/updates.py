@@ -8,17 +8,18 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from .common import ProposalNo, RunNo
 from .envelope import Message
 from .jobs import JobStateChanged
 from .processing import ProcessingStateChanged
 from .proposals import ProposalSettingsSet
-from .results import InlineSummary, SummaryType, VariableDefinition
+from .results import VariableDefinition
+from .values import InlineSummary, ValueAttrs
 
 
-class ValueView(BaseModel):
+class ValueView(ValueAttrs):
     """The current value of one variable of one run, as a GUI shows it.
 
     ``summary`` is inline when JSON-able; thumbnails and trendlines come as
@@ -26,16 +27,7 @@ class ValueView(BaseModel):
     Python API). ``cleared`` means the value was removed (variable returned None).
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
     summary: InlineSummary = None
-    summary_type: SummaryType | None = None
-    units: str | None = None
-    max_diff: float | None = None
-    bold: bool | None = None
-    background: tuple[int, int, int] | None = None
-    error: str | None = None
-    error_cls: str | None = None
     cleared: bool = False
     provenance: str | None = None
     context_hash: str | None = None

@@ -1,7 +1,8 @@
 """Deciding one batch: polled records and watched folders in, the contents of one transaction out.
 
 Runs in a worker thread (the handlers may stat folders). Nothing here talks to
-Kafka; :class:`Plan` is what the loop then writes in one transaction.
+Kafka; :class:`Plan` (a :class:`~runstream_common.transactional.Decision`) is what
+the loop then writes in one transaction.
 """
 
 from __future__ import annotations
@@ -12,15 +13,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka import ConsumerRecord
 from opentelemetry.propagate import extract, inject
 from opentelemetry.trace import SpanKind, Tracer
 from runstream_common import parsers
 from runstream_common.errors import MessageFormatError
-from runstream_common.kafka import dead_letter_headers
-from runstream_common.limits import fit_dead_letter
+from runstream_common.inbox import Records
 from runstream_common.messages import RunRequested, Trigger
-from runstream_common.topics import dlq, run_key
+from runstream_common.topics import run_key
+from runstream_common.transactional import Decision, Output, dead_letter_output, failure_of
 
 from ..effects import DeadLetter, Effect, EmitRun, Ignore, Verdict, Wait, outcome_of
 from ..handlers import Disk, handle_facility, handle_reprocess, handle_watched
@@ -34,8 +35,6 @@ JSON = [("content-type", b"application/json")]
 WRITER_HEADER = "x-ingest-writer"
 """On catalog records: the transactional id that wrote them (its own catalog already has them)."""
 
-Records = dict[TopicPartition, list[ConsumerRecord[Any, Any]]]
-
 
 @dataclass(frozen=True, slots=True)
 class Watched:
@@ -46,40 +45,26 @@ class Watched:
     path: Path
 
 
-@dataclass(frozen=True, slots=True)
-class Out:
-    topic: str
-    key: bytes | None
-    value: bytes
-    headers: list[tuple[str, bytes]]
-
-
 @dataclass
-class Plan:
+class Plan(Decision):
     """What one transaction writes, and what the consumer does afterwards.
 
     ``replay_safe``: deciding the same inputs again after this plan committed
     writes nothing (every output is a run message whose catalog entry makes the
     repeat a duplicate). Only such batches may leave their consumer offsets to a
     later transaction; dead letters, waits and reprocess requests may not.
+    ``raw_sent``: runs whose raw pass this plan starts; ``outcomes``: one verdict per
+    effect, with the topic of its input; ``txn``: the catalog changes it made (they
+    count once its transaction commits); ``watched``: the folders it decided.
     """
 
-    records: list[Out] = field(default_factory=list)
-    offsets: dict[TopicPartition, int] = field(default_factory=dict)
-    pauses: dict[TopicPartition, tuple[int, float]] = field(default_factory=dict)
     raw_sent: set[tuple[int, int]] = field(default_factory=set)
     outcomes: list[tuple[str, Verdict]] = field(default_factory=list)
-    replay_safe: bool = True
+    txn: CatalogTxn | None = None
+    watched: list[Watched] = field(default_factory=list)
 
-
-def dead_letter_record_headers(
-    record: ConsumerRecord[Any, Any], reason: str, error_class: str, group_id: str
-) -> list[tuple[str, bytes]]:
-    """The original headers plus the same ``x-dlq-*`` headers every runstream consumer writes."""
-    headers = dead_letter_headers(
-        record, reason=reason, error_class=error_class, group_id=group_id, attempts=0
-    )
-    return [(k, v.encode()) for k, v in headers.items()]
+    def inputs(self) -> int:
+        return len(self.outcomes)
 
 
 class _RawInFlight:
@@ -148,7 +133,7 @@ class Planner:
         now: float,
     ) -> Plan:
         """Decide ``batch``, then ``watched``."""
-        plan = Plan()
+        plan = Plan(txn=txn, watched=watched)
         kw: dict[str, Any] = {
             "settings": self.settings,
             "proposals": self.proposals,
@@ -178,14 +163,11 @@ class Planner:
                         effects = handle_facility(record.value, now=now, **facility_kw)
                 except OSError:
                     raise  # transient: the whole batch is decided again
-                except Exception as exc:  # a bug must not stop the service: park the record
-                    log.exception(
-                        "deciding %s[%d]@%d failed", record.topic, record.partition, record.offset
-                    )
-                    effects = [DeadLetter(f"{type(exc).__name__}: {exc}", type(exc).__name__)]
+                except Exception as exc:  # the error tree: dead-lettered (or rolled back)
+                    effects = [DeadLetter(*failure_of(exc, record))]
                 for effect in effects:
                     self._carry_out(effect, record, source, plan)
-                plan.offsets[tp] = record.offset + 1
+                plan.positions[tp] = record.offset + 1
         for item in watched:
             for effect in handle_watched(item.proposal, item.run, item.path, **kw):
                 self._carry_out(effect, None, "watcher", plan)
@@ -236,10 +218,10 @@ class Planner:
             headers = JSON + self._trace_headers(msg, record, source)
             if msg.trigger is Trigger.RAW and msg.reason != "reprocess":
                 plan.raw_sent.add((msg.proposal, msg.run))
-            plan.records.append(Out(self.topics.runs, key, parsers.encode(msg), headers))
+            plan.outputs.append(Output(self.topics.runs, key, parsers.encode(msg), headers))
             if effect.catalog is not None:
-                plan.records.append(
-                    Out(
+                plan.outputs.append(
+                    Output(
                         self.topics.run_catalog,
                         key,
                         parsers.encode(effect.catalog),
@@ -251,32 +233,24 @@ class Planner:
         elif isinstance(effect, DeadLetter):
             assert record is not None
             plan.replay_safe = False
-            # never bigger than a produce request: the transaction would fail again and again
-            value, headers = fit_dead_letter(
-                record.key,
-                record.value if record.value is not None else b"",
-                dead_letter_record_headers(
-                    record, effect.reason, effect.error_class, self.settings.group_id
-                ),
-                self.settings.kafka.max_request_size,
-            )
-            plan.records.append(Out(dlq(record.topic), record.key, value, headers))
-            log.warning(
-                "dead-lettered %s[%d]@%d: %s",
-                record.topic,
-                record.partition,
-                record.offset,
-                effect.reason,
+            plan.outputs.append(
+                dead_letter_output(
+                    record,
+                    reason=effect.reason,
+                    error_class=effect.error_class,
+                    group_id=self.settings.group_id,
+                    max_bytes=self.settings.kafka.max_request_size,
+                )
             )
         elif isinstance(effect, Wait):
             assert record is not None
             plan.replay_safe = False
             state = effect.state
             key = run_key(state.proposal, state.run)
-            plan.records.append(Out(self.topics.processing, key, parsers.encode(state), JSON))
+            plan.outputs.append(Output(self.topics.processing, key, parsers.encode(state), JSON))
             info = RetryInfo(effect.attempt, effect.not_before, source)
-            plan.records.append(
-                Out(self.retry_topic, key, record.value or b"", retry_headers(info))
+            plan.outputs.append(
+                Output(self.retry_topic, key, record.value or b"", retry_headers(info))
             )
             log.info("p%d r%d proc waits: %s", state.proposal, state.run, state.reason)
         elif isinstance(effect, Ignore):

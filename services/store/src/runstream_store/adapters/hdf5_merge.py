@@ -32,7 +32,7 @@ from typing import Any, Literal
 
 import h5py
 import numpy as np
-from runstream_common.messages import InlineSummary
+from runstream_common.messages import InlineSummary, ResultAttrs
 
 log = logging.getLogger("runstream.store.hdf5")
 
@@ -50,21 +50,14 @@ class FragmentUnreadable(Exception):
     """The fragment is not a readable HDF5 file."""
 
 
-@dataclass(frozen=True, slots=True)
-class MergeItem:
-    """What to do with one variable in the run file."""
+class MergeItem(ResultAttrs):
+    """What to do with one variable in the run file: its data from the fragment, its
+    inline summary, its error, or nothing any more (``clear``); the value's attributes
+    are the shared ``ResultAttrs``."""
 
     name: str
     action: Action
     summary: InlineSummary = None
-    summary_type: str | None = None
-    summary_method: str | None = None
-    units: str | None = None
-    max_diff: float | None = None
-    bold: bool | None = None
-    background: tuple[int, int, int] | None = None
-    error: str | None = None
-    error_cls: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,7 +195,9 @@ def _apply(
     if request.start_time is not None and "start_time" not in names:
         present.delete("start_time")
         _write_inline(
-            out, MergeItem("start_time", "inline", summary=float(request.start_time)), present
+            out,
+            MergeItem(name="start_time", action="inline", summary=float(request.start_time)),
+            present,
         )
     return failed
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from runstream_common.errors import InvalidCommand
-from runstream_common.messages import ImportDamnit
+from runstream_common.messages import ImportDamnit, summary_type_of
 
 from ..adapters.damnit_source import import_damnit
 from ..adapters.postgres import Repository
@@ -92,7 +92,7 @@ def _stored(row: sqlite3.Row, has_attrs: bool, result_id: str) -> StoredValue:
             re_, im = struct.unpack("<dd", value)
             return StoredValue(kind="complex", value_float=re_, value_imag=im,
                                **{**common, "summary_type": "complex"})  # fmt: skip
-        kind = "thumbnail" if value.startswith(PNG_MAGIC) else (stype or "numpy")
+        kind = "thumbnail" if value.startswith(PNG_MAGIC) else summary_type_of(stype) or "numpy"
         return StoredValue(kind="blob", summary_type=kind, **common)
     return StoredValue.from_summary(value, summary_type=None, **common)
 

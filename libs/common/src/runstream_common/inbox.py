@@ -6,6 +6,8 @@ transactions lets an event that arrives mid-transaction wait for up to two of
 them. The poller drains the consumer as records arrive (up to two batches
 ahead); the loop takes from the inbox. Seeking and pausing happen only with the
 poller halted, so no fetch of an old position lands afterwards.
+
+Used by the transactional delivery mode (:mod:`runstream_common.transactional`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 
-from .planning import Records
+Records = dict[TopicPartition, list[ConsumerRecord[Any, Any]]]
+"""Polled records per partition, in offset order."""
 
 
 class Inbox:
@@ -58,7 +61,7 @@ class Inbox:
             if not failed.cancelled():
                 failed.result()
         if self._poller is None:
-            self._poller = asyncio.create_task(self._poll(), name="ingest-poll")
+            self._poller = asyncio.create_task(self._poll(), name="transactional-poll")
         return self._poller
 
     async def halt(self) -> None:
