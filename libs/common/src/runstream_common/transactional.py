@@ -14,6 +14,8 @@ A service subclasses :class:`TransactionalLoop` and implements :meth:`decide`
 partitions to pause), and optionally :meth:`committed` / :meth:`rolled_back`. The
 loop owns the rest:
 
+- its Kafka clients, made by a :class:`TransactionalClients` port (aiokafka's,
+  :class:`AIOKafkaClients`, unless a test passes in-memory ones);
 - one group consumer (``read_committed``, no auto-commit) drained by a poller task
   into an :class:`~runstream_common.inbox.Inbox`, so fetching goes on while a
   transaction commits;

@@ -13,11 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from aiokafka import AIOKafkaConsumer
 from runstream_common.parsers import Parser
 from runstream_common.settings import KafkaSettings
 
-from .compacted import CompactedReader, follower_fetch, partitions_of
+from .compacted import CompactedReader, start_at_end, tail_consumer
 
 T = TypeVar("T")
 
@@ -94,23 +93,10 @@ class TailReader:
     ) -> None:
         self.topic = topic
         self._apply = apply
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=kafka.bootstrap_servers,
-            client_id=f"{kafka.client_id}-ingest-tail",
-            group_id=None,
-            enable_auto_commit=False,
-            isolation_level="read_committed",
-            **follower_fetch(batch_ms),
-            **kafka.security_kwargs(),
-        )
+        self._consumer = tail_consumer(kafka, f"{kafka.client_id}-ingest-tail", batch_ms)
 
     async def load(self) -> int:
-        await self._consumer.start()
-        tps = await partitions_of(self._consumer, self.topic, 60.0)
-        self._consumer.assign(tps)
-        await self._consumer.seek_to_end(*tps)
-        for tp in tps:
-            await self._consumer.position(tp)
+        await start_at_end(self._consumer, self.topic, 60.0)
         return 0
 
     async def follow(self) -> None:
