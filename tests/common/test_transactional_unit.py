@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
 
 import pytest
 from aiokafka import ConsumerRecord, TopicPartition
 from runstream_common.errors import PermanentError, TransientError
-from runstream_common.inbox import Inbox, Records
+from runstream_common.inbox import Records
 from runstream_common.kafka import DLQ_ERROR_CLASS, DLQ_REASON, DLQ_SOURCE_OFFSET
 from runstream_common.settings import KafkaSettings
 from runstream_common.transactional import (
@@ -22,6 +18,8 @@ from runstream_common.transactional import (
     dead_letter_output,
     failure_of,
 )
+from support.memory_kafka import MemoryKafka
+from support.memory_kafka import record as make_record
 
 pytestmark = pytest.mark.unit
 
@@ -48,81 +46,21 @@ class LoopSettings:
 
 
 def rec(offset: int, value: bytes) -> ConsumerRecord[bytes, bytes]:
-    return ConsumerRecord(
-        topic=TOPIC, partition=0, offset=offset, timestamp=int(time.time() * 1000),
-        timestamp_type=0, key=b"k", value=value, checksum=None, serialized_key_size=1,
-        serialized_value_size=len(value), headers=[("trace", b"1")],
-    )  # fmt: skip
+    return make_record(TOPIC, offset, value, key=b"k", headers=[("trace", b"1")])
 
 
-class FakeConsumer:
-    """A partition log: getmany hands out what is after the position, seek moves it."""
-
-    def __init__(self, log: list[ConsumerRecord[bytes, bytes]]) -> None:
-        self.log = log
-        self.pending = deque(log)
-        self.sought: list[int] = []
-
-    async def getmany(self, timeout_ms: int, max_records: int) -> Records:
-        if not self.pending:
-            await asyncio.sleep(timeout_ms / 1000)
-            return {}
-        out = [self.pending.popleft() for _ in range(min(max_records, len(self.pending)))]
-        return {TP: out}
-
-    def assignment(self) -> set[TopicPartition]:
-        return {TP}
-
-    def seek(self, tp: TopicPartition, offset: int) -> None:
-        self.sought.append(offset)
-        self.pending = deque(r for r in self.log if r.offset >= offset)
-
-
-class FakeProducer:
-    def __init__(self, fail_sends: int = 0) -> None:
-        self.fail_sends = fail_sends
-        self.committed: list[tuple[list[tuple[str, bytes]], dict[TopicPartition, int] | None]] = []
-        self.aborted = 0
-        self._open: tuple[list[tuple[str, bytes]], dict[TopicPartition, int] | None] | None = None
-
-    async def begin_transaction(self) -> None:
-        assert self._open is None
-        self._open = ([], None)
-
-    async def send(self, topic: str, value: bytes, **_: Any) -> asyncio.Future[None]:
-        assert self._open is not None
-        if self.fail_sends:
-            self.fail_sends -= 1
-            raise ConnectionError("broker went away")
-        self._open[0].append((topic, value))
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        done.set_result(None)
-        return done
-
-    async def send_offsets_to_transaction(
-        self, offsets: dict[TopicPartition, int], _g: str
-    ) -> None:
-        assert self._open is not None
-        self._open = (self._open[0], dict(offsets))
-
-    async def commit_transaction(self) -> None:
-        assert self._open is not None
-        self.committed.append(self._open)
-        self._open = None
-
-    async def abort_transaction(self) -> None:
-        self.aborted += 1
-        self._open = None
+def kafka_with(*values: bytes) -> MemoryKafka:
+    kafka = MemoryKafka()
+    for value in values:
+        kafka.append(TOPIC, value, key=b"k", headers=[("trace", b"1")])
+    return kafka
 
 
 class Echo(TransactionalLoop[Decision]):
     """Every record to ``t.out``; ``bad`` ones dead-lettered; ``flaky`` ones transient once."""
 
-    def __init__(self, log: list[ConsumerRecord[bytes, bytes]], producer: FakeProducer) -> None:
-        super().__init__(LoopSettings(), [TOPIC], client_id="test")
-        self.consumer = FakeConsumer(log)  # type: ignore[assignment]
-        self.inbox = Inbox(self.consumer, 10, 5)  # type: ignore[arg-type]
-        self.producers = [producer, producer]  # type: ignore[list-item]
+    def __init__(self, kafka: MemoryKafka) -> None:
+        super().__init__(LoopSettings(), [TOPIC], client_id="test", clients=kafka.clients())
         self.flaky = True
         self.done: list[Decision] = []
         self.undone: list[Decision] = []
@@ -168,12 +106,13 @@ class Echo(TransactionalLoop[Decision]):
 
 
 async def test_outputs_dead_letters_and_offsets_commit_in_one_transaction() -> None:
-    producer = FakeProducer()
-    loop = Echo([rec(0, b"a"), rec(1, b"bad"), rec(2, b"bug")], producer)
+    kafka = kafka_with(b"a", b"bad", b"bug")
+    loop = Echo(kafka)
     assert await loop.step() == 3
-    [(outputs, offsets)] = producer.committed
-    assert [topic for topic, _ in outputs] == ["t.out", "t.in.dlq", "t.in.dlq"]
-    assert offsets == {TP: 3}  # a dead letter makes the batch carry its offsets
+    [txn] = kafka.transactions
+    assert txn.topics() == ["t.out", "t.in.dlq", "t.in.dlq"]
+    assert txn.offsets == {TP: 3}  # a dead letter makes the batch carry its offsets
+    assert kafka.group_offsets["g"] == {TP: 3}
     dead = loop.done[0].outputs[1:]
     assert dict(dead[0].headers)[DLQ_REASON] == b"bad value"
     assert dict(dead[0].headers)[DLQ_SOURCE_OFFSET] == b"1"
@@ -184,35 +123,39 @@ async def test_outputs_dead_letters_and_offsets_commit_in_one_transaction() -> N
 
 
 async def test_a_failed_transaction_is_rolled_back_and_decided_again() -> None:
-    producer = FakeProducer(fail_sends=1)
-    loop = Echo([rec(0, b"a"), rec(1, b"b")], producer)
+    kafka = kafka_with(b"a", b"b")
+    kafka.fail_sends = 1
+    loop = Echo(kafka)
     with pytest.raises(BatchRolledBack) as failed:
         await loop.step()
     assert isinstance(failed.value.__cause__, ConnectionError)
-    assert producer.aborted == 1
-    assert producer.committed == []
+    assert kafka.aborted == 1
+    assert kafka.transactions == []
     assert loop.consumer.sought == [0]  # type: ignore[attr-defined]
     assert len(loop.undone) == 1
     assert loop.done == []
     assert await loop.step() == 2
-    [(outputs, offsets)] = producer.committed
-    assert outputs == [("t.out", b"a"), ("t.out", b"b")]
-    assert offsets is None  # replay-safe: its offsets wait for a later transaction
+    [txn] = kafka.transactions
+    assert [(r.topic, r.value) for r in txn.records] == [("t.out", b"a"), ("t.out", b"b")]
+    assert txn.offsets == {}  # replay-safe: its offsets wait for a later transaction
     await loop.flush()  # stopping commits them
-    assert producer.committed[-1] == ([], {TP: 2})
+    assert (kafka.transactions[-1].records, kafka.transactions[-1].offsets) == ([], {TP: 2})
     await loop.inbox.halt()
 
 
 async def test_a_transient_error_rolls_the_batch_back_never_dead_letters_it() -> None:
-    producer = FakeProducer()
-    loop = Echo([rec(0, b"a"), rec(1, b"flaky")], producer)
+    kafka = kafka_with(b"a", b"flaky")
+    loop = Echo(kafka)
     with pytest.raises(BatchRolledBack) as failed:
         await loop.step()
     assert isinstance(failed.value.__cause__, TransientError)
-    assert producer.committed == []
+    assert kafka.transactions == []
     assert loop.consumer.sought == [0]  # type: ignore[attr-defined]
     assert await loop.step() == 2
-    assert producer.committed[0][0] == [("t.out", b"a"), ("t.out", b"flaky")]
+    assert [(r.topic, r.value) for r in kafka.transactions[0].records] == [
+        ("t.out", b"a"),
+        ("t.out", b"flaky"),
+    ]
     await loop.inbox.halt()
 
 

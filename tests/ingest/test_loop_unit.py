@@ -249,7 +249,7 @@ async def test_processing_follower_releases_a_run_when_its_raw_pass_ends() -> No
     in_flight = RawInFlight()
     in_flight.add(1, 5)
     in_flight.add(1, 6)
-    follower = ProcessingFollower(KafkaSettings(), in_flight)
+    follower = ProcessingFollower(in_flight)
 
     def state(
         run: int,
@@ -276,7 +276,6 @@ async def test_processing_follower_releases_a_run_when_its_raw_pass_ends() -> No
     follower.apply(state(5, ProcessingStatus.FAILED))
     assert (1, 5) not in in_flight
     assert (1, 6) in in_flight
-    await follower.stop()
 
 
 async def test_only_batches_whose_repeat_writes_nothing_are_replay_safe(

@@ -14,6 +14,8 @@ A service subclasses :class:`TransactionalLoop` and implements :meth:`decide`
 partitions to pause), and optionally :meth:`committed` / :meth:`rolled_back`. The
 loop owns the rest:
 
+- its Kafka clients, made by a :class:`TransactionalClients` port (aiokafka's,
+  :class:`AIOKafkaClients`, unless a test passes in-memory ones);
 - one group consumer (``read_committed``, no auto-commit) drained by a poller task
   into an :class:`~runstream_common.inbox.Inbox`, so fetching goes on while a
   transaction commits;
@@ -227,6 +229,33 @@ def transactional_ids(base: str) -> tuple[str, str]:
     return base, f"{base}.2"
 
 
+class TransactionalClients(Protocol):
+    """Makes the loop's Kafka clients (a port: tests pass in-memory ones).
+
+    Called inside the running event loop (aiokafka clients bind to it). The clients
+    must behave like aiokafka's: the producers transactional, the consumer a group
+    member that reads ``read_committed`` and never commits by itself.
+    """
+
+    def producers(self, settings: TransactionalSettings, client_id: str) -> list[AIOKafkaProducer]:
+        """The loop's two producers, one per id of :func:`transactional_ids`."""
+        ...
+
+    def consumer(self, settings: TransactionalSettings, client_id: str) -> AIOKafkaConsumer:
+        """The loop's group consumer (not yet subscribed, not started)."""
+        ...
+
+
+class AIOKafkaClients:
+    """:class:`TransactionalClients` of the real broker (the default)."""
+
+    def producers(self, settings: TransactionalSettings, client_id: str) -> list[AIOKafkaProducer]:
+        return _producers(settings, client_id)
+
+    def consumer(self, settings: TransactionalSettings, client_id: str) -> AIOKafkaConsumer:
+        return _consumer(settings, client_id)
+
+
 def _producers(settings: TransactionalSettings, client_id: str) -> list[AIOKafkaProducer]:
     kafka = settings.kafka
     set_concurrent_transactions_backoff(settings.concurrent_transactions_backoff_ms / 1000)
@@ -276,8 +305,14 @@ class TransactionalLoop(ABC, Generic[D]):
     """
 
     def __init__(
-        self, settings: TransactionalSettings, topics: Sequence[str], *, client_id: str
+        self,
+        settings: TransactionalSettings,
+        topics: Sequence[str],
+        *,
+        client_id: str,
+        clients: TransactionalClients | None = None,
     ) -> None:
+        """``clients``: makes the Kafka clients (default: :class:`AIOKafkaClients`)."""
         self.settings = settings
         self.timings: deque[BatchTiming] = deque(maxlen=10_000)
         self._window: list[BatchTiming] = []
@@ -290,9 +325,10 @@ class TransactionalLoop(ABC, Generic[D]):
         self._positions: dict[TopicPartition, int] = {}
         self._committed: dict[TopicPartition, int] = {}
         self._offsets_at = time.monotonic()
-        self.producers = _producers(settings, client_id)
+        clients = clients if clients is not None else AIOKafkaClients()
+        self.producers = clients.producers(settings, client_id)
         self._turn = 0
-        self.consumer = _consumer(settings, client_id)
+        self.consumer = clients.consumer(settings, client_id)
         self.inbox = Inbox(self.consumer, settings.batch_max_records, settings.poll_timeout_ms)
         self.consumer.subscribe(
             sorted(set(topics)), listener=DropRevoked(self.inbox, self._positions)
@@ -565,10 +601,12 @@ class _AbortFailed(Exception):
 
 
 __all__ = [
+    "AIOKafkaClients",
     "BatchRolledBack",
     "BatchTiming",
     "Decision",
     "Output",
+    "TransactionalClients",
     "TransactionalLoop",
     "TransactionalSettings",
     "dead_letter_output",

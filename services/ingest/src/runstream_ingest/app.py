@@ -14,7 +14,7 @@ from runstream_common.service import Part, Runtime, Service, assemble
 from runstream_common.telemetry import Telemetry, setup_telemetry
 
 from . import __version__
-from .service import IngestService
+from .service import IngestService, Ports
 from .settings import Settings
 
 
@@ -25,11 +25,14 @@ class IngestRuntime(Runtime):
     settings: Settings
     telemetry: Telemetry
     broker: KafkaBroker
+    ports: Ports
     service: Part[IngestService] = field(default_factory=lambda: Part("ingest"))
 
     async def start(self) -> None:
         service = self.service.set(
-            IngestService(self.settings, self.telemetry, on_fatal=lambda _exc: self.exit())
+            IngestService(
+                self.settings, self.telemetry, ports=self.ports, on_fatal=lambda _e: self.exit()
+            )
         )
         loop = service.loop
         health_of(self.broker).watch(
@@ -55,8 +58,13 @@ class IngestRuntime(Runtime):
             raise SystemExit(1)
 
 
-def build_app(settings: Settings, *, telemetry: Telemetry | None = None) -> Service[IngestRuntime]:
+def build_app(
+    settings: Settings, *, telemetry: Telemetry | None = None, ports: Ports | None = None
+) -> Service[IngestRuntime]:
+    """``ports``: the topic admin, the loop's Kafka clients and the state-topic readers
+    (default: :meth:`Ports.of`, the real ones)."""
     telemetry = telemetry or setup_telemetry("ingest", settings.telemetry)
+    ports = ports or Ports.of(settings)
     broker = make_broker(settings.kafka, telemetry, client_id="runstream-ingest")
     topics = settings.kafka.topics
     for topic, parser, what in (
@@ -67,11 +75,14 @@ def build_app(settings: Settings, *, telemetry: Telemetry | None = None) -> Serv
         document_publication(broker, topic, parser, what)
     return assemble(
         broker,
-        IngestRuntime(settings, telemetry, broker),
+        IngestRuntime(settings, telemetry, broker, ports),
         title="runstream-ingest",
         version=__version__,
         description="Facility events, folder watcher and reprocess requests -> run messages",
     )
+
+
+__all__ = ["IngestRuntime", "Ports", "build_app", "create"]
 
 
 def create() -> FastStream:

@@ -8,16 +8,17 @@ import gc
 import logging
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from runstream_common import parsers
-from runstream_common.admin import ensure_topics
-from runstream_common.messages import ProposalRegistered, ProposalRemoved, RunKnown
+from runstream_common.service import KafkaTopicAdmin, TopicAdmin
 from runstream_common.telemetry import Telemetry
+from runstream_common.transactional import AIOKafkaClients, TransactionalClients
 
-from .adapters.compacted import CompactedReader
 from .adapters.disk import LocalDisk
 from .adapters.loop import WRITER_HEADER, IngestLoop
 from .adapters.processing import ProcessingFollower
+from .adapters.readers import KafkaReaders, Readers, TopicReader
 from .adapters.watcher import FolderWatcher
 from .effects import Verdict
 from .settings import Settings
@@ -26,15 +27,38 @@ from .tables import ProposalTable, RawInFlight, RunCatalog
 log = logging.getLogger("runstream.ingest")
 
 
+@dataclass(frozen=True)
+class Ports:
+    """What ingest talks to besides its own files (tests pass in-memory ones)."""
+
+    topics: TopicAdmin
+    clients: TransactionalClients
+    """The transactional loop's producers and group consumer."""
+    readers: Readers
+    """The proposal registry and run catalog (compacted), the processing states (tail)."""
+
+    @classmethod
+    def of(cls, settings: Settings) -> Ports:
+        kafka = settings.kafka
+        return cls(
+            topics=KafkaTopicAdmin(kafka),
+            clients=AIOKafkaClients(),
+            readers=KafkaReaders(kafka, settings.follower_batch_ms),
+        )
+
+
 class IngestService:
     def __init__(
         self,
         settings: Settings,
         telemetry: Telemetry | None = None,
         *,
+        ports: Ports | None = None,
         on_fatal: Callable[[BaseException], None] | None = None,
     ) -> None:
+        """Create it inside the running event loop (its Kafka clients bind to it)."""
         self.settings = settings
+        self.ports = ports = ports or Ports.of(settings)
         self.proposals = ProposalTable()
         self.catalog = RunCatalog()
         self.disk = LocalDisk(settings.layout(), settings.settle_s)
@@ -50,9 +74,11 @@ class IngestService:
             on_outcome=outcome_counter(telemetry),
             tracer=telemetry.tracer_provider.get_tracer("runstream.ingest") if telemetry else None,
             raw_in_flight=self.raw_in_flight,
+            clients=ports.clients,
         )
-        batch_ms = settings.follower_batch_ms
-        self._processing = ProcessingFollower(settings.kafka, self.raw_in_flight, batch_ms)
+        self._processing = ports.readers.tail(
+            settings.kafka.topics.processing, ProcessingFollower(self.raw_in_flight).apply
+        )
         self._proposal_reader, self._catalog_reader = self._table_readers()
         self.watcher = (
             FolderWatcher(settings, self.proposals, self.catalog, self.disk, self.loop.watched)
@@ -63,26 +89,19 @@ class IngestService:
         self._on_fatal = on_fatal
         self.failed: BaseException | None = None
 
-    def _table_readers(
-        self,
-    ) -> tuple[CompactedReader[ProposalRegistered | ProposalRemoved], CompactedReader[RunKnown]]:
+    def _table_readers(self) -> tuple[TopicReader, TopicReader]:
         """Readers of the compacted topics behind the proposal table and the run catalog."""
         settings = self.settings
         topics = settings.kafka.topics
-        batch_ms = settings.follower_batch_ms
-        proposals = CompactedReader(
-            settings.kafka, topics.proposals, parsers.PROPOSALS, self.proposals.apply,
-            batch_ms=batch_ms,
-        )  # fmt: skip
+        readers = self.ports.readers
+        proposals = readers.table(topics.proposals, parsers.PROPOSALS, self.proposals.apply)
         own = (WRITER_HEADER, settings.transactional_id.encode())
-        catalog = CompactedReader(
-            settings.kafka,
+        catalog = readers.table(
             topics.run_catalog,
             parsers.RUN_CATALOG,
             self.catalog.merge,
             # what this process wrote is in its catalog since its commit: don't parse it again
             skip_when_following=lambda record: own in (record.headers or ()),
-            batch_ms=batch_ms,
         )
         return proposals, catalog
 
@@ -92,8 +111,8 @@ class IngestService:
         if s.gil_switch_interval_s is not None:
             sys.setswitchinterval(s.gil_switch_interval_s)
         topics = s.kafka.topics
-        await ensure_topics(
-            s.kafka,
+        admin = self.ports.topics
+        await admin.ensure(
             [
                 topics.proposals,
                 topics.run_catalog,
@@ -102,9 +121,9 @@ class IngestService:
                 topics.processing,
                 s.retry_topic(),
             ],
-            compacted=set(topics.compacted()),
+            compacted=topics.compacted(),
         )
-        await ensure_topics(s.kafka, list(s.facility_topics))
+        await admin.ensure(list(s.facility_topics))
         await self.loop.start_producer()
         n_prop = await self._proposal_reader.load()
         n_cat = await self._catalog_reader.load()
@@ -118,7 +137,7 @@ class IngestService:
         if s.gc_freeze_interval_s is not None:
             gc.collect()
             gc.freeze()
-        await self._processing.start()  # before any raw message goes out: no finish is missed
+        await self._processing.load()  # before any raw message goes out: no finish is missed
         await self.loop.start_consumer()
 
     def launch(self) -> None:

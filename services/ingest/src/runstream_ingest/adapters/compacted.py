@@ -41,6 +41,31 @@ async def partitions_of(
         await client.force_metadata_update()
 
 
+def tail_consumer(
+    kafka: KafkaSettings, client_id: str, batch_ms: int | None = None
+) -> AIOKafkaConsumer:
+    """A group-less ``read_committed`` consumer for :func:`start_at_end`."""
+    return AIOKafkaConsumer(
+        bootstrap_servers=kafka.bootstrap_servers,
+        client_id=client_id,
+        group_id=None,
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+        **follower_fetch(batch_ms),
+        **kafka.security_kwargs(),
+    )
+
+
+async def start_at_end(consumer: AIOKafkaConsumer, topic: str, timeout_s: float) -> None:
+    """Start ``consumer`` on every partition of ``topic``, positioned at its current end."""
+    await consumer.start()
+    tps = await partitions_of(consumer, topic, timeout_s)
+    consumer.assign(tps)
+    await consumer.seek_to_end(*tps)
+    for tp in tps:  # resolve the end offsets now, not lazily at the first fetch
+        await consumer.position(tp)
+
+
 def follower_fetch(batch_ms: int | None) -> dict[str, int]:
     """Consumer options of a follower that may see new records up to ``batch_ms`` late.
 

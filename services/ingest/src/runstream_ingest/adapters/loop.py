@@ -30,6 +30,7 @@ from runstream_common.errors import TransientError
 from runstream_common.inbox import Records
 from runstream_common.transactional import (
     BatchTiming,
+    TransactionalClients,
     TransactionalLoop,
     set_concurrent_transactions_backoff,
     transactional_ids,
@@ -64,7 +65,9 @@ class IngestLoop(TransactionalLoop[Plan]):
         on_outcome: Callable[[str, Verdict], None] | None = None,
         tracer: Tracer | None = None,
         raw_in_flight: RawInFlight | None = None,
+        clients: TransactionalClients | None = None,
     ) -> None:
+        """``clients``: makes the loop's Kafka clients (default: aiokafka's)."""
         self.topics = settings.kafka.topics
         self.retry_topic = settings.retry_topic()
         self.facility_topics = frozenset(settings.facility_topics)
@@ -72,6 +75,7 @@ class IngestLoop(TransactionalLoop[Plan]):
             settings,
             [*self.facility_topics, self.topics.reprocess, self.retry_topic],
             client_id=f"{settings.kafka.client_id}-ingest",
+            clients=clients,
         )
         self.settings: Settings = settings
         self.proposals = proposals

@@ -5,13 +5,12 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 
-from aiokafka import AIOKafkaConsumer
 from runstream_common import parsers
 from runstream_common.errors import MessageFormatError
 from runstream_common.messages import ProcessingStateChanged, ProcessingStateSet
 from runstream_common.settings import KafkaSettings
 
-from .compacted import partitions_of
+from .compacted import start_at_end, tail_consumer
 
 log = logging.getLogger("runstream.ingest.updates")
 
@@ -21,22 +20,10 @@ class UpdatesFollower:
 
     def __init__(self, kafka: KafkaSettings) -> None:
         self.topic = kafka.topics.updates
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=kafka.bootstrap_servers,
-            client_id=f"{kafka.client_id}-cli-wait",
-            group_id=None,
-            enable_auto_commit=False,
-            isolation_level="read_committed",
-            **kafka.security_kwargs(),
-        )
+        self._consumer = tail_consumer(kafka, f"{kafka.client_id}-cli-wait")
 
     async def start(self) -> None:
-        await self._consumer.start()
-        tps = await partitions_of(self._consumer, self.topic, 30.0)
-        self._consumer.assign(tps)
-        await self._consumer.seek_to_end(*tps)
-        for tp in tps:  # resolve the end offsets now, not lazily at the first fetch
-            await self._consumer.position(tp)
+        await start_at_end(self._consumer, self.topic, 30.0)
 
     async def states(self, poll_ms: int = 500) -> AsyncIterator[ProcessingStateChanged | None]:
         """Processing states as they come; ``None`` after each empty poll (lets callers time out)."""
