@@ -233,24 +233,13 @@ def eval_context(
     import asyncio
 
     from .context import ContextProblems
-    from .pool import PoolConfig
     from .settings import Settings
 
     out, err = _consoles()
     settings = Settings()
     source = _read_source(context)
     target = _run_target(settings, context, proposal, run, proposal_dir, err)
-    base = settings.pool_config(context_python)
-    config = dataclasses.replace(
-        base,
-        size=workers or max(1, settings.parallel_variables),
-        time_limit_s=timeout or base.time_limit_s,
-        memory_limit_mb=memory_mb or base.memory_limit_mb,
-        # one command, one run: no sharing with other runs, no budget, no idle trimming
-        share=PoolConfig.share,
-        memory_budget_mb=0,
-        idle_s=0.0,
-    )
+    config = _eval_pool(settings, context_python, workers, timeout, memory_mb)
     try:
         ctx, names, outcomes, started = asyncio.run(
             _evaluate_with_progress(
@@ -274,6 +263,29 @@ def eval_context(
     _print_table(out, f"p{proposal} r{run} ({data.value})", entries)
     if output is not None:
         out.print(f"wrote {output}")
+
+
+def _eval_pool(
+    settings: Settings,
+    context_python: str | None,
+    workers: int | None,
+    timeout: float | None,
+    memory_mb: int | None,
+) -> PoolConfig:
+    """Workers for one command on one run: no sharing with other runs, no budget, no idle
+    trimming; the command's limits over the settings' ones."""
+    from .pool import PoolConfig
+
+    base = settings.pool_config(context_python)
+    return dataclasses.replace(
+        base,
+        size=workers or max(1, settings.parallel_variables),
+        time_limit_s=timeout or base.time_limit_s,
+        memory_limit_mb=memory_mb or base.memory_limit_mb,
+        share=PoolConfig.share,
+        memory_budget_mb=0,
+        idle_s=0.0,
+    )
 
 
 def _run_target(

@@ -273,66 +273,80 @@ def _print_table(
 # ---------------------------------------------------------------------- commands
 async def _send_and_wait(settings: Settings, command: Any, wait_s: float, accept: set[str]) -> Any:
     """Publish ``command``; return the first feed message answering it (or None on timeout)."""
-    import asyncio
-    import time
+    from aiokafka import AIOKafkaProducer
 
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-    from runstream_common import parsers
-
-    topics = settings.kafka.topics
     kafka = settings.kafka
-    consumer = None
-    if wait_s > 0:
-        consumer = AIOKafkaConsumer(
-            topics.updates,
-            bootstrap_servers=kafka.bootstrap_servers,
-            enable_auto_commit=False,
-            auto_offset_reset="latest",
-            isolation_level="read_committed",
-            metadata_max_age_ms=1000,
-            **kafka.security_kwargs(),
-        )
-        await consumer.start()
+    consumer = await _updates_from_now(settings, wait_s) if wait_s > 0 else None
     producer = AIOKafkaProducer(
         bootstrap_servers=kafka.bootstrap_servers, acks="all", **kafka.security_kwargs()
     )
     try:
-        if consumer is not None:
-            give_up = time.monotonic() + min(wait_s, 15.0)
-            while not consumer.assignment():
-                if time.monotonic() > give_up:
-                    raise RuntimeError(
-                        f"topic {topics.updates} does not exist (has the store run?)"
-                    )
-                await asyncio.sleep(0.05)
-            for tp in consumer.assignment():  # pin the current end before publishing
-                await consumer.position(tp)
         await producer.start()
         await producer.send_and_wait(
-            topics.commands,
+            kafka.topics.commands,
             command.model_dump_json().encode(),
             key=str(command.proposal).encode(),
             headers=[("content-type", b"application/json")],
         )
         if consumer is None:
             return None
-        wanted = command.correlation_id
-        deadline = time.monotonic() + wait_s
-        while (remaining := deadline - time.monotonic()) > 0:
-            batch = await consumer.getmany(timeout_ms=int(min(remaining, 1.0) * 1000))
-            for records in batch.values():
-                for record in records:
-                    try:
-                        update = parsers.UPDATES.parse(record.value)
-                    except Exception:
-                        continue
-                    if update.correlation_id == wanted and update.type in accept:
-                        return update
-        return None
+        return await _answer(consumer, command.correlation_id, accept, wait_s)
     finally:
         await producer.stop()
         if consumer is not None:
             await consumer.stop()
+
+
+async def _updates_from_now(settings: Settings, wait_s: float) -> Any:
+    """A consumer of the feed positioned at its current end (before the command is sent)."""
+    import asyncio
+    import time
+
+    from aiokafka import AIOKafkaConsumer
+
+    kafka, topic = settings.kafka, settings.kafka.topics.updates
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=kafka.bootstrap_servers,
+        enable_auto_commit=False,
+        auto_offset_reset="latest",
+        isolation_level="read_committed",
+        metadata_max_age_ms=1000,
+        **kafka.security_kwargs(),
+    )
+    await consumer.start()
+    try:
+        give_up = time.monotonic() + min(wait_s, 15.0)
+        while not consumer.assignment():
+            if time.monotonic() > give_up:
+                raise RuntimeError(f"topic {topic} does not exist (has the store run?)")
+            await asyncio.sleep(0.05)
+        for tp in consumer.assignment():  # pin the current end before publishing
+            await consumer.position(tp)
+    except BaseException:
+        await consumer.stop()
+        raise
+    return consumer
+
+
+async def _answer(consumer: Any, wanted: str | None, accept: set[str], wait_s: float) -> Any:
+    """The first feed message with ``wanted`` as its correlation id and an accepted type."""
+    import time
+
+    from runstream_common import parsers
+
+    deadline = time.monotonic() + wait_s
+    while (remaining := deadline - time.monotonic()) > 0:
+        batch = await consumer.getmany(timeout_ms=int(min(remaining, 1.0) * 1000))
+        for records in batch.values():
+            for record in records:
+                try:
+                    update = parsers.UPDATES.parse(record.value)
+                except Exception:
+                    continue
+                if update.correlation_id == wanted and update.type in accept:
+                    return update
+    return None
 
 
 def _run_command(command: Any, wait_s: float, accept: set[str]) -> Any:
