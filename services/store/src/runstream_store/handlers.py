@@ -185,7 +185,7 @@ class Handlers:
         feed: Feed,
         *,
         fragment_wait_s: float = 30.0,
-        compress_min_bytes: int = 1024,
+        compress_min_bytes: int = 0,
         copy_chunk_bytes: int = 64 * 1024 * 1024,
         crash_point: CrashPoint | None = None,
         projection: Projection | None = None,

@@ -152,16 +152,56 @@ def _log_fd(log_path: str | None) -> int:
 
 
 def op_eval(msg: dict[str, Any]) -> dict[str, Any]:
-    """Evaluate one variable; its output is capped, the processes it started end with it."""
+    """Evaluate one variable; its output is capped, the processes it started end with it.
+
+    The reply says how much the worker's resident memory grew at its peak while the
+    variable ran (``peak_mb``; the executor's admission by memory learns from it).
+    """
     name = msg["name"]
     cap = LIMITS.get("max_output_bytes", 0)
+    rss_before = _reset_peak_rss()
     with limits.capped_output(_log_fd(msg.get("log")), msg.get("session", ""), name, cap):
         reply = _eval(msg)
         if reply.get("status") == "error" and reply.get("error_cls") == "Skip":
             print(f"Skipped {name}: {reply.get('error')}", file=sys.stderr)
         elif reply.get("status") != "error":
             print(f"Computed {name} in {reply['duration']:.3f} s", file=sys.stderr)
+    if rss_before is not None:
+        peak = _peak_rss_mb()
+        if peak is not None:
+            reply["peak_mb"] = max(0.0, peak - rss_before)
     return reply
+
+
+_PEAK_RESET = [True]  # whether /proc/self/clear_refs accepts a reset of the peak
+
+
+def _reset_peak_rss() -> float | None:
+    """Reset the process's peak resident size (VmHWM) to its current size; returns it (MiB).
+
+    None where the kernel does not let us (then no peak is reported).
+    """
+    if not _PEAK_RESET[0]:
+        return None
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / (1 << 20)
+    except (OSError, ValueError, IndexError):
+        _PEAK_RESET[0] = False
+        return None
+
+
+def _peak_rss_mb() -> float | None:
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def _eval(msg: dict[str, Any]) -> dict[str, Any]:
