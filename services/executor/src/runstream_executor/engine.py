@@ -158,7 +158,9 @@ class Pass:
         self.share = tuple(filter(None, pool.config.share.split(",")))
         self.outcomes: dict[str, Outcome] = {}
         # large variables of every pass in flight take turns (0 limit: off; see admission.py)
-        self.admission: Admission = getattr(pool.guard, "admission", None) or Admission()
+        self.admission: Admission = (
+            getattr(getattr(pool, "guard", None), "admission", None) or Admission()
+        )
         self.home: Worker | None = None
         self._home_clean = True  # nothing of this pass is kept in the home
         self._again: set[str] = set()  # variables computed again after their worker died
