@@ -371,23 +371,7 @@ class Pass:
         try:
             reply = await worker.request(self._request(var, inputs, flags), time_limit_s=limit_s)
         except WorkerLost as exc:
-            log.warning("variable %s of r%d: %s", var.name, self.target.run, exc)
-            message = str(exc)
-            if by_deadline and exc.error_cls == "TimeLimitExceeded":
-                message = PASS_TIME_LIMIT
-            outcome = Outcome(
-                var.name,
-                "error",
-                message,
-                exc.error_cls,
-                duration=time.perf_counter() - started,
-                transient=var.transient,
-            )
-            outcome.extra["lost"] = worker
-            if worker is self.home:
-                self.home = None
-                await self.pool.release(worker)  # dead: a replacement starts
-            return outcome
+            return await self._worker_lost(worker, var, exc, started, by_deadline)
         duration = reply.get("duration", time.perf_counter() - started)
         self.admission.learn((self.ctx.source.hash, var.name), reply.get("peak_mb"))
         if not reply.get("ok"):
@@ -399,8 +383,35 @@ class Pass:
                 duration=duration,
                 transient=var.transient,
             )
+        return self._outcome(worker, var, reply, duration, given=bool(flags.get("give")))
+
+    async def _worker_lost(
+        self, worker: Worker, var: VarDef, exc: WorkerLost, started: float, by_deadline: bool
+    ) -> Outcome:
+        """The variable's worker died (crash, time or memory limit): its error, and a new home."""
+        log.warning("variable %s of r%d: %s", var.name, self.target.run, exc)
+        message = str(exc)
+        if by_deadline and exc.error_cls == "TimeLimitExceeded":
+            message = PASS_TIME_LIMIT
+        outcome = Outcome(
+            var.name,
+            "error",
+            message,
+            exc.error_cls,
+            duration=time.perf_counter() - started,
+            transient=var.transient,
+        )
+        outcome.extra["lost"] = worker
+        if worker is self.home:
+            self.home = None
+            await self.pool.release(worker)  # dead: a replacement starts
+        return outcome
+
+    def _outcome(
+        self, worker: Worker, var: VarDef, reply: dict[str, Any], duration: float, *, given: bool
+    ) -> Outcome:
+        """A worker's answer for a variable, with where its value and data are kept."""
         prepared = reply.get("prepared")
-        given = bool(flags.get("give"))
         held = (
             self.hold and not given and prepared is not None and bool(prepared.get("in_fragment"))
         )
