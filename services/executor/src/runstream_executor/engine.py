@@ -118,6 +118,8 @@ class _Place(enum.Enum):
     CONFLICT = "conflict"  # unpicklable dependencies held by different workers
 
 
+PICKLE_BESIDE_MAX_BYTES = 64 * 1024
+
 PASS_TIME_LIMIT = "Time limit of the pass (pass_timeout_s) exceeded before this variable finished"
 
 
@@ -349,6 +351,9 @@ class Pass:
             "keep": keep or flags["pickle"],
             "pin": keep and self.parallel == 1,
             "pickle": flags["pickle"] or (keep and self.parallel > 1),
+            # pickled only so that a dependent could run beside the home: not worth it for
+            # a large value (it would cross the pipe twice); that one stays at home
+            "pickle_max_bytes": 0 if flags["pickle"] else PICKLE_BESIDE_MAX_BYTES,
             "hold": self.hold,
             "give": flags.get("give", False),
             "inline_scalars": self.inline_scalars,

@@ -304,9 +304,11 @@ def _keep(msg: dict[str, Any], reply: dict[str, Any], session: str, name: str, v
     """Keep a value for dependents: here (``pin``), or as a pickle in the reply.
 
     ``pickle`` also asks for the bytes (the service keeps them for later passes);
-    an unpicklable value stays here whatever was asked.
+    an unpicklable value stays here whatever was asked, and so does an array larger
+    than ``pickle_max_bytes`` (when given).
     """
-    if msg.get("pickle"):
+    limit = msg.get("pickle_max_bytes") or 0
+    if msg.get("pickle") and not (limit and _nbytes(value) > limit):
         try:
             reply["value"] = pickle.dumps(value, protocol=protocol.PICKLE_PROTOCOL)
         except Exception:
@@ -314,6 +316,14 @@ def _keep(msg: dict[str, Any], reply: dict[str, Any], session: str, name: str, v
     if msg.get("pin") or reply.get("value") is None:
         _KEPT[(session, name)] = value
         reply["pinned"] = True
+
+
+def _nbytes(value: Any) -> int:
+    """The size of an array-like value (numpy, xarray, pandas); 0 if it does not say."""
+    try:
+        return int(getattr(value, "nbytes", 0) or 0)
+    except Exception:
+        return 0
 
 
 def _hold(msg: dict[str, Any], session: str, name: str, prepared: dict[str, Any]) -> dict[str, Any]:
