@@ -44,10 +44,6 @@ class Admission:
     def enabled(self) -> bool:
         return self.limit_mb > 0
 
-    def is_large(self, key: Key) -> bool:
-        """Whether ``key`` grew its worker by ``min_mb`` or more last time (admission on or off)."""
-        return self.expected.get(key, 0.0) >= self.min_mb
-
     def need(self, key: Key) -> float:
         """What ``key`` used last time if it is large, else 0 (it never waits)."""
         if not self.enabled:

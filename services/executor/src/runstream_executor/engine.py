@@ -359,9 +359,6 @@ class Pass:
             "inline_scalars": self.inline_scalars,
             "max_inline_chars": self.max_inline_chars,
             "session": self.session,
-            # a large variable starts on a trimmed heap (HDF5's free lists and glibc's free
-            # pages given back first, ~5 ms): its worker's peak is the variable's own use
-            "trim": self.admission.is_large((source.hash, var.name)),
             "mymdc": self.mymdc,
             "log": self.log_file,
             "share": self.share,

@@ -159,8 +159,6 @@ def op_eval(msg: dict[str, Any]) -> dict[str, Any]:
     """
     name = msg["name"]
     cap = LIMITS.get("max_output_bytes", 0)
-    if msg.get("trim"):
-        _trim_heap()
     rss_before = _reset_peak_rss()
     with limits.capped_output(_log_fd(msg.get("log")), msg.get("session", ""), name, cap):
         reply = _eval(msg)
