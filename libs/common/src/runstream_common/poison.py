@@ -20,8 +20,9 @@ A tombstone that a crash loses leaves a count of one for a record that was
 handled: if its offset was not committed yet it comes again as a suspect (it was
 indeed in flight when the process died) and is cleared; if it was, nothing reads
 the count again. Only ``begin`` must be durable before the handling starts, so it
-alone is awaited: one round trip per record instead of two (0.7 ms of client and
-1.2 ms of broker CPU per begin/end pair, measured 2026-12-04, `bench/throughput`).
+alone is awaited: one round trip per record instead of two (per record 0.4 -> 0.25 ms of
+client CPU, 0.3-0.6 -> 0.2 ms of broker CPU, 0.7-0.9 -> 0.45 ms of wall time;
+``bench/throughput/ledger.py``, 2026-12-04).
 
 A record whose count is not zero is a *suspect*: it ran while a process died.
 :class:`~runstream_common.inflight.InFlight` runs a suspect alone (nothing else
