@@ -430,6 +430,13 @@ def report(
         total_rss, total_pss = peaks.total[phase]
         cells = ", ".join(f"{k} {r:.0f}/{p:.0f}" for k, (r, p) in sorted(services.items()))
         print(f"  {phase:14} {cells}; all services {total_rss:.0f}/{total_pss:.0f}")
+        snapshot = peaks.at_peak.get(phase, {})
+        print(
+            f"  {'':14} at that peak, RSS of each process (main first): "
+            + "; ".join(
+                f"{k} " + "+".join(f"{r:.0f}" for r in rss) for k, rss in sorted(snapshot.items())
+            )
+        )
     batch = peaks.per_process.get("batch", {})
     print(
         "  batch, each process (RSS/PSS MiB): "

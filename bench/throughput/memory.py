@@ -57,6 +57,8 @@ class Peaks:
     processes: dict[str, int] = field(default_factory=dict)
     cpu: dict[str, dict[str, dict[int, tuple[float, float]]]] = field(default_factory=dict)
     per_process: dict[str, dict[int, tuple[float, float]]] = field(default_factory=dict)
+    # phase -> service -> RSS MiB of each of its processes (tree order) when the total peaked
+    at_peak: dict[str, dict[str, list[float]]] = field(default_factory=dict)
 
     def cpu_used(self, phase: str) -> dict[str, tuple[float, float]]:
         """Service -> (CPU seconds of its main process, of its other processes)."""
@@ -83,9 +85,11 @@ class Sampler:
     def sample(self) -> None:
         total_rss = total_pss = 0.0
         services = self.peaks.services.setdefault(self.phase, {})
+        snapshot: dict[str, list[float]] = {}
         for name, pid in self.roots().items():
             pids = tree(pid)
             figures = [rss_pss_mib(p) for p in pids]
+            snapshot[name] = [r for r, _ in figures]
             cpu = self.peaks.cpu.setdefault(self.phase, {}).setdefault(name, {})
             for p in pids:
                 used = cpu_seconds(p)
@@ -101,6 +105,8 @@ class Sampler:
             total_rss += rss
             total_pss += pss
         old_total = self.peaks.total.get(self.phase, (0.0, 0.0))
+        if total_rss > old_total[0]:
+            self.peaks.at_peak[self.phase] = snapshot
         self.peaks.total[self.phase] = (max(old_total[0], total_rss), max(old_total[1], total_pss))
 
     async def _loop(self) -> None:

@@ -41,8 +41,12 @@ RULES: tuple[tuple[str, str], ...] = (
 )
 
 
-# Leaf frames that are waiting, not working (py-spy's idle detection misses some).
-IDLE_LEAF = re.compile(r"(select|readinto|wait|acquire|_wait_for_tstate_lock) \(|zygote\.py:\d+\)$")
+# Leaf frames that are waiting, not working (py-spy's idle detection misses some): a
+# builtin's time shows as its Python caller's, so the worker's output copier, blocked
+# in select.select, has ``_Copier._run`` as its leaf.
+IDLE_LEAF = re.compile(
+    r"(select|readinto|wait|acquire|_wait_for_tstate_lock|_Copier\._run) \(|zygote\.py:\d+\)$"
+)
 
 
 def categorise(stack: str) -> str:

@@ -34,6 +34,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from .admission import Admission
 from .context import ContextProblems, ContextSource, LoadedContext, VarDef
 from .ctxsupport.rs_ctxrunner.loader import select_names
 from .outcome import Outcome, plan_inputs
@@ -117,6 +118,8 @@ class _Place(enum.Enum):
     CONFLICT = "conflict"  # unpicklable dependencies held by different workers
 
 
+PICKLE_BESIDE_MAX_BYTES = 64 * 1024
+
 PASS_TIME_LIMIT = "Time limit of the pass (pass_timeout_s) exceeded before this variable finished"
 
 
@@ -156,6 +159,10 @@ class Pass:
         self.session = uuid.uuid4().hex
         self.share = tuple(filter(None, pool.config.share.split(",")))
         self.outcomes: dict[str, Outcome] = {}
+        # large variables of every pass in flight take turns (0 limit: off; see admission.py)
+        self.admission: Admission = (
+            getattr(getattr(pool, "guard", None), "admission", None) or Admission()
+        )
         self.home: Worker | None = None
         self._home_clean = True  # nothing of this pass is kept in the home
         self._again: set[str] = set()  # variables computed again after their worker died
@@ -193,7 +200,11 @@ class Pass:
                 await on_outcome(outcome)
 
         while pending or running:
-            await self._start_ready(pending, running, needed, keep or set(), record)
+            since = self.admission.version
+            held = await self._start_ready(pending, running, needed, keep or set(), record)
+            if not running and held:  # only large variables left, and no room for them yet
+                await self.admission.changed(since)
+                continue
             if not running:
                 for name in pending:  # dependencies outside the pass: not for closed selections
                     await record(Outcome(name, "error", "dependency not evaluated", "RuntimeError"))
@@ -215,11 +226,15 @@ class Pass:
         needed: set[str],
         keep: set[str],
         record: OnOutcome,
-    ) -> None:
-        """Start every pending variable whose dependencies are done and that has a place."""
+    ) -> bool:
+        """Start every pending variable whose dependencies are done and that has a place.
+
+        Returns whether a large variable was held back by the admission by memory.
+        """
+        held = False
         for name in list(pending):
             if len(running) >= self.parallel:
-                return
+                return held
             var = self.ctx.variables[name]
             if any(d not in self.outcomes for d in var.deps):
                 continue
@@ -233,6 +248,14 @@ class Pass:
             place = self._place(name, holders, set(running.values()), needed)
             if place is _Place.WAIT:
                 continue
+            need = 0.0
+            if place is not _Place.CONFLICT:
+                need = self.admission.need((self.ctx.source.hash, name))
+                if not self.admission.try_take(need):
+                    held = True
+                    if isinstance(place, Worker):
+                        await self.pool.release(place)
+                    continue
             pending.remove(name)
             if place is _Place.CONFLICT:
                 await record(
@@ -246,8 +269,9 @@ class Pass:
                 )
                 continue
             flags = {"keep": name in needed, "pickle": name in keep}
-            task = asyncio.ensure_future(self._run_one(place, var, inputs, flags))
+            task = asyncio.ensure_future(self._run_admitted(need, place, var, inputs, flags))
             running[task] = (name, place)
+        return held
 
     def _place(
         self, name: str, holders: set[Any], busy: set[tuple[str, _Place | Worker]], needed: set[str]
@@ -267,6 +291,19 @@ class Pass:
             return _Place.WAIT
         helper = self.pool.try_acquire()
         return helper if helper is not None else _Place.WAIT
+
+    async def _run_admitted(
+        self,
+        need: float,
+        place: _Place | Worker,
+        var: VarDef,
+        inputs: dict[str, Any],
+        flags: dict[str, bool],
+    ) -> Outcome:
+        try:
+            return await self._run_one(place, var, inputs, flags)
+        finally:
+            self.admission.give(need)
 
     async def _run_one(
         self, place: _Place | Worker, var: VarDef, inputs: dict[str, Any], flags: dict[str, bool]
@@ -314,6 +351,9 @@ class Pass:
             "keep": keep or flags["pickle"],
             "pin": keep and self.parallel == 1,
             "pickle": flags["pickle"] or (keep and self.parallel > 1),
+            # pickled only so that a dependent could run beside the home: not worth it for
+            # a large value (it would cross the pipe twice); that one stays at home
+            "pickle_max_bytes": 0 if flags["pickle"] else PICKLE_BESIDE_MAX_BYTES,
             "hold": self.hold,
             "give": flags.get("give", False),
             "inline_scalars": self.inline_scalars,
@@ -336,24 +376,9 @@ class Pass:
         try:
             reply = await worker.request(self._request(var, inputs, flags), time_limit_s=limit_s)
         except WorkerLost as exc:
-            log.warning("variable %s of r%d: %s", var.name, self.target.run, exc)
-            message = str(exc)
-            if by_deadline and exc.error_cls == "TimeLimitExceeded":
-                message = PASS_TIME_LIMIT
-            outcome = Outcome(
-                var.name,
-                "error",
-                message,
-                exc.error_cls,
-                duration=time.perf_counter() - started,
-                transient=var.transient,
-            )
-            outcome.extra["lost"] = worker
-            if worker is self.home:
-                self.home = None
-                await self.pool.release(worker)  # dead: a replacement starts
-            return outcome
+            return await self._worker_lost(worker, var, exc, started, by_deadline)
         duration = reply.get("duration", time.perf_counter() - started)
+        self.admission.learn((self.ctx.source.hash, var.name), reply.get("peak_mb"))
         if not reply.get("ok"):
             return Outcome(
                 var.name,
@@ -363,8 +388,35 @@ class Pass:
                 duration=duration,
                 transient=var.transient,
             )
+        return self._outcome(worker, var, reply, duration, given=bool(flags.get("give")))
+
+    async def _worker_lost(
+        self, worker: Worker, var: VarDef, exc: WorkerLost, started: float, by_deadline: bool
+    ) -> Outcome:
+        """The variable's worker died (crash, time or memory limit): its error, and a new home."""
+        log.warning("variable %s of r%d: %s", var.name, self.target.run, exc)
+        message = str(exc)
+        if by_deadline and exc.error_cls == "TimeLimitExceeded":
+            message = PASS_TIME_LIMIT
+        outcome = Outcome(
+            var.name,
+            "error",
+            message,
+            exc.error_cls,
+            duration=time.perf_counter() - started,
+            transient=var.transient,
+        )
+        outcome.extra["lost"] = worker
+        if worker is self.home:
+            self.home = None
+            await self.pool.release(worker)  # dead: a replacement starts
+        return outcome
+
+    def _outcome(
+        self, worker: Worker, var: VarDef, reply: dict[str, Any], duration: float, *, given: bool
+    ) -> Outcome:
+        """A worker's answer for a variable, with where its value and data are kept."""
         prepared = reply.get("prepared")
-        given = bool(flags.get("give"))
         held = (
             self.hold and not given and prepared is not None and bool(prepared.get("in_fragment"))
         )

@@ -27,6 +27,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .admission import Admission
+
 log = logging.getLogger("runstream.executor.memory")
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -118,6 +120,8 @@ class MemoryGuard:
     poll_s: float = 0.05
     root_pid: int = field(default_factory=os.getpid)
     budget_every: int = 4  # check the budget on every 4th poll (it reads more files)
+    # large variables take turns (executor-wide, as the budget); off unless given a limit
+    admission: Admission = field(default_factory=Admission)
     _watched: dict[int, _Watch] = field(default_factory=dict)
     _task: asyncio.Task[None] | None = None
     stopped_by_budget: int = 0

@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections import OrderedDict
 
+from .admission import Admission
 from .memory import MemoryGuard
 from .pool import WorkerPool
 from .settings import Settings
@@ -22,6 +23,7 @@ class PoolSet:
         self._lock = asyncio.Lock()
         # One guard for every pool: the memory budget is the whole executor's.
         self.guard = MemoryGuard(settings.effective_memory_budget_mb)
+        self.guard.admission = Admission(settings.admission_memory_mb)
 
     async def get(self, python: str | None = None) -> WorkerPool:
         key = python or self.settings.python

@@ -116,6 +116,15 @@ class Settings(ServiceSettings):
         "the busy worker holding the most is stopped and its variable fails with "
         "MemoryLimitExceeded. Default 80 % of RAM or of the cgroup limit; 0: none",
     )
+    admission_memory_mb: int = Field(
+        default=0,
+        ge=0,
+        description="Admission by memory: a variable whose worker grew by 64 MiB or more "
+        "the last time it ran starts only while it and the other such variables running "
+        "(of every run in flight), counted at what they used last time, fit in this many "
+        "MiB; one always runs. Large reads of different runs then follow each other "
+        "instead of adding up. 0: off",
+    )
     address_space_mb: int = Field(
         default=0, ge=0, description="RLIMIT_AS for workers in MiB (0: not set)"
     )

@@ -174,7 +174,7 @@ class Handlers:
         feed: Feed,
         *,
         fragment_wait_s: float = 30.0,
-        compress_min_bytes: int = 1024,
+        compress_min_bytes: int = 0,
         copy_chunk_bytes: int = 64 * 1024 * 1024,
         hooks: Hooks | None = None,
         projection: Projection | None = None,
@@ -222,8 +222,7 @@ class Handlers:
                 await self._finish_duplicate(message, fragment)
                 return
             results = {res.name: res for res in message.results}
-            revisions = await self.db.current_revisions(p, r, list(results))
-            winners = {n for n in results if revisions.get(n, message.revision) <= message.revision}
+            winners = await self._winners(message, list(results))
             values = {
                 n: StoredValue.from_result(
                     res,
@@ -234,41 +233,9 @@ class Handlers:
                 )
                 for n, res in results.items()
             }
-            stale = sorted(set(results) - winners)
-            if stale:
-                log.info(
-                    "p%d r%d: revision %d is older than the stored values of %s; kept in history only",
-                    p, r, message.revision, stale,
-                )  # fmt: skip
             items = tuple(merge_item(results[n]) for n in results if n in winners)
-            wanted = any(i.action == "fragment" for i in items)
-            if wanted:
-                if fragment is None:
-                    raise PermanentError(
-                        f"result {message.result_id} refers to fragment data but names no fragment"
-                    )
-                if not await self.files.wait_for(fragment, self.fragment_wait_s):
-                    raise PermanentError(
-                        f"fragment {fragment} of result {message.result_id} did not appear "
-                        f"within {self.fragment_wait_s:g} s"
-                    )
             if items or message.start_time is not None:
-                call_hook(self.hooks.before_merge, message)
-                outcome = await self.files.merge(
-                    MergeRequest(
-                        target=target,
-                        fragment=fragment if wanted else None,
-                        items=items,
-                        provenance=message.provenance,
-                        start_time=message.start_time,
-                        compress_min_bytes=self.compress_min_bytes,
-                        copy_chunk_bytes=self.copy_chunk_bytes,
-                    )
-                )
-                for name, reason in outcome.failed.items():
-                    values[name] = values[name].as_error(reason, "StoreWriteError")
-                for name, scalar in outcome.summaries.items():
-                    values[name] = values[name].with_summary(scalar)
+                await self._merge(message, target, fragment, items, values)
             call_hook(self.hooks.after_merge, message)
             run = await self.db.apply_results(message, values, winners)
             call_hook(self.hooks.after_commit, message)
@@ -277,18 +244,74 @@ class Handlers:
                 return
             await self._announce(run)  # a new run's row first, then its values
             self._touch(p, [r])
-            changed = {n: values[n].view() for n in results if n in winners}
-            if message.start_time is not None:
-                changed.setdefault("start_time", _start_time_view(message.start_time, message))
-            if changed:
-                await self.feed.update(
-                    ValuesUpdated(
-                        proposal=p, run=r, values=changed, correlation_id=message.correlation_id
-                    ),
-                    run_key(p, r),
-                )
+            await self._publish_values(message, {n: values[n] for n in results if n in winners})
             if fragment is not None:
                 await self.files.delete(fragment)
+
+    async def _winners(self, message: ResultsReady, names: list[str]) -> set[str]:
+        """The variables this revision may replace (no newer revision is stored)."""
+        p, r = message.proposal, message.run
+        revisions = await self.db.current_revisions(p, r, names)
+        winners = {n for n in names if revisions.get(n, message.revision) <= message.revision}
+        stale = sorted(set(names) - winners)
+        if stale:
+            log.info(
+                "p%d r%d: revision %d is older than the stored values of %s; kept in history only",
+                p, r, message.revision, stale,
+            )  # fmt: skip
+        return winners
+
+    async def _merge(
+        self,
+        message: ResultsReady,
+        target: Path,
+        fragment: Path | None,
+        items: tuple[MergeItem, ...],
+        values: dict[str, StoredValue],
+    ) -> None:
+        """Merge the winners into the run file; what could not be written becomes an error."""
+        wanted = any(i.action == "fragment" for i in items)
+        if wanted:
+            if fragment is None:
+                raise PermanentError(
+                    f"result {message.result_id} refers to fragment data but names no fragment"
+                )
+            if not await self.files.wait_for(fragment, self.fragment_wait_s):
+                raise PermanentError(
+                    f"fragment {fragment} of result {message.result_id} did not appear "
+                    f"within {self.fragment_wait_s:g} s"
+                )
+        call_hook(self.hooks.before_merge, message)
+        outcome = await self.files.merge(
+            MergeRequest(
+                target=target,
+                fragment=fragment if wanted else None,
+                items=items,
+                provenance=message.provenance,
+                start_time=message.start_time,
+                compress_min_bytes=self.compress_min_bytes,
+                copy_chunk_bytes=self.copy_chunk_bytes,
+            )
+        )
+        for name, reason in outcome.failed.items():
+            values[name] = values[name].as_error(reason, "StoreWriteError")
+        for name, scalar in outcome.summaries.items():
+            values[name] = values[name].with_summary(scalar)
+
+    async def _publish_values(self, message: ResultsReady, stored: dict[str, StoredValue]) -> None:
+        changed = {n: v.view() for n, v in stored.items()}
+        if message.start_time is not None:
+            changed.setdefault("start_time", _start_time_view(message.start_time, message))
+        if changed:
+            await self.feed.update(
+                ValuesUpdated(
+                    proposal=message.proposal,
+                    run=message.run,
+                    values=changed,
+                    correlation_id=message.correlation_id,
+                ),
+                run_key(message.proposal, message.run),
+            )
 
     async def _finish_duplicate(self, message: ResultsReady, fragment: Path | None) -> None:
         """A result applied before: re-publish what it set (idempotent) and drop the fragment."""

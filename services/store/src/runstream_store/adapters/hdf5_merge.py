@@ -320,8 +320,8 @@ def _copy_from_fragment(
         if path not in src:
             continue
         parent = out.require_group(section) if section else out
-        # summaries and previews are small: only data arrays are compressed
-        limit = compress_min_bytes if not section else 2**62
+        # summaries and previews are small: only data arrays are compressed (if asked)
+        limit = compress_min_bytes if not section else 0
         copy_object(src[path], parent, name, dimids, limit, copy_chunk_bytes=copy_chunk_bytes)
         copied = True
     reduced_path = f"{REDUCED}/{name}"
@@ -384,7 +384,7 @@ def copy_object(
     parent: h5py.Group,
     name: str,
     dimids: _DimIds,
-    compress_min_bytes: int = 1024,
+    compress_min_bytes: int = 0,
     *,
     copy_chunk_bytes: int = 64 * 1024 * 1024,
 ) -> None:
@@ -419,13 +419,15 @@ def copy_object(
 def _copy_dataset(
     source: h5py.Dataset, parent: h5py.Group, name: str, min_bytes: int, chunk_bytes: int
 ) -> None:
-    """Copy a plain dataset; compress it (gzip 1 + shuffle) if it is a large uncompressed array.
+    """Copy a plain dataset; compress it (gzip 1 + shuffle) if it is an uncompressed array of
+    at least ``min_bytes`` (0: never, the default: DAMNIT 0.4 stores plain datasets as they are).
 
     The compressed copy is written in slabs along the first axis of at most
     ``chunk_bytes`` (chunk by chunk if one row is larger), never the whole array at once.
     """
     compressible = (
-        source.ndim >= 1
+        min_bytes > 0
+        and source.ndim >= 1
         and source.compression is None
         and source.nbytes >= min_bytes
         and source.dtype.kind in "biuf"

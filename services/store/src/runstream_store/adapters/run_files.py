@@ -50,7 +50,7 @@ class RunFiles:
     def __init__(
         self,
         *,
-        compress_min_bytes: int = 1024,
+        compress_min_bytes: int = 0,
         before_replace: Callable[[Path], None] | None = None,
     ) -> None:
         self.compress_min_bytes = compress_min_bytes

@@ -28,6 +28,9 @@ from .groups import assign_names, expand_groups
 GLOB_CHARS = frozenset("*?[")
 
 
+_Problem = Callable[..., None]  # problem(variable or None, message, kind="check")
+
+
 class ContextLoadError(Exception):
     """The context file cannot be used; ``problems`` lists every reason.
 
@@ -162,6 +165,15 @@ class ContextFile:
                 {"line": var.lineno() if var else None, "message": message, "kind": kind}
             )
 
+        self._check_variables(problem)
+        self._resolve_dependencies(problem)
+        if self._order(problem):
+            self._propagate_data_and_cluster(problem)
+        if problems:
+            raise ContextLoadError(problems)
+
+    def _check_variables(self, problem: _Problem) -> None:
+        """Names, unique titles, units, tags and argument annotations."""
         titles: dict[str, str] = {}
         for name, var in self.vars.items():
             if not all(part.isidentifier() for part in name.split(".")):
@@ -178,18 +190,23 @@ class ContextFile:
             for tag in var.tags:
                 if not isinstance(tag, str) or not tag:
                     problem(var, f"Variable {name!r}: tags must be non-empty strings, got {tag!r}")
-            for pname, ann in var.annotations().items():
-                kind, _, field = ann.partition("#")
-                if kind not in ANNOTATION_KINDS or not _:
-                    problem(var, f"Variable {name!r}: unknown annotation {ann!r} on {pname!r}")
-                elif kind == "meta" and field not in META_FIELDS:
-                    problem(var, f"Variable {name!r}: unknown meta field {ann!r}")
-                elif kind == "mymdc" and field not in MYMDC_FIELDS:
-                    problem(var, f"Variable {name!r}: unknown mymdc field {ann!r}")
-                elif kind == "self":
-                    problem(var, f"Variable {name!r}: self# is only valid inside a Group")
+            self._check_annotations(name, var, problem)
 
-        # Dependencies: name or pattern -> matching variables.
+    @staticmethod
+    def _check_annotations(name: str, var: Variable, problem: _Problem) -> None:
+        for pname, ann in var.annotations().items():
+            kind, _, field = ann.partition("#")
+            if kind not in ANNOTATION_KINDS or not _:
+                problem(var, f"Variable {name!r}: unknown annotation {ann!r} on {pname!r}")
+            elif kind == "meta" and field not in META_FIELDS:
+                problem(var, f"Variable {name!r}: unknown meta field {ann!r}")
+            elif kind == "mymdc" and field not in MYMDC_FIELDS:
+                problem(var, f"Variable {name!r}: unknown mymdc field {ann!r}")
+            elif kind == "self":
+                problem(var, f"Variable {name!r}: self# is only valid inside a Group")
+
+    def _resolve_dependencies(self, problem: _Problem) -> None:
+        """Dependencies: name or pattern -> matching variables."""
         for name, var in self.vars.items():
             resolved: dict[str, list[str]] = {}
             for pname, target in var.arg_dependencies().items():
@@ -206,6 +223,8 @@ class ContextFile:
                 resolved[pname] = matches
             self.deps[name] = resolved
 
+    def _order(self, problem: _Problem) -> bool:
+        """Evaluation order, dependencies first; False (and a problem) on a cycle."""
         sorter: graphlib.TopologicalSorter[str] = graphlib.TopologicalSorter()
         for name in self.vars:
             sorter.add(name, *self.direct_deps(name))
@@ -219,24 +238,25 @@ class ContextFile:
                 "cycle",
             )
             self.order = list(self.vars)
+            return False
+        return True
 
-        if not any(p["kind"] == "cycle" for p in problems):
-            for name in self.order:
-                var = self.vars[name]
-                deps = self.direct_deps(name)
-                data = var.data.value
-                if any(self.data.get(d) == "proc" for d in deps):
-                    if var.data_explicit and var.data is RunData.RAW:
-                        problem(
-                            var,
-                            f"Variable {name!r} is data='raw' but depends on proc data "
-                            f"({', '.join(d for d in deps if self.data.get(d) == 'proc')})",
-                        )
-                    data = "proc"
-                self.data[name] = data
-                self.cluster[name] = var.cluster or any(self.cluster.get(d) for d in deps)
-        if problems:
-            raise ContextLoadError(problems)
+    def _propagate_data_and_cluster(self, problem: _Problem) -> None:
+        """A variable depending on proc data is proc; on a cluster variable, cluster."""
+        for name in self.order:
+            var = self.vars[name]
+            deps = self.direct_deps(name)
+            data = var.data.value
+            if any(self.data.get(d) == "proc" for d in deps):
+                if var.data_explicit and var.data is RunData.RAW:
+                    problem(
+                        var,
+                        f"Variable {name!r} is data='raw' but depends on proc data "
+                        f"({', '.join(d for d in deps if self.data.get(d) == 'proc')})",
+                    )
+                data = "proc"
+            self.data[name] = data
+            self.cluster[name] = var.cluster or any(self.cluster.get(d) for d in deps)
 
     def direct_deps(self, name: str) -> list[str]:
         out: list[str] = []

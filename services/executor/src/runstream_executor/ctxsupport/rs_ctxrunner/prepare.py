@@ -16,6 +16,8 @@ import atexit
 import io
 import itertools
 import logging
+import struct
+import zlib
 from typing import Any
 
 import numpy as np
@@ -67,6 +69,33 @@ def image_thumbnail(rgba: np.ndarray) -> np.ndarray:
     return np.frombuffer(buf.getvalue(), dtype=np.uint8)
 
 
+def rgba_png(rgba: np.ndarray, level: int = 1) -> bytes:
+    """PNG bytes of an RGBA uint8 H x W x 4 image, rows unfiltered (filter type 0).
+
+    For colour-mapped array thumbnails (a few hundred colours, pixels repeated by
+    the nearest-neighbour resize) this is ~3x faster than PIL's adaptive row filters
+    at the same zlib level, and the file is about half the size: deflate finds the
+    repeated pixels that the filters turn into noise.
+    """
+    height, width, _ = rgba.shape
+    rows = np.empty((height, width * 4 + 1), dtype=np.uint8)
+    rows[:, 0] = 0
+    rows[:, 1:] = rgba.reshape(height, width * 4)
+    header = struct.pack(">IIBBBBB", width, height, 8, 6, 0, 0, 0)  # 8 bits, RGBA
+    return b"".join(
+        (
+            b"\x89PNG\r\n\x1a\n",
+            _png_chunk(b"IHDR", header),
+            _png_chunk(b"IDAT", zlib.compress(rows.tobytes(), level)),
+            _png_chunk(b"IEND", b""),
+        )
+    )
+
+
+def _png_chunk(tag: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+
 def array_thumbnail(arr: np.ndarray) -> np.ndarray:
     """300 x 300 PNG of a 2-D array: NaN -> 0, colour limits at the 1 %/99 % quantiles.
 
@@ -86,13 +115,11 @@ def array_thumbnail(arr: np.ndarray) -> np.ndarray:
     lo, hi = np.quantile(data, [0.01, 0.99]) if data.size else (0.0, 1.0)
     span = hi - lo if hi > lo else 1.0
     norm = np.clip((data - lo) / span, 0.0, 1.0)
-    rgba = (colormaps["viridis"](norm) * 255).astype(np.uint8)
+    rgba = colormaps["viridis"](norm, bytes=True)  # uint8 straight from the colour table
     img = Image.fromarray(rgba, mode="RGBA").resize(
         (THUMBNAIL_SIZE, THUMBNAIL_SIZE), Image.Resampling.NEAREST
     )
-    buf = io.BytesIO()
-    img.save(buf, format="PNG", compress_level=1)
-    return np.frombuffer(buf.getvalue(), dtype=np.uint8)
+    return np.frombuffer(rgba_png(np.asarray(img)), dtype=np.uint8)
 
 
 def trendline(values: np.ndarray) -> np.ndarray:
@@ -288,8 +315,6 @@ def prepare(var: Variable, value: Any) -> dict[str, Any]:
         cell.summary = var.summary
     if cell.units is None:
         cell.units = var.units
-    name = var.name or "?"
-    data = cell.data
     out: dict[str, Any] = {
         "summary_method": cell.summary,
         "bold": cell.bold,
@@ -298,71 +323,10 @@ def prepare(var: Variable, value: Any) -> dict[str, Any]:
         "max_diff": None,
         "preview": None,
     }
-    if isinstance(data, str):
-        out.update(kind="string", data=data)
-    elif is_plotly_figure(data):
-        out.update(kind="plotly", data=plotly_json(data))
-    elif is_series(data):
-        out.update(kind="series", data=parquet_bytes(data))
-    elif is_dataframe(data):
-        out.update(kind="dataframe", data=parquet_bytes(data))
-    elif is_figure(data):
-        out.update(kind="image", data=figure_rgba(data))
-    elif is_dataarray(data):
-        out.update(kind="dataarray", data=_xr_payload(data))
-        out["max_diff"] = max_diff(data.values)
-    elif is_dataset(data):
-        out.update(kind="dataset", data=_xr_payload(data))
-    else:
-        out.update(kind="array", data=data)
-        out["max_diff"] = max_diff(data)
-
-    preview = cell.preview
-    if preview is not None:
-        if is_figure(preview):
-            out["preview"] = {"kind": "image", "data": figure_rgba(preview)}
-        elif is_plotly_figure(preview):
-            out["preview"] = {"kind": "plotly", "data": plotly_json(preview)}
-        elif is_dataarray(preview):
-            out["preview"] = {"kind": "dataarray", "data": _xr_payload(preview)}
-        else:
-            out["preview"] = {"kind": "array", "data": np.asarray(preview)}
-
-    summary: Any = None
-    summary_type: str | None = None
-    done = False
-    if cell.summary_value is not None:
-        given = np.asarray(cell.summary_value)
-        if given.ndim == 0:
-            summary, summary_type = _scalar(given)
-        else:
-            summary, summary_type = given, None
-        done = True
-    elif cell.summary and out["kind"] in ("array", "dataarray", "series"):
-        ok, reduced = _reduce(cell.summary, data, name)
-        if ok:
-            arr = np.asarray(reduced)
-            if arr.ndim == 0:
-                summary, summary_type = _scalar(arr)
-            else:
-                summary, summary_type = _default_summary(arr)
-            done = True
-    if not done:
-        if out["kind"] == "plotly" and preview is None:
-            summary, summary_type = plotly_summary(data)
-        elif out["kind"] in ("series", "dataframe") and preview is None:
-            summary, summary_type = _pandas_summary(data)
-        elif out["kind"] == "image" and preview is None:
-            summary, summary_type = image_thumbnail(out["data"]), "thumbnail"
-        elif preview is not None:
-            if out["preview"]["kind"] == "image":
-                summary, summary_type = image_thumbnail(out["preview"]["data"]), "thumbnail"
-            elif out["preview"]["kind"] == "plotly":
-                summary, summary_type = plotly_summary(preview)
-            else:
-                summary, summary_type = _default_summary(preview)
-        else:
-            summary, summary_type = _default_summary(data)
+    out.update(_data_part(cell.data))
+    if cell.preview is not None:
+        out["preview"] = _preview_part(cell.preview)
+    summary, summary_type = _summary(cell, out, var.name or "?")
     if isinstance(summary, np.ndarray) and summary.ndim == 2 and summary.shape[0] == 2:
         summary_type = "trendline"
     if isinstance(summary, str):
@@ -370,3 +334,62 @@ def prepare(var: Variable, value: Any) -> dict[str, Any]:
     out["summary"] = summary
     out["summary_type"] = summary_type
     return out
+
+
+def _data_part(data: Any) -> dict[str, Any]:
+    """``kind`` and ``data`` (and ``max_diff`` of numbers) by the type of the value."""
+    if isinstance(data, str):
+        return {"kind": "string", "data": data}
+    if is_plotly_figure(data):
+        return {"kind": "plotly", "data": plotly_json(data)}
+    if is_series(data):
+        return {"kind": "series", "data": parquet_bytes(data)}
+    if is_dataframe(data):
+        return {"kind": "dataframe", "data": parquet_bytes(data)}
+    if is_figure(data):
+        return {"kind": "image", "data": figure_rgba(data)}
+    if is_dataarray(data):
+        return {"kind": "dataarray", "data": _xr_payload(data), "max_diff": max_diff(data.values)}
+    if is_dataset(data):
+        return {"kind": "dataset", "data": _xr_payload(data)}
+    return {"kind": "array", "data": data, "max_diff": max_diff(data)}
+
+
+def _preview_part(preview: Any) -> dict[str, Any]:
+    if is_figure(preview):
+        return {"kind": "image", "data": figure_rgba(preview)}
+    if is_plotly_figure(preview):
+        return {"kind": "plotly", "data": plotly_json(preview)}
+    if is_dataarray(preview):
+        return {"kind": "dataarray", "data": _xr_payload(preview)}
+    return {"kind": "array", "data": np.asarray(preview)}
+
+
+def _summary(cell: Cell, out: dict[str, Any], name: str) -> tuple[Any, str | None]:
+    """The summary: given (``summary_value``), reduced (``summary``), else by type."""
+    if cell.summary_value is not None:
+        given = np.asarray(cell.summary_value)
+        return _scalar(given) if given.ndim == 0 else (given, None)
+    if cell.summary and out["kind"] in ("array", "dataarray", "series"):
+        ok, reduced = _reduce(cell.summary, cell.data, name)
+        if ok:
+            arr = np.asarray(reduced)
+            return _scalar(arr) if arr.ndim == 0 else _default_summary(arr)
+    return _summary_by_type(cell, out)
+
+
+def _summary_by_type(cell: Cell, out: dict[str, Any]) -> tuple[Any, str | None]:
+    data, preview, kind = cell.data, cell.preview, out["kind"]
+    if preview is None:
+        if kind == "plotly":
+            return plotly_summary(data)
+        if kind in ("series", "dataframe"):
+            return _pandas_summary(data)
+        if kind == "image":
+            return image_thumbnail(out["data"]), "thumbnail"
+        return _default_summary(data)
+    if out["preview"]["kind"] == "image":
+        return image_thumbnail(out["preview"]["data"]), "thumbnail"
+    if out["preview"]["kind"] == "plotly":
+        return plotly_summary(preview)
+    return _default_summary(preview)

@@ -1,0 +1,166 @@
+"""Admission by memory (issue #13): large variables of runs in flight take turns.
+
+The rule in memory (fake workers report what each variable used, as real ones do),
+and the real worker's report of its peak: what the rule learns from.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from runstream_executor.admission import Admission
+from runstream_executor.context import ContextSource, LoadedContext, VarDef
+from runstream_executor.engine import Pass, RunTarget, load_context, select
+from runstream_executor.pool import Worker, WorkerPool
+
+from .helpers import target, write_context
+
+pytestmark = [pytest.mark.unit, pytest.mark.asyncio(loop_scope="session")]
+
+USED_MB = {"big": 200.0, "small": 1.0}
+
+
+class FakeWorker(Worker):
+    """Answers evals after a short while, reporting what the variable used; logs intervals."""
+
+    def __init__(self, log: list[tuple[str, str, float, float]], label: str) -> None:
+        self.dead = False
+        self.log = log
+        self.label = label
+
+    async def request(self, msg: dict[str, Any], **limits: Any) -> dict[str, Any]:  # type: ignore[override]
+        if msg["op"] != "eval":
+            return {"ok": True}
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        await asyncio.sleep(0.05 if msg["name"] == "big" else 0.01)
+        self.log.append((self.label, msg["name"], began, loop.time()))
+        return {
+            "ok": True,
+            "status": "ok",
+            "pinned": False,
+            "value": None,
+            "duration": 0.0,
+            "peak_mb": USED_MB[msg["name"]],
+        }
+
+
+class FakePool:
+    """One home worker per pass (as a pool of several workers would give)."""
+
+    def __init__(self, admission: Admission) -> None:
+        self.config = SimpleNamespace(share="", time_limit_s=30.0)
+        self.guard = SimpleNamespace(admission=admission)
+        self.log: list[tuple[str, str, float, float]] = []
+        self.count = 0
+
+    async def acquire(self, prefer: Any = None) -> FakeWorker:
+        self.count += 1
+        return FakeWorker(self.log, f"w{self.count}")
+
+    def try_acquire(self) -> None:
+        return None
+
+    async def release(self, worker: Any) -> None:
+        return None
+
+
+def _ctx(tmp_path: Path) -> LoadedContext:
+    source = ContextSource(path=str(tmp_path / "context.py"), source="", hash="h", revision=0)
+    variables = {
+        n: VarDef(n, n, None, None, (), "raw", False, False, None, None, (), ())
+        for n in ("big", "small")
+    }
+    return LoadedContext(source=source, variables=variables)
+
+
+async def _passes(pool: FakePool, ctx: LoadedContext, tmp_path: Path, runs: list[int]) -> None:
+    async def one(run: int) -> None:
+        target = RunTarget(1, run, "/p", str(tmp_path), "/p/raw", "/p/proc")
+        async with Pass(pool, ctx, target, parallel=1) as run_pass:  # type: ignore[arg-type]
+            outcomes = await run_pass.run(["big", "small"])
+        assert {o.status for o in outcomes.values()} == {"ok"}
+
+    await asyncio.gather(*(one(r) for r in runs))
+
+
+def _overlaps(log: list[tuple[str, str, float, float]], name: str) -> bool:
+    spans = sorted((a, b) for _, n, a, b in log if n == name)
+    return any(later[0] < earlier[1] for earlier, later in itertools.pairwise(spans))
+
+
+async def test_large_variables_of_runs_in_flight_take_turns(tmp_path: Path) -> None:
+    admission = Admission(limit_mb=300)  # one "big" (200) fits, two do not
+    pool = FakePool(admission)
+    ctx = _ctx(tmp_path)
+    await _passes(pool, ctx, tmp_path, [1])  # the first run: nothing known, nothing waits
+    assert admission.expected[("h", "big")] == 200.0
+    pool.log.clear()
+    await _passes(pool, ctx, tmp_path, [2, 3, 4])
+    assert not _overlaps(pool.log, "big"), pool.log
+    assert admission.waited > 0
+    assert admission.running == 0
+    assert admission.running_mb == 0.0
+    # a pass whose large variable had to wait computed its small one meanwhile
+    orders = []
+    for label in {w for w, *_ in pool.log}:
+        mine = sorted((a, n) for w, n, a, _ in pool.log if w == label)
+        orders.append([n for _, n in mine])
+    assert ["small", "big"] in orders, orders
+
+
+async def test_without_a_limit_large_variables_run_together(tmp_path: Path) -> None:
+    admission = Admission(limit_mb=0)
+    pool = FakePool(admission)
+    ctx = _ctx(tmp_path)
+    await _passes(pool, ctx, tmp_path, [1])
+    pool.log.clear()
+    await _passes(pool, ctx, tmp_path, [2, 3])
+    assert _overlaps(pool.log, "big")
+    assert admission.waited == 0
+
+
+async def test_one_large_variable_always_runs_whatever_its_size() -> None:
+    admission = Admission(limit_mb=100)
+    admission.learn(("h", "huge"), 5000.0)
+    need = admission.need(("h", "huge"))
+    assert need == 5000.0
+    assert admission.try_take(need)
+    assert not admission.try_take(need)
+    assert admission.try_take(admission.need(("h", "unknown")))  # small or unknown: never waits
+    admission.give(need)
+    assert admission.try_take(need)
+
+
+BIG = """
+from damnit_ctx import Variable
+import numpy as np
+
+@Variable(title="Big")
+def big(run):
+    return float(np.ones(12_000_000).sum())  # 96 MB at once
+
+@Variable(title="Small")
+def small(run):
+    return 1
+"""
+
+
+async def test_a_worker_reports_how_much_a_variable_grew_it(
+    pool: WorkerPool, tmp_path: Path, mock_proposal: Path
+) -> None:
+    source = write_context(tmp_path / "ctx", BIG)
+    ctx = await load_context(pool, source)
+    admission = Admission(limit_mb=1)
+    run_pass = Pass(pool, ctx, target(mock_proposal, tmp_path / "ctx"), parallel=1)
+    run_pass.admission = admission
+    async with run_pass:
+        outcomes = await run_pass.run(select(ctx, "all", (), ()))
+    assert outcomes["big"].status == "ok"
+    assert 80 <= admission.expected[(source.hash, "big")] < 400
+    assert admission.expected[(source.hash, "small")] < 16
