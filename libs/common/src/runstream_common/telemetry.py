@@ -3,6 +3,8 @@
 Spans cross every Kafka hop through W3C trace context in the record headers
 (FastStream's KafkaTelemetryMiddleware injects and extracts them). Nothing is
 exported unless an OTLP endpoint is configured; tests pass their own exporter.
+With neither, spans are not recorded (the trace context still travels with every
+record): nobody would read them.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetr
 from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_NAMESPACE, Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
 
 from .settings import TelemetrySettings
 
@@ -39,7 +42,10 @@ def setup_telemetry(
     resource = Resource.create(
         {SERVICE_NAME: f"runstream-{service}", SERVICE_NAMESPACE: settings.service_namespace}
     )
-    tracer_provider = TracerProvider(resource=resource)
+    exported = bool(settings.otlp_endpoint or span_processors)
+    # Unexported: spans are created non-recording (ids and context propagate, nothing more).
+    sampler = None if exported else ParentBased(ALWAYS_OFF)
+    tracer_provider = TracerProvider(resource=resource, sampler=sampler)
     readers = list(metric_readers)
     if settings.otlp_endpoint:
         from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
