@@ -27,7 +27,7 @@ from pydantic import BaseModel
 from runstream_common.messages import ResultsReady, RunRequested, Trigger
 from runstream_common.topics import Topics
 from runstream_executor.handlers import RunProcessor
-from runstream_executor.pools import PoolSet
+from runstream_executor.pool_set import PoolSet
 from runstream_executor.settings import Settings
 
 TEN_VARIABLES = """

@@ -20,7 +20,7 @@ from runstream_common.service import Service
 from runstream_common.settings import KafkaSettings
 from runstream_common.topics import dlq, proposal_key, run_key
 from runstream_executor.app import ExecutorRuntime, Ports, build_app
-from runstream_executor.pools import PoolSet
+from runstream_executor.pool_set import PoolSet
 from runstream_executor.settings import Settings
 from support.ports import MemoryRegistry, MemoryTopics, in_memory, published
 

@@ -22,7 +22,7 @@ from runstream_executor.engine import load_context, select
 from runstream_executor.handlers import RunProcessor
 from runstream_executor.modes import JobPass
 from runstream_executor.pool import WorkerPool
-from runstream_executor.pools import PoolSet
+from runstream_executor.pool_set import PoolSet
 from runstream_executor.settings import Settings
 
 from .helpers import run_context, write_context

@@ -19,7 +19,7 @@ from runstream_common.telemetry import Telemetry, setup_telemetry
 from . import __version__
 from .adapters.kafka import KafkaPublisher
 from .handlers import RunProcessor
-from .pools import PoolSet
+from .pool_set import PoolSet
 from .registry import RunGuard
 from .settings import Settings
 

@@ -41,7 +41,7 @@ from .context import ContextProblems, ContextSource, LoadedContext
 from .engine import Pass, RunTarget, load_context
 from .modes import SERVICE_PASS, PassMode
 from .outcome import Outcome
-from .pools import PoolSet
+from .pool_set import PoolSet
 from .results import (
     WrittenResults,
     fit_message,

@@ -35,7 +35,7 @@ from runstream_common.telemetry import setup_telemetry
 from .adapters.kafka import KafkaPublisher
 from .handlers import RunProcessor, request_for_job
 from .modes import JobPass
-from .pools import PoolSet
+from .pool_set import PoolSet
 from .settings import Settings
 
 log = logging.getLogger("runstream.executor.job")
