@@ -48,8 +48,12 @@ async def test_a_restarted_gateway_adopts_reruns_and_keeps_held_jobs(tmp_path: P
     journal = Journal(tmp_path / "journal" / "local-jobs-test.jsonl")
     marker = tmp_path / "ran"
     first = LocalBackend(journal=journal)
-    # 1: still running when the gateway dies; ends with status 3 afterwards.
-    survivor = await first.submit(spec(tmp_path, "req-1", "sleep 1.5; exit 3"), hold=False)
+    # 1: still running when the gateway dies; ends with status 3 once told to (a file, not
+    # a sleep: however slow the machine, it is still running when the second gateway looks).
+    go = tmp_path / "go"
+    survivor = await first.submit(
+        spec(tmp_path, "req-1", f"while [ ! -e {go} ]; do sleep 0.05; done; exit 3"), hold=False
+    )
     # 2: its process is lost too (machine trouble); must run again.
     lost = await first.submit(
         spec(tmp_path, "req-2", f"echo ran >> {marker}; sleep 60"), hold=False
@@ -72,6 +76,7 @@ async def test_a_restarted_gateway_adopts_reruns_and_keeps_held_jobs(tmp_path: P
     assert jobs[held].held
     assert jobs[held].state is JobState.PENDING
     assert jobs[survivor].state is JobState.RUNNING
+    go.touch()  # the survivor may end now
 
     await until(lambda: marker.read_text().count("ran") == 2)  # job 2 ran again
     assert "runs again" in (tmp_path / "req-2.log").read_text()
