@@ -107,6 +107,9 @@ async def test_submit_hold_release_list_and_exit_codes(
     assert (job_dir / "r1.out").read_text() == "hello\n"
 
 
+# "Nothing changed" is cluster-wide: another test's job changing state in between would
+# make Slurm answer with the list, so this one runs alone (after the parallel tests).
+@pytest.mark.serial
 async def test_update_time_gives_304_when_nothing_changed(client: SlurmRestClient) -> None:
     first = await client.list()
     assert first.jobs is not None

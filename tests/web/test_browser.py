@@ -437,7 +437,15 @@ def test_with_a_write_token_only_a_signed_in_browser_edits(
         page.goto(f"{url}#/p/{PROPOSAL}")
         page.wait_for_function("() => window.__runstream && window.__runstream.ready")
         page.wait_for_function("() => document.getElementById('who').textContent === 'read-only'")
+        page.wait_for_selector('#live[data-state="live"]', timeout=WAIT_MS)
         assert not page.locator("#reprocess").is_visible()
+        try:  # run 3 comes from test_new_run_appears_and_fills_without_reload
+            cell(page, 3, "run").wait_for(timeout=WAIT_MS)
+        except Exception as exc:
+            rows = page.evaluate(
+                "() => [...document.querySelectorAll('#grid .row')].map(r => r.dataset.run)"
+            )
+            raise AssertionError(f"no row for run 3 in the guarded table; rows: {rows}") from exc
         cell(page, 3, "comment").dblclick()
         assert cell(page, 3, "comment").locator("input.editor").count() == 0
         page.once("dialog", lambda dialog: dialog.accept("wrong"))
