@@ -428,6 +428,9 @@ def test_with_a_write_token_only_a_signed_in_browser_edits(
     page: Any, system: WebSystem, tmp_path: Path
 ) -> None:
     """A second web service with write_access=token: read-only until the user signs in."""
+    # Run 3 is the new-run test's; stored before this page loads, whatever ran first.
+    system.send_events(range(3, 4))
+    system.wait_values(range(3, 4), ("n_trains",))
     env = {**system.system.env, "RUNSTREAM_WEB_WRITE_ACCESS": "token",
            "RUNSTREAM_WEB_WRITE_TOKEN": "s3cret-token"}  # fmt: skip
     guarded = System(env=env, log_dir=tmp_path)
