@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -257,6 +257,27 @@ async def drop_database(kafka: KafkaSettings) -> None:
         await admin.close()
 
 
+async def topic_counts(kafka: KafkaSettings) -> dict[str, int]:
+    """Records written so far to each of the benchmark's topics (their end offsets)."""
+    client = AIOKafkaConsumer(bootstrap_servers=kafka.bootstrap_servers)
+    await client.start()
+    try:
+        prefix = f"{kafka.topic_prefix}."
+        metadata = await client._client.fetch_all_metadata()
+        topics = sorted(t for t in metadata.topics() if t.startswith(prefix))
+        parts = [
+            TopicPartition(t, p) for t in topics for p in metadata.partitions_for_topic(t) or ()
+        ]
+        ends = await client.end_offsets(parts) if parts else {}
+    finally:
+        await client.stop()
+    counts: dict[str, int] = {}
+    for part, end in ends.items():
+        name = part.topic.removeprefix(prefix)
+        counts[name] = counts.get(name, 0) + end
+    return counts
+
+
 def infra_cpu() -> dict[str, float]:
     """CPU seconds used so far by the local Kafka and PostgreSQL (their whole process trees).
 
@@ -353,9 +374,16 @@ async def run_services(
             await bench.paced(proposal, [WARMUP_RUN])
         sampler.phase = "batch"
         profiler.start(sampler.roots(), "batch")
+        counts_before = await topic_counts(kafka)
         infra_before = infra_cpu()
         out["runs_per_s"] = await bench.batch(workload.PROPOSAL, runs)
         infra_after = infra_cpu()
+        counts_after = await topic_counts(kafka)
+        out["records"] = {
+            t: n - counts_before.get(t, 0)
+            for t, n in counts_after.items()
+            if n > counts_before.get(t, 0)
+        }
         out["infra_cpu"] = {
             k: infra_after[k] - v for k, v in infra_before.items() if k in infra_after
         }
@@ -413,6 +441,11 @@ def report(
     print(f"CPU per run in the batch (ms): {cells}; all {spent * 1000:.0f}{floor_cpu}")
     infra = ", ".join(f"{k} {v / args.runs * 1000:.0f}" for k, v in svc["infra_cpu"].items())
     print(f"  shared stack meanwhile (ms per run, includes anyone else's use): {infra}")
+    records = svc["records"]
+    per_topic = ", ".join(f"{t} {n / args.runs:.1f}" for t, n in sorted(records.items()))
+    print(
+        f"Kafka records per run in the batch: {sum(records.values()) / args.runs:.1f} ({per_topic})"
+    )
     print(
         f"single run, event -> values stored and published ({len(lat)} runs): "
         f"p50 {pct(lat, 0.5):.3f} s, p95 {pct(lat, 0.95):.3f} s   [target p50 <= 0.6 s]"

@@ -237,6 +237,8 @@ def service_env(kafka: KafkaSettings, dsn: str, raw_topic: str, logs: Path) -> d
             "RUNSTREAM_STORE_DAMNIT__RETRY_MAX_S": "2",
             "RUNSTREAM_EXECUTOR_WORKERS": "2",
             "RUNSTREAM_EXECUTOR_VARIABLE_TIMEOUT_S": "120",
+            # every processing state, however short the pass (DAMNIT's RUNNING is checked)
+            "RUNSTREAM_EXECUTOR_PROGRESS_AFTER_S": "0",
             "PYTHONUNBUFFERED": "1",
         }
     )

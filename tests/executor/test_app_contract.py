@@ -119,7 +119,7 @@ async def test_run_requests_in_results_processing_states_and_dead_letters_out(
     assert by_name["n_trains"]["summary"] == 400  # the mock run's trains
     assert (by_name["broken"]["error"], by_name["broken"]["error_cls"]) == ("no beam", "ValueError")
     states = [m["status"] for m in wired.bodies(topics.processing) if m["request_id"] == "r-1"]
-    assert states == ["queued", "running", "finished"]
+    assert states == ["finished"]  # a pass shorter than progress_after_s: how it ended only
     assert wired.bodies(topics.job_requests) == []
 
     unknown, malformed = (h for _, h in wired.out[dlq(topics.runs)])

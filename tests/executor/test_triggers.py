@@ -215,16 +215,12 @@ async def test_processing_pass_messages_reuse_and_cluster_handoff(
     assert rec.of(ResultsReady)[1].result_id == results.result_id
     assert len(rec.of(VariablesDefined)) == 1  # announced once per revision
 
-    # By default a pass shorter than progress_after_s publishes no per-variable states:
-    # queued, running, finished, and the durations and errors in results_ready.
+    # By default a pass shorter than progress_after_s publishes only how it ended:
+    # finished, and the durations and errors in results_ready.
     quiet = Recorder()
     short = RunProcessor(Settings(), FixedPools(pool), quiet, topics)  # type: ignore[arg-type]
     await short.process(request(ctx_dir, mock_proposal, "raw"))
-    assert [s.status for s in quiet.of(ProcessingStateChanged)] == [
-        ProcessingStatus.QUEUED,
-        ProcessingStatus.RUNNING,
-        ProcessingStatus.FINISHED,
-    ]
+    assert [s.status for s in quiet.of(ProcessingStateChanged)] == [ProcessingStatus.FINISHED]
     (quiet_results,) = quiet.of(ResultsReady)
     assert all(r.duration_s is not None for r in quiet_results.results)
     assert {r.name: r.error_cls for r in quiet_results.results}["fails"] == "KeyError"
@@ -246,6 +242,44 @@ async def test_processing_pass_messages_reuse_and_cluster_handoff(
     assert [(r.name, r.summary) for r in job_results.results] == [("heavy", 9.0)]
     assert (ctx_dir / "calls-base.txt").read_text() == calls_before
     assert len(rec.of(JobRequested)) == 2  # the two raw passes; not the proc pass nor the job
+
+
+SLOW_CONTEXT = """
+import time
+from damnit_ctx import Variable
+
+@Variable(title="Quick")
+def quick(run):
+    return 1
+
+@Variable(title="Slow")
+def slow(run, q: "var#quick"):
+    time.sleep(0.8)
+    return q + 1
+"""
+
+
+async def test_a_pass_publishes_its_progress_once_it_is_progress_after_s_old(
+    pool: WorkerPool, tmp_path: Path, mock_proposal: Path
+) -> None:
+    ctx_dir = tmp_path / "ctx"
+    write_context(ctx_dir, SLOW_CONTEXT)
+    rec = Recorder()
+    settings = Settings(progress_after_s=0.4)
+    processor = RunProcessor(settings, FixedPools(pool), rec, Topics("t"))  # type: ignore[arg-type]
+    report = await processor.process(request(ctx_dir, mock_proposal, "raw"))
+    assert report.status is ProcessingStatus.FINISHED
+    states = rec.of(ProcessingStateChanged)
+    # queued was superseded before the pass was 0.4 s old; running was held until then,
+    # then published; the variable that ended after that has its own state.
+    assert [(s.status, s.variable) for s in states] == [
+        (ProcessingStatus.RUNNING, None),
+        (ProcessingStatus.VARIABLE_DONE, "slow"),
+        (ProcessingStatus.FINISHED, None),
+    ]
+    assert states[0].time < states[1].time < states[2].time
+    (results,) = rec.of(ResultsReady)
+    assert {r.name: r.summary for r in results.results} == {"quick": 1, "slow": 2}
 
 
 async def test_context_is_read_afresh_and_load_errors_fail_the_pass(

@@ -165,20 +165,30 @@ class RunProcessor:
 
     async def poisoned(self, req: RunRequested, reason: str) -> None:
         """This run kept killing the executor: record its pass as failed (it is dead-lettered)."""
-        attempt = _Attempt(req, SERVICE_PASS, self.hostname, self.publisher)
+        attempt = self._attempt(req, SERVICE_PASS)
         await attempt.send(
             self.topics.processing, attempt.state(ProcessingStatus.FAILED, reason=reason)
+        )
+
+    def _attempt(self, req: RunRequested, mode: PassMode) -> _Attempt:
+        return _Attempt(
+            req,
+            mode,
+            self.hostname,
+            self.publisher,
+            self.topics.processing,
+            self.settings.progress_after_s,
         )
 
     async def process(self, req: RunRequested, mode: PassMode = SERVICE_PASS) -> PassReport:
         """One pass over one run, as a sequence of steps that share an :class:`_Attempt`:
         open the run and its context, announce the variables, plan (selection, cluster job,
         reuse), evaluate and write the fragment, publish the results and the final state."""
-        attempt = _Attempt(req, mode, self.hostname, self.publisher)
+        attempt = self._attempt(req, mode)
         # A service pass's variables all end by then, so its record is finished (and its
         # partition free to move) within the consumer's max poll interval (see app.py).
         deadline = mode.deadline(self.settings.pass_timeout_s)
-        await attempt.send(self.topics.processing, attempt.state(ProcessingStatus.QUEUED))
+        await attempt.progress(ProcessingStatus.QUEUED)
         try:
             target, source, ctx = await self._open(req)
         except _PassFailed as exc:
@@ -200,7 +210,7 @@ class RunProcessor:
             attempt.send,
         )
         plan = await self._plan(attempt, ctx, source)
-        await attempt.send(self.topics.processing, attempt.state(ProcessingStatus.RUNNING))
+        await attempt.progress(ProcessingStatus.RUNNING)
         outcomes, started, written = await self._evaluate(attempt, ctx, target, plan, deadline)
         await self._keep_for_reuse(attempt, ctx, plan.reuse_file, outcomes)
         await attempt.settle()
@@ -334,13 +344,10 @@ class RunProcessor:
         return outcomes, started, written
 
     def _progress(self, attempt: _Attempt) -> Callable[[Outcome], Awaitable[None]]:
-        """Per-variable processing states, only for passes longer than ``progress_after_s``."""
-        running_since = time.monotonic()
+        """Per-variable processing states, only once the pass is ``progress_after_s`` old."""
 
         async def on_outcome(outcome: Outcome) -> None:
-            if outcome.transient or outcome.reused:
-                return
-            if time.monotonic() - running_since < self.settings.progress_after_s:
+            if outcome.transient or outcome.reused or not attempt.progressing:
                 return  # a short pass: its durations and errors are in results_ready
             status = ProcessingStatus.VARIABLE_DONE
             reason = None
@@ -350,9 +357,7 @@ class RunProcessor:
             state = attempt.state(
                 status, variable=outcome.name, duration_s=outcome.duration, reason=reason
             )
-            attempt.pending.append(
-                asyncio.ensure_future(attempt.send(self.topics.processing, state))
-            )
+            attempt.pending.append(asyncio.ensure_future(attempt.publish_progress(state)))
 
         return on_outcome
 
@@ -392,14 +397,31 @@ class _PassFailed(Exception):
 
 @dataclass
 class _Attempt:
-    """One pass over one run: what the steps of :meth:`RunProcessor.process` share."""
+    """One pass over one run: what the steps of :meth:`RunProcessor.process` share.
+
+    Its progress (``queued``, ``running``, per-variable states) is published only once
+    the pass is ``progress_after_s`` old: until then the latest state is held, and a
+    pass that ends first publishes only how it ended (``finished`` or ``failed``; its
+    results carry every duration and error). A state nobody would see for more than a
+    moment would cost the store a database write and every GUI an update.
+    """
 
     req: RunRequested
     mode: PassMode
     hostname: str
     publisher: Publisher
+    processing_topic: str
+    progress_after_s: float
     processing_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     pending: list[asyncio.Task[None]] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
+    _held: ProcessingStateChanged | None = None
+    _timer: asyncio.Task[None] | None = None
+
+    @property
+    def progressing(self) -> bool:
+        """Whether the pass is old enough for its progress to be published."""
+        return time.monotonic() - self.started >= self.progress_after_s
 
     def state(self, status: ProcessingStatus, **kw: Any) -> ProcessingStateChanged:
         req = self.req
@@ -419,8 +441,36 @@ class _Attempt:
     async def send(self, topic: str, message: BaseModel) -> None:
         await self.publisher.publish(topic, message, run_key(self.req.proposal, self.req.run))
 
+    async def progress(self, status: ProcessingStatus) -> None:
+        """The pass reached ``status`` (queued, running): published now or held."""
+        state = self.state(status)
+        if self.progressing:
+            await self.publish_progress(state)
+            return
+        self._held = state
+        if self._timer is None:
+            self._timer = asyncio.ensure_future(self._release_later())
+
+    async def publish_progress(self, state: ProcessingStateChanged) -> None:
+        await self._release()
+        await self.send(self.processing_topic, state)
+
+    async def _release_later(self) -> None:
+        await asyncio.sleep(self.started + self.progress_after_s - time.monotonic())
+        held, self._held = self._held, None
+        if held is not None:
+            self.pending.append(asyncio.ensure_future(self.send(self.processing_topic, held)))
+
+    async def _release(self) -> None:
+        held, self._held = self._held, None
+        if held is not None:
+            await self.send(self.processing_topic, held)
+
     async def settle(self) -> None:
-        """Wait for the progress states sent so far."""
+        """Wait for the progress states sent so far; drop a held one (the pass is ending)."""
+        if self._timer is not None:
+            self._timer.cancel()
+        self._held = None
         await asyncio.gather(*self.pending)
 
 

@@ -60,9 +60,9 @@ class Settings(ServiceSettings):
     progress_after_s: float = Field(
         default=1.0,
         ge=0,
-        description="Per-variable processing states (variable_done/failed) are published "
-        "once a pass has been running this long; shorter passes publish only queued, "
-        "running and finished (results_ready has every duration and error). 0: always",
+        description="A pass's progress (queued, running, then variable_done/failed per "
+        "variable) is published once the pass is this old; a shorter pass publishes only "
+        "finished or failed (results_ready has every duration and error). 0: always",
     )
     idle_worker_s: float = Field(
         default=300.0,
