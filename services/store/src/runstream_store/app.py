@@ -272,6 +272,7 @@ def _projector(
         topic_prefix=settings.damnit.topic_prefix,
         retry_max_s=settings.damnit.retry_max_s,
         reconcile_interval_s=settings.damnit.reconcile_interval_s,
+        linger_s=settings.damnit.linger_s,
         before_commit=hooks.projecting,
     )
 

@@ -31,6 +31,12 @@ class DamnitSettings(BaseModel):
         description="How often every proposal's file is compared with PostgreSQL",
     )
     retry_max_s: float = Field(default=60.0, gt=0, description="Longest wait between retries")
+    linger_s: float = Field(
+        default=0.1,
+        ge=0,
+        description="A change waits this long before it is written, so changes that come "
+        "together (a burst of runs) go into the file in one transaction",
+    )
     slurm_cluster: str | None = Field(
         default=None, description="Slurm cluster name DAMNIT's GUI passes to squeue/scancel"
     )

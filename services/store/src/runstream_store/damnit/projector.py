@@ -93,6 +93,7 @@ class Projector:
         retry_min_s: float = 1.0,
         retry_max_s: float = 60.0,
         reconcile_interval_s: float = 60.0,
+        linger_s: float = 0.0,
         before_commit: Callable[[], None] | None = None,
         on_new_db: Callable[[str, int], Awaitable[None]] | None = None,
     ) -> None:
@@ -102,6 +103,7 @@ class Projector:
         self.retry_min_s = retry_min_s
         self.retry_max_s = retry_max_s
         self.reconcile_interval_s = reconcile_interval_s
+        self.linger_s = linger_s
         self.before_commit = before_commit
         self.on_new_db = on_new_db
         self.on_pending_edits: PendingEdits | None = None
@@ -172,7 +174,7 @@ class Projector:
 
     # ------------------------------------------------------------------ the worker
     async def _worker(self, proposal: int) -> None:
-        while not self._closed and (work := self._work.pop(proposal, None)) is not None:
+        while not self._closed and (work := await self._next(proposal)) is not None:
             try:
                 result = await self._project(proposal, work)
             except ProjectionDisabled as exc:
@@ -205,6 +207,12 @@ class Projector:
                         waiter.set_result(result)
         self._workers.pop(proposal, None)
 
+    async def _next(self, proposal: int) -> Work | None:
+        """The proposal's changes so far, after ``linger_s``: a burst is written at once."""
+        if self.linger_s and proposal in self._work:
+            await asyncio.sleep(self.linger_s)
+        return self._work.pop(proposal, None)
+
     async def _project(self, proposal: int, work: Work) -> SyncResult:
         target = await self.source.target(proposal)
         if target is None or not target.context_dir:
@@ -223,10 +231,13 @@ class Projector:
         rebuild = work.rebuild or state is None
         db_id = (state.db_id if state else None) or target.db_id or sqlite_file.new_db_id()
         runs = set(work.runs)
-        if rebuild or work.full:
+        if rebuild or work.full or runs:
             seqs = await self.source.run_seqs(proposal)
             have = state.seqs if state is not None and not rebuild else {}
-            runs |= {r for r, s in seqs.items() if have.get(r, -1) < s}
+            if rebuild or work.full:
+                runs |= set(seqs)
+            # a run the file already holds at its latest change number is not written again
+            runs = {r for r in runs if r not in seqs or have.get(r, -1) < seqs[r]}
         meta_behind = state is None or target.meta_seq > state.meta_seq
         meta = await self.source.meta(proposal) if (work.meta or rebuild or meta_behind) else None
         if not (runs or meta or rebuild or work.messages):
@@ -235,6 +246,8 @@ class Projector:
             await self._remember(proposal, db_id, path)
             await self._scan_edits(proposal, db_id, path)
             return SyncResult(proposal=proposal, path=str(path), db_id=db_id, runs_written=0)
+        if not (runs or meta or rebuild):  # only announcements owed (processing, job states)
+            return await self._announce_only(proposal, db_id, path, work)
         ordered = sorted(runs)
         chunks = [ordered[i : i + CHUNK_RUNS] for i in range(0, len(ordered), CHUNK_RUNS)] or [[]]
         written, first = 0, True
@@ -262,6 +275,13 @@ class Projector:
             work.messages = []
             self._pending(proposal, db_id, path, outcome)
         return SyncResult(proposal=proposal, path=str(path), db_id=db_id, runs_written=written)
+
+    async def _announce_only(self, proposal: int, db_id: str, path: Path, work: Work) -> SyncResult:
+        """Publish owed announcements that change nothing in the file: no write, no lock."""
+        await self._remember(proposal, db_id, path)
+        await self.publisher.publish(damnit_db_topic(db_id, self.topic_prefix), work.messages)
+        work.messages = []
+        return SyncResult(proposal=proposal, path=str(path), db_id=db_id, runs_written=0)
 
     async def _write(self, path: Path, batch: sqlite_file.Batch) -> sqlite_file.Written:
         try:
