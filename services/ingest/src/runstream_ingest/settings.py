@@ -105,7 +105,10 @@ class Settings(ServiceSettings):
         ),
     )
     fetch_max_wait_ms: int = Field(
-        default=50, ge=1, description="Longest a fetch waits at the broker for new events"
+        default=500,
+        ge=1,
+        description="Longest a fetch waits at the broker when there are no new events (a "
+        "fetch returns as soon as one arrives; shorter only means more idle requests)",
     )
 
     follower_batch_ms: int | None = Field(
