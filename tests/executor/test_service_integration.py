@@ -147,7 +147,13 @@ async def test_run_request_to_results_and_cluster_job(
             )
             _, stderr = await asyncio.wait_for(proc.communicate(), 180)
             assert proc.returncode == 0, stderr.decode()[-3000:]
-            await out.until(finished("r-1", 2))
+            # its results and its final state travel on two topics: wait for both
+            await out.until(
+                lambda ms: (
+                    finished("r-1", 2)(ms)
+                    and sum(isinstance(m, ResultsReady) and m.request_id == "r-1" for m in ms) == 2
+                )
+            )
             job_results = out.of(ResultsReady)[-1]
             assert [(r.name, r.summary) for r in job_results.results] == [("heavy", 10.0)]
             job_states = [m for m in out.of(ProcessingStateChanged) if m.slurm_job_id == 4242]
