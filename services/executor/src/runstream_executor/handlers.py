@@ -188,7 +188,7 @@ class RunProcessor:
         # A service pass's variables all end by then, so its record is finished (and its
         # partition free to move) within the consumer's max poll interval (see app.py).
         deadline = mode.deadline(self.settings.pass_timeout_s)
-        await attempt.progress(ProcessingStatus.QUEUED)
+        attempt.progress(attempt.state(ProcessingStatus.QUEUED))
         try:
             target, source, ctx = await self._open(req)
         except _PassFailed as exc:
@@ -210,7 +210,7 @@ class RunProcessor:
             attempt.send,
         )
         plan = await self._plan(attempt, ctx, source)
-        await attempt.progress(ProcessingStatus.RUNNING)
+        attempt.progress(attempt.state(ProcessingStatus.RUNNING))
         outcomes, started, written = await self._evaluate(attempt, ctx, target, plan, deadline)
         await self._keep_for_reuse(attempt, ctx, plan.reuse_file, outcomes)
         await attempt.settle()
@@ -357,7 +357,7 @@ class RunProcessor:
             state = attempt.state(
                 status, variable=outcome.name, duration_s=outcome.duration, reason=reason
             )
-            attempt.pending.append(asyncio.ensure_future(attempt.publish_progress(state)))
+            attempt.progress(state)
 
         return on_outcome
 
@@ -400,10 +400,12 @@ class _Attempt:
     """One pass over one run: what the steps of :meth:`RunProcessor.process` share.
 
     Its progress (``queued``, ``running``, per-variable states) is published only once
-    the pass is ``progress_after_s`` old: until then the latest state is held, and a
-    pass that ends first publishes only how it ended (``finished`` or ``failed``; its
-    results carry every duration and error). A state nobody would see for more than a
-    moment would cost the store a database write and every GUI an update.
+    the pass is ``progress_after_s`` old, and then at most once per ``progress_after_s``:
+    a state that may not go out yet is held, a newer one replaces it, and the held one
+    goes out when the time comes. A pass that ends first publishes only how it ended
+    (``finished`` or ``failed``; its results carry every duration and error). A state
+    nobody would see for more than a moment would cost the store a database write and
+    every GUI an update, and a busy machine would send the most of them.
     """
 
     req: RunRequested
@@ -415,13 +417,17 @@ class _Attempt:
     processing_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     pending: list[asyncio.Task[None]] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
+    _next_at: float = 0.0  # when the next progress state may go out
     _held: ProcessingStateChanged | None = None
     _timer: asyncio.Task[None] | None = None
+
+    def __post_init__(self) -> None:
+        self._next_at = self.started + self.progress_after_s
 
     @property
     def progressing(self) -> bool:
         """Whether the pass is old enough for its progress to be published."""
-        return time.monotonic() - self.started >= self.progress_after_s
+        return time.monotonic() >= self.started + self.progress_after_s
 
     def state(self, status: ProcessingStatus, **kw: Any) -> ProcessingStateChanged:
         req = self.req
@@ -441,35 +447,32 @@ class _Attempt:
     async def send(self, topic: str, message: BaseModel) -> None:
         await self.publisher.publish(topic, message, run_key(self.req.proposal, self.req.run))
 
-    async def progress(self, status: ProcessingStatus) -> None:
-        """The pass reached ``status`` (queued, running): published now or held."""
-        state = self.state(status)
-        if self.progressing:
-            await self.publish_progress(state)
+    def progress(self, state: ProcessingStateChanged) -> None:
+        """Publish a progress state now, or hold it until the pass may publish again."""
+        now = time.monotonic()
+        if now >= self._next_at and self._timer is None:
+            self._publish(state, now)
             return
         self._held = state
         if self._timer is None:
             self._timer = asyncio.ensure_future(self._release_later())
 
-    async def publish_progress(self, state: ProcessingStateChanged) -> None:
-        await self._release()
-        await self.send(self.processing_topic, state)
+    def _publish(self, state: ProcessingStateChanged, now: float) -> None:
+        self._next_at = now + self.progress_after_s
+        self.pending.append(asyncio.ensure_future(self.send(self.processing_topic, state)))
 
     async def _release_later(self) -> None:
-        await asyncio.sleep(self.started + self.progress_after_s - time.monotonic())
+        await asyncio.sleep(max(0.0, self._next_at - time.monotonic()))
+        self._timer = None
         held, self._held = self._held, None
         if held is not None:
-            self.pending.append(asyncio.ensure_future(self.send(self.processing_topic, held)))
-
-    async def _release(self) -> None:
-        held, self._held = self._held, None
-        if held is not None:
-            await self.send(self.processing_topic, held)
+            self._publish(held, time.monotonic())
 
     async def settle(self) -> None:
         """Wait for the progress states sent so far; drop a held one (the pass is ending)."""
         if self._timer is not None:
             self._timer.cancel()
+            self._timer = None
         self._held = None
         await asyncio.gather(*self.pending)
 

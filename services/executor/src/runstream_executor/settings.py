@@ -61,8 +61,9 @@ class Settings(ServiceSettings):
         default=1.0,
         ge=0,
         description="A pass's progress (queued, running, then variable_done/failed per "
-        "variable) is published once the pass is this old; a shorter pass publishes only "
-        "finished or failed (results_ready has every duration and error). 0: always",
+        "variable) is published once the pass is this old, then at most once per this "
+        "interval (the newest state); a shorter pass publishes only finished or failed "
+        "(results_ready has every duration and error). 0: every state",
     )
     idle_worker_s: float = Field(
         default=300.0,
