@@ -185,6 +185,13 @@ class RunProcessor:
         open the run and its context, announce the variables, plan (selection, cluster job,
         reuse), evaluate and write the fragment, publish the results and the final state."""
         attempt = self._attempt(req, mode)
+        try:
+            return await self._steps(attempt)
+        finally:
+            attempt.stop_progress()  # a pass that raised publishes no held state later
+
+    async def _steps(self, attempt: _Attempt) -> PassReport:
+        req, mode = attempt.req, attempt.mode
         # A service pass's variables all end by then, so its record is finished (and its
         # partition free to move) within the consumer's max poll interval (see app.py).
         deadline = mode.deadline(self.settings.pass_timeout_s)
@@ -468,12 +475,16 @@ class _Attempt:
         if held is not None:
             self._publish(held, time.monotonic())
 
-    async def settle(self) -> None:
-        """Wait for the progress states sent so far; drop a held one (the pass is ending)."""
+    def stop_progress(self) -> None:
+        """Drop a held state: the pass is ending."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         self._held = None
+
+    async def settle(self) -> None:
+        """Wait for the progress states sent so far; drop a held one (the pass is ending)."""
+        self.stop_progress()
         await asyncio.gather(*self.pending)
 
 
