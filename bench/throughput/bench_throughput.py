@@ -11,9 +11,16 @@ fresh topic prefix and database, registers two proposals and sends
 it prints:
 
 - the pure computation floor: the same 11 variables called in a bare loop by
-  one process per CPU (floor.py), as runs/s and seconds per run per core;
-- batch throughput: 20 events at once, first event -> last run's values
-  published by the store, and its ratio to the floor;
+  one process per CPU (floor.py), as runs/s and seconds per run per core,
+  measured before each batch round and after the last one with the services
+  paused (SIGSTOP), so that each round is compared with the machine as it was
+  just then (a shared machine's speed drifts by 2x within minutes);
+- batch throughput: ``--rounds`` (3) batches of 20 events at once (fresh run
+  numbers linked to the same data), first event -> last run's values published
+  by the store; each round's ratio to the mean of the floors around it, and the
+  medians;
+- CPU per run of every service and of the shared Kafka and PostgreSQL, and the
+  Kafka records written per run, over the batches;
 - single-run latency p50/p95: runs sent one at a time, event -> values published;
 - fixed cost per run: 20 events at once for a context of one constant variable;
 - peak RSS and PSS of each service's process tree (workers included) and of
@@ -28,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -38,6 +46,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,6 +72,7 @@ from support.services import System  # noqa: E402
 FIXED = workload.PROPOSAL + 1  # the one-constant-variable proposal (same data folder)
 LATENCY_FIRST = 101  # run numbers of the one-at-a-time phase (links to runs 1..)
 WARMUP_RUN = 201
+ROUND_FIRST = 1001  # run numbers of batch rounds after the first: 1001.., 1101.., ...
 
 
 def pct(values: list[float], q: float) -> float:
@@ -115,7 +125,7 @@ def measure_floor(context: str, prop: Path, runs: list[int], work: Path) -> dict
 
 
 def combine(floors: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The mean of the floors measured before and after the services."""
+    """The mean of the floors measured around the rounds (``spread``: each of them)."""
     if not floors:
         return None
     return {
@@ -125,6 +135,23 @@ def combine(floors: list[dict[str, Any]]) -> dict[str, Any] | None:
         "cpu_per_run": statistics.fmean(f["cpu_per_run"] for f in floors),
         "spread": "/".join(f"{f['runs_per_s']:.2f}" for f in floors),
     }
+
+
+@contextlib.contextmanager
+def paused(roots: dict[str, int]) -> Iterator[None]:
+    """The services' process trees stopped (SIGSTOP), so a floor measured meanwhile has
+    the machine as it had before they started; continued afterwards (well inside the
+    consumers' session timeout)."""
+    pids = [p for root in roots.values() for p in tree(root)]
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
 
 
 # ---------------------------------------------------------------- the services
@@ -343,10 +370,19 @@ class Profiler:
         self.procs.clear()
 
 
+@dataclass(frozen=True)
+class Rounds:
+    """The batch rounds: their runs, and whether to measure the floor around each."""
+
+    runs: list[list[int]]
+    floor: bool
+    context: str = workload.ELEVEN_VARIABLES
+
+
 async def run_services(
     root: Path,
     prop: Path,
-    runs: list[int],
+    rounds: Rounds,
     latency_runs: list[int],
     executor_env: dict[str, str],
     profile: Path | None = None,
@@ -372,28 +408,13 @@ async def run_services(
         sampler.phase = "warm-up"
         for proposal in (workload.PROPOSAL, FIXED):
             await bench.paced(proposal, [WARMUP_RUN])
-        sampler.phase = "batch"
-        profiler.start(sampler.roots(), "batch")
-        counts_before = await topic_counts(kafka)
-        infra_before = infra_cpu()
-        out["runs_per_s"] = await bench.batch(workload.PROPOSAL, runs)
-        infra_after = infra_cpu()
-        counts_after = await topic_counts(kafka)
-        out["records"] = {
-            t: n - counts_before.get(t, 0)
-            for t, n in counts_after.items()
-            if n > counts_before.get(t, 0)
-        }
-        out["infra_cpu"] = {
-            k: infra_after[k] - v for k, v in infra_before.items() if k in infra_after
-        }
-        profiler.stop()
+        out.update(await batch_rounds(bench, sampler, profiler, rounds, prop, root))
         sampler.phase = "one at a time"
         sent = await bench.paced(workload.PROPOSAL, latency_runs)
         out["latencies"] = bench.latencies(workload.PROPOSAL, sent)
         out["stages"] = await timeline.stages(kafka, workload.PROPOSAL, sent)
         sampler.phase = "fixed cost"
-        out["fixed_runs_per_s"] = await bench.batch(FIXED, runs)
+        out["fixed_runs_per_s"] = await bench.batch(FIXED, rounds.runs[0])
     except BaseException:
         print(system.logs(), file=sys.stderr)
         raise
@@ -407,7 +428,58 @@ async def run_services(
     return out
 
 
+async def batch_rounds(
+    bench: Bench, sampler: Sampler, profiler: Profiler, rounds: Rounds, prop: Path, root: Path
+) -> dict[str, Any]:
+    """Each round: the floor (services paused), then a batch of fresh runs; then the floor
+    once more. CPU, records and the shared stack's CPU are summed over the rounds."""
+    rates: list[float] = []
+    floors: list[dict[str, Any]] = []
+    records: dict[str, int] = {}
+    infra: dict[str, float] = {}
+
+    def floor() -> None:
+        if rounds.floor:
+            with paused(sampler.roots()):
+                floors.append(measure_floor(rounds.context, prop, rounds.runs[0], root))
+
+    for i, runs in enumerate(rounds.runs):
+        floor()
+        sampler.phase = "batch"
+        if i == 0:  # --profile: the first round
+            profiler.start(sampler.roots(), "batch")
+        counts_before, infra_before = await topic_counts(bench.kafka), infra_cpu()
+        rates.append(await bench.batch(workload.PROPOSAL, runs))
+        infra_after, counts_after = infra_cpu(), await topic_counts(bench.kafka)
+        if i == 0:
+            profiler.stop()
+        sampler.phase = "between rounds"
+        for k, v in infra_before.items():
+            infra[k] = infra.get(k, 0.0) + infra_after.get(k, v) - v
+        for t, n in counts_after.items():
+            records[t] = records.get(t, 0) + n - counts_before.get(t, 0)
+    floor()
+    return {
+        "rates": rates,
+        "floors": floors,
+        "infra_cpu": infra,
+        "records": {t: n for t, n in records.items() if n},
+        "batch_runs": sum(len(r) for r in rounds.runs),
+    }
+
+
 # ---------------------------------------------------------------- report
+
+
+def round_ratios(svc: dict[str, Any]) -> list[tuple[float, float]]:
+    """Per round: (floor runs/s, the mean of the floors just before and after it; the
+    floor divided by the round's throughput)."""
+    floors = [f["runs_per_s"] for f in svc["floors"]]
+    out = []
+    for i, rate in enumerate(svc["rates"]):
+        around = statistics.fmean(floors[i : i + 2])
+        out.append((around, around / rate))
+    return out
 
 
 def report(
@@ -417,35 +489,45 @@ def report(
     loads: tuple[str, str],
 ) -> None:
     lat = svc["latencies"]
-    rate = svc["runs_per_s"]
-    print(f"\nthroughput benchmark: {args.runs} runs x 209 MB camera, 11-variable context")
+    rates = svc["rates"]
+    rate = statistics.median(rates)
+    n = svc["batch_runs"]
+    print(
+        f"\nthroughput benchmark: {args.runs} runs x 209 MB camera, 11-variable context, "
+        f"{len(rates)} rounds"
+    )
     print(f"load average (1/5/15 min) before {loads[0]}, after {loads[1]}; {os.cpu_count()} CPUs")
     ratio = ""
     if floor is not None:
         print(
-            f"computation floor (bare loop, {floor['cpus']} processes; before/after the services "
-            f"{floor['spread']} runs/s): {floor['runs_per_s']:.2f} runs/s, "
+            f"computation floor (bare loop, {floor['cpus']} processes, services paused; before "
+            f"and after each round {floor['spread']} runs/s): {floor['runs_per_s']:.2f} runs/s, "
             f"{floor['s_per_run_per_core']:.3f} s per run per core (failed as intended: "
             f"{floor['failed']})"
         )
-        ratio = f"; floor/throughput {floor['runs_per_s'] / rate:.2f}x"
+        ratios = round_ratios(svc)
+        ratio = f"; floor/throughput {statistics.median(r for _, r in ratios):.2f}x (median)"
+        rounds = ", ".join(
+            f"{r:.2f} runs/s ({x:.2f}x)" for r, (_, x) in zip(rates, ratios, strict=True)
+        )
+    else:
+        rounds = ", ".join(f"{r:.2f} runs/s" for r in rates)
     print(f"batch throughput: {rate:.2f} runs/s{ratio}   [target >= 4.5 runs/s, <= 1.5x]")
+    print(f"  each round (floor/throughput, the floor around it): {rounds}")
     cpu = svc["peaks"].cpu_used("batch")
-    spent = sum(a + b for a, b in cpu.values()) / args.runs
+    spent = sum(a + b for a, b in cpu.values()) / n
     cells = ", ".join(
-        f"{k} {(a + b) / args.runs * 1000:.0f}"
-        + (f" (main {a / args.runs * 1000:.0f} + workers {b / args.runs * 1000:.0f})" if b else "")
+        f"{k} {(a + b) / n * 1000:.0f}"
+        + (f" (main {a / n * 1000:.0f} + workers {b / n * 1000:.0f})" if b else "")
         for k, (a, b) in sorted(cpu.items())
     )
     floor_cpu = f"; floor {floor['cpu_per_run'] * 1000:.0f} ms" if floor else ""
-    print(f"CPU per run in the batch (ms): {cells}; all {spent * 1000:.0f}{floor_cpu}")
-    infra = ", ".join(f"{k} {v / args.runs * 1000:.0f}" for k, v in svc["infra_cpu"].items())
+    print(f"CPU per run in the batches (ms): {cells}; all {spent * 1000:.0f}{floor_cpu}")
+    infra = ", ".join(f"{k} {v / n * 1000:.0f}" for k, v in svc["infra_cpu"].items())
     print(f"  shared stack meanwhile (ms per run, includes anyone else's use): {infra}")
     records = svc["records"]
-    per_topic = ", ".join(f"{t} {n / args.runs:.1f}" for t, n in sorted(records.items()))
-    print(
-        f"Kafka records per run in the batch: {sum(records.values()) / args.runs:.1f} ({per_topic})"
-    )
+    per_topic = ", ".join(f"{t} {c / n:.1f}" for t, c in sorted(records.items()))
+    print(f"Kafka records per run in the batches: {sum(records.values()) / n:.1f} ({per_topic})")
     print(
         f"single run, event -> values stored and published ({len(lat)} runs): "
         f"p50 {pct(lat, 0.5):.3f} s, p95 {pct(lat, 0.95):.3f} s   [target p50 <= 0.6 s]"
@@ -501,6 +583,12 @@ async def main() -> None:
         "--profile", type=Path, help="py-spy the services during the batch, into DIR"
     )
     parser.add_argument("--no-floor", action="store_true", help="skip the floor (with --profile)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="batches of --runs fresh runs, each between two floors (services paused)",
+    )
     args = parser.parse_args()
     executor_env = dict(kv.split("=", 1) for kv in args.executor_env)
     if args.pythonpath:
@@ -519,13 +607,13 @@ async def main() -> None:
         workload.alias_runs(prop, WARMUP_RUN, 1, args.runs)
         size = workload.warm_page_cache(prop)
         print(f"{len(runs)} runs ready ({size / 2**30:.1f} GiB) in {time.perf_counter() - t:.0f} s")
-        floors = []
-        if not args.no_floor:
-            floors.append(measure_floor(workload.ELEVEN_VARIABLES, prop, runs, root))
-        svc = await run_services(root, prop, runs, latency, executor_env, args.profile)
-        if not args.no_floor:
-            floors.append(measure_floor(workload.ELEVEN_VARIABLES, prop, runs, root))
-    floor = combine(floors)
+        later = [
+            workload.alias_runs(prop, ROUND_FIRST + 100 * i, args.runs, args.runs)
+            for i in range(args.rounds - 1)
+        ]
+        rounds = Rounds([runs, *later], floor=not args.no_floor)
+        svc = await run_services(root, prop, rounds, latency, executor_env, args.profile)
+    floor = combine(svc["floors"])
     report(args, floor, svc, (loads_before, load()))
 
 

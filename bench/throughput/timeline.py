@@ -2,9 +2,11 @@
 
 Every hop publishes something, so the path of a run can be read back from the
 topics without touching the services: facility event -> ``run_requested``
-(ingest) -> ``processing: queued`` (executor took it) -> ``running`` (context
-ready) -> ``results_ready`` (evaluated, fragment written) -> ``values_updated``
-(store merged the fragment, committed to PostgreSQL and published).
+(ingest) -> ``results_ready`` (the executor took it, read the context, evaluated,
+wrote the fragment) -> ``values_updated`` (store merged the fragment, committed to
+PostgreSQL and published). A pass longer than the executor's ``progress_after_s``
+also publishes ``processing: queued``/``running``; those stages are shown when
+they were published (a short pass publishes only ``finished``).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from runstream_common.settings import KafkaSettings
 
 STAGES = (
     ("ingest: event -> run_requested", "event", "requested"),
+    ("executor: run_requested -> results_ready", "requested", "results"),
     ("executor: run_requested -> queued", "requested", "queued"),
     ("executor: queued -> running (context)", "queued", "running"),
     ("executor: running -> results_ready", "running", "results"),
