@@ -118,6 +118,14 @@ class _Place(enum.Enum):
     CONFLICT = "conflict"  # unpicklable dependencies held by different workers
 
 
+class _LentHomeLost(WorkerLost):
+    """The home died while lent to other passes (see ``Pass._lend_home``)."""
+
+    def __init__(self, worker: Worker) -> None:
+        super().__init__("the worker keeping this pass's values died", "WorkerCrashed")
+        self.worker = worker
+
+
 PICKLE_BESIDE_MAX_BYTES = 64 * 1024
 
 PASS_TIME_LIMIT = "Time limit of the pass (pass_timeout_s) exceeded before this variable finished"
@@ -165,6 +173,9 @@ class Pass:
         )
         self.home: Worker | None = None
         self._home_clean = True  # nothing of this pass is kept in the home
+        # the home is back in the pool (keeping this pass's values) while a large variable
+        # waits for admission: other passes' variables use it meanwhile (see _lend_home)
+        self._lent = False
         self._again: set[str] = set()  # variables computed again after their worker died
 
     async def __aenter__(self) -> Pass:
@@ -203,6 +214,7 @@ class Pass:
             since = self.admission.version
             held = await self._start_ready(pending, running, needed, keep or set(), record)
             if not running and held:  # only large variables left, and no room for them yet
+                await self._lend_home()
                 await self.admission.changed(since)
                 continue
             if not running:
@@ -216,6 +228,11 @@ class Pass:
                 lost = outcome.extra.pop("lost", None)
                 if lost is not None:
                     pending = self._lost(lost, pending, needed)
+                if outcome.extra.pop("again", False) and outcome.name not in self._again:
+                    # its lent home died before it started: not its fault, it runs again
+                    self._again.add(outcome.name)
+                    pending = self._in_order([*pending, outcome.name])
+                    continue
                 await record(outcome)
         return self.outcomes
 
@@ -311,6 +328,12 @@ class Pass:
         if place is _Place.HOME:
             try:
                 home = await self._home()
+            except _LentHomeLost as exc:
+                outcome = Outcome(
+                    var.name, "error", str(exc), exc.error_cls, transient=var.transient
+                )
+                outcome.extra.update(lost=exc.worker, again=True)
+                return outcome
             except WorkerLost as exc:
                 return Outcome(var.name, "error", str(exc), exc.error_cls, transient=var.transient)
             return await self._eval(home, var, inputs, flags)
@@ -327,7 +350,32 @@ class Pass:
         finally:
             await self.pool.release(place)
 
+    async def _lend_home(self) -> None:
+        """While this pass waits for admission, its home serves other passes' variables.
+
+        It keeps what it holds for this pass (``pinned``: not recycled, retired or
+        re-forked meanwhile), and the pool keeps it for this pass when it asks again.
+        """
+        home = self.home
+        if home is None or home.dead or self._lent:
+            return
+        self._lent = True
+        home.pinned.add(self.session)
+        await self.pool.release(home)
+
     async def _home(self) -> Worker:
+        if self._lent:
+            self._lent = False
+            lent, self.home = self.home, None
+            assert lent is not None
+            lent.pinned.discard(self.session)
+            try:
+                self.home = await self.pool.acquire(prefer=lent)
+            except WorkerLost as exc:
+                if not lent.dead:
+                    raise
+                raise _LentHomeLost(lent) from exc
+            return self.home
         if self.home is None or self.home.dead:
             self.home = await self.pool.acquire()
             self._home_clean = True
@@ -466,8 +514,11 @@ class Pass:
             self._again.add(name)
             del self.outcomes[name]
             pending.append(name)
+        return self._in_order(pending)
+
+    def _in_order(self, names: list[str]) -> list[str]:
         order = {n: i for i, n in enumerate(self.ctx.order)}
-        return sorted(pending, key=order.__getitem__)
+        return sorted(names, key=order.__getitem__)
 
     # ------------------------------------------------------------------ after the pass
 
@@ -532,6 +583,11 @@ class Pass:
 
     async def close(self) -> None:
         """Drop what the home keeps for this pass and give it back to the pool."""
+        if self._lent:
+            try:
+                await self._home()
+            except WorkerLost:
+                self.home = None  # it died while lent: nothing left to drop
         home, self.home = self.home, None
         if home is None:
             return

@@ -537,6 +537,7 @@ class WorkerPool:
         self.recycled = 0
         self.retired = 0
         self._waiting = 0  # acquire() calls waiting for a worker
+        self._wanted: dict[Worker, int] = {}  # idle workers acquire(prefer=...) waits for
         self._zygote: Zygote | None = None
         self._zygote_lock = asyncio.Lock()
 
@@ -645,10 +646,16 @@ class WorkerPool:
         """An idle worker; ``prefer`` (if alive) is waited for instead of any other."""
         async with self._cond:
             self._waiting += 1
+            if prefer is not None:
+                self._wanted[prefer] = self._wanted.get(prefer, 0) + 1
             try:
                 return await self._acquire(prefer)
             finally:
                 self._waiting -= 1
+                if prefer is not None:
+                    self._wanted[prefer] -= 1
+                    if not self._wanted[prefer]:
+                        del self._wanted[prefer]
 
     async def _acquire(self, prefer: Worker | None) -> Worker:
         """The body of :meth:`acquire`, with the condition held."""
@@ -667,8 +674,9 @@ class WorkerPool:
                 if prefer in self._idle:
                     self._idle.remove(prefer)
                     return prefer
-            elif self._idle:
-                return self._idle.pop(0)
+            elif free := [w for w in self._idle if w not in self._wanted]:
+                self._idle.remove(free[0])  # a worker someone waits for is theirs
+                return free[0]
             elif self._alive() + self._starting < self.config.size:
                 self._spawn_replacement()  # idle ones were retired: grow again
             if not self._idle and not self._starting and not any(not w.dead for w in self._all):
