@@ -231,3 +231,46 @@ async def test_a_full_pool_keeps_a_light_reaper_instead_of_the_zygote() -> None:
 def _parent(pid: int) -> int:
     with open(f"/proc/{pid}/stat", "rb") as f:
         return int(f.read().rsplit(b")", 1)[1].split()[1])
+
+
+def _open_h5(pid: int) -> list[str]:
+    names = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            name = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if name.endswith(".h5"):
+            names.append(name)
+    return names
+
+
+async def test_a_worker_closes_the_run_files_when_a_pass_ends(
+    tmp_path: Path, mock_proposal: Path
+) -> None:
+    """EXtra-data keeps up to 128 files open per process (~1 MiB of HDF5 caches each):
+    a worker closes them when its pass ends, so an idle worker does not grow run by run."""
+    from runstream_executor.engine import Pass, load_context, select
+
+    from .helpers import target, write_context
+
+    source = write_context(
+        tmp_path / "ctx",
+        "from damnit_ctx import Variable\n\n"
+        "@Variable\ndef trains(run):\n    return len(run.train_ids)\n\n"
+        "@Variable\ndef sources(run):\n    return len(run.all_sources)\n",
+    )
+    pool = WorkerPool(PoolConfig(size=1, preload=LIGHT))
+    await pool.start()
+    try:
+        ctx = await load_context(pool, source)
+        names = select(ctx, "all", (), ())
+        async with Pass(pool, ctx, target(mock_proposal, tmp_path / "ctx"), hold=True) as p:
+            outcomes = await p.run(names)
+            assert outcomes["trains"].status == "ok"
+            home = await p._home()
+            assert _open_h5(home.pid)  # the run's files, open while the pass runs
+            await p.write(tmp_path / "fragment.h5", names, start_time=None)
+        await _until(lambda: _open_h5(home.pid) == [], timeout=10)  # after its reply
+    finally:
+        await pool.close()
