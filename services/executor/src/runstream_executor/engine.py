@@ -267,7 +267,7 @@ class Pass:
                 continue
             need = 0.0
             if place is not _Place.CONFLICT:
-                need = self.admission.need((self.ctx.source.hash, name))
+                need = self.admission.need(*self._admission_keys(name))
                 if not self.admission.try_take(need):
                     held = True
                     if isinstance(place, Worker):
@@ -308,6 +308,11 @@ class Pass:
             return _Place.WAIT
         helper = self.pool.try_acquire()
         return helper if helper is not None else _Place.WAIT
+
+    def _admission_keys(self, name: str) -> tuple[tuple[str, str], tuple[str, str]]:
+        """What admission remembers a variable by: this revision of the context file, and
+        the file itself (for the first run of its next revision)."""
+        return (self.ctx.source.hash, name), (f"file:{self.ctx.source.path}", name)
 
     async def _run_admitted(
         self,
@@ -426,7 +431,8 @@ class Pass:
         except WorkerLost as exc:
             return await self._worker_lost(worker, var, exc, started, by_deadline)
         duration = reply.get("duration", time.perf_counter() - started)
-        self.admission.learn((self.ctx.source.hash, var.name), reply.get("peak_mb"))
+        key, fallback = self._admission_keys(var.name)
+        self.admission.learn(key, reply.get("peak_mb"), also=fallback)
         if not reply.get("ok"):
             return Outcome(
                 var.name,

@@ -122,14 +122,15 @@ class Settings(ServiceSettings):
         "the busy worker holding the most is stopped and its variable fails with "
         "MemoryLimitExceeded. Default 80 % of RAM or of the cgroup limit; 0: none",
     )
-    admission_memory_mb: int = Field(
-        default=0,
+    admission_memory_mb: int | None = Field(
+        default=None,
         ge=0,
         description="Admission by memory: a variable whose worker grew by 64 MiB or more "
         "the last time it ran starts only while it and the other such variables running "
         "(of every run in flight), counted at what they used last time, fit in this many "
         "MiB; one always runs. Large reads of different runs then follow each other "
-        "instead of adding up. 0: off",
+        "instead of adding up. Default: the memory budget (they wait instead of being "
+        "stopped by it); 0: off",
     )
     address_space_mb: int = Field(
         default=0, ge=0, description="RLIMIT_AS for workers in MiB (0: not set)"
@@ -235,6 +236,12 @@ class Settings(ServiceSettings):
     @property
     def effective_memory_budget_mb(self) -> int:
         return default_budget_mb() if self.memory_budget_mb is None else self.memory_budget_mb
+
+    @property
+    def effective_admission_memory_mb(self) -> int:
+        if self.admission_memory_mb is None:
+            return self.effective_memory_budget_mb
+        return self.admission_memory_mb
 
     @property
     def consumer_group(self) -> str:
