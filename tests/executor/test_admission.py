@@ -272,7 +272,7 @@ async def test_a_pass_waiting_for_admission_lends_its_home_and_gets_it_back(
     assert admission.running == 0
 
 
-def test_a_new_revision_of_the_context_starts_from_what_the_last_one_used() -> None:
+async def test_a_new_revision_of_the_context_starts_from_what_the_last_one_used() -> None:
     admission = Admission(limit_mb=300)
     admission.learn(("rev1", "big"), 200.0, also=("file:/ctx/context.py", "big"))
     assert admission.need(("rev2", "big")) == 0.0  # nothing known of this revision itself
@@ -281,7 +281,7 @@ def test_a_new_revision_of_the_context_starts_from_what_the_last_one_used() -> N
     assert admission.need(("rev2", "big"), ("file:/ctx/context.py", "big")) == 0.0  # small now
 
 
-def test_admission_defaults_to_the_memory_budget() -> None:
+async def test_admission_defaults_to_the_memory_budget() -> None:
     from runstream_executor.settings import Settings
 
     assert Settings(memory_budget_mb=4000).effective_admission_memory_mb == 4000
