@@ -216,6 +216,10 @@ class Pass:
             if not running and held:  # only large variables left, and no room for them yet
                 await self._lend_home()
                 await self.admission.changed(since)
+                if self._lent and not self._home_idle():
+                    # its home still works for another pass: let a waiting pass whose
+                    # home is free take the room first, if there is one
+                    await asyncio.sleep(0)
                 continue
             if not running:
                 for name in pending:  # dependencies outside the pass: not for closed selections
@@ -367,6 +371,10 @@ class Pass:
         self._lent = True
         home.pinned.add(self.session)
         await self.pool.release(home)
+
+    def _home_idle(self) -> bool:
+        is_idle = getattr(self.pool, "is_idle", None)
+        return self.home is None or is_idle is None or bool(is_idle(self.home))
 
     async def _home(self) -> Worker:
         if self._lent:

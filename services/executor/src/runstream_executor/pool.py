@@ -655,6 +655,9 @@ class WorkerPool:
     def idle_count(self) -> int:
         return len(self._idle)
 
+    def is_idle(self, worker: Worker) -> bool:
+        return worker in self._idle
+
     @property
     def pids(self) -> list[int]:
         return sorted(w.pid for w in self._all if not w.dead)
