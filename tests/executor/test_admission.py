@@ -287,3 +287,50 @@ async def test_admission_defaults_to_the_memory_budget() -> None:
     assert Settings(memory_budget_mb=4000).effective_admission_memory_mb == 4000
     assert Settings(memory_budget_mb=4000, admission_memory_mb=0).effective_admission_memory_mb == 0
     assert Settings(admission_memory_mb=300).effective_admission_memory_mb == 300
+
+
+async def test_when_room_frees_a_pass_whose_lent_home_is_free_goes_first(tmp_path: Path) -> None:
+    """X waits first, but its lent home is busy (another pass uses it); Y's is free: Y's
+    large variable takes the room, X's follows once its home is back."""
+    from runstream_executor.pool import PoolConfig
+
+    admission = Admission(limit_mb=300)
+    admission.learn(("h", "big"), 200.0)
+    pool = WorkerPool(PoolConfig(size=2, recycle_rss_mb=0, protect_service=False))
+    pool.guard.admission = admission  # type: ignore[attr-defined]
+    log: list[tuple[str, str, int, float, float]] = []
+    w1, w2 = KeepingWorker(log, 101), KeepingWorker(log, 102)
+    for worker in (w1, w2):
+        pool._all.add(worker)
+        pool._idle.append(worker)
+    ctx = _chain_ctx(tmp_path)
+    assert admission.try_take(200.0)  # a large variable of some other run is computing
+    sessions: dict[str, str] = {}
+
+    async def one(label: str) -> None:
+        target = RunTarget(1, 1, "/p", str(tmp_path), "/p/raw", "/p/proc")
+        async with Pass(pool, ctx, target, parallel=1) as run_pass:
+            sessions[label] = run_pass.session
+            outcomes = await run_pass.run(["small", "big", "small2"])
+        assert {o.status for o in outcomes.values()} == {"ok"}
+
+    async def until(predicate: Any) -> None:
+        for _ in range(500):
+            if predicate():
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError("condition not met")
+
+    other = await pool.acquire()  # w1 busy: X's home is w2
+    x = asyncio.ensure_future(one("x"))
+    await until(lambda: w2.pinned)  # X waits for room, its home w2 lent
+    borrower = await pool.acquire(prefer=w2)  # another pass uses X's home meanwhile
+    await pool.release(other)
+    y = asyncio.ensure_future(one("y"))
+    await until(lambda: w1.pinned)  # Y waits too, its home w1 lent and free
+    admission.give(200.0)  # the room frees
+    await until(lambda: any(n == "big" for n, *_ in log))
+    await pool.release(borrower)  # X's home comes back
+    await asyncio.gather(x, y)
+    bigs = [s for n, s, *_ in sorted(log, key=lambda e: e[3]) if n == "big"]
+    assert bigs == [sessions["y"], sessions["x"]]
