@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from pathlib import Path
 
@@ -89,12 +90,14 @@ async def test_process_tree_memory_is_read_from_proc() -> None:
         await pool.close()
 
 
+@pytest.mark.parametrize("rest_zygote", [False, True])
 async def test_libraries_a_context_uses_end_up_shared_by_every_worker(
-    tmp_path: Path, mock_proposal: Path
+    tmp_path: Path, mock_proposal: Path, rest_zygote: bool
 ) -> None:
     """The zygote starts light; once a context imports xarray, it preloads it, and the
-    worker that imported it alone is forked again (so the library is in memory once)."""
-    pool = WorkerPool(PoolConfig(size=1, preload=LIGHT, share="xarray"))
+    worker that imported it alone is forked again (so the library is in memory once).
+    A zygote that rests (full pool) has a new one start for that, with xarray."""
+    pool = WorkerPool(PoolConfig(size=1, preload=LIGHT, share="xarray", rest_zygote=rest_zygote))
     await pool.start()
     try:
         (first,) = pool.pids
@@ -188,5 +191,87 @@ def after(run, b: "var#base"):
         # Computed by the first worker, lost with it, computed again by its replacement.
         assert len(list(calls.glob("base-*"))) == 2
         assert len(list(calls.glob("image-*"))) == 2
+    finally:
+        await pool.close()
+
+
+def _cmdline(pid: int) -> str:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return f.read().replace(b"\0", b" ").decode()
+
+
+async def test_a_full_pool_keeps_a_light_reaper_instead_of_the_zygote() -> None:
+    """``rest_zygote``: with every worker up, the zygote turns into a bare interpreter that
+    stays their parent (a fraction of the preloaded zygote's memory) and still reports how
+    they end; a worker forked later comes from a new zygote, which rests in turn."""
+    pool = WorkerPool(PoolConfig(size=2, rest_zygote=True, protect_service=False))
+    await pool.start()
+    try:
+        await _until(lambda: "rs_ctxrunner.reaper" in _cmdline(_parent(pool.pids[0])))
+        first, second = pool.pids
+        parent = _parent(first)
+        assert _parent(second) == parent
+        assert rss_mb(parent) < 25  # the preloaded zygote: ~60 MiB
+        worker = await pool.acquire()
+        worker.kill()
+        assert await asyncio.wait_for(worker.wait_exit(), 10) == -9  # reported by the reaper
+        await pool.release(worker)
+        await pool.settle()
+        await _until(lambda: len(pool.pids) == 2)
+        (new,) = set(pool.pids) - {first, second}
+        await _until(lambda: "rs_ctxrunner.reaper" in _cmdline(_parent(new)))
+        assert _parent(new) != parent  # a new zygote forked it, and rests now
+        reply = await pool.request({"op": "ping"})
+        assert reply["ok"]
+        ours = {parent, _parent(new), *pool.pids}
+    finally:
+        await pool.close()
+    await _until(lambda: not ours & set(children(os.getpid())))  # reapers and workers gone
+
+
+def _parent(pid: int) -> int:
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        return int(f.read().rsplit(b")", 1)[1].split()[1])
+
+
+def _open_h5(pid: int) -> list[str]:
+    names = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            name = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if name.endswith(".h5"):
+            names.append(name)
+    return names
+
+
+async def test_a_worker_closes_the_run_files_when_a_pass_ends(
+    tmp_path: Path, mock_proposal: Path
+) -> None:
+    """EXtra-data keeps up to 128 files open per process (~1 MiB of HDF5 caches each):
+    a worker closes them when its pass ends, so an idle worker does not grow run by run."""
+    from runstream_executor.engine import Pass, load_context, select
+
+    from .helpers import target, write_context
+
+    source = write_context(
+        tmp_path / "ctx",
+        "from damnit_ctx import Variable\n\n"
+        "@Variable\ndef trains(run):\n    return len(run.train_ids)\n\n"
+        "@Variable\ndef stamps(run):\n    return len(run.train_timestamps())\n",
+    )
+    pool = WorkerPool(PoolConfig(size=1, preload=LIGHT))
+    await pool.start()
+    try:
+        ctx = await load_context(pool, source)
+        names = select(ctx, "all", (), ())
+        async with Pass(pool, ctx, target(mock_proposal, tmp_path / "ctx"), hold=True) as p:
+            outcomes = await p.run(names)
+            assert outcomes["stamps"].status == "ok"  # read from the files
+            home = await p._home()
+            assert _open_h5(home.pid)  # the run's files, open while the pass runs
+            await p.write(tmp_path / "fragment.h5", names, start_time=None)
+        await _until(lambda: _open_h5(home.pid) == [], timeout=10)  # after its reply
     finally:
         await pool.close()

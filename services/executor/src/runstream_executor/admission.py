@@ -14,7 +14,13 @@ A pass whose large variable has to wait runs its other ready variables first
 With several runs in flight, two runs reading a whole detector source at once
 each hold it in memory: the executor's peak is the sum. With ``limit_mb`` below
 two such variables, their reads follow each other and the peak is one of them.
-``limit_mb`` 0 turns admission off (the default).
+``limit_mb`` 0 turns admission off; the service's default is its memory budget
+(``admission_memory_mb``), so large variables that together would exceed the budget
+wait for each other instead of one being stopped by the budget.
+
+The first run of a context file knows nothing: its variables start whatever they
+use, and are known from then on. A new revision of the file starts from what the
+same variable of the same file used last time (``fallback``), until it ran itself.
 """
 
 from __future__ import annotations
@@ -44,12 +50,18 @@ class Admission:
     def enabled(self) -> bool:
         return self.limit_mb > 0
 
-    def need(self, key: Key) -> float:
-        """What ``key`` used last time if it is large, else 0 (it never waits)."""
+    def need(self, key: Key, fallback: Key | None = None) -> float:
+        """What ``key`` used last time if it is large, else 0 (it never waits).
+
+        ``fallback``: where to look when ``key`` never ran, e.g. the same variable in the
+        context file's previous revision (see :meth:`learn`).
+        """
         if not self.enabled:
             return 0.0
-        used = self.expected.get(key, 0.0)
-        return used if used >= self.min_mb else 0.0
+        used = self.expected.get(key)
+        if used is None and fallback is not None:
+            used = self.expected.get(fallback)
+        return used if used is not None and used >= self.min_mb else 0.0
 
     def try_take(self, mb: float) -> bool:
         """Admit a variable needing ``mb`` now, or say no (it may try again later)."""
@@ -71,12 +83,14 @@ class Admission:
         self.version += 1
         self._changed.set()
 
-    def learn(self, key: Key, peak_mb: float | None) -> None:
-        """Remember what ``key`` used (a worker's ``peak_mb``; None: not measured)."""
+    def learn(self, key: Key, peak_mb: float | None, also: Key | None = None) -> None:
+        """Remember what ``key`` (and ``also``) used (a worker's ``peak_mb``; None: not
+        measured)."""
         if peak_mb is None:
             return
-        self.expected[key] = float(peak_mb)
-        self.expected.move_to_end(key)
+        for k in (key, also) if also is not None else (key,):
+            self.expected[k] = float(peak_mb)
+            self.expected.move_to_end(k)
         while len(self.expected) > KEEP_KEYS:
             self.expected.popitem(last=False)
 

@@ -118,6 +118,14 @@ class _Place(enum.Enum):
     CONFLICT = "conflict"  # unpicklable dependencies held by different workers
 
 
+class _LentHomeLost(WorkerLost):
+    """The home died while lent to other passes (see ``Pass._lend_home``)."""
+
+    def __init__(self, worker: Worker) -> None:
+        super().__init__("the worker keeping this pass's values died", "WorkerCrashed")
+        self.worker = worker
+
+
 PICKLE_BESIDE_MAX_BYTES = 64 * 1024
 
 PASS_TIME_LIMIT = "Time limit of the pass (pass_timeout_s) exceeded before this variable finished"
@@ -165,6 +173,9 @@ class Pass:
         )
         self.home: Worker | None = None
         self._home_clean = True  # nothing of this pass is kept in the home
+        # the home is back in the pool (keeping this pass's values) while a large variable
+        # waits for admission: other passes' variables use it meanwhile (see _lend_home)
+        self._lent = False
         self._again: set[str] = set()  # variables computed again after their worker died
 
     async def __aenter__(self) -> Pass:
@@ -203,7 +214,12 @@ class Pass:
             since = self.admission.version
             held = await self._start_ready(pending, running, needed, keep or set(), record)
             if not running and held:  # only large variables left, and no room for them yet
+                await self._lend_home()
                 await self.admission.changed(since)
+                if self._lent and not self._home_idle():
+                    # its home still works for another pass: let a waiting pass whose
+                    # home is free take the room first, if there is one
+                    await asyncio.sleep(0)
                 continue
             if not running:
                 for name in pending:  # dependencies outside the pass: not for closed selections
@@ -216,6 +232,11 @@ class Pass:
                 lost = outcome.extra.pop("lost", None)
                 if lost is not None:
                     pending = self._lost(lost, pending, needed)
+                if outcome.extra.pop("again", False) and outcome.name not in self._again:
+                    # its lent home died before it started: not its fault, it runs again
+                    self._again.add(outcome.name)
+                    pending = self._in_order([*pending, outcome.name])
+                    continue
                 await record(outcome)
         return self.outcomes
 
@@ -250,7 +271,7 @@ class Pass:
                 continue
             need = 0.0
             if place is not _Place.CONFLICT:
-                need = self.admission.need((self.ctx.source.hash, name))
+                need = self.admission.need(*self._admission_keys(name))
                 if not self.admission.try_take(need):
                     held = True
                     if isinstance(place, Worker):
@@ -292,6 +313,11 @@ class Pass:
         helper = self.pool.try_acquire()
         return helper if helper is not None else _Place.WAIT
 
+    def _admission_keys(self, name: str) -> tuple[tuple[str, str], tuple[str, str]]:
+        """What admission remembers a variable by: this revision of the context file, and
+        the file itself (for the first run of its next revision)."""
+        return (self.ctx.source.hash, name), (f"file:{self.ctx.source.path}", name)
+
     async def _run_admitted(
         self,
         need: float,
@@ -311,6 +337,12 @@ class Pass:
         if place is _Place.HOME:
             try:
                 home = await self._home()
+            except _LentHomeLost as exc:
+                outcome = Outcome(
+                    var.name, "error", str(exc), exc.error_cls, transient=var.transient
+                )
+                outcome.extra.update(lost=exc.worker, again=True)
+                return outcome
             except WorkerLost as exc:
                 return Outcome(var.name, "error", str(exc), exc.error_cls, transient=var.transient)
             return await self._eval(home, var, inputs, flags)
@@ -327,7 +359,36 @@ class Pass:
         finally:
             await self.pool.release(place)
 
+    async def _lend_home(self) -> None:
+        """While this pass waits for admission, its home serves other passes' variables.
+
+        It keeps what it holds for this pass (``pinned``: not recycled, retired or
+        re-forked meanwhile), and the pool keeps it for this pass when it asks again.
+        """
+        home = self.home
+        if home is None or home.dead or self._lent:
+            return
+        self._lent = True
+        home.pinned.add(self.session)
+        await self.pool.release(home)
+
+    def _home_idle(self) -> bool:
+        is_idle = getattr(self.pool, "is_idle", None)
+        return self.home is None or is_idle is None or bool(is_idle(self.home))
+
     async def _home(self) -> Worker:
+        if self._lent:
+            self._lent = False
+            lent, self.home = self.home, None
+            assert lent is not None
+            lent.pinned.discard(self.session)
+            try:
+                self.home = await self.pool.acquire(prefer=lent)
+            except WorkerLost as exc:
+                if not lent.dead:
+                    raise
+                raise _LentHomeLost(lent) from exc
+            return self.home
         if self.home is None or self.home.dead:
             self.home = await self.pool.acquire()
             self._home_clean = True
@@ -378,7 +439,8 @@ class Pass:
         except WorkerLost as exc:
             return await self._worker_lost(worker, var, exc, started, by_deadline)
         duration = reply.get("duration", time.perf_counter() - started)
-        self.admission.learn((self.ctx.source.hash, var.name), reply.get("peak_mb"))
+        key, fallback = self._admission_keys(var.name)
+        self.admission.learn(key, reply.get("peak_mb"), also=fallback)
         if not reply.get("ok"):
             return Outcome(
                 var.name,
@@ -466,8 +528,11 @@ class Pass:
             self._again.add(name)
             del self.outcomes[name]
             pending.append(name)
+        return self._in_order(pending)
+
+    def _in_order(self, names: list[str]) -> list[str]:
         order = {n: i for i, n in enumerate(self.ctx.order)}
-        return sorted(pending, key=order.__getitem__)
+        return sorted(names, key=order.__getitem__)
 
     # ------------------------------------------------------------------ after the pass
 
@@ -532,6 +597,11 @@ class Pass:
 
     async def close(self) -> None:
         """Drop what the home keeps for this pass and give it back to the pool."""
+        if self._lent:
+            try:
+                await self._home()
+            except WorkerLost:
+                self.home = None  # it died while lent: nothing left to drop
         home, self.home = self.home, None
         if home is None:
             return

@@ -62,6 +62,7 @@ class PoolConfig:
     idle_s: float = 0.0  # retire workers idle this long, down to min_size (0: never)
     min_size: int = 1
     fork: bool = True  # fork workers from a warm zygote (else: one interpreter each)
+    rest_zygote: bool = False  # once the pool is full the zygote becomes a light reaper
     # Limits for user code (0: none); see rs_ctxrunner.limits and docs/security.md.
     max_result_mb: int = 1024  # one variable's result
     max_output_mb: float = 10.0  # printed output per pass (and worker)
@@ -361,8 +362,10 @@ class Zygote:
     pids and exit codes on its control pipe.
     """
 
-    def __init__(self, config: PoolConfig) -> None:
+    def __init__(self, config: PoolConfig, preload: str | None = None) -> None:
         self.config = config
+        self._preload = config.preload if preload is None else preload
+        self.resting = False  # turned into the light parent of its workers: forks no more
         self._dir = tempfile.mkdtemp(prefix="rs-zygote-")
         self.path = os.path.join(self._dir, "s")
         self._proc: asyncio.subprocess.Process | None = None
@@ -375,7 +378,7 @@ class Zygote:
         ] = {}
         self._exits: dict[int, asyncio.Future[int | None]] = {}
         self.alive = False
-        self.preloaded: set[str] = set(filter(None, config.preload.split(",")))
+        self.preloaded: set[str] = set(filter(None, self._preload.split(",")))
 
     async def start(self) -> None:
         self._server = await asyncio.start_unix_server(self._on_connect, path=self.path)
@@ -385,7 +388,7 @@ class Zygote:
             "--socket",
             self.path,
             "--preload",
-            self.config.preload,
+            self._preload,
             "--limits",
             self.config.limits_json(),
         ]
@@ -469,7 +472,22 @@ class Zygote:
         await self._proc.stdin.drain()
         self.preloaded |= modules
 
+    async def rest(self) -> None:
+        """Become the workers' light parent (``rs_ctxrunner.reaper``): no more forks, but
+        their exits are still reported; it ends by itself after the last of them."""
+        if not self.alive or self.resting or self._proc is None or self._proc.stdin is None:
+            return
+        self.resting = True
+        self._proc.stdin.write(protocol.dumps({"op": "rest"}))
+        await self._proc.stdin.drain()
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.returncode is None and self.alive
+
     async def fork(self, guard: MemoryGuard | None = None) -> Worker:
+        if self.resting:
+            raise WorkerLost("the zygote is resting", "WorkerStartFailed")
         if not self.alive or self._proc is None or self._proc.stdin is None:
             raise WorkerLost("the zygote process is not running", "WorkerStartFailed")
         loop = asyncio.get_running_loop()
@@ -537,22 +555,48 @@ class WorkerPool:
         self.recycled = 0
         self.retired = 0
         self._waiting = 0  # acquire() calls waiting for a worker
+        self._wanted: dict[Worker, int] = {}  # idle workers acquire(prefer=...) waits for
         self._zygote: Zygote | None = None
         self._zygote_lock = asyncio.Lock()
+        self._forking = 0  # forks asked of the zygote and not answered yet
+        self._resting: list[Zygote] = []  # former zygotes, parents of workers still alive
+        # what a zygote imports: the preload setting, plus shared modules contexts used
+        self._preloaded: set[str] = set(filter(None, config.preload.split(",")))
 
     async def _new_worker(self) -> Worker:
         if not self.config.fork:
             return await Worker.start(self.config, self.guard)
         async with self._zygote_lock:
-            if self._zygote is None or not self._zygote.alive:
-                if self._zygote is not None:
+            if self._zygote is None or not self._zygote.alive or self._zygote.resting:
+                if self._zygote is not None and not self._zygote.resting:
                     await self._zygote.close()
                 self._zygote = None
-                zygote = Zygote(self.config)
+                extra = sorted(self._preloaded - set(self.config.preload.split(",")))
+                zygote = Zygote(self.config, ",".join([self.config.preload, *extra]))
                 await zygote.start()
                 self._zygote = zygote
             zygote = self._zygote
-        return await zygote.fork(self.guard)
+            self._forking += 1
+        try:
+            return await zygote.fork(self.guard)
+        finally:
+            self._forking -= 1
+
+    async def _rest_zygote_if_full(self) -> None:
+        """With every worker up, the zygote turns into their light parent (``rest_zygote``):
+        the preloaded stack it keeps only for forking is no longer resident."""
+        if not self.config.rest_zygote:
+            return
+        async with self._zygote_lock:
+            zygote = self._zygote
+            if zygote is None or not zygote.alive or self._forking or self._starting:
+                return
+            if self._alive() < self.config.size or self._closed:
+                return
+            self._resting = [z for z in self._resting if z.running]
+            self._resting.append(zygote)
+            self._zygote = None
+            await zygote.rest()
 
     async def start(self) -> None:
         """Start every worker and wait until they are warm."""
@@ -570,6 +614,7 @@ class WorkerPool:
             raise errors[0]
         for _ in errors:
             self._spawn_replacement()
+        await self._rest_zygote_if_full()
         if self.config.idle_s > 0:
             task = asyncio.ensure_future(self._retire_idle())
             self._tasks.add(task)
@@ -610,6 +655,9 @@ class WorkerPool:
     def idle_count(self) -> int:
         return len(self._idle)
 
+    def is_idle(self, worker: Worker) -> bool:
+        return worker in self._idle
+
     @property
     def pids(self) -> list[int]:
         return sorted(w.pid for w in self._all if not w.dead)
@@ -640,15 +688,22 @@ class WorkerPool:
             self._all.add(worker)
             self._idle.append(worker)
             self._cond.notify_all()
+        await self._rest_zygote_if_full()
 
     async def acquire(self, prefer: Worker | None = None) -> Worker:
         """An idle worker; ``prefer`` (if alive) is waited for instead of any other."""
         async with self._cond:
             self._waiting += 1
+            if prefer is not None:
+                self._wanted[prefer] = self._wanted.get(prefer, 0) + 1
             try:
                 return await self._acquire(prefer)
             finally:
                 self._waiting -= 1
+                if prefer is not None:
+                    self._wanted[prefer] -= 1
+                    if not self._wanted[prefer]:
+                        del self._wanted[prefer]
 
     async def _acquire(self, prefer: Worker | None) -> Worker:
         """The body of :meth:`acquire`, with the condition held."""
@@ -667,8 +722,9 @@ class WorkerPool:
                 if prefer in self._idle:
                     self._idle.remove(prefer)
                     return prefer
-            elif self._idle:
-                return self._idle.pop(0)
+            elif free := [w for w in self._idle if w not in self._wanted]:
+                self._idle.remove(free[0])  # a worker someone waits for is theirs
+                return free[0]
             elif self._alive() + self._starting < self.config.size:
                 self._spawn_replacement()  # idle ones were retired: grow again
             if not self._idle and not self._starting and not any(not w.dead for w in self._all):
@@ -715,16 +771,19 @@ class WorkerPool:
             self._cond.notify_all()
 
     async def _share_imports(self, worker: Worker) -> None:
-        zygote = self._zygote
-        if worker.dead or worker.pinned or zygote is None or not zygote.alive:
+        if worker.dead or worker.pinned or not self.config.fork:
             return
-        new = worker.imported - zygote.preloaded
+        new = worker.imported - self._preloaded
         if not new:
             return
         log.info(
             "zygote preloads %s; worker %d is forked again to share them", sorted(new), worker.pid
         )
-        await zygote.preload(new)
+        self._preloaded |= new
+        zygote = self._zygote
+        if zygote is not None and zygote.alive and not zygote.resting:
+            await zygote.preload(new)
+        # else the next zygote (started for the replacement) imports them at start
         worker.dead = True  # replaced below by a fork that shares them
         task = asyncio.ensure_future(worker.close(force=True))
         self._tasks.add(task)
@@ -748,3 +807,5 @@ class WorkerPool:
         if self._zygote is not None:
             await self._zygote.close()
             self._zygote = None
+        resting, self._resting = self._resting, []
+        await asyncio.gather(*(z.close() for z in resting), return_exceptions=True)

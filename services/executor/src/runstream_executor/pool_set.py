@@ -23,7 +23,7 @@ class PoolSet:
         self._lock = asyncio.Lock()
         # One guard for every pool: the memory budget is the whole executor's.
         self.guard = MemoryGuard(settings.effective_memory_budget_mb)
-        self.guard.admission = Admission(settings.admission_memory_mb)
+        self.guard.admission = Admission(settings.effective_admission_memory_mb)
 
     async def get(self, python: str | None = None) -> WorkerPool:
         key = python or self.settings.python

@@ -82,6 +82,12 @@ class Settings(ServiceSettings):
         description="Fork workers from a preloaded zygote (ms to replace) instead of "
         "starting an interpreter for each",
     )
+    rest_zygote: bool = Field(
+        default=True,
+        description="Once every worker is up, the zygote becomes a ~10 MiB parent of its "
+        "workers instead of keeping the preloaded stack resident; a new zygote is started "
+        "(~0.3-0.5 s) when a worker must be forked again",
+    )
     parallel_variables: int = Field(
         default=2, ge=1, description="Independent variables of one run evaluated at once"
     )
@@ -117,14 +123,15 @@ class Settings(ServiceSettings):
         "the busy worker holding the most is stopped and its variable fails with "
         "MemoryLimitExceeded. Default 80 % of RAM or of the cgroup limit; 0: none",
     )
-    admission_memory_mb: int = Field(
-        default=0,
+    admission_memory_mb: int | None = Field(
+        default=None,
         ge=0,
         description="Admission by memory: a variable whose worker grew by 64 MiB or more "
         "the last time it ran starts only while it and the other such variables running "
         "(of every run in flight), counted at what they used last time, fit in this many "
         "MiB; one always runs. Large reads of different runs then follow each other "
-        "instead of adding up. 0: off",
+        "instead of adding up. Default: the memory budget (they wait instead of being "
+        "stopped by it); 0: off",
     )
     address_space_mb: int = Field(
         default=0, ge=0, description="RLIMIT_AS for workers in MiB (0: not set)"
@@ -232,6 +239,12 @@ class Settings(ServiceSettings):
         return default_budget_mb() if self.memory_budget_mb is None else self.memory_budget_mb
 
     @property
+    def effective_admission_memory_mb(self) -> int:
+        if self.admission_memory_mb is None:
+            return self.effective_memory_budget_mb
+        return self.admission_memory_mb
+
+    @property
     def consumer_group(self) -> str:
         if self.group_id:
             return self.group_id
@@ -247,6 +260,7 @@ class Settings(ServiceSettings):
             address_space_mb=self.address_space_mb,
             recycle_rss_mb=self.recycle_rss_mb,
             fork=self.fork_workers,
+            rest_zygote=self.rest_zygote,
             preload=self.preload,
             share=self.share,
             start_timeout_s=self.worker_start_timeout_s,

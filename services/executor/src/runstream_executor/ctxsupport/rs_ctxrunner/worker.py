@@ -37,7 +37,7 @@ from . import h5write, limits, protocol
 from .api import Cell, Skip
 from .loader import ContextFile, ContextLoadError
 from .prepare import prepare
-from .runs import open_run, start_time
+from .runs import close_runs, open_run, start_time
 
 log = logging.getLogger("rs_ctxrunner")
 
@@ -495,6 +495,7 @@ def serve(proto_in: Any, proto_out: Any, **hello: Any) -> None:
         try:
             protocol.write_frame(proto_out, reply)
             if op in ("write", "forget"):  # a pass ended: give its freed memory back
+                close_runs()
                 _trim_heap()
         except (pickle.PicklingError, TypeError, AttributeError) as exc:
             protocol.write_frame(

@@ -9,6 +9,9 @@ everything. Control frames (see ``protocol``) on stdin/stdout:
   out ``{"op": "forked", "token": N, "pid": P}``;
 - out ``{"op": "exited", "pid": P, "code": C}`` when a worker ends (C < 0: the
   signal number, as ``subprocess`` reports it);
+- in ``{"op": "rest"}`` -> the pool is full: become ``rs_ctxrunner.reaper`` (same pid,
+  a bare interpreter), which stays the parent of the workers forked so far and reports
+  their exits, without the preloaded stack's memory; a new zygote forks the next ones;
 - in ``{"op": "preload", "modules": [...]}`` -> import them now, so that workers
   forked from here on share them (the service asks when contexts turn out to use
   them).
@@ -75,6 +78,17 @@ def _child(
         os._exit(code)
 
 
+def _rest(control_in: Any, control_out: Any) -> None:
+    """Become the workers' light parent (``rs_ctxrunner.reaper``, same pid); never returns."""
+    _reap(control_out)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    control_out.flush()
+    os.dup2(control_in.fileno(), 0)
+    os.dup2(control_out.fileno(), 1)
+    os.execv(sys.executable, [sys.executable, "-S", "-m", "rs_ctxrunner.reaper"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="rs_ctxrunner.zygote")
     parser.add_argument("--socket", required=True)
@@ -97,6 +111,8 @@ def main() -> None:
             return
         if msg.get("op") == "exit":
             return
+        if msg.get("op") == "rest":
+            _rest(control_in, control_out)
         if msg.get("op") == "preload":
             preload_modules(list(msg.get("modules") or ()))
         if msg.get("op") == "fork":
