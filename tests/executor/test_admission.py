@@ -72,6 +72,9 @@ class FakePool:
     async def release(self, worker: Any) -> None:
         return None
 
+    def is_idle(self, worker: Any) -> bool:
+        return True  # a lent home goes to nobody else here
+
 
 def _ctx(tmp_path: Path) -> LoadedContext:
     source = ContextSource(path=str(tmp_path / "context.py"), source="", hash="h", revision=0)

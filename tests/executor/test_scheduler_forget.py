@@ -62,6 +62,9 @@ class FakePool:
         if worker is self.helper:
             self.idle.append(worker)
 
+    def is_idle(self, worker: FakeWorker) -> bool:
+        return worker in self.idle
+
 
 def var(name: str) -> VarDef:
     return VarDef(name, name, None, None, (), "raw", False, False, None, None, (), ())

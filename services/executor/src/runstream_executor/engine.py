@@ -373,8 +373,7 @@ class Pass:
         await self.pool.release(home)
 
     def _home_idle(self) -> bool:
-        is_idle = getattr(self.pool, "is_idle", None)
-        return self.home is None or is_idle is None or bool(is_idle(self.home))
+        return self.home is None or self.pool.is_idle(self.home)
 
     async def _home(self) -> Worker:
         if self._lent:
