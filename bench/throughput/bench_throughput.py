@@ -115,12 +115,19 @@ def measure_floor(context: str, prop: Path, runs: list[int], work: Path) -> dict
     wall = time.perf_counter() - started
     per_run = [t for out in outputs for t in out["runs"].values()]
     cpu = [t for out in outputs for t in out["cpu"].values()]
+    spent: dict[str, float] = {}
+    for out in outputs:
+        for name, seconds in out["variables"].items():
+            spent[name] = spent.get(name, 0.0) + seconds
+    largest = max(spent, key=spent.__getitem__)
     return {
         "runs_per_s": len(runs) / wall,
         "s_per_run_per_core": statistics.fmean(per_run),
         "cpu_per_run": statistics.fmean(cpu),
         "cpus": n,
         "failed": ",".join(outputs[0]["failed"]),
+        "largest": largest,
+        "largest_share": spent[largest] / sum(spent.values()),
     }
 
 
@@ -133,6 +140,7 @@ def combine(floors: list[dict[str, Any]]) -> dict[str, Any] | None:
         "runs_per_s": statistics.fmean(f["runs_per_s"] for f in floors),
         "s_per_run_per_core": statistics.fmean(f["s_per_run_per_core"] for f in floors),
         "cpu_per_run": statistics.fmean(f["cpu_per_run"] for f in floors),
+        "largest_share": statistics.fmean(f["largest_share"] for f in floors),
         "spread": "/".join(f"{f['runs_per_s']:.2f}" for f in floors),
     }
 
@@ -482,6 +490,19 @@ def round_ratios(svc: dict[str, Any]) -> list[tuple[float, float]]:
     return out
 
 
+def print_turns_bound(floor: dict[str, Any]) -> None:
+    """What taking turns would cost: with one large variable computing at a time (the
+    executor's admission by memory), the batch cannot go faster than one of them after
+    another on one core, whatever the rest costs."""
+    share = floor["largest_share"]
+    alone = share * floor["s_per_run_per_core"]
+    print(
+        f"  its largest variable, {floor['largest']}, is {share:.0%} of its CPU: if those take "
+        f"turns (admission by memory) they bound a batch at {1 / alone:.2f} runs/s, "
+        f"floor/throughput >= {floor['runs_per_s'] * alone:.2f}x"
+    )
+
+
 def report(
     args: argparse.Namespace,
     floor: dict[str, Any] | None,
@@ -505,6 +526,7 @@ def report(
             f"{floor['s_per_run_per_core']:.3f} s per run per core (failed as intended: "
             f"{floor['failed']})"
         )
+        print_turns_bound(floor)
         ratios = round_ratios(svc)
         ratio = f"; floor/throughput {statistics.median(r for _, r in ratios):.2f}x (median)"
         rounds = ", ".join(

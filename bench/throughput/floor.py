@@ -8,8 +8,9 @@ calls every variable function in dependency order, passing dependencies'
 return values. It imports everything and evaluates its first run once
 (untimed warm-up, as the services get), prints ``ready`` and waits for a
 line on stdin, so several copies can start their loops together; then it prints
-one JSON line: ``{"runs": {run: seconds}, "cpu": {run: CPU seconds}, "failed": [...]}``
-(the variables that failed in the last run).
+one JSON line: ``{"runs": {run: seconds}, "cpu": {run: CPU seconds}, "failed": [...],
+"variables": {name: CPU seconds over all runs}}`` (``failed``: the variables that failed
+in the last run).
 """
 
 from __future__ import annotations
@@ -44,7 +45,14 @@ def load(path: Path) -> list[Any]:
     return ordered
 
 
-def evaluate(variables: list[Any], run: Any, number: int, proposal: int) -> list[str]:
+def evaluate(
+    variables: list[Any],
+    run: Any,
+    number: int,
+    proposal: int,
+    spent: dict[str, float] | None = None,
+) -> list[str]:
+    """Every variable in order; ``spent`` (if given) accumulates each one's CPU seconds."""
     values: dict[str, Any] = {}
     failed = []
     for var in variables:
@@ -57,11 +65,15 @@ def evaluate(variables: list[Any], run: Any, number: int, proposal: int) -> list
                 kwargs[param] = number
             elif field == "proposal":
                 kwargs[param] = proposal
+        started = time.process_time()
         try:
             value = var.func(run, **kwargs)
         except Exception as exc:
             failed.append(f"{var.name} ({type(exc).__name__}: {exc})")
             continue
+        finally:
+            if spent is not None:
+                spent[var.name] = spent.get(var.name, 0.0) + time.process_time() - started
         values[var.name] = value.data if type(value).__name__ == "Cell" else value
     return failed
 
@@ -82,12 +94,13 @@ def main() -> None:
     times: dict[int, float] = {}
     cpu: dict[int, float] = {}
     failed: list[str] = []
+    spent: dict[str, float] = {}
     for number in map(int, runs):
         t, c = time.perf_counter(), time.process_time()
-        failed = evaluate(variables, open_run(number), number, proposal)
+        failed = evaluate(variables, open_run(number), number, proposal, spent)
         times[number] = time.perf_counter() - t
         cpu[number] = time.process_time() - c
-    print(json.dumps({"runs": times, "cpu": cpu, "failed": failed}), flush=True)
+    print(json.dumps({"runs": times, "cpu": cpu, "failed": failed, "variables": spent}), flush=True)
 
 
 if __name__ == "__main__":
