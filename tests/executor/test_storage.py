@@ -235,6 +235,10 @@ async def test_fragment_layout_and_round_trips(types_eval: Evaluated, tmp_path: 
     assert results["summed"].bold is True
     assert results["summed"].background == (0xBB, 0xDD, 0xDD)
     with h5py.File(path, "r") as f:
+        # the store's run-file settings (persistent free-space tracking): a new run's
+        # fragment can become its run file as it is
+        strategy = f.id.get_create_plist().get_file_space_strategy()
+        assert strategy == (h5py.h5f.FSPACE_STRATEGY_FSM_AGGR, True, 1)
         assert f.attrs["provenance"] == "context.py"
         assert f["start_time/data"][()] == 1700000000.5
         assert "bad_attr" not in f

@@ -18,6 +18,7 @@ import numpy as np
 import xarray as xr
 from PIL import Image
 from runstream_common.messages import ResultsReady, SummaryType, Trigger, VariableResult
+from runstream_store.adapters.hdf5_layout import RUN_FILE_SPACE
 
 
 def png_thumbnail(array: np.ndarray) -> np.ndarray:
@@ -58,6 +59,9 @@ class Fragment:
     _xarray: list[tuple[str, Any, str]] = field(default_factory=list)
     _errors: list[tuple[str, str, str]] = field(default_factory=list)
     path: Path | None = None
+    # the executor's file settings (persistent free-space tracking, as the store's run files):
+    # the store can adopt such a fragment as a new run's file; False: an older executor's
+    file_space: bool = True
 
     # -------------------------------------------------------------- variables
     def scalar(
@@ -162,7 +166,7 @@ class Fragment:
         folder = self.context_dir / "extracted_data" / "fragments"
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"p{self.proposal}_r{self.run}.{uuid.uuid4().hex[:8]}.h5"
-        with h5py.File(path, "w") as f:
+        with h5py.File(path, "w", **(RUN_FILE_SPACE if self.file_space else {})) as f:
             f.attrs["provenance"] = "context.py"
             for name, value, attrs in self._plain:
                 if isinstance(value, str):

@@ -12,6 +12,12 @@ temporary sibling, applies the changes there, fsyncs it and renames it over the
 run file (then fsyncs the folder). A crash at any point leaves the old or the
 new file; leftover temporary files are removed by the next merge of that run.
 
+A new run's file (none yet, arrays not compressed on the way) starts as a byte copy
+of its fragment instead, if that copy passes :mod:`.hdf5_adopt`'s strict check; it
+is pruned to what the object copy would have produced and then completed by the same
+per-item code. The fragment itself is only read, never changed or moved: a message
+redelivered after a crash reads it again.
+
 HDF5 object copies between files (H5Ocopy) do not carry object references, so
 NetCDF4 groups lose their dimension scales; :func:`copy_object` re-attaches
 them and renumbers the NetCDF dimension ids so they stay unique in the file, as
@@ -25,8 +31,8 @@ import logging
 import os
 import shutil
 import uuid
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,14 +40,20 @@ import h5py
 import numpy as np
 from runstream_common.messages import InlineSummary, ResultAttrs
 
+from . import hdf5_adopt
+from .hdf5_layout import (
+    COORDS,
+    DIMID,
+    ERRORS,
+    PREVIEW,
+    REDUCED,
+    RUN_FILE_SPACE,
+    SECTIONS,
+    section_path,
+)
+
 log = logging.getLogger("runstream.store.hdf5")
 
-REDUCED = ".reduced"
-PREVIEW = ".preview"
-ERRORS = ".errors"
-SECTIONS = ("", REDUCED, PREVIEW, ERRORS)
-DIMID = "_Netcdf4Dimid"
-COORDS = "_Netcdf4Coordinates"
 
 Action = Literal["fragment", "inline", "error", "clear"]
 
@@ -79,6 +91,8 @@ class MergeOutcome:
 
     failed: dict[str, str]
     summaries: dict[str, float | complex] = field(default_factory=dict)
+    adopted: bool = False  # the fragment's bytes became the run file (else objects copied)
+    copy_reason: str = ""  # why they were not (a new run's fragment could not be adopted)
 
 
 def run_file_path(context_dir: str | Path, proposal: int, run: int) -> Path:
@@ -115,17 +129,7 @@ def merge(request: MergeRequest, *, before_replace: Any = None) -> MergeOutcome:
     remove_stale_temporaries(target)
     tmp = target.with_name(f"{_tmp_prefix(target)}{uuid.uuid4().hex}.tmp")
     try:
-        if target.exists():
-            shutil.copyfile(target, tmp)
-            shutil.copymode(target, tmp)
-            out = h5py.File(tmp, "r+")
-        else:
-            # persistent free-space tracking: space of replaced objects is reused by later
-            # merges, so a run file does not grow with every reprocessing
-            out = h5py.File(tmp, "w", fs_strategy="fsm", fs_persist=True, fs_threshold=1)
-        summaries: dict[str, float | complex] = {}
-        with out, _open_fragment(request) as src:
-            failed = _apply(out, src, request, summaries)
+        outcome = _write_temporary(request, tmp)
         fsync_path(tmp)
         if before_replace is not None:
             before_replace(tmp)
@@ -135,6 +139,73 @@ def merge(request: MergeRequest, *, before_replace: Any = None) -> MergeOutcome:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
+    return outcome
+
+
+def _write_temporary(request: MergeRequest, tmp: Path) -> MergeOutcome:
+    """The new run file at ``tmp``: the fragment adopted if it can be, else copied into."""
+    reason = _adopt_precondition(request)
+    if reason is None:
+        outcome, reason = _adopt(request, tmp)
+        if outcome is not None:
+            return outcome
+    if request.fragment is not None:
+        log.debug("%s: copying objects from the fragment: %s", request.target, reason)
+    return replace(_copy(request, tmp), copy_reason=reason)
+
+
+def _adopt_precondition(request: MergeRequest) -> str | None:
+    if request.fragment is None or not _fragment_names(request):
+        return "no fragment data"
+    if request.compress_min_bytes != 0:
+        return "arrays are compressed on the way"
+    if request.target.exists():
+        return "the run file exists"
+    return None
+
+
+def _fragment_names(request: MergeRequest) -> set[str]:
+    return {i.name for i in request.items if i.action == "fragment"}
+
+
+def _adopt(request: MergeRequest, tmp: Path) -> tuple[MergeOutcome | None, str]:
+    """A byte copy of the fragment at ``tmp``, checked, pruned and completed; or None and
+    why it was not adopted (``tmp`` is then left for the copy path to overwrite).
+
+    The copy is checked, not the fragment: what is checked is what is kept. A refused
+    copy costs a byte copy and an open (small next to the object copy that follows)."""
+    assert request.fragment is not None
+    keep = _fragment_names(request)
+    try:
+        # a copy, never the fragment itself: a redelivered message reads it again
+        shutil.copyfile(request.fragment, tmp)
+        with h5py.File(tmp, "r+") as out:
+            reason = hdf5_adopt.refusal(out, keep)
+            if reason is not None:
+                return None, reason
+            placed = hdf5_adopt.prune(out, keep)
+            failed, summaries = _apply(
+                out, request, lambda item: item.name in placed, _Present(out, scan=False)
+            )
+            reason = hdf5_adopt.waste_refusal(out)
+    except Exception as exc:  # anything odd in a file made by user code: copy instead
+        return None, f"adopting the fragment failed: {exc!r}"
+    if reason is not None:
+        return None, reason
+    return MergeOutcome(failed, summaries, adopted=True), ""
+
+
+def _copy(request: MergeRequest, tmp: Path) -> MergeOutcome:
+    """The run file (or a new one) at ``tmp``, each object of the fragment copied into it."""
+    if request.target.exists():
+        shutil.copyfile(request.target, tmp)
+        shutil.copymode(request.target, tmp)
+        out = h5py.File(tmp, "r+")
+    else:
+        out = h5py.File(tmp, "w", **RUN_FILE_SPACE)
+    with out, _open_fragment(request) as src:
+        place = None if src is None else _Copied(out, src, request)
+        failed, summaries = _apply(out, request, place, _Present(out))
     return MergeOutcome(failed, summaries)
 
 
@@ -152,36 +223,52 @@ def _open_fragment(request: MergeRequest) -> Iterator[h5py.File | None]:
         yield src
 
 
+class _Copied:
+    """Copies the objects of fragment items from the fragment into the file."""
+
+    def __init__(self, out: h5py.File, src: h5py.File, request: MergeRequest) -> None:
+        self.out = out
+        self.src = src
+        self.dimids = _DimIds(out)
+        self.compress_min_bytes = request.compress_min_bytes
+        self.copy_chunk_bytes = request.copy_chunk_bytes
+
+    def __call__(self, item: MergeItem) -> bool:
+        copied = False
+        for section in (s for s in SECTIONS if s != ERRORS):
+            path = section_path(section, item.name)
+            if path not in self.src:
+                continue
+            parent = self.out.require_group(section) if section else self.out
+            # summaries and previews are small: only data arrays are compressed (if asked)
+            limit = self.compress_min_bytes if not section else 0
+            copy_object(
+                self.src[path], parent, item.name, self.dimids, limit,
+                copy_chunk_bytes=self.copy_chunk_bytes,
+            )  # fmt: skip
+            copied = True
+        return copied
+
+
+Place = Callable[[MergeItem], bool]
+
+
 def _apply(
-    out: h5py.File,
-    src: h5py.File | None,
-    request: MergeRequest,
-    summaries: dict[str, float | complex],
-) -> dict[str, str]:
+    out: h5py.File, request: MergeRequest, place: Place | None, present: _Present
+) -> tuple[dict[str, str], dict[str, float | complex]]:
+    """Apply the request's items to ``out``; ``place`` puts a fragment item's objects there.
+
+    Returns the variables that could not be written (stored as errors instead) and the
+    scalar summaries read from the file."""
     if "provenance" not in out.attrs:  # the run file keeps the first provenance, as DAMNIT
         out.attrs["provenance"] = request.provenance
     failed: dict[str, str] = {}
-    dimids = _DimIds(out)
-    present = _Present(out)
-    names = {i.name for i in request.items}
+    summaries: dict[str, float | complex] = {}
     for item in request.items:
         present.delete(item.name)
         try:
             if item.action == "fragment":
-                if src is None:
-                    raise FileNotFoundError("the result has no fragment")
-                _copy_from_fragment(
-                    out,
-                    src,
-                    item,
-                    dimids,
-                    request.compress_min_bytes,
-                    copy_chunk_bytes=request.copy_chunk_bytes,
-                )
-                if item.summary is None and item.summary_type in (None, "complex"):
-                    scalar = _scalar_summary(out, item.name)
-                    if scalar is not None:
-                        summaries[item.name] = scalar
+                _apply_fragment_item(out, item, place, summaries)
             elif item.action == "inline":
                 _write_inline(out, item, present)
             elif item.action == "error":
@@ -192,6 +279,7 @@ def _apply(
             reason = f"the store could not write this result: {type(exc).__name__}: {exc}"
             write_error(out, item.name, reason, "StoreWriteError")
             failed[item.name] = reason
+    names = {i.name for i in request.items}
     if request.start_time is not None and "start_time" not in names:
         present.delete("start_time")
         _write_inline(
@@ -199,17 +287,43 @@ def _apply(
             MergeItem(name="start_time", action="inline", summary=float(request.start_time)),
             present,
         )
-    return failed
+    return failed, summaries
+
+
+def _apply_fragment_item(
+    out: h5py.File, item: MergeItem, place: Place | None, summaries: dict[str, float | complex]
+) -> None:
+    if place is None:
+        raise FileNotFoundError("the result has no fragment")
+    placed = place(item)
+    name = item.name
+    reduced_path = f"{REDUCED}/{name}"
+    if reduced_path in out:
+        _set_summary_attrs(out[reduced_path], item, only_missing=True)
+    elif item.summary is not None:
+        reduced = _write_scalar(out.require_group(REDUCED), name, _summary_array(item.summary))
+        _set_summary_attrs(reduced, item)
+        if name not in out:
+            _write_scalar(out.require_group(name), "data", _summary_array(item.summary))
+        placed = True
+    if not placed:
+        raise KeyError(f"the fragment has no objects for {name!r}")
+    if item.summary is None and item.summary_type in (None, "complex"):
+        scalar = _scalar_summary(out, name)
+        if scalar is not None:
+            summaries[name] = scalar
 
 
 class _Present:
     """Which variables have objects in each section (read once per merge; cheap deletes)."""
 
-    def __init__(self, out: h5py.File) -> None:
+    def __init__(self, out: h5py.File, *, scan: bool = True) -> None:
         self.out = out
         self.sections: dict[str, set[str]] = {}
         for section in SECTIONS:
-            if not section:
+            if not scan:  # nothing to replace (an adopted fragment, pruned)
+                self.sections[section] = set()
+            elif not section:
                 self.sections[section] = set(out.keys())
             elif section in out:
                 self.sections[section] = set(out[section].keys())
@@ -300,41 +414,6 @@ def _set_summary_attrs(ds: h5py.Dataset, item: MergeItem, *, only_missing: bool 
         if only_missing and key in ds.attrs:
             continue
         ds.attrs[key] = value
-
-
-def _copy_from_fragment(
-    out: h5py.File,
-    src: h5py.File,
-    item: MergeItem,
-    dimids: _DimIds,
-    compress_min_bytes: int,
-    *,
-    copy_chunk_bytes: int = 64 * 1024 * 1024,
-) -> None:
-    name = item.name
-    copied = False
-    for section in SECTIONS:
-        if section == ERRORS:
-            continue
-        path = f"{section}/{name}" if section else name
-        if path not in src:
-            continue
-        parent = out.require_group(section) if section else out
-        # summaries and previews are small: only data arrays are compressed (if asked)
-        limit = compress_min_bytes if not section else 0
-        copy_object(src[path], parent, name, dimids, limit, copy_chunk_bytes=copy_chunk_bytes)
-        copied = True
-    reduced_path = f"{REDUCED}/{name}"
-    if reduced_path in out:
-        _set_summary_attrs(out[reduced_path], item, only_missing=True)
-    elif item.summary is not None:
-        reduced = _write_scalar(out.require_group(REDUCED), name, _summary_array(item.summary))
-        _set_summary_attrs(reduced, item)
-        if name not in out:
-            _write_scalar(out.require_group(name), "data", _summary_array(item.summary))
-        copied = True
-    if not copied:
-        raise KeyError(f"the fragment has no objects for {name!r}")
 
 
 # ---------------------------------------------------------------------- copying objects

@@ -10,7 +10,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from .hdf5_merge import ERRORS, PREVIEW, REDUCED
+from .hdf5_layout import ERRORS, PREVIEW, REDUCED
 
 OBJTYPE = "_damnit_objtype"
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import h5py
 
-from ..adapters.hdf5_merge import REDUCED, run_file_path
+from ..adapters.hdf5_layout import REDUCED
+from ..adapters.hdf5_merge import run_file_path
 from .rows import RunSnapshot, blob_value
 
 log = logging.getLogger("runstream.store.damnit")

@@ -67,6 +67,12 @@ def _write_reduced(f: h5py.File, name: str, prep: dict[str, Any]) -> None:
         ds.attrs["units"] = prep["units"]
 
 
+# The store's file-creation settings for run files (runstream_store.adapters.hdf5_layout):
+# persistent free-space tracking, so that a new run's fragment can become its run file as
+# it is (the store copies its bytes instead of each object) and later merges into that file
+# reuse the space of the objects they replace.
+FILE_SPACE: dict[str, Any] = {"fs_strategy": "fsm", "fs_persist": True, "fs_threshold": 1}
+
 # prepared kind -> DAMNIT's _damnit_objtype attribute (plain arrays and strings have none)
 OBJTYPES = {
     "image": "image",
@@ -133,7 +139,7 @@ def write_file(
     """
     failed: dict[str, tuple[str, str]] = {}
     netcdf: list[tuple[str, str, str, dict[str, Any]]] = []  # (var, group path, kind, payload)
-    with h5py.File(path, "w") as f:
+    with h5py.File(path, "w", **FILE_SPACE) as f:
         f.attrs["provenance"] = provenance
         if start_time is not None:
             f.create_group("start_time").create_dataset("data", data=np.float64(start_time))
