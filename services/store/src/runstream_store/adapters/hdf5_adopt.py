@@ -11,6 +11,9 @@ refused, and the caller copies object by object instead.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import h5py
 
 from .hdf5_layout import (
@@ -22,6 +25,8 @@ from .hdf5_layout import (
     RUN_FILE_SPACE_STRATEGY,
     section_path,
 )
+
+Judge = Callable[[Any, str], str | None]  # (an h5py low-level object, its path)
 
 # kept sections (errors come from the request, never from the fragment)
 KEPT_SECTIONS = ("", REDUCED, PREVIEW)
@@ -69,19 +74,53 @@ def refusal(f: h5py.File, keep: set[str]) -> str | None:
     return None
 
 
-def _tree_refusal(parent: h5py.h5g.GroupID, name: bytes, path: str) -> str | None:
-    """Refuse anything in a kept tree the object copy would not reproduce as it is."""
+def _tree_refusal(
+    parent: h5py.h5g.GroupID, name: bytes, path: str, judge: Judge | None = None
+) -> str | None:
+    """Refuse anything in a kept tree the object copy would not reproduce as it is
+    (``judge``: what each object must pass; the strict check by default)."""
     reason = _link_refusal(parent, name, path)
     if reason:
         return reason
     obj = h5py.h5o.open(parent, name)
-    reason = _object_refusal(obj, path)
+    reason = (judge or _object_refusal)(obj, path)
     if reason or not isinstance(obj, h5py.h5g.GroupID):
         return reason
     for child in obj:
-        reason = _tree_refusal(obj, child, f"{path}/{child.decode(errors='replace')}")
+        reason = _tree_refusal(obj, child, f"{path}/{child.decode(errors='replace')}", judge)
         if reason:
             return reason
+    return None
+
+
+def copy_refusal(f: h5py.File, section: str, name: str) -> str | None:
+    """Why the object copy must not take ``section/name`` from the fragment ``f``: a soft,
+    external or user-defined link anywhere in it (the copy would follow it and store
+    another file's data, or keep a link out of the run file), or data stored outside the
+    file (virtual datasets, external storage). None if it has no such object or none at
+    all. NetCDF trees, references and named datatypes are the copy's own business."""
+    group = f.id
+    if section:
+        if not group.links.exists(section.encode()):
+            return None
+        reason = _link_refusal(group, section.encode(), section)
+        if reason:
+            return reason
+        group = h5py.h5o.open(group, section.encode())
+        if not isinstance(group, h5py.h5g.GroupID):
+            return f"{section} is not a group"
+    if not group.links.exists(name.encode()):
+        return None
+    return _tree_refusal(group, name.encode(), section_path(section, name), _stored_outside)
+
+
+def _stored_outside(obj: h5py.h5o.ObjectID, path: str) -> str | None:
+    if isinstance(obj, h5py.h5d.DatasetID):
+        plist = obj.get_create_plist()
+        if plist.get_layout() == h5py.h5d.VIRTUAL:
+            return f"{path} is a virtual dataset"
+        if plist.get_external_count():
+            return f"{path} stores its data in external files"
     return None
 
 
@@ -127,12 +166,7 @@ def _type_refusal(kind: h5py.h5t.TypeID, what: str) -> str | None:
 
 
 def _dataset_refusal(ds: h5py.h5d.DatasetID, path: str) -> str | None:
-    plist = ds.get_create_plist()
-    if plist.get_layout() == h5py.h5d.VIRTUAL:
-        return f"{path} is a virtual dataset"
-    if plist.get_external_count():
-        return f"{path} stores its data in external files"
-    return _type_refusal(ds.get_type(), path)
+    return _stored_outside(ds, path) or _type_refusal(ds.get_type(), path)
 
 
 def prune(f: h5py.File, keep: set[str]) -> set[str]:

@@ -62,6 +62,11 @@ class FragmentUnreadable(Exception):
     """The fragment is not a readable HDF5 file."""
 
 
+class UnsafeFragmentObject(ValueError):
+    """A fragment item has a link or data outside the fragment: its result becomes an
+    error (``StoreWriteError``), the run's other results are stored."""
+
+
 class MergeItem(ResultAttrs):
     """What to do with one variable in the run file: its data from the fragment, its
     inline summary, its error, or nothing any more (``clear``); the value's attributes
@@ -236,6 +241,9 @@ class _Copied:
     def __call__(self, item: MergeItem) -> bool:
         copied = False
         for section in (s for s in SECTIONS if s != ERRORS):
+            refused = hdf5_adopt.copy_refusal(self.src, section, item.name)
+            if refused:
+                raise UnsafeFragmentObject(refused)
             path = section_path(section, item.name)
             if path not in self.src:
                 continue
