@@ -11,6 +11,7 @@ The run folders are real, on disk (``tmp_path``).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from runstream_common.topics import dlq, proposal_key, run_key
 from runstream_ingest.app import IngestRuntime, Ports, build_app
 from runstream_ingest.ids import facility_request_id
 from runstream_ingest.settings import Settings
-from support.memory_kafka import MemoryKafka
+from support.memory_kafka import MemoryKafka, MemoryReader
 from support.ports import MemoryTopics, in_memory
 
 from .helpers import facility_event, make_run_folder
@@ -210,3 +211,31 @@ async def test_a_proc_event_waits_for_the_raw_pass_and_its_folder_and_says_why(
     retries = wired.kafka.records(wired.settings.retry_topic())
     assert len(retries) == len(waits)
     assert all(topics.processing in wired.kafka.transaction_of(r).topics() for r in retries)
+
+
+async def test_an_event_just_after_its_proposal_is_registered_is_not_ignored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The registry's follower lags behind the event (here: it never reads by itself):
+    before calling a proposal unregistered, ingest reads the registry to its end."""
+    wired = Wired(tmp_path, MemoryKafka())  # nothing registered when ingest starts
+    (wired.proposal_dir / "raw").mkdir(parents=True)
+    wired.context_dir.mkdir()
+    follow = MemoryReader.follow
+
+    async def lagging(reader: MemoryReader) -> None:
+        if reader.topic == wired.topics.proposals:
+            await asyncio.Event().wait()
+        await follow(reader)
+
+    monkeypatch.setattr(MemoryReader, "follow", lagging)
+    registered = ProposalRegistered(
+        proposal=P, context_dir=str(wired.context_dir), data_root=str(tmp_path / "exp")
+    )
+    async with in_memory(wired.service) as app:
+        wired.kafka.append(wired.topics.proposals, parsers.encode(registered), key=proposal_key(P))
+        wired.send(RAW, facility_event("migration_complete", P, 3, instrument="HED"))
+        wired.send(RAW, facility_event("migration_complete", 7777, 1))  # never registered
+        await app.until(counted(wired, 2), "both events decided")
+    assert [(m.proposal, m.run) for m in wired.runs()] == [(P, 3)]
+    assert wired.decided() == {"emitted": 1, "unregistered": 1}

@@ -248,3 +248,23 @@ async def test_proc_event_waits_for_its_folder_and_says_why(
     [proc] = [m for m in _runs(records) if m.trigger is Trigger.PROC]
     assert proc.attempt >= 4
     assert proc.request_id == states[0].request_id
+
+
+async def test_an_event_right_after_its_registration_gives_its_run_message(
+    kafka_settings: KafkaSettings, tmp_path: Path
+) -> None:
+    """Registered while ingest runs, the event sent at once: ingest reads the registry to
+    its end before it calls the proposal unregistered (the deterministic version of this
+    race, with a follower that never reads by itself, is in test_app_contract.py)."""
+    pdir = tmp_path / "exp" / "HED" / "202601" / "p002213"
+    (pdir / "raw").mkdir(parents=True)
+    settings = ingest_settings(kafka_settings, tmp_path / "exp")
+    create_topics(kafka_settings.bootstrap_servers, settings.facility_topics)
+    raw_topic = settings.facility_topics[0]
+    async with running(settings) as service:
+        await register(kafka_settings, 2213, tmp_path / "ctx", tmp_path / "exp")
+        produce(kafka_settings.bootstrap_servers, raw_topic, [event("migration_complete", 2213, 4)])
+        records = await read_topic(kafka_settings, kafka_settings.topics.runs, until=_has_run(4))
+        stats = dict(service.loop.stats)
+    assert [(m.proposal, m.run) for m in _runs(records)] == [(2213, 4)]
+    assert stats == {"emitted": 1}

@@ -247,6 +247,10 @@ class MemoryReader:
             self._apply_new(following=True)
             await asyncio.sleep(0.005)
 
+    async def caught_up(self, timeout_s: float) -> bool:
+        self._apply_new(following=True)
+        return True
+
     async def stop(self) -> None:
         self.stopped = True
 

@@ -80,6 +80,7 @@ class IngestService:
             settings.kafka.topics.processing, ProcessingFollower(self.raw_in_flight).apply
         )
         self._proposal_reader, self._catalog_reader = self._table_readers()
+        self.loop.registry_caught_up = self._proposal_reader.caught_up
         self.watcher = (
             FolderWatcher(settings, self.proposals, self.catalog, self.disk, self.loop.watched)
             if settings.watch

@@ -66,6 +66,28 @@ async def start_at_end(consumer: AIOKafkaConsumer, topic: str, timeout_s: float)
         await consumer.position(tp)
 
 
+async def caught_up(consumer: AIOKafkaConsumer, timeout_s: float) -> bool:
+    """Wait until ``consumer``'s follower has passed the end its partitions have now.
+
+    A consumer's position moves when ``getmany`` returns records, and a follower applies
+    them before it awaits anything else, so a position at the end means every record
+    that was in the topic when this was called is applied. False after ``timeout_s``
+    (the follower is not running, or the broker is slow): the caller decides without.
+    """
+    tps = sorted(consumer.assignment(), key=lambda tp: (tp.topic, tp.partition))
+    if not tps:
+        return False
+    deadline = time.monotonic() + timeout_s
+    end = await consumer.end_offsets(tps)
+    while True:
+        positions = [await consumer.position(tp) for tp in tps]
+        if all(pos >= end[tp] for pos, tp in zip(positions, tps, strict=True)):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(0.01)
+
+
 def follower_fetch(batch_ms: int | None) -> dict[str, int]:
     """Consumer options of a follower that may see new records up to ``batch_ms`` late.
 
@@ -163,6 +185,10 @@ class CompactedReader(Generic[T]):
         self._following = True
         while True:
             await self.poll()
+
+    async def caught_up(self, timeout_s: float) -> bool:
+        """Wait until :meth:`follow` has applied what the topic holds now (see :func:`caught_up`)."""
+        return await caught_up(self._consumer, timeout_s)
 
     async def stop(self) -> None:
         await self._consumer.stop()

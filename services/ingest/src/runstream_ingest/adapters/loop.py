@@ -21,9 +21,10 @@ the uncommitted ones are done again, and nothing is written twice.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from opentelemetry.trace import Tracer
 from runstream_common.errors import TransientError
@@ -41,6 +42,11 @@ from ..handlers import Disk
 from ..settings import Settings
 from ..tables import ProposalTable, RawInFlight, RunCatalog
 from .planning import WRITER_HEADER, Plan, Planner, Watched
+
+log = logging.getLogger("runstream.ingest.loop")
+
+# at most this long an event of an unknown proposal waits for the registry (see decide)
+REGISTRY_CATCH_UP_S = 2.0
 
 __all__ = [
     "WRITER_HEADER",
@@ -86,11 +92,14 @@ class IngestLoop(TransactionalLoop[Plan]):
         self.watched: asyncio.Queue[Watched] = asyncio.Queue()
         self.stats: Counter[str] = Counter()
         self._on_outcome = on_outcome
+        # waits until the proposal registry is read to its current end (see decide)
+        self.registry_caught_up: Callable[[float], Awaitable[bool]] | None = None
 
     async def decide(self, records: Records) -> Plan | None:
         watched = self._take_watched()
         if not records and not watched:
             return None
+        await self._registry_caught_up(records)
         txn = self.catalog.begin()
         try:
             if self._decide_inline(records, watched):
@@ -102,6 +111,20 @@ class IngestLoop(TransactionalLoop[Plan]):
         except TransientError:
             self._give_back(watched)
             raise
+
+    async def _registry_caught_up(self, records: Records) -> None:
+        """An event naming a proposal the table does not know waits until the registry's
+        follower has read what the registry topic holds now: a proposal registered a
+        moment before its first event is then known (``registry_caught_up`` is set by
+        the service; ``REGISTRY_CATCH_UP_S`` bounds the wait, then it is ignored)."""
+        if self.registry_caught_up is None or not self.planner.names_unknown_proposal(records):
+            return
+        if not await self.registry_caught_up(REGISTRY_CATCH_UP_S):
+            log.warning(
+                "the proposal registry could not be read to its end within %g s; "
+                "deciding with what it holds",
+                REGISTRY_CATCH_UP_S,
+            )
 
     def committed(self, decision: Plan) -> None:
         if decision.txn is not None:

@@ -125,6 +125,22 @@ class Planner:
                     return True
         return False
 
+    def names_unknown_proposal(self, batch: Records) -> bool:
+        """Whether a facility event of ``batch`` names a proposal the table does not know."""
+        for tp, records in batch.items():
+            if tp.topic not in self.facility_topics:
+                continue
+            for record in records:
+                try:
+                    event = parsers.FACILITY.parse(
+                        record.value, max_bytes=self.settings.max_event_bytes
+                    )
+                except MessageFormatError:
+                    continue
+                if self.proposals.get(event.proposal) is None:
+                    return True
+        return False
+
     def plan(
         self,
         batch: Records,

@@ -16,7 +16,7 @@ from typing import Any, Protocol, TypeVar
 from runstream_common.parsers import Parser
 from runstream_common.settings import KafkaSettings
 
-from .compacted import CompactedReader, start_at_end, tail_consumer
+from .compacted import CompactedReader, caught_up, start_at_end, tail_consumer
 
 T = TypeVar("T")
 
@@ -30,6 +30,11 @@ class TopicReader(Protocol):
 
     async def follow(self) -> None:
         """Apply new records until cancelled."""
+        ...
+
+    async def caught_up(self, timeout_s: float) -> bool:
+        """Wait (at most ``timeout_s``) until every record the topic held when this was
+        called is applied; whether it was."""
         ...
 
     async def stop(self) -> None: ...
@@ -105,6 +110,9 @@ class TailReader:
             for records in batch.values():
                 for record in records:
                     self._apply(record)
+
+    async def caught_up(self, timeout_s: float) -> bool:
+        return await caught_up(self._consumer, timeout_s)
 
     async def stop(self) -> None:
         await self._consumer.stop()
