@@ -8,7 +8,7 @@ the loop then writes in one transaction.
 from __future__ import annotations
 
 import logging
-from collections.abc import Container
+from collections.abc import Container, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ from opentelemetry.trace import SpanKind, Tracer
 from runstream_common import parsers
 from runstream_common.errors import MessageFormatError
 from runstream_common.inbox import Records
-from runstream_common.messages import RunRequested, Trigger
+from runstream_common.messages import FacilityEvent, RunRequested, Trigger
 from runstream_common.topics import run_key
 from runstream_common.transactional import Decision, Output, dead_letter_output, failure_of
 
@@ -107,39 +107,33 @@ class Planner:
         """
         if watched:
             return True
-        for tp, records in batch.items():
-            if tp.topic not in self.facility_topics:
+        if any(tp.topic not in self.facility_topics for tp in batch):
+            return True
+        for event in self._facility_events(batch):
+            trigger = self.settings.event_triggers.get(event.event)
+            registration = self.proposals.get(event.proposal)
+            if trigger is None or registration is None:
+                continue
+            if trigger is not Trigger.RAW or not self.disk.knows_proposal_dir(registration):
                 return True
-            for record in records:
-                try:
-                    event = parsers.FACILITY.parse(
-                        record.value, max_bytes=self.settings.max_event_bytes
-                    )
-                except MessageFormatError:
-                    continue
-                trigger = self.settings.event_triggers.get(event.event)
-                registration = self.proposals.get(event.proposal)
-                if trigger is None or registration is None:
-                    continue
-                if trigger is not Trigger.RAW or not self.disk.knows_proposal_dir(registration):
-                    return True
         return False
 
     def names_unknown_proposal(self, batch: Records) -> bool:
         """Whether a facility event of ``batch`` names a proposal the table does not know."""
+        return any(self.proposals.get(e.proposal) is None for e in self._facility_events(batch))
+
+    def _facility_events(self, batch: Records) -> Iterator[FacilityEvent]:
+        """The well-formed facility events of ``batch`` (malformed ones are skipped here)."""
         for tp, records in batch.items():
             if tp.topic not in self.facility_topics:
                 continue
             for record in records:
                 try:
-                    event = parsers.FACILITY.parse(
+                    yield parsers.FACILITY.parse(
                         record.value, max_bytes=self.settings.max_event_bytes
                     )
                 except MessageFormatError:
                     continue
-                if self.proposals.get(event.proposal) is None:
-                    return True
-        return False
 
     def plan(
         self,
