@@ -60,7 +60,8 @@ async def test_a_restarted_gateway_adopts_reruns_and_keeps_held_jobs(tmp_path: P
     )
     # 3: held by the concurrency cap; must still be held.
     held = await first.submit(spec(tmp_path, "req-3", "exit 0"), hold=True)
-    await until(lambda: marker.exists())
+    # the shell creates the file before it writes: wait for the line, not the file
+    await until(lambda: marker.exists() and marker.read_text().count("ran") == 1)
     entries, _ = journal.unfinished()
     pids = {e.job_id: e.pid for e in entries}
     assert pids[lost] is not None
