@@ -99,8 +99,13 @@ class IngestLoop(TransactionalLoop[Plan]):
         watched = self._take_watched()
         if not records and not watched:
             return None
-        await self._registry_caught_up(records)
-        txn = self.catalog.begin()
+        plan = await self._plan(records, watched)
+        if await self._registry_caught_up(plan):
+            plan = await self._plan(records, watched)  # with what the registry holds now
+        return plan
+
+    async def _plan(self, records: Records, watched: list[Watched]) -> Plan:
+        txn = self.catalog.begin()  # an uncommitted txn is simply dropped
         try:
             if self._decide_inline(records, watched):
                 return self.planner.plan(records, watched, txn, time.time())
@@ -112,19 +117,24 @@ class IngestLoop(TransactionalLoop[Plan]):
             self._give_back(watched)
             raise
 
-    async def _registry_caught_up(self, records: Records) -> None:
-        """An event naming a proposal the table does not know waits until the registry's
-        follower has read what the registry topic holds now: a proposal registered a
-        moment before its first event is then known (``registry_caught_up`` is set by
-        the service; ``REGISTRY_CATCH_UP_S`` bounds the wait, then it is ignored)."""
-        if self.registry_caught_up is None or not self.planner.names_unknown_proposal(records):
-            return
-        if not await self.registry_caught_up(REGISTRY_CATCH_UP_S):
-            log.warning(
-                "the proposal registry could not be read to its end within %g s; "
-                "deciding with what it holds",
-                REGISTRY_CATCH_UP_S,
-            )
+    async def _registry_caught_up(self, plan: Plan) -> bool:
+        """A plan that ignores an event as unregistered waits until the registry's follower
+        has read what the registry topic holds now (a proposal registered a moment before
+        its first event is then known); True if it did, and the batch is decided again.
+        ``registry_caught_up`` is set by the service; ``REGISTRY_CATCH_UP_S`` bounds the
+        wait. Batches of registered proposals (the hot path) pay nothing."""
+        if self.registry_caught_up is None:
+            return False
+        if not any(verdict is Verdict.UNREGISTERED for _, verdict in plan.outcomes):
+            return False
+        if await self.registry_caught_up(REGISTRY_CATCH_UP_S):
+            return True
+        log.warning(
+            "the proposal registry could not be read to its end within %g s; "
+            "deciding with what it holds",
+            REGISTRY_CATCH_UP_S,
+        )
+        return False
 
     def committed(self, decision: Plan) -> None:
         if decision.txn is not None:

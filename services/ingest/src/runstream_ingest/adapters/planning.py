@@ -118,10 +118,6 @@ class Planner:
                 return True
         return False
 
-    def names_unknown_proposal(self, batch: Records) -> bool:
-        """Whether a facility event of ``batch`` names a proposal the table does not know."""
-        return any(self.proposals.get(e.proposal) is None for e in self._facility_events(batch))
-
     def _facility_events(self, batch: Records) -> Iterator[FacilityEvent]:
         """The well-formed facility events of ``batch`` (malformed ones are skipped here)."""
         for tp, records in batch.items():
